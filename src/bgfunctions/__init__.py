@@ -1,0 +1,131 @@
+"""bgfunctions: Netlify's function model, and its background functions, for any Python platform.
+
+Layers (a lower layer never imports a higher one; ``tests/test_layers.py`` checks it)::
+
+    L0  errors, ids*                      (* ids reads time only through a Clock)
+    L1  clock, config, datastructures, requests, responses, context, retry, invocation, logs,
+        _urlpattern
+    L2  routing, _loader, _netlify_toml, journal
+    L3  registry, _attempt, executor, inline, threads
+    L4  app
+    L5  asgi, wsgi, testing, pytest_plugin, cli, __main__, contrib.*
+
+This module only re-exports.
+"""
+
+from __future__ import annotations
+
+from bgfunctions.app import App, Invocations, Resolution
+from bgfunctions.clock import Clock, SystemClock, VirtualClock
+from bgfunctions.config import Config, RateLimit
+from bgfunctions.context import Account, Context, Cookies, Deploy, Geo, Server, Site
+from bgfunctions.datastructures import Headers, MutableHeaders, QueryParams
+from bgfunctions.errors import (
+    BgFunctionsError,
+    BgFunctionsWarning,
+    BlockingHandlerError,
+    ConfigError,
+    DeadlineExceeded,
+    DiscoveryError,
+    DuplicateFunctionError,
+    ExecutorShutdownError,
+    HandlerNotFoundError,
+    InvalidJSONError,
+    InvocationNotFoundError,
+    NotAcceptedError,
+    PatternError,
+    PayloadTooLargeError,
+    QueueFullError,
+    RequestError,
+    TomlError,
+    UnknownFunctionError,
+    UserCodeError,
+)
+from bgfunctions.executor import Binding, Executor, ExecutorStats, Invocation
+from bgfunctions.inline import InlineExecutor
+from bgfunctions.invocation import (
+    Attempt,
+    Event,
+    EventKind,
+    InvocationRecord,
+    OnEvent,
+    OnFailure,
+    Outcome,
+    State,
+)
+from bgfunctions.journal import Journal, MemoryJournal
+from bgfunctions.logs import InvocationFilter
+from bgfunctions.registry import Function, FunctionMatch, Registry, discover, resolve_background
+from bgfunctions.requests import Request
+from bgfunctions.responses import Response
+from bgfunctions.retry import Limits, RetryPolicy
+from bgfunctions.threads import ThreadExecutor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Account",
+    "App",
+    "Attempt",
+    "BgFunctionsError",
+    "BgFunctionsWarning",
+    "Binding",
+    "BlockingHandlerError",
+    "Clock",
+    "Config",
+    "ConfigError",
+    "Context",
+    "Cookies",
+    "DeadlineExceeded",
+    "Deploy",
+    "DiscoveryError",
+    "DuplicateFunctionError",
+    "Event",
+    "EventKind",
+    "Executor",
+    "ExecutorShutdownError",
+    "ExecutorStats",
+    "Function",
+    "FunctionMatch",
+    "Geo",
+    "HandlerNotFoundError",
+    "Headers",
+    "InlineExecutor",
+    "InvalidJSONError",
+    "Invocation",
+    "InvocationFilter",
+    "InvocationNotFoundError",
+    "InvocationRecord",
+    "Invocations",
+    "Journal",
+    "Limits",
+    "MemoryJournal",
+    "MutableHeaders",
+    "NotAcceptedError",
+    "OnEvent",
+    "OnFailure",
+    "Outcome",
+    "PatternError",
+    "PayloadTooLargeError",
+    "QueryParams",
+    "QueueFullError",
+    "RateLimit",
+    "Registry",
+    "Request",
+    "RequestError",
+    "Resolution",
+    "Response",
+    "RetryPolicy",
+    "Server",
+    "Site",
+    "State",
+    "SystemClock",
+    "ThreadExecutor",
+    "TomlError",
+    "UnknownFunctionError",
+    "UserCodeError",
+    "VirtualClock",
+    "__version__",
+    "discover",
+    "resolve_background",
+]

@@ -1,0 +1,204 @@
+"""Running one attempt of a handler: building its Context, calling it, classifying how it ended.
+
+Engines differ in where this code runs (a virtual-time loop, a worker thread, a worker process),
+not in what it does: every engine calls these functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bgfunctions.clock import Clock
+from bgfunctions.context import Context, Site
+from bgfunctions.errors import DeadlineExceeded
+from bgfunctions.invocation import InvocationRecord, Outcome
+from bgfunctions.logs import invocation_scope
+from bgfunctions.registry import Function
+from bgfunctions.requests import Request
+from bgfunctions.responses import Response
+
+__all__ = [
+    "AttemptResult",
+    "make_context",
+    "record_request",
+    "run_on_loop",
+    "settle_pending",
+    "timeout_error",
+    "to_response",
+]
+
+log = logging.getLogger("bgfunctions.executor")
+
+
+@dataclass(slots=True)
+class AttemptResult:
+    """How one attempt ended, and what the handler returned (for sync functions)."""
+
+    outcome: Outcome
+    error: BaseException | None = None
+    value: object = None
+    ended_at: float | None = None
+    """Set when the attempt ended at a known instant other than "now" (its deadline)."""
+
+
+def record_request(record: InvocationRecord) -> Request:
+    """The Request an attempt of ``record`` sees."""
+    return Request(
+        record.method, record.url, headers=record.headers, body=record.body, client=record.client
+    )
+
+
+def make_context(
+    function: Function,
+    request: Request,
+    *,
+    request_id: str,
+    params: Mapping[str, str],
+    attempt: int,
+    deadline: float | None,
+    clock: Clock,
+    trust_proxy: bool,
+    site: Site | None,
+) -> Context:
+    return Context.from_request(
+        request,
+        request_id=request_id,
+        function=function.name,
+        params=params,
+        trust_proxy=trust_proxy,
+        attempt=attempt,
+        deadline=deadline,
+        clock=clock,
+        background=function.background,
+        site=site,
+    )
+
+
+def timeout_error(function: Function, seconds: float, attempt: int) -> TimeoutError:
+    return TimeoutError(
+        f"function {function.name!r} timed out after {seconds:g} s (attempt {attempt})"
+    )
+
+
+async def settle_pending(context: Context) -> None:
+    """Wait for every ``wait_until`` task (including ones they register); log failures."""
+    while True:
+        pending = context._take_pending()
+        if not pending:
+            return
+        futures = [asyncio.ensure_future(p) for p in pending]
+        try:
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(
+                result, asyncio.CancelledError
+            ):
+                log.warning(
+                    "a wait_until task of function %r (request %s, attempt %d) failed; "
+                    "it does not fail the attempt",
+                    context.function,
+                    context.request_id,
+                    context.attempt,
+                    exc_info=result,
+                )
+
+
+async def _body(function: Function, request: Request, context: Context) -> object:
+    handler = function.handler
+    assert handler is not None  # invalid names never reach an executor
+    try:
+        value = handler(request, context)
+        if inspect.isawaitable(value):
+            value = await value
+    except asyncio.CancelledError:
+        for pending in context._take_pending():
+            if isinstance(pending, asyncio.Future):
+                pending.cancel()
+            elif inspect.iscoroutine(pending):
+                pending.close()
+        raise
+    except BaseException:
+        await settle_pending(context)
+        raise
+    await settle_pending(context)
+    return value
+
+
+async def run_on_loop(
+    function: Function,
+    request: Request,
+    context: Context,
+    *,
+    timeout: float,
+    cancelled: set[str] | None = None,
+) -> AttemptResult:
+    """Run one attempt on the running loop (async handlers, and sync ones on virtual time).
+
+    The attempt is cancelled at its deadline (``timeout`` seconds of loop time from now); a
+    sync handler cannot be interrupted, so it is judged on return: past its deadline it timed
+    out, at exactly the deadline.
+    """
+    loop = asyncio.get_running_loop()
+    with invocation_scope(function.name, context.request_id, context.attempt):
+        # The task copies the context now, so the handler's log lines carry the invocation.
+        task = loop.create_task(
+            _body(function, request, context),
+            name=f"{function.name}:{context.request_id}:{context.attempt}",
+        )
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = loop.call_later(timeout, expire)
+    try:
+        value = await task
+    except asyncio.CancelledError:
+        if expired:
+            return AttemptResult(
+                Outcome.TIMED_OUT, timeout_error(function, timeout, context.attempt),
+                ended_at=context.deadline,
+            )
+        if cancelled is not None and context.request_id in cancelled:
+            return AttemptResult(Outcome.CANCELLED)
+        raise
+    except DeadlineExceeded as exc:
+        return AttemptResult(Outcome.TIMED_OUT, exc, ended_at=context.deadline)
+    except Exception as exc:
+        return AttemptResult(Outcome.ERROR, exc)
+    finally:
+        timer.cancel()
+    deadline = context.deadline
+    if deadline is not None and context.clock.now() > deadline:
+        return AttemptResult(
+            Outcome.TIMED_OUT, timeout_error(function, timeout, context.attempt), ended_at=deadline
+        )
+    return AttemptResult(Outcome.SUCCEEDED, value=value)
+
+
+def to_response(value: object, function: Function, context: Context) -> Response:
+    """A sync function's return value as a Response, with the cookies the handler set."""
+    response = Response.from_return(value, function=function.name)
+    for header in context.cookies.set_cookie_headers():
+        response.headers.append("set-cookie", header)
+    return response
+
+
+def warn_ignored_return(function: Function, value: object) -> None:
+    """Background handlers' return values are discarded; a stream is not even consumed."""
+    if inspect.isasyncgen(value) or inspect.isgenerator(value):
+        log.warning(
+            "background function %r returned a stream; background functions cannot stream, "
+            "so it was not consumed",
+            function.name,
+        )

@@ -1,0 +1,324 @@
+"""The App: a registry, a router and an executor that turn a Request into a Response.
+
+It knows nothing of HTTP servers; the ASGI and WSGI adapters (and the test client) sit on top::
+
+    app = App(Registry.from_site("."))
+    response = app.handle(Request("POST", "/.netlify/functions/hello-background"))
+    assert response.status == 202
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeVar, cast
+
+from bgfunctions.clock import Clock
+from bgfunctions.context import Site
+from bgfunctions.errors import NotAcceptedError, PayloadTooLargeError
+from bgfunctions.executor import Binding, Executor, Invocation
+from bgfunctions.ids import new_request_id
+from bgfunctions.invocation import InvocationRecord, OnEvent, OnFailure, State
+from bgfunctions.journal import Journal
+from bgfunctions.registry import Function, FunctionMatch, Registry
+from bgfunctions.requests import Request
+from bgfunctions.responses import Response
+from bgfunctions.retry import Limits, RetryPolicy
+from bgfunctions.routing import NoMatch
+
+__all__ = ["App", "Invocations", "Resolution"]
+
+log = logging.getLogger("bgfunctions.app")
+L = TypeVar("L")
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What a request would reach, decided from its method, path and headers alone.
+
+    Adapters use it to refuse an oversized body before reading it: ``body_limit`` is the most
+    the matched function accepts. ``response`` is set (404, 400, 405) when nothing matched.
+    """
+
+    match: FunctionMatch | None
+    response: Response | None
+    body_limit: int
+
+    @property
+    def function(self) -> Function | None:
+        return None if self.match is None else self.match.function
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        return {} if self.match is None else self.match.params
+
+    @property
+    def background(self) -> bool:
+        return self.match is not None and self.match.function.background
+
+
+class Invocations:
+    """Read the invocation record: ``app.invocations.get(request_id)``, ``.list(...)``."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    def get(self, request_id: str) -> InvocationRecord | None:
+        return self._journal.get(request_id)
+
+    def list(
+        self,
+        *,
+        function: str | None = None,
+        state: State | Iterable[State] | None = None,
+        limit: int | None = None,
+    ) -> list[InvocationRecord]:
+        """Newest first, filtered by function name and state."""
+        return self._journal.select(function=function, state=state, limit=limit)
+
+
+class App:
+    """Serve a registry's functions: sync ones answer, background ones answer 202 and run later."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        executor: Executor | None = None,
+        journal: Journal | None = None,
+        limits: Limits | None = None,
+        retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
+        method_not_allowed: bool = False,
+        trust_proxy: bool = False,
+        site: Site | None = None,
+        on_event: OnEvent | Sequence[OnEvent] = (),
+        on_failure: OnFailure | Sequence[OnFailure] = (),
+        static_exists: Callable[[str], bool] | None = None,
+    ) -> None:
+        if executor is None:
+            from bgfunctions.threads import ThreadExecutor
+
+            executor = ThreadExecutor(clock=clock, journal=journal)
+        else:
+            if clock is not None and clock is not executor.clock:
+                raise ValueError(
+                    "App(clock=...) differs from the executor's clock; give the clock to the "
+                    "executor only"
+                )
+            if journal is not None and journal is not executor.journal:
+                raise ValueError(
+                    "App(journal=...) differs from the executor's journal; give the journal to "
+                    "the executor only"
+                )
+        self.registry = registry
+        self.executor = executor
+        self.clock = executor.clock
+        self.journal = executor.journal
+        self.limits = limits if limits is not None else Limits()
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.method_not_allowed = method_not_allowed
+        self.static_exists = static_exists
+        self.invocations = Invocations(self.journal)
+        executor.bind(
+            Binding(
+                lookup=registry.__getitem__,
+                limits=self.limits,
+                retry=self.retry,
+                on_event=_listeners(on_event),
+                on_failure=_listeners(on_failure),
+                trust_proxy=trust_proxy,
+                site=site,
+            )
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.executor.start()
+
+    def shutdown(self, wait: bool = True, *, grace: float | None = None) -> None:
+        self.executor.shutdown(wait, grace=grace)
+
+    def __enter__(self) -> App:
+        self.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.shutdown()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def resolve(
+        self, method: str, path: str, headers: Mapping[str, str] | None = None
+    ) -> Resolution:
+        """The function ``method path`` reaches, its params, and the body limit that applies."""
+        found = self.registry.match(method, path, static_exists=self.static_exists)
+        if isinstance(found, NoMatch):
+            return Resolution(None, self._no_match(found), self.limits.sync_payload)
+        limits = found.function.limits or self.limits
+        return Resolution(found, None, limits.payload(background=found.function.background))
+
+    def _no_match(self, found: NoMatch) -> Response:
+        if found.reason == "invalid_name":
+            return Response.text(found.message, status=400)
+        if found.reason == "method_not_allowed" and self.method_not_allowed:
+            return Response.text(
+                "Method Not Allowed", status=405, headers={"allow": ", ".join(found.allowed)}
+            )
+        if found.reason == "function_not_found":
+            return Response.text(found.message, status=404)
+        return Response.text("Not Found", status=404)
+
+    def handle(self, request: Request) -> Response:
+        """Answer ``request``: 202 for a background function once it is accepted, else the
+        function's own response; 404, 400, 405, 413, 500 or 503 as the rules say."""
+        resolution = self.resolve(request.method, request.path)
+        if resolution.response is not None:
+            return resolution.response
+        assert resolution.match is not None
+        too_large = _too_large(request, resolution)
+        if too_large is not None:
+            return too_large
+        function, params = resolution.match.function, resolution.match.params
+        request_id = new_request_id(self.clock)
+        if function.background:
+            return self._accept(function, request, params, request_id)
+        try:
+            response = self.executor.call(function, request, params, request_id)
+        except NotAcceptedError as exc:
+            return _unavailable(exc)
+        except Exception:
+            return self._failed(function, request_id)
+        response.headers["x-nf-request-id"] = request_id
+        return response
+
+    async def handle_async(self, request: Request) -> Response:
+        """:meth:`handle` for async hosts: sync handlers never block the caller's loop."""
+        resolution = self.resolve(request.method, request.path)
+        if resolution.response is not None:
+            return resolution.response
+        assert resolution.match is not None
+        too_large = _too_large(request, resolution)
+        if too_large is not None:
+            return too_large
+        function, params = resolution.match.function, resolution.match.params
+        request_id = new_request_id(self.clock)
+        if function.background:
+            return self._accept(function, request, params, request_id)
+        try:
+            response = await self.executor.call_async(function, request, params, request_id)
+        except NotAcceptedError as exc:
+            return _unavailable(exc)
+        except Exception:
+            return self._failed(function, request_id)
+        response.headers["x-nf-request-id"] = request_id
+        return response
+
+    def _accept(
+        self, function: Function, request: Request, params: Mapping[str, str], request_id: str
+    ) -> Response:
+        try:
+            self._submit(function, request, params, request_id)
+        except NotAcceptedError as exc:
+            return _unavailable(exc)
+        return Response(status=202, headers={"x-nf-request-id": request_id})
+
+    def _submit(
+        self,
+        function: Function,
+        request: Request,
+        params: Mapping[str, str],
+        request_id: str,
+        *,
+        replay_of: str | None = None,
+    ) -> Invocation:
+        now = self.clock.now()
+        record = InvocationRecord(
+            request_id=request_id,
+            function=function.name,
+            method=request.method,
+            url=request.url,
+            headers=tuple(request.headers.raw),
+            body=request.body,
+            client=request.client,
+            params=params,
+            accepted_at=now,
+            next_run_at=now,
+            replay_of=replay_of,
+        )
+        return self.executor.submit(record)
+
+    def _failed(self, function: Function, request_id: str) -> Response:
+        log.exception("function %r failed (request %s)", function.name, request_id)
+        return Response.text(
+            f"Function {function.name!r} failed; request id {request_id}\n",
+            status=500,
+            headers={"x-nf-request-id": request_id},
+        )
+
+    # -- without HTTP -------------------------------------------------------------------------
+
+    def enqueue(self, name: str, request: Request | None = None) -> Invocation:
+        """Start background work without HTTP: run function ``name`` with background semantics.
+
+        Raises ``UnknownFunctionError``, ``PayloadTooLargeError`` or ``NotAcceptedError``.
+        """
+        function = self.registry[name]
+        request = request if request is not None else Request("POST", f"/.netlify/functions/{name}")
+        limit = (function.limits or self.limits).background_payload
+        if len(request.body) > limit:
+            raise PayloadTooLargeError(
+                f"function {name!r} accepts bodies up to {limit} bytes; got {len(request.body)}"
+            )
+        return self._submit(function, request, {}, new_request_id(self.clock))
+
+    def get(self, request_id: str) -> Invocation:
+        """A handle on an invocation by request id (raises ``InvocationNotFoundError``)."""
+        return self.executor.get(request_id)
+
+    def cancel(self, request_id: str) -> InvocationRecord:
+        """Stop an invocation: no further attempts (a running one finishes or is cancelled)."""
+        return self.executor.cancel(request_id)
+
+    def replay(self, request_id: str) -> Invocation:
+        """Run a finished invocation again, as a new invocation with a new request id."""
+        record = self.executor.get(request_id).record
+        function = self.registry[record.function]
+        request = Request(
+            record.method, record.url, headers=record.headers, body=record.body,
+            client=record.client,
+        )
+        return self._submit(
+            function, request, record.params, new_request_id(self.clock), replay_of=request_id
+        )
+
+
+def _listeners(value: L | Sequence[L]) -> tuple[L, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (cast("L", value),)
+
+
+def _too_large(request: Request, resolution: Resolution) -> Response | None:
+    size = len(request.body)
+    if size <= resolution.body_limit:
+        return None
+    kind = "background" if resolution.background else "synchronous"
+    return Response.text(
+        f"Payload Too Large: this {kind} function accepts at most {resolution.body_limit} bytes; "
+        f"the request body has {size}\n",
+        status=413,
+    )
+
+
+def _unavailable(exc: NotAcceptedError) -> Response:
+    return Response.text(
+        f"Service Unavailable: {exc}\n",
+        status=503,
+        headers={"retry-after": str(max(1, round(exc.retry_after)))},
+    )

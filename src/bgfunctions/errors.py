@@ -1,0 +1,129 @@
+"""The exceptions bgfunctions raises.
+
+Every error the library raises on purpose derives from :class:`BgFunctionsError`.
+Errors about a value a user gave us also derive from :class:`ValueError`, so code
+that already catches ``ValueError`` keeps working::
+
+    BgFunctionsError
+    ├── ConfigError (ValueError)            a Config field or netlify.toml key is wrong
+    │   └── PatternError                    a path is not a valid URLPattern pathname
+    ├── DiscoveryError                      a functions directory cannot be loaded
+    │   ├── HandlerNotFoundError            a module defines no ``handler``
+    │   ├── UserCodeError                   importing the user's module raised
+    │   ├── TomlError (ValueError)          netlify.toml is not valid TOML
+    │   └── DuplicateFunctionError (ValueError)
+    ├── RequestError (ValueError)           a request body cannot be read as asked
+    │   └── InvalidJSONError                ``Request.json()`` on a body that is not JSON
+    ├── PayloadTooLargeError (ValueError)   a body over the function's limit
+    ├── UnknownFunctionError (LookupError)  a function name the registry does not know
+    ├── NotAcceptedError                    an executor could not take an invocation
+    │   ├── ExecutorShutdownError           ... because it is shut down
+    │   └── QueueFullError                  ... because ``max_pending`` is reached
+    ├── InvocationNotFoundError (LookupError)
+    ├── BlockingHandlerError (RuntimeError) an async handler blocked the event loop
+    └── DeadlineExceeded (TimeoutError)     an attempt ran out of time
+
+    BgFunctionsWarning (UserWarning)        something accepted but probably not meant
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BgFunctionsError",
+    "BlockingHandlerError",
+    "BgFunctionsWarning",
+    "ConfigError",
+    "DeadlineExceeded",
+    "DiscoveryError",
+    "DuplicateFunctionError",
+    "ExecutorShutdownError",
+    "HandlerNotFoundError",
+    "InvalidJSONError",
+    "InvocationNotFoundError",
+    "NotAcceptedError",
+    "PatternError",
+    "PayloadTooLargeError",
+    "QueueFullError",
+    "RequestError",
+    "TomlError",
+    "UnknownFunctionError",
+    "UserCodeError",
+]
+
+
+class BgFunctionsError(Exception):
+    """The root of every error bgfunctions raises on purpose."""
+
+
+class ConfigError(BgFunctionsError, ValueError):
+    """A configuration value is invalid. The message names the function, the key and the value."""
+
+
+class PatternError(ConfigError):
+    """A path is not a valid URLPattern pathname."""
+
+
+class DiscoveryError(BgFunctionsError):
+    """A functions directory, one of its modules, or netlify.toml cannot be loaded."""
+
+
+class HandlerNotFoundError(DiscoveryError):
+    """A function module defines no ``handler``."""
+
+
+class UserCodeError(DiscoveryError):
+    """Importing a user's function module raised; the cause is chained."""
+
+
+class TomlError(DiscoveryError, ValueError):
+    """netlify.toml is not valid TOML; the message gives file, line and column."""
+
+
+class DuplicateFunctionError(DiscoveryError, ValueError):
+    """Two functions were registered under the same name."""
+
+
+class RequestError(BgFunctionsError, ValueError):
+    """A request's body cannot be decoded the way the handler asked."""
+
+
+class InvalidJSONError(RequestError):
+    """``Request.json()`` was called on a body that is not valid JSON."""
+
+
+class PayloadTooLargeError(BgFunctionsError, ValueError):
+    """A request body is larger than the function accepts (HTTP 413)."""
+
+
+class UnknownFunctionError(BgFunctionsError, LookupError):
+    """A function name that the registry does not know."""
+
+
+class NotAcceptedError(BgFunctionsError):
+    """An executor could not accept an invocation; the App answers 503 with Retry-After."""
+
+    retry_after: float = 1.0
+
+
+class ExecutorShutdownError(NotAcceptedError):
+    """The executor is shut down (or not started) and accepts nothing."""
+
+
+class QueueFullError(NotAcceptedError):
+    """The executor already holds ``max_pending`` invocations."""
+
+
+class InvocationNotFoundError(BgFunctionsError, LookupError):
+    """No invocation with that request id is known."""
+
+
+class BlockingHandlerError(BgFunctionsError, RuntimeError):
+    """An async handler blocked the event loop instead of awaiting."""
+
+
+class DeadlineExceeded(BgFunctionsError, TimeoutError):
+    """An attempt reached its deadline (raised by ``Context.sleep`` past the deadline)."""
+
+
+class BgFunctionsWarning(UserWarning):
+    """Something was accepted but is probably not what the user meant (a dropped key, ...)."""

@@ -1,0 +1,423 @@
+"""Executors run background invocations: the ``Executor`` ABC and what every engine shares.
+
+An engine decides *where* an attempt runs (the caller's thread on virtual time, a thread pool,
+worker processes, a distributed queue); this module decides *what happens*: each state change of
+an invocation goes through :class:`InvocationRecord`'s state machine, then the journal, then the
+``on_event`` listeners, in that order, in one place (:meth:`Executor._transition`). So every
+engine records the same attempts, with the same retry schedule, and fires the same hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bgfunctions._attempt import make_context, record_request, run_on_loop, warn_ignored_return
+from bgfunctions.clock import Clock
+from bgfunctions.context import Site
+from bgfunctions.errors import ExecutorShutdownError, InvocationNotFoundError
+from bgfunctions.invocation import (
+    Event,
+    EventKind,
+    InvocationRecord,
+    OnEvent,
+    OnFailure,
+    Outcome,
+    State,
+    error_type_name,
+)
+from bgfunctions.journal import Journal, MemoryJournal
+from bgfunctions.registry import Function
+from bgfunctions.requests import Request
+from bgfunctions.responses import Response
+from bgfunctions.retry import Limits, RetryPolicy
+
+__all__ = ["Binding", "Executor", "ExecutorStats", "Invocation"]
+
+log = logging.getLogger("bgfunctions.executor")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Binding:
+    """What an App hands its executor: how to find functions, and the rules they run under."""
+
+    lookup: Callable[[str], Function]
+    """The function of a name (raises ``UnknownFunctionError``)."""
+    limits: Limits = field(default_factory=Limits)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    on_event: Sequence[OnEvent] = ()
+    on_failure: Sequence[OnFailure] = ()
+    trust_proxy: bool = False
+    """Whether ``x-nf-*`` request headers fill the Context (a trusted proxy sits in front)."""
+    site: Site | None = None
+
+    def limits_for(self, function: Function) -> Limits:
+        return function.limits or self.limits
+
+    def retry_for(self, function: Function) -> RetryPolicy:
+        return function.retry or self.retry
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorStats:
+    """A snapshot of an executor's load."""
+
+    pending: int
+    """Accepted or retry-scheduled invocations waiting for their next attempt."""
+    running: int
+    """Attempts running now."""
+    abandoned_threads: int = 0
+    """Threads still running a sync handler whose attempt already timed out."""
+    workers: int = 0
+    """Worker threads or processes (not counting abandoned ones)."""
+    spawned: int = 0
+    """Workers started since the executor started (processes: one more per crash or kill)."""
+
+
+class Invocation:
+    """A handle on one accepted invocation: read its state and attempts, or wait for it."""
+
+    __slots__ = ("_executor", "_record")
+
+    def __init__(self, executor: Executor, record: InvocationRecord) -> None:
+        self._executor = executor
+        self._record = record
+
+    @property
+    def record(self) -> InvocationRecord:
+        """The latest record."""
+        return self._record
+
+    @property
+    def request_id(self) -> str:
+        return self._record.request_id
+
+    @property
+    def function(self) -> str:
+        return self._record.function
+
+    @property
+    def state(self) -> State:
+        return self._record.state
+
+    @property
+    def attempts(self) -> tuple[object, ...]:
+        return self._record.attempts
+
+    def done(self) -> bool:
+        """True once no further attempt will run."""
+        return self._record.state.finished
+
+    def wait(self, timeout: float | None = None) -> InvocationRecord:
+        """Block until it is finished (on the inline executor: run virtual time until it is).
+
+        Raises ``TimeoutError`` when ``timeout`` seconds (on the executor's clock) pass first.
+        """
+        self._executor._wait(self, timeout)
+        return self._record
+
+    async def wait_async(self) -> InvocationRecord:
+        """Await until it is finished."""
+        await self._executor._wait_async(self)
+        return self._record
+
+    def __repr__(self) -> str:
+        r = self._record
+        return (
+            f"<Invocation {r.request_id} {r.function} {r.state.value} "
+            f"attempts={len(r.attempts)}>"
+        )
+
+
+class Executor(ABC):
+    """Runs background invocations and synchronous calls for an App.
+
+    Subclasses implement where attempts run (:meth:`_dispatch`, :meth:`call`,
+    :meth:`call_async`, :meth:`shutdown`) and change records only through
+    :meth:`_begin` and :meth:`_end`.
+    """
+
+    def __init__(self, *, clock: Clock, journal: Journal | None = None) -> None:
+        self.clock = clock
+        self.journal: Journal = journal if journal is not None else MemoryJournal()
+        self._binding: Binding | None = None
+        self._live: dict[str, Invocation] = {}
+        self._lock = threading.RLock()
+        self._finished = threading.Condition(self._lock)
+        self._waiters = 0
+        self._cancel_requested: set[str] = set()
+        self._closed = False
+        self._running_count = 0
+
+    # -- wiring -----------------------------------------------------------------------------------
+
+    def bind(self, binding: Binding) -> None:
+        """Called by the App that owns this executor; an executor serves one App."""
+        self._binding = binding
+
+    @property
+    def binding(self) -> Binding:
+        if self._binding is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not bound to an App; pass it to App(registry, "
+                "executor=...) first"
+            )
+        return self._binding
+
+    @property
+    def accepting(self) -> bool:
+        return not self._closed
+
+    # -- the public surface ---------------------------------------------------------------------
+
+    def submit(self, record: InvocationRecord) -> Invocation:
+        """Accept ``record``: journal it, then schedule its first attempt.
+
+        Raises :class:`~bgfunctions.errors.NotAcceptedError` (nothing recorded) when the
+        executor cannot take it. When this returns, the journal has the record.
+        """
+        self._check_accepting()
+        if record.next_run_at is None:
+            record = dataclasses.replace(record, next_run_at=record.accepted_at)
+        self.journal.accepted(record)
+        handle = Invocation(self, record)
+        with self._lock:
+            self._live[record.request_id] = handle
+        self._emit(EventKind.ACCEPTED, record)
+        self._dispatch(record)
+        return handle
+
+    def resume(self, record: InvocationRecord) -> Invocation:
+        """Take over an unfinished record that is already in the journal (recovery)."""
+        handle = Invocation(self, record)
+        with self._lock:
+            self._live[record.request_id] = handle
+        self._dispatch(record)
+        return handle
+
+    def get(self, request_id: str) -> Invocation:
+        """A handle on a live invocation, or one rebuilt from the journal."""
+        with self._lock:
+            live = self._live.get(request_id)
+        if live is not None:
+            return live
+        record = self.journal.get(request_id)
+        if record is None:
+            raise InvocationNotFoundError(f"no invocation with request id {request_id!r}")
+        return Invocation(self, record)
+
+    def cancel(self, request_id: str) -> InvocationRecord:
+        """No further attempts. A running attempt finishes (or is cancelled, when the engine can)."""
+        with self._lock:
+            handle = self._live.get(request_id)
+            record = handle.record if handle is not None else self.journal.get(request_id)
+            if record is None:
+                raise InvocationNotFoundError(f"no invocation with request id {request_id!r}")
+            if record.state.finished:
+                return record
+            if record.state is State.RUNNING:
+                self._cancel_requested.add(request_id)
+                self._cancel_running(request_id)
+                return record
+            cancelled = record.cancel(self.clock.now())
+            self._store(cancelled)
+        self.journal.finished(cancelled)
+        self._emit(EventKind.CANCELLED, cancelled)
+        return cancelled
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start workers (idempotent). ``submit`` starts a stopped executor lazily."""
+
+    @abstractmethod
+    def shutdown(self, wait: bool = True, *, grace: float | None = None) -> None:
+        """Stop accepting. Running attempts get ``grace`` seconds to finish (``wait=True``: all
+        the time they need); work not started stays unfinished in the journal."""
+
+    @abstractmethod
+    def call(self, function: Function, request: Request, params: Mapping[str, str],
+             request_id: str) -> Response:
+        """Run a synchronous function once, within ``sync_timeout``; raise on failure."""
+
+    @abstractmethod
+    async def call_async(self, function: Function, request: Request,
+                         params: Mapping[str, str], request_id: str) -> Response:
+        """:meth:`call` for async hosts."""
+
+    @abstractmethod
+    def stats(self) -> ExecutorStats:
+        """How many invocations wait and run."""
+
+    # -- for engines --------------------------------------------------------------------------
+
+    @abstractmethod
+    def _dispatch(self, record: InvocationRecord) -> None:
+        """Arrange for the next attempt of ``record`` at ``record.next_run_at``."""
+
+    async def _attempt_on_loop(self, record: InvocationRecord) -> InvocationRecord | None:
+        """Run the next attempt of ``record`` on the running loop; the ended record, or None
+        when it was cancelled before it started. Engines schedule what follows."""
+        started = self._begin(record)
+        if started is None:
+            return None
+        function = self.binding.lookup(started.function)
+        timeout = self.binding.limits_for(function).background_timeout
+        attempt = started.attempts[-1]
+        request = record_request(started)
+        context = make_context(
+            function,
+            request,
+            request_id=started.request_id,
+            params=started.params,
+            attempt=attempt.number,
+            deadline=attempt.started_at + timeout,
+            clock=self.clock,
+            trust_proxy=self.binding.trust_proxy,
+            site=self.binding.site,
+        )
+        self._running_count += 1
+        try:
+            result = await run_on_loop(
+                function, request, context, timeout=timeout, cancelled=self._cancel_requested
+            )
+        finally:
+            self._running_count -= 1
+        warn_ignored_return(function, result.value)
+        return self._end(started, result.outcome, result.error, ended_at=result.ended_at)
+
+    def _report_blocked(self, task: asyncio.Task[Any] | None, seconds: float) -> None:
+        """The loop's ``on_blocked`` hook: name the handler that blocked it."""
+        name = task.get_name() if task is not None else "an unknown callback"
+        log.warning(
+            "async handler of function %r blocked the event loop for %.2f s (task %s); "
+            "await asyncio.sleep() or other awaitables instead of blocking calls",
+            name.split(":", 1)[0],
+            seconds,
+            name,
+        )
+
+    def _cancel_running(self, request_id: str) -> None:  # noqa: B027 - optional for engines
+        """Stop a running attempt if the engine can; by default it runs to its end."""
+
+    def _check_accepting(self) -> None:
+        if self._closed:
+            raise ExecutorShutdownError(f"{type(self).__name__} is shut down")
+
+    def _current(self, request_id: str, fallback: InvocationRecord) -> InvocationRecord:
+        handle = self._live.get(request_id)
+        return handle.record if handle is not None else fallback
+
+    def _begin(self, record: InvocationRecord) -> InvocationRecord | None:
+        """Start the next attempt, or None when the invocation was cancelled meanwhile."""
+        with self._lock:
+            record = self._current(record.request_id, record)
+            if record.state.finished:
+                self._live.pop(record.request_id, None)
+                return None
+            started = record.start_attempt(self.clock.now())
+            self._store(started)
+        self.journal.attempt_started(started)
+        self._emit(EventKind.ATTEMPT_STARTED, started)
+        return started
+
+    def _end(
+        self,
+        record: InvocationRecord,
+        outcome: Outcome,
+        error: BaseException | None = None,
+        *,
+        ended_at: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> InvocationRecord:
+        """End the running attempt; the record then is retry-scheduled or finished."""
+        if retry is None:
+            retry = self.binding.retry_for(self.binding.lookup(record.function))
+        now = self.clock.now() if ended_at is None else ended_at
+        with self._lock:
+            cancel = record.request_id in self._cancel_requested
+            self._cancel_requested.discard(record.request_id)
+            ended = record.end_attempt(
+                now,
+                outcome,
+                RetryPolicy(delays=()) if cancel else retry,
+                error_type=None if error is None else error_type_name(error),
+                error_message=None if error is None else str(error),
+            )
+            if cancel and ended.state is State.FAILED:
+                ended = dataclasses.replace(ended, state=State.CANCELLED)
+            self._store(ended)
+        if ended.state.finished:
+            self.journal.finished(ended)
+        else:
+            self.journal.scheduled(ended)
+        self._emit(EventKind.ATTEMPT_ENDED, ended)
+        state = ended.state
+        if state is State.RETRY_SCHEDULED:
+            self._emit(EventKind.RETRY_SCHEDULED, ended)
+        elif state is State.SUCCEEDED:
+            self._emit(EventKind.SUCCEEDED, ended)
+        elif state is State.CANCELLED:
+            self._emit(EventKind.CANCELLED, ended)
+        elif state is State.FAILED:
+            self._emit(EventKind.FAILED, ended)
+            for hook in self.binding.on_failure:
+                try:
+                    hook(ended)
+                except Exception:
+                    log.exception(
+                        "on_failure hook %r raised for %s (%s); ignored",
+                        hook, ended.request_id, ended.function,
+                    )
+        return ended
+
+    def _store(self, record: InvocationRecord) -> None:
+        """Update the live handle (lock held); wake waiters when it finished."""
+        handle = self._live.get(record.request_id)
+        if handle is not None:
+            handle._record = record
+            if record.state.finished:
+                del self._live[record.request_id]
+        if record.state.finished and self._waiters:
+            self._finished.notify_all()
+
+    def _emit(self, kind: EventKind, record: InvocationRecord) -> None:
+        listeners = self._binding.on_event if self._binding is not None else ()
+        if not listeners:
+            return
+        event = Event(kind, record, self.clock.now())
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception(
+                    "on_event listener %r raised for %s %s; ignored",
+                    listener, kind.value, record.request_id,
+                )
+
+    def _wait(self, handle: Invocation, timeout: float | None) -> None:
+        """Wait for ``handle`` on a threaded engine; the inline executor overrides this."""
+        deadline = None if timeout is None else self.clock.monotonic() + timeout
+        with self._lock:
+            self._waiters += 1
+            try:
+                while not handle.done():
+                    left = None if deadline is None else deadline - self.clock.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(
+                            f"invocation {handle.request_id} not finished after {timeout} s "
+                            f"(state {handle.state.value})"
+                        )
+                    self.clock.wait(self._finished, left)
+            finally:
+                self._waiters -= 1
+
+    async def _wait_async(self, handle: Invocation) -> None:
+        """Await ``handle`` from any event loop, without blocking it."""
+        if not handle.done():
+            await asyncio.get_running_loop().run_in_executor(None, self._wait, handle, None)

@@ -1,0 +1,145 @@
+"""The inline executor: deterministic, single-threaded, on virtual time. What tests use.
+
+Nothing runs inside ``submit``: work runs when the test advances the clock
+(``executor.clock.advance(60)``) or calls :meth:`InlineExecutor.drain`. Async handlers run on the
+executor's own virtual-time event loop, so a handler that awaits ``asyncio.sleep(1200)`` is timed
+out at exactly 900 virtual seconds, in milliseconds of wall time. Sync handlers run in the
+caller's thread and wait with ``context.sleep()``, which moves the virtual clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from bgfunctions._attempt import make_context, run_on_loop, to_response
+from bgfunctions.clock import ClockEventLoop, VirtualClock
+from bgfunctions.executor import Executor, ExecutorStats, Invocation
+from bgfunctions.invocation import InvocationRecord, Outcome, State
+from bgfunctions.journal import Journal
+from bgfunctions.registry import Function
+from bgfunctions.requests import Request
+from bgfunctions.responses import Response
+
+__all__ = ["InlineExecutor"]
+
+class InlineExecutor(Executor):
+    """Runs every attempt in the caller's thread on a :class:`VirtualClock`."""
+
+    clock: VirtualClock
+
+    def __init__(
+        self,
+        *,
+        clock: VirtualClock | None = None,
+        journal: Journal | None = None,
+        blocking_threshold: float = 1.0,
+    ) -> None:
+        clock = clock if clock is not None else VirtualClock()
+        if not isinstance(clock, VirtualClock):
+            raise TypeError(
+                f"InlineExecutor runs on a VirtualClock; got {type(clock).__name__}. "
+                "Use ThreadExecutor for real time."
+            )
+        super().__init__(clock=clock, journal=journal)
+        self._loop: ClockEventLoop = clock.new_event_loop(
+            on_blocked=self._report_blocked, blocking_threshold=blocking_threshold
+        )
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The executor's virtual-time event loop."""
+        return self._loop
+
+    def start(self) -> None:
+        """Nothing to start: work runs when the clock is advanced or the executor drained."""
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def _dispatch(self, record: InvocationRecord) -> None:
+        due = record.next_run_at if record.next_run_at is not None else self.clock.now()
+        delay = max(0.0, due - self.clock.now())
+        self._loop.call_at(self._loop.time() + delay, self._spawn, record)
+
+    def _spawn(self, record: InvocationRecord) -> None:
+        self._loop.create_task(self._run(record))
+
+    async def _run(self, record: InvocationRecord) -> None:
+        ended = await self._attempt_on_loop(record)
+        if ended is not None and ended.state is State.RETRY_SCHEDULED:
+            self._dispatch(ended)
+
+    def _cancel_running(self, request_id: str) -> None:
+        for task in asyncio.all_tasks(self._loop):
+            if task.get_name().split(":")[1:2] == [request_id]:
+                task.cancel()
+
+    # -- running ------------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Run, jumping virtual time, until nothing is pending."""
+        self._loop.run_until_idle()
+
+    async def drain_async(self) -> None:
+        """:meth:`drain` for tests that are themselves async (runs the loop in a thread)."""
+        await asyncio.to_thread(self.drain)
+
+    def run_until(self, when: float) -> None:
+        """Run everything due up to epoch ``when`` on the clock, then stop the clock there."""
+        self.clock.advance(max(0.0, when - self.clock.now()))
+
+    def _wait(self, handle: Invocation, timeout: float | None) -> None:
+        until = None if timeout is None else self._loop.time() + timeout
+        self._loop.run_until_idle(until)
+        if not handle.done():
+            raise TimeoutError(
+                f"invocation {handle.request_id} is still {handle.state.value} after "
+                f"{'running until idle' if timeout is None else f'{timeout} virtual s'}"
+            )
+
+    async def _wait_async(self, handle: Invocation) -> None:
+        await asyncio.to_thread(self._wait, handle, None)
+
+    def call(
+        self, function: Function, request: Request, params: Mapping[str, str], request_id: str
+    ) -> Response:
+        self._check_accepting()
+        timeout = self.binding.limits_for(function).sync_timeout
+        context = make_context(
+            function, request, request_id=request_id, params=params, attempt=1,
+            deadline=self.clock.now() + timeout, clock=self.clock,
+            trust_proxy=self.binding.trust_proxy, site=self.binding.site,
+        )
+        result = self._loop.run_until_complete(
+            run_on_loop(function, request, context, timeout=timeout)
+        )
+        if result.outcome is not Outcome.SUCCEEDED:
+            assert result.error is not None
+            raise result.error
+        return to_response(result.value, function, context)
+
+    async def call_async(
+        self, function: Function, request: Request, params: Mapping[str, str], request_id: str
+    ) -> Response:
+        return await asyncio.to_thread(self.call, function, request, params, request_id)
+
+    def shutdown(self, wait: bool = True, *, grace: float | None = None) -> None:
+        """Stop accepting; cancel what is scheduled on the loop and close it."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop.is_closed():
+            return
+        tasks = asyncio.all_tasks(self._loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self._loop.close()
+
+    def stats(self) -> ExecutorStats:
+        with self._lock:
+            live = len(self._live)
+        return ExecutorStats(pending=live - self._running_count, running=self._running_count)
+
+

@@ -1,0 +1,321 @@
+"""The invocation record: one accepted request to a background function and its attempts.
+
+The record is plain data that round-trips through JSON (``to_json`` / ``from_json``), so a worker
+process, a journal row and a broker message can all carry it. It is immutable: the state machine
+below returns a new record for every change, and every engine moves through it the same way::
+
+    accepted ──► running ──► succeeded
+                   │  ▲
+                   ▼  │
+            retry_scheduled        (attempt failed, attempts left)
+                   │
+                   ▼
+                 failed            (attempt failed, none left)
+
+    any unfinished state ──► cancelled
+    accepted ──► rejected          (the engine refused it after it was recorded)
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from bgfunctions.retry import RetryPolicy
+
+__all__ = [
+    "Attempt",
+    "Event",
+    "EventKind",
+    "InvocationRecord",
+    "OnEvent",
+    "OnFailure",
+    "Outcome",
+    "State",
+    "error_type_name",
+]
+
+
+class State(str, Enum):
+    """Where an invocation stands."""
+
+    ACCEPTED = "accepted"
+    """Recorded; its first attempt has not started."""
+    RUNNING = "running"
+    """An attempt is running."""
+    RETRY_SCHEDULED = "retry_scheduled"
+    """An attempt failed; the next one starts at ``next_run_at``."""
+    SUCCEEDED = "succeeded"
+    """An attempt finished without an exception."""
+    FAILED = "failed"
+    """Every attempt failed."""
+    CANCELLED = "cancelled"
+    """Cancelled before it finished; no further attempts."""
+    REJECTED = "rejected"
+    """Recorded, but the engine refused to take it; the client got a 503, never a 202."""
+
+    @property
+    def finished(self) -> bool:
+        """True when no further attempt will run."""
+        return self in _FINISHED
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINISHED = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.REJECTED})
+
+
+class Outcome(str, Enum):
+    """How one attempt ended."""
+
+    SUCCEEDED = "succeeded"
+    """The handler returned (whatever it returned)."""
+    ERROR = "error"
+    """The handler raised."""
+    TIMED_OUT = "timed_out"
+    """The attempt reached its time limit."""
+    CRASHED = "crashed"
+    """The process running it died (exit, signal, out of memory)."""
+    INTERRUPTED = "interrupted"
+    """It was running when its executor stopped or vanished; found dead later."""
+    CANCELLED = "cancelled"
+    """The invocation was cancelled while this attempt ran."""
+
+    @property
+    def failed(self) -> bool:
+        """True when this outcome counts as a failed attempt (and may be retried)."""
+        return self not in (Outcome.SUCCEEDED, Outcome.CANCELLED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def error_type_name(error: BaseException) -> str:
+    """The name recorded for an exception type: ``ValueError``, ``package.module.MyError``."""
+    cls = type(error)
+    if cls.__module__ in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One try of an invocation."""
+
+    number: int
+    """1-based."""
+    started_at: float
+    """Epoch seconds on the executor's clock."""
+    ended_at: float | None = None
+    """Epoch seconds, or None while it runs."""
+    outcome: Outcome | None = None
+    """How it ended, or None while it runs."""
+    error_type: str | None = None
+    """The exception's type name when it failed."""
+    error_message: str | None = None
+    """``str()`` of the exception when it failed."""
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds it ran, or None while it runs."""
+        return None if self.ended_at is None else self.ended_at - self.started_at
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["outcome"] = None if self.outcome is None else self.outcome.value
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Attempt:
+        outcome = data.get("outcome")
+        return cls(
+            number=int(data["number"]),
+            started_at=float(data["started_at"]),
+            ended_at=None if data.get("ended_at") is None else float(data["ended_at"]),
+            outcome=None if outcome is None else Outcome(outcome),
+            error_type=data.get("error_type"),
+            error_message=data.get("error_message"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InvocationRecord:
+    """Everything needed to run (and re-run) one background invocation, and its history."""
+
+    request_id: str
+    """The id every attempt shares; sent to the client as ``x-nf-request-id``."""
+    function: str
+    """The function's name in the registry."""
+    method: str
+    url: str
+    """The request URL with its query string."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """The request headers as (lower-cased name, value) pairs, in order."""
+    body: bytes = b""
+    client: str | None = None
+    """The peer address the request came from."""
+    params: Mapping[str, str] = field(default_factory=dict)
+    """The route parameters the request matched."""
+    accepted_at: float
+    """Epoch seconds at which it was accepted."""
+    state: State = State.ACCEPTED
+    attempts: tuple[Attempt, ...] = ()
+    next_run_at: float | None = None
+    """When the next attempt is due (epoch seconds); None when finished or running."""
+    finished_at: float | None = None
+    replay_of: str | None = None
+    """The request id of the invocation this one replays, if any."""
+
+    @property
+    def attempt_count(self) -> int:
+        return len(self.attempts)
+
+    @property
+    def last_attempt(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    # -- the state machine: every engine changes a record only through these ---------------------
+
+    def start_attempt(self, now: float) -> InvocationRecord:
+        """A new attempt starts at ``now``."""
+        if self.state not in (State.ACCEPTED, State.RETRY_SCHEDULED):
+            raise ValueError(
+                f"invocation {self.request_id}: cannot start an attempt in state {self.state}"
+            )
+        attempt = Attempt(number=len(self.attempts) + 1, started_at=now)
+        return dataclasses.replace(
+            self, state=State.RUNNING, attempts=(*self.attempts, attempt), next_run_at=None
+        )
+
+    def end_attempt(
+        self,
+        now: float,
+        outcome: Outcome,
+        retry: RetryPolicy,
+        *,
+        error_type: str | None = None,
+        error_message: str | None = None,
+    ) -> InvocationRecord:
+        """The running attempt ended at ``now``; schedule the next one or finish."""
+        attempt = self.last_attempt
+        if self.state is not State.RUNNING or attempt is None:
+            raise ValueError(
+                f"invocation {self.request_id}: no running attempt to end (state {self.state})"
+            )
+        ended = dataclasses.replace(
+            attempt,
+            ended_at=now,
+            outcome=outcome,
+            error_type=error_type,
+            error_message=error_message,
+        )
+        attempts = (*self.attempts[:-1], ended)
+        if outcome is Outcome.SUCCEEDED:
+            return dataclasses.replace(
+                self, state=State.SUCCEEDED, attempts=attempts, finished_at=now
+            )
+        if outcome is Outcome.CANCELLED:
+            return dataclasses.replace(
+                self, state=State.CANCELLED, attempts=attempts, finished_at=now
+            )
+        delay = retry.delay_after(ended.number)
+        if delay is None:
+            return dataclasses.replace(self, state=State.FAILED, attempts=attempts, finished_at=now)
+        return dataclasses.replace(
+            self, state=State.RETRY_SCHEDULED, attempts=attempts, next_run_at=now + delay
+        )
+
+    def cancel(self, now: float) -> InvocationRecord:
+        """No further attempts; a running attempt keeps its record until it ends."""
+        if self.state.finished:
+            return self
+        return dataclasses.replace(
+            self, state=State.CANCELLED, next_run_at=None, finished_at=now
+        )
+
+    def reject(self, now: float) -> InvocationRecord:
+        """The engine refused it after it was recorded."""
+        return dataclasses.replace(self, state=State.REJECTED, next_run_at=None, finished_at=now)
+
+    # -- JSON ------------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (the body is base64)."""
+        return {
+            "request_id": self.request_id,
+            "function": self.function,
+            "method": self.method,
+            "url": self.url,
+            "headers": [list(pair) for pair in self.headers],
+            "body": base64.b64encode(self.body).decode("ascii"),
+            "client": self.client,
+            "params": dict(self.params),
+            "accepted_at": self.accepted_at,
+            "state": self.state.value,
+            "attempts": [a.to_json() for a in self.attempts],
+            "next_run_at": self.next_run_at,
+            "finished_at": self.finished_at,
+            "replay_of": self.replay_of,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> InvocationRecord:
+        """The inverse of :meth:`to_json`."""
+        return cls(
+            request_id=str(data["request_id"]),
+            function=str(data["function"]),
+            method=str(data["method"]),
+            url=str(data["url"]),
+            headers=tuple((str(k), str(v)) for k, v in data.get("headers", ())),
+            body=base64.b64decode(data.get("body", "")),
+            client=data.get("client"),
+            params={str(k): str(v) for k, v in data.get("params", {}).items()},
+            accepted_at=float(data["accepted_at"]),
+            state=State(data.get("state", State.ACCEPTED.value)),
+            attempts=tuple(Attempt.from_json(a) for a in data.get("attempts", ())),
+            next_run_at=None if data.get("next_run_at") is None else float(data["next_run_at"]),
+            finished_at=None if data.get("finished_at") is None else float(data["finished_at"]),
+            replay_of=data.get("replay_of"),
+        )
+
+
+class EventKind(str, Enum):
+    """The state changes that ``on_event`` listeners hear about."""
+
+    ACCEPTED = "accepted"
+    ATTEMPT_STARTED = "attempt_started"
+    ATTEMPT_ENDED = "attempt_ended"
+    RETRY_SCHEDULED = "retry_scheduled"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One state change of one invocation: what happened, the record after it, and when."""
+
+    kind: EventKind
+    record: InvocationRecord
+    at: float
+
+
+class OnEvent(Protocol):
+    """A listener for every state change (logs, metrics). It must not block for long."""
+
+    def __call__(self, event: Event, /) -> None: ...
+
+
+class OnFailure(Protocol):
+    """Called once with the record of an invocation that used up its attempts (a dead letter)."""
+
+    def __call__(self, record: InvocationRecord, /) -> None: ...

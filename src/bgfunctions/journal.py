@@ -1,0 +1,122 @@
+"""Where invocation records are kept: the ``Journal`` ABC and the in-memory journal.
+
+Every executor writes each state change of an invocation through its journal, and the App answers
+202 only once ``accepted`` has returned. A durable journal makes ``accepted`` return only once the
+record is on disk; the in-memory journal here keeps records for as long as the process lives.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from bgfunctions.invocation import InvocationRecord, State
+
+__all__ = ["Journal", "MemoryJournal"]
+
+
+class Journal(ABC):
+    """The record of every invocation. Implementations must be safe to call from any thread."""
+
+    @abstractmethod
+    def accepted(self, record: InvocationRecord) -> None:
+        """A new invocation; when this returns, the record must survive what the journal promises."""
+
+    @abstractmethod
+    def attempt_started(self, record: InvocationRecord) -> None:
+        """``record`` is running its newest attempt."""
+
+    @abstractmethod
+    def attempt_ended(self, record: InvocationRecord) -> None:
+        """``record``'s newest attempt ended: it is succeeded, failed or retry-scheduled."""
+
+    def scheduled(self, record: InvocationRecord) -> None:
+        """``record`` waits for its next attempt at ``next_run_at``."""
+        self.attempt_ended(record)
+
+    def finished(self, record: InvocationRecord) -> None:
+        """``record`` will not run again (succeeded, failed, cancelled or rejected)."""
+        self.attempt_ended(record)
+
+    @abstractmethod
+    def get(self, request_id: str) -> InvocationRecord | None:
+        """The record with this request id, or None."""
+
+    @abstractmethod
+    def select(
+        self,
+        *,
+        function: str | None = None,
+        state: State | Iterable[State] | None = None,
+        limit: int | None = None,
+    ) -> list[InvocationRecord]:
+        """Records, newest accepted first, filtered by function and state."""
+
+    def unfinished(self) -> list[InvocationRecord]:
+        """Every record that will still run, oldest first (what recovery resumes)."""
+        pending = self.select(state=[s for s in State if not s.finished])
+        pending.reverse()
+        return pending
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release what the journal holds."""
+
+
+class MemoryJournal(Journal):
+    """Keeps records in a dict; nothing survives the process.
+
+    Finished records are kept up to ``max_finished`` (oldest evicted first) so that a long-running
+    server's memory stays bounded.
+    """
+
+    def __init__(self, *, max_finished: int | None = 10_000) -> None:
+        if max_finished is not None and max_finished < 0:
+            raise ValueError(f"MemoryJournal.max_finished: expected >= 0 or None; got {max_finished}")
+        self.max_finished = max_finished
+        self._records: dict[str, InvocationRecord] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def accepted(self, record: InvocationRecord) -> None:
+        with self._lock:
+            self._records[record.request_id] = record
+
+    def attempt_started(self, record: InvocationRecord) -> None:
+        with self._lock:
+            self._records[record.request_id] = record
+
+    def attempt_ended(self, record: InvocationRecord) -> None:
+        with self._lock:
+            self._records[record.request_id] = record
+            if record.state.finished:
+                self._retire(record.request_id)
+
+    def _retire(self, request_id: str) -> None:
+        self._finished[request_id] = None
+        if self.max_finished is not None:
+            while len(self._finished) > self.max_finished:
+                old, _ = self._finished.popitem(last=False)
+                self._records.pop(old, None)
+
+    def get(self, request_id: str) -> InvocationRecord | None:
+        return self._records.get(request_id)
+
+    def select(
+        self,
+        *,
+        function: str | None = None,
+        state: State | Iterable[State] | None = None,
+        limit: int | None = None,
+    ) -> list[InvocationRecord]:
+        states = {state} if isinstance(state, State) else None if state is None else set(state)
+        with self._lock:
+            records = list(self._records.values())
+        out = [
+            r
+            for r in reversed(records)
+            if (function is None or r.function == function) and (states is None or r.state in states)
+        ]
+        out.sort(key=lambda r: r.accepted_at, reverse=True)
+        return out if limit is None else out[:limit]

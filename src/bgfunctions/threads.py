@@ -1,0 +1,511 @@
+"""The thread executor: real time, a pool of worker threads for sync handlers, one event loop
+thread for async ones, and one timer thread for retries and sync deadlines.
+
+A sync handler in a thread cannot be killed. At its deadline its attempt is recorded as timed out
+and a warning names the function; the thread is abandoned (it stops counting against
+``max_workers``, a replacement is started, and ``stats().abandoned_threads`` counts it until it
+returns), and its late result is ignored. Use the process executor to kill hung handlers for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import heapq
+import inspect
+import itertools
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from bgfunctions._attempt import (
+    AttemptResult,
+    make_context,
+    record_request,
+    run_on_loop,
+    settle_pending,
+    timeout_error,
+    to_response,
+    warn_ignored_return,
+)
+from bgfunctions.clock import Clock, SystemClock
+from bgfunctions.context import Context
+from bgfunctions.errors import ConfigError, DeadlineExceeded, QueueFullError
+from bgfunctions.executor import Executor, ExecutorStats
+from bgfunctions.invocation import InvocationRecord, Outcome, State
+from bgfunctions.journal import Journal
+from bgfunctions.logs import invocation_scope
+from bgfunctions.registry import Function
+from bgfunctions.requests import Request
+from bgfunctions.responses import Response
+
+__all__ = ["ThreadExecutor"]
+
+log = logging.getLogger("bgfunctions.executor")
+T = TypeVar("T")
+
+
+@dataclass(eq=False, slots=True)
+class _Running:
+    """A sync attempt running in a worker thread; whoever settles it first (the worker or the
+    deadline timer) records how it ended."""
+
+    record: InvocationRecord
+    function: Function
+    thread: threading.Thread
+    deadline: float
+    timeout: float
+    settled: bool = False
+
+
+@dataclass(order=True, slots=True)
+class _Timer:
+    when: float
+    seq: int
+    action: Callable[[], None] = field(compare=False)
+    token: _Running | None = field(compare=False, default=None)
+
+
+class ThreadExecutor(Executor):
+    """Runs background invocations on threads, in real time (or on any injected clock)."""
+
+    def __init__(
+        self,
+        *,
+        max_workers: int | None = None,
+        max_pending: int | None = None,
+        clock: Clock | None = None,
+        journal: Journal | None = None,
+        blocking_threshold: float = 1.0,
+    ) -> None:
+        super().__init__(clock=clock if clock is not None else SystemClock(), journal=journal)
+        if max_workers is None:
+            max_workers = min(32, (os.cpu_count() or 1) + 4)
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ConfigError(f"ThreadExecutor.max_workers: expected an int >= 1; got {max_workers!r}")
+        if max_pending is not None and (
+            isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1
+        ):
+            raise ConfigError(
+                f"ThreadExecutor.max_pending: expected None or an int >= 1; got {max_pending!r}"
+            )
+        self.max_workers = max_workers
+        self.max_pending = max_pending
+        self._blocking_threshold = blocking_threshold
+        self._queue: deque[InvocationRecord] = deque()
+        self._work = threading.Condition(self._lock)
+        self._workers: set[threading.Thread] = set()
+        self._abandoned: set[threading.Thread] = set()
+        self._idle = 0
+        self._pending = 0
+        self._spawned = 0
+        self._sync_running: dict[int, _Running] = {}
+        self._timers: list[_Timer] = []
+        self._timer_lock = threading.Condition(threading.Lock())
+        self._timer_seq = itertools.count()
+        self._stale_timers = 0
+        self._timer_thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._call_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._started = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started or self._closed:
+                return
+            self._started = True
+            self._timer_thread = threading.Thread(
+                target=self._timer_main, name="bgfunctions-timers", daemon=True
+            )
+            self._timer_thread.start()
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = self.clock.new_event_loop(
+                    on_blocked=self._report_blocked, blocking_threshold=self._blocking_threshold
+                )
+                ready = threading.Event()
+                thread = threading.Thread(
+                    target=self._loop_main, args=(loop, ready), name="bgfunctions-loop",
+                    daemon=True,
+                )
+                thread.start()
+                ready.wait()
+                self._loop, self._loop_thread = loop, thread
+            return self._loop
+
+    @staticmethod
+    def _loop_main(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        loop.run_forever()
+
+    def shutdown(self, wait: bool = True, *, grace: float | None = None) -> None:
+        """Stop accepting and stop the threads.
+
+        Attempts already running get ``grace`` seconds (all they need with ``wait=True`` and no
+        grace) to finish; an async attempt still running after that is cancelled and recorded
+        as ``interrupted``. Invocations not started stay unfinished in the journal.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._work.notify_all()
+            workers = list(self._workers)
+        with self._timer_lock:
+            self._timer_lock.notify_all()
+        limit = None if wait and grace is None else (grace or 0.0)
+        end = None if limit is None else self.clock.monotonic() + limit
+        for thread in workers:
+            thread.join(None if end is None else max(0.0, end - self.clock.monotonic()))
+        if self._loop is not None and self._loop_thread is not None:
+            loop = self._loop
+            left = None if end is None else max(0.0, end - self.clock.monotonic())
+            future = asyncio.run_coroutine_threadsafe(_finish_tasks(loop, left), loop)
+            future.result()
+            loop.call_soon_threadsafe(loop.stop)
+            self._loop_thread.join()
+            loop.close()
+        if self._timer_thread is not None:
+            self._timer_thread.join()
+        if self._call_pool is not None:
+            self._call_pool.shutdown(wait=wait)
+
+    def stats(self) -> ExecutorStats:
+        with self._lock:
+            return ExecutorStats(
+                pending=self._pending,
+                running=len(self._sync_running) + self._running_count,
+                abandoned_threads=sum(1 for t in self._abandoned if t.is_alive()),
+                workers=len(self._workers),
+                spawned=self._spawned,
+            )
+
+    # -- accepting and dispatching ------------------------------------------------------------
+
+    def _check_accepting(self) -> None:
+        super()._check_accepting()
+        if not self._started:
+            self.start()
+        if self.max_pending is not None and self._pending >= self.max_pending:
+            error = QueueFullError(
+                f"ThreadExecutor has {self._pending} invocations waiting (max_pending="
+                f"{self.max_pending})"
+            )
+            error.retry_after = 5.0
+            raise error
+
+    def _dispatch(self, record: InvocationRecord) -> None:
+        with self._lock:
+            self._pending += 1
+        due = record.next_run_at if record.next_run_at is not None else self.clock.now()
+        delay = due - self.clock.now()
+        if delay > 0:
+            self._add_timer(self.clock.monotonic() + delay, lambda: self._ready(record))
+        else:
+            self._ready(record)
+
+    def _ready(self, record: InvocationRecord) -> None:
+        """The record's next attempt is due now: hand it to a worker or to the loop."""
+        function = self.binding.lookup(record.function)
+        if function.is_async:
+            loop = self._ensure_loop()
+            loop.call_soon_threadsafe(self._start_async, record)
+            return
+        with self._lock:
+            if self._closed:
+                self._pending -= 1  # stays unfinished in the journal
+                return
+            self._queue.append(record)
+            if self._idle:
+                self._work.notify()
+            elif len(self._workers) < self.max_workers:
+                self._spawn_worker()
+
+    def _spawn_worker(self) -> None:
+        """Start a worker (lock held)."""
+        self._spawned += 1
+        thread = threading.Thread(
+            target=self._worker_main, name=f"bgfunctions-worker-{self._spawned}", daemon=True
+        )
+        self._workers.add(thread)
+        thread.start()
+
+    def _retry_or_finish(self, ended: InvocationRecord) -> None:
+        if ended.state is State.RETRY_SCHEDULED:
+            self._dispatch(ended)
+
+    # -- async attempts on the loop thread ----------------------------------------------------
+
+    def _start_async(self, record: InvocationRecord) -> None:
+        with self._lock:
+            self._pending -= 1
+        assert self._loop is not None
+        self._loop.create_task(self._run_async(record))
+
+    async def _run_async(self, record: InvocationRecord) -> None:
+        ended = await self._attempt_on_loop(record)
+        if ended is not None:
+            self._retry_or_finish(ended)
+
+    def _cancel_running(self, request_id: str) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+
+        def cancel() -> None:
+            for task in asyncio.all_tasks(loop):
+                if task.get_name().split(":")[1:2] == [request_id]:
+                    task.cancel()
+
+        loop.call_soon_threadsafe(cancel)
+
+    # -- sync attempts on worker threads ------------------------------------------------------
+
+    def _worker_main(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._lock:
+                while not self._queue and not self._closed:
+                    self._idle += 1
+                    self._work.wait()
+                    self._idle -= 1
+                if self._closed:
+                    self._workers.discard(me)
+                    return
+                record = self._queue.popleft()
+                self._pending -= 1
+            if not self._run_sync(record):
+                return  # abandoned at its deadline: a replacement took this thread's place
+
+    def _run_sync(self, record: InvocationRecord) -> bool:
+        """Run one sync attempt; False when this thread was abandoned meanwhile."""
+        started = self._begin(record)
+        if started is None:
+            return True
+        function = self.binding.lookup(started.function)
+        timeout = self.binding.limits_for(function).background_timeout
+        attempt = started.attempts[-1]
+        request = record_request(started)
+        context = make_context(
+            function, request, request_id=started.request_id, params=started.params,
+            attempt=attempt.number, deadline=attempt.started_at + timeout, clock=self.clock,
+            trust_proxy=self.binding.trust_proxy, site=self.binding.site,
+        )
+        token = _Running(started, function, threading.current_thread(), context.deadline or 0.0,
+                         timeout)
+        with self._lock:
+            self._sync_running[id(token)] = token
+        self._add_timer(self.clock.monotonic() + timeout, lambda: self._expire(token), token)
+        result = self._call_sync(function, request, context)
+        with self._lock:
+            if token.settled:
+                self._abandoned.discard(token.thread)
+                abandoned = True
+            else:
+                token.settled = True
+                del self._sync_running[id(token)]
+                abandoned = False
+        if abandoned:
+            log.warning(
+                "function %r (request %s, attempt %d) returned after its %g s limit; it was "
+                "already recorded as timed out, so its result is ignored",
+                function.name, started.request_id, attempt.number, timeout,
+            )
+            return False
+        with self._timer_lock:
+            self._stale_timers += 1
+        warn_ignored_return(function, result.value)
+        self._retry_or_finish(
+            self._end(started, result.outcome, result.error, ended_at=result.ended_at)
+        )
+        return True
+
+    def _expire(self, token: _Running) -> None:
+        """A sync attempt reached its deadline: record it timed out and abandon its thread."""
+        with self._lock:
+            if token.settled:
+                return
+            token.settled = True
+            del self._sync_running[id(token)]
+            self._workers.discard(token.thread)
+            self._abandoned.add(token.thread)
+            if self._queue and not self._closed and len(self._workers) < self.max_workers:
+                self._spawn_worker()
+        attempt = token.record.attempts[-1].number
+        log.warning(
+            "function %r (request %s, attempt %d) timed out after %g s; its thread cannot be "
+            "stopped and keeps running, and whatever it returns will be ignored",
+            token.function.name, token.record.request_id, attempt, token.timeout,
+        )
+        self._retry_or_finish(
+            self._end(
+                token.record, Outcome.TIMED_OUT,
+                timeout_error(token.function, token.timeout, attempt), ended_at=token.deadline,
+            )
+        )
+
+    def _call_sync(self, function: Function, request: Request, context: Context) -> AttemptResult:
+        handler = function.handler
+        assert handler is not None
+        with invocation_scope(function.name, context.request_id, context.attempt):
+            try:
+                value = handler(request, context)
+                if inspect.isawaitable(value) or context._pending:
+                    value = self._on_loop(_await_and_settle(value, context))
+            except DeadlineExceeded as exc:
+                return AttemptResult(Outcome.TIMED_OUT, exc, ended_at=context.deadline)
+            except Exception as exc:
+                return AttemptResult(Outcome.ERROR, exc)
+        return AttemptResult(Outcome.SUCCEEDED, value=value)
+
+    def _on_loop(self, coro: Any) -> Any:
+        """Run a coroutine on the loop thread and wait for its result (from a worker)."""
+        loop = self._ensure_loop()
+        return self._wait_future(asyncio.run_coroutine_threadsafe(coro, loop), None)
+
+    def _wait_future(self, future: concurrent.futures.Future[T], timeout: float | None) -> T:
+        """``future.result(timeout)``, waiting on the executor's clock."""
+        done = threading.Condition()
+        future.add_done_callback(lambda _: _notify(done))
+        with done:
+            if not future.done() and not self.clock.wait(done, timeout) and not future.done():
+                raise concurrent.futures.TimeoutError
+        return future.result()
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def _add_timer(
+        self, when: float, action: Callable[[], None], token: _Running | None = None
+    ) -> None:
+        timer = _Timer(when, next(self._timer_seq), action, token)
+        with self._timer_lock:
+            heapq.heappush(self._timers, timer)
+            if self._timers[0] is timer:
+                self._timer_lock.notify()
+            # Deadlines of attempts that ended normally stay in the heap; drop them in bulk.
+            if self._stale_timers > 1024 and self._stale_timers * 2 > len(self._timers):
+                self._timers = [t for t in self._timers if t.token is None or not t.token.settled]
+                heapq.heapify(self._timers)
+                self._stale_timers = 0
+
+    def _timer_main(self) -> None:
+        while True:
+            due: list[_Timer] = []
+            with self._timer_lock:
+                while True:
+                    if self._closed:
+                        return
+                    now = self.clock.monotonic()
+                    while self._timers and self._timers[0].when <= now:
+                        due.append(heapq.heappop(self._timers))
+                    if due:
+                        break
+                    timeout = self._timers[0].when - now if self._timers else None
+                    self.clock.wait(self._timer_lock, timeout)
+            for timer in due:
+                if timer.token is not None and timer.token.settled:
+                    continue
+                try:
+                    timer.action()
+                except Exception:  # pragma: no cover - a bug, never the user's
+                    log.exception("bgfunctions timer action failed")
+
+    # -- synchronous functions ----------------------------------------------------------------
+
+    def call(
+        self, function: Function, request: Request, params: Mapping[str, str], request_id: str
+    ) -> Response:
+        self._check_open()
+        timeout = self.binding.limits_for(function).sync_timeout
+        context = self._sync_context(function, request, params, request_id, timeout)
+        if function.is_async:
+            result: AttemptResult = self._on_loop(
+                run_on_loop(function, request, context, timeout=timeout)
+            )
+        else:
+            future = self._pool().submit(self._call_sync, function, request, context)
+            try:
+                result = self._wait_future(future, timeout)
+            except concurrent.futures.TimeoutError:
+                raise timeout_error(function, timeout, 1) from None
+        return _response(result, function, context)
+
+    async def call_async(
+        self, function: Function, request: Request, params: Mapping[str, str], request_id: str
+    ) -> Response:
+        self._check_open()
+        timeout = self.binding.limits_for(function).sync_timeout
+        context = self._sync_context(function, request, params, request_id, timeout)
+        if function.is_async:
+            result = await run_on_loop(function, request, context, timeout=timeout)
+        else:
+            future = self._pool().submit(self._call_sync, function, request, context)
+            try:
+                result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            except asyncio.TimeoutError:
+                raise timeout_error(function, timeout, 1) from None
+        return _response(result, function, context)
+
+    def _check_open(self) -> None:
+        super()._check_accepting()
+        if not self._started:
+            self.start()
+
+    def _sync_context(
+        self, function: Function, request: Request, params: Mapping[str, str], request_id: str,
+        timeout: float,
+    ) -> Context:
+        return make_context(
+            function, request, request_id=request_id, params=params, attempt=1,
+            deadline=self.clock.now() + timeout, clock=self.clock,
+            trust_proxy=self.binding.trust_proxy, site=self.binding.site,
+        )
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._call_pool is None:
+                self._call_pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=max(self.max_workers, 8), thread_name_prefix="bgfunctions-call"
+                )
+            return self._call_pool
+
+
+def _notify(condition: threading.Condition) -> None:
+    with condition:
+        condition.notify_all()
+
+
+async def _await_and_settle(value: object, context: Context) -> object:
+    if inspect.isawaitable(value):
+        value = await value
+    await settle_pending(context)
+    return value
+
+
+async def _finish_tasks(loop: asyncio.AbstractEventLoop, grace: float | None) -> None:
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks(loop) if t is not current]
+    if not tasks:
+        return
+    _, still = await asyncio.wait(tasks, timeout=grace)
+    for task in still:
+        task.cancel()
+    if still:
+        await asyncio.wait(still)
+
+
+def _response(result: AttemptResult, function: Function, context: Context) -> Response:
+    if result.outcome is not Outcome.SUCCEEDED:
+        assert result.error is not None
+        raise result.error
+    return to_response(result.value, function, context)
