@@ -124,7 +124,7 @@ class App:
         self.invocations = Invocations(self.journal)
         executor.bind(
             Binding(
-                lookup=registry.__getitem__,
+                lookup=self._lookup,
                 limits=self.limits,
                 retry=self.retry,
                 on_event=_listeners(on_event),
@@ -133,6 +133,14 @@ class App:
                 site=site,
             )
         )
+
+    def _lookup(self, name: str) -> Function:
+        return self.registry[name]
+
+    def reload(self, registry: Registry) -> None:
+        """Serve ``registry`` from now on. Accepted invocations are kept: an attempt that starts
+        after this runs the new code."""
+        self.registry = registry
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -174,10 +182,13 @@ class App:
             return Response.text(found.message, status=404)
         return Response.text("Not Found", status=404)
 
-    def handle(self, request: Request) -> Response:
+    def handle(self, request: Request, *, resolution: Resolution | None = None) -> Response:
         """Answer ``request``: 202 for a background function once it is accepted, else the
-        function's own response; 404, 400, 405, 413, 500 or 503 as the rules say."""
-        resolution = self.resolve(request.method, request.path)
+        function's own response; 404, 400, 405, 413, 500 or 503 as the rules say.
+
+        Adapters that already called :meth:`resolve` (to limit the body) pass its result."""
+        if resolution is None:
+            resolution = self.resolve(request.method, request.path)
         if resolution.response is not None:
             return resolution.response
         assert resolution.match is not None
@@ -197,9 +208,12 @@ class App:
         response.headers["x-nf-request-id"] = request_id
         return response
 
-    async def handle_async(self, request: Request) -> Response:
+    async def handle_async(
+        self, request: Request, *, resolution: Resolution | None = None
+    ) -> Response:
         """:meth:`handle` for async hosts: sync handlers never block the caller's loop."""
-        resolution = self.resolve(request.method, request.path)
+        if resolution is None:
+            resolution = self.resolve(request.method, request.path)
         if resolution.response is not None:
             return resolution.response
         assert resolution.match is not None

@@ -97,6 +97,9 @@ class Outcome(str, Enum):
 
 def error_type_name(error: BaseException) -> str:
     """The name recorded for an exception type: ``ValueError``, ``package.module.MyError``."""
+    remote = getattr(error, "remote_type", None)
+    if isinstance(remote, str):  # raised in another process and carried here by name
+        return remote
     cls = type(error)
     if cls.__module__ in ("builtins", "__main__"):
         return cls.__qualname__

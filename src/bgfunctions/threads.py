@@ -271,19 +271,21 @@ class ThreadExecutor(Executor):
 
     # -- sync attempts on worker threads ------------------------------------------------------
 
+    def _next_record(self) -> InvocationRecord | None:
+        """The next queued record for a worker thread, or None when shutting down."""
+        with self._lock:
+            while not self._queue and not self._closed:
+                self._idle += 1
+                self._work.wait()
+                self._idle -= 1
+            if self._closed:
+                self._workers.discard(threading.current_thread())
+                return None
+            self._pending -= 1
+            return self._queue.popleft()
+
     def _worker_main(self) -> None:
-        me = threading.current_thread()
-        while True:
-            with self._lock:
-                while not self._queue and not self._closed:
-                    self._idle += 1
-                    self._work.wait()
-                    self._idle -= 1
-                if self._closed:
-                    self._workers.discard(me)
-                    return
-                record = self._queue.popleft()
-                self._pending -= 1
+        while (record := self._next_record()) is not None:
             if not self._run_sync(record):
                 return  # abandoned at its deadline: a replacement took this thread's place
 

@@ -1,0 +1,248 @@
+"""Serve an App over ASGI 3 (uvicorn, hypercorn), or mount it in Starlette or FastAPI.
+
+::
+
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from bgfunctions import App, Registry
+    from bgfunctions.asgi import ASGIApp
+
+    functions = ASGIApp(App(Registry.from_site(".")))
+    app = Starlette(routes=[Mount("/fn", app=functions)], lifespan=functions.lifespan)
+
+The body is read as it streams; a body over the function's limit is refused with 413 as soon as
+it passes the limit, without buffering the rest. The executor starts lazily in the process that
+serves, and stops with the server's lifespan (running attempts get ``grace`` seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import quote, unquote
+
+from bgfunctions.app import App, Resolution
+from bgfunctions.errors import RequestError
+from bgfunctions.requests import Request
+from bgfunctions.responses import Response
+
+__all__ = ["ASGIApp"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("bgfunctions.asgi")
+
+
+class ASGIApp:
+    """An ASGI application over an :class:`~bgfunctions.App`."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        grace: float = 30.0,
+        fallback: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
+    ) -> None:
+        """``grace``: seconds running attempts get to finish at shutdown. ``fallback``: an ASGI
+        app that gets the requests no function matched (static files, say) instead of a 404."""
+        self.app = app
+        self.grace = grace
+        self.fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif self.fallback is not None:
+            await self.fallback(scope, receive, send)
+        # websocket without a fallback: not ours; returning closes it
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
+        """A lifespan context for Starlette/FastAPI when this app is mounted inside one."""
+        await asyncio.to_thread(self.app.start)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(self.app.shutdown, True, grace=self.grace)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await asyncio.to_thread(self.app.start)
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await asyncio.to_thread(self.app.shutdown, True, grace=self.grace)
+                except Exception as exc:
+                    log.exception("stopping the executor failed")
+                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = _route_path(scope)
+        method = scope["method"]
+        resolution = self.app.resolve(method, path)
+        if resolution.response is not None and self.fallback is not None:
+            await self.fallback(scope, receive, send)
+            return
+        if resolution.response is not None:
+            await _send(send, resolution.response)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > resolution.body_limit:
+            # Refuse from the header alone: nothing of the body is read.
+            await _send(send, _too_large(resolution))
+            return
+        try:
+            body = await _read_body(receive, resolution.body_limit)
+        except _Disconnected:
+            # The client left before its body was complete: a truncated body must never be
+            # accepted as background work, and there is nobody to answer.
+            return
+        if body is None:
+            await _send(send, _too_large(resolution))
+            return
+        try:
+            request = _request(scope, path, method, body)
+        except RequestError as exc:
+            await _send(send, Response.text(f"Bad Request: {exc}\n", status=400))
+            return
+        response = await self.app.handle_async(request, resolution=resolution)
+        await _send(send, response)
+
+
+def _mount_root(scope: Scope) -> str:
+    """The mount prefix (``root_path``) when ``path`` is below it, else ``""``.
+
+    Starlette keeps the full path in ``path`` and adds the mount to ``root_path``. Only a
+    whole-segment prefix counts: "/fnord" is not below "/fn"."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "").rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):
+        return root
+    return ""
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the mount point."""
+    path: str = scope["path"]
+    return path[len(_mount_root(scope)) :] or "/"
+
+
+class _Disconnected(Exception):
+    """The client disconnected before the whole body arrived."""
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The declared ``content-length``, or None when absent or not a plain number."""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == b"content-length":
+            text = value.strip()
+            return int(text) if text and _DIGITS.fullmatch(text) else None
+    return None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it passes ``limit`` bytes.
+
+    Raises ``_Disconnected`` when the client goes away before the last chunk."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+# Characters left as they are when a raw path or query is turned into Request.url; everything
+# else (spaces, controls, "#", non-ASCII bytes, and "?" inside a path) is percent-encoded.
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+_DIGITS = re.compile(rb"[0-9]+")
+
+
+def _raw_route_path(scope: Scope, path: str) -> str:
+    """The still-encoded path below the mount point, for ``Request.url``.
+
+    The raw path keeps escapes such as ``%2F`` that the decoded ``path`` loses. The mount prefix
+    (given decoded, in ``root_path``) is cut at the first ``/`` where the raw text decodes to
+    it. When the raw path does not fit the decoded one, the decoded path is encoded again.
+    """
+    fallback = quote(path, safe=_PATH_SAFE.replace("%", ""))
+    raw = scope.get("raw_path")
+    if not isinstance(raw, (bytes, bytearray)) or not raw:
+        return fallback
+    # Quote the bytes themselves: decoding them as Latin-1 first would encode "é" twice.
+    text = quote(bytes(raw).partition(b"?")[0], safe=_PATH_SAFE)
+    root = _mount_root(scope)
+    rest: str | None = text if not root else None
+    if root:
+        if unquote(text).rstrip("/") == root:
+            rest = text[len(text.rstrip("/")) :] or "/"
+        else:
+            for index, char in enumerate(text):
+                if char == "/" and index and unquote(text[:index]) == root:
+                    rest = text[index:]
+                    break
+    if rest is None or unquote(rest) != path:
+        return fallback
+    return rest
+
+
+def _request(scope: Scope, path: str, method: str, body: bytes) -> Request:
+    raw_headers = scope.get("headers", ())
+    # Header bytes are Latin-1 (as in Starlette and the Fetch API's ByteString).
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers]
+    query = quote(bytes(scope.get("query_string", b"")), safe=_QUERY_SAFE)
+    raw_path = _raw_route_path(scope, path)
+    url = f"{raw_path}?{query}" if query else raw_path
+    client = scope.get("client")
+    peer = client[0] if client and isinstance(client[0], str) and client[0] else None
+    return Request(method, url, headers=headers, body=body, client=peer)
+
+
+def _too_large(resolution: Resolution) -> Response:
+    kind = "background" if resolution.background else "synchronous"
+    return Response.text(
+        f"Payload Too Large: this {kind} function accepts at most {resolution.body_limit} "
+        "bytes\n",
+        status=413,
+        headers={"connection": "close"},
+    )
+
+
+async def _send(send: Send, response: Response) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.raw]
+    body = response.body
+    if response.status not in (204, 304) and "content-length" not in response.headers:
+        headers.append((b"content-length", str(len(body)).encode("ascii")))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+

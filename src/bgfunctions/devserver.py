@@ -1,0 +1,224 @@
+"""The dev server behind ``bgfunctions serve``: a site's functions, its static files, live reload.
+
+It serves the functions of a site directory over uvicorn (the ``[serve]`` extra), then the
+site's publish directory (``[build] publish``) behind them, then Netlify's plain 404. It prints
+the function table at start and a line per invocation event, and reloads the functions when a
+file in the functions directory or ``netlify.toml`` changes, without dropping accepted
+invocations: an attempt that starts after a reload runs the new code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import mimetypes
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from bgfunctions.app import App
+from bgfunctions.asgi import ASGIApp, Receive, Scope, Send
+from bgfunctions.clock import Clock, SystemClock
+from bgfunctions.errors import BgFunctionsError
+from bgfunctions.executor import Executor
+from bgfunctions.invocation import Event, EventKind
+from bgfunctions.registry import Registry
+from bgfunctions.retry import Limits, RetryPolicy
+
+__all__ = ["DevServer", "ServeOptions", "StaticFiles", "format_event"]
+
+log = logging.getLogger("bgfunctions.devserver")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeOptions:
+    """What ``bgfunctions serve`` takes on its command line."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; loopback by default."""
+    port: int = 8888
+    executor: str = "thread"
+    """``thread`` or ``process``."""
+    retry_delays: tuple[float, ...] = (60.0, 120.0)
+    background_timeout: float = 900.0
+    sync_timeout: float = 60.0
+    reload: bool = True
+    """Reload functions when their files or netlify.toml change."""
+
+
+class StaticFiles:
+    """Files of a publish directory; never serves anything outside it."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root.resolve() if root is not None and root.is_dir() else None
+
+    def find(self, path: str) -> Path | None:
+        """The file a URL path names (``/a/`` → ``a/index.html``), or None."""
+        if self.root is None or "\x00" in path:
+            return None
+        candidate = (self.root / path.lstrip("/")).resolve()
+        if candidate != self.root and self.root not in candidate.parents:
+            return None  # .. or a symlink out of the publish directory
+        if candidate.is_dir():
+            candidate = candidate / "index.html"
+        elif not candidate.is_file() and candidate.with_suffix(".html").is_file():
+            candidate = candidate.with_suffix(".html")
+        return candidate if candidate.is_file() else None
+
+    def exists(self, path: str) -> bool:
+        return self.find(path) is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        found = self.find(scope["path"]) if scope["method"] in ("GET", "HEAD") else None
+        if found is None:
+            body = b"Not Found - Request ID: none\n"
+            await _plain(send, 404, body, b"text/plain; charset=utf-8")
+            return
+        data = await asyncio.to_thread(found.read_bytes)
+        kind = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
+        await _plain(send, 200, b"" if scope["method"] == "HEAD" else data, kind.encode())
+
+
+async def _plain(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def format_event(event: Event, clock: Clock) -> str | None:
+    """One line per invocation event, each with the request id; None for events not shown."""
+    r = event.record
+    head = f"[{r.request_id}] {r.function}"
+    attempt = r.last_attempt
+    if event.kind is EventKind.ACCEPTED:
+        return f"{head}: queued"
+    if event.kind is EventKind.ATTEMPT_STARTED and attempt is not None:
+        return f"{head}: attempt {attempt.number} started"
+    if event.kind is EventKind.ATTEMPT_ENDED and attempt is not None and attempt.outcome:
+        took = f"{attempt.duration:.3f} s" if attempt.duration is not None else "?"
+        error = f" ({attempt.error_type}: {attempt.error_message})" if attempt.error_type else ""
+        return f"{head}: attempt {attempt.number} {attempt.outcome.value} in {took}{error}"
+    if event.kind is EventKind.RETRY_SCHEDULED and r.next_run_at is not None:
+        delay = r.next_run_at - clock.now()
+        return f"{head}: retry scheduled in {max(0.0, delay):.1f} s"
+    if event.kind in (EventKind.SUCCEEDED, EventKind.FAILED, EventKind.CANCELLED):
+        return f"{head}: {event.kind.value} after {len(r.attempts)} attempt(s)"
+    return None
+
+
+class DevServer:
+    """A site served with its functions, static files and reload."""
+
+    def __init__(
+        self, site_dir: str | Path, options: ServeOptions | None = None, *, out: TextIO | None = None
+    ) -> None:
+        self.site_dir = Path(site_dir)
+        self.options = options if options is not None else ServeOptions()
+        self.out = out if out is not None else sys.stdout
+        self.clock: Clock = SystemClock()
+        self.registry = Registry.from_site(self.site_dir)
+        self.static = StaticFiles(self.registry.publish_dir)
+        self.app = App(
+            self.registry,
+            executor=self._executor(),
+            limits=Limits(
+                background_timeout=self.options.background_timeout,
+                sync_timeout=self.options.sync_timeout,
+            ),
+            retry=RetryPolicy(delays=self.options.retry_delays),
+            on_event=self._print_event,
+            static_exists=self.static.exists,
+        )
+        self.asgi = ASGIApp(self.app, fallback=self.static)
+
+    def _executor(self) -> Executor:
+        if self.options.executor == "process":
+            from bgfunctions.processes import ProcessExecutor
+
+            return ProcessExecutor(clock=self.clock)
+        if self.options.executor != "thread":
+            raise BgFunctionsError(
+                f"--executor: expected 'thread' or 'process'; got {self.options.executor!r}"
+            )
+        from bgfunctions.threads import ThreadExecutor
+
+        return ThreadExecutor(clock=self.clock)
+
+    def _print_event(self, event: Event) -> None:
+        line = format_event(event, self.clock)
+        if line is not None:
+            print(line, file=self.out, flush=True)
+
+    def print(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def reload(self) -> bool:
+        """Rediscover the site; keep serving the old functions if the new ones do not load."""
+        try:
+            registry = Registry.from_site(self.site_dir)
+        except (BgFunctionsError, OSError) as exc:
+            self.print(f"reload failed, still serving the previous functions: {exc}")
+            return False
+        self.registry = registry
+        self.static = StaticFiles(registry.publish_dir)
+        self.asgi.fallback = self.static
+        self.app.static_exists = self.static.exists
+        self.app.reload(registry)
+        self.print(f"reloaded {len(registry)} function(s)")
+        return True
+
+    def watched_paths(self) -> list[Path]:
+        paths = [p for p in (self.registry.functions_dir, self.site_dir / "netlify.toml") if p]
+        return [p for p in paths if p.exists()]
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Reload on changes until ``stop`` is set (needs watchfiles from the [serve] extra)."""
+        from watchfiles import awatch
+
+        async for _ in awatch(*self.watched_paths(), stop_event=stop):
+            await asyncio.to_thread(self.reload)
+
+    def warn_if_public(self) -> None:
+        try:
+            loopback = ipaddress.ip_address(self.options.host).is_loopback
+        except ValueError:
+            loopback = self.options.host == "localhost"
+        if not loopback:
+            self.print(
+                f"warning: serving on {self.options.host}, which is not a loopback address: "
+                "anyone who can reach this machine can call these functions"
+            )
+
+    def run(self, *, table: Callable[[Registry], str] | None = None) -> None:
+        """Serve until interrupted."""
+        try:
+            import uvicorn
+        except ImportError:
+            raise BgFunctionsError(
+                "bgfunctions serve needs uvicorn: pip install 'bgfunctions[serve]'"
+            ) from None
+        if table is not None:
+            self.print(table(self.registry))
+        self.warn_if_public()
+        config = uvicorn.Config(
+            self.asgi, host=self.options.host, port=self.options.port, log_level="warning",
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        self.print(f"serving {self.site_dir} on http://{self.options.host}:{self.options.port}")
+        asyncio.run(self._serve(server))
+
+    async def _serve(self, server: object) -> None:
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(self.watch(stop)) if self.options.reload else None
+        try:
+            await server.serve()  # type: ignore[attr-defined]
+        finally:
+            stop.set()
+            if watcher is not None:
+                await watcher

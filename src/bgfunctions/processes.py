@@ -1,0 +1,386 @@
+"""The process executor: attempts run in long-lived worker processes that can be killed.
+
+Each worker thread of the pool owns one worker process (started with ``spawn``, never forked
+from this threaded process). A process loads each function from its file once and runs many
+attempts. When an attempt passes its limit, its process is killed for real (SIGKILL), the
+attempt is recorded ``timed_out``, and a fresh process takes its place; a process that dies on its
+own (``os._exit``, a signal, out of memory) records the attempt ``crashed``. Either way the
+normal retry schedule follows and the pool keeps its full capacity.
+
+Choose it when handlers may hang in code that cannot be interrupted (C extensions, blocking
+I/O without timeouts), or must not share memory with the server. It costs a process per worker
+and a JSON round trip per attempt; the thread executor is lighter for well-behaved handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import inspect
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+from collections.abc import Mapping
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from bgfunctions._attempt import (
+    make_context,
+    record_request,
+    settle_pending,
+    timeout_error,
+    to_response,
+)
+from bgfunctions._loader import find_handler, is_async_handler, load_module
+from bgfunctions.clock import Clock, SystemClock
+from bgfunctions.config import Config
+from bgfunctions.errors import DeadlineExceeded
+from bgfunctions.invocation import InvocationRecord, Outcome, error_type_name
+from bgfunctions.journal import Journal
+from bgfunctions.logs import invocation_scope
+from bgfunctions.registry import Function
+from bgfunctions.requests import Request
+from bgfunctions.responses import Response
+from bgfunctions.threads import ThreadExecutor
+
+__all__ = ["ProcessExecutor"]
+
+log = logging.getLogger("bgfunctions.executor")
+_CONTEXT = multiprocessing.get_context("spawn")
+
+
+class _Worker:
+    """One worker process and the pipe to it."""
+
+    def __init__(self) -> None:
+        parent, child = _CONTEXT.Pipe()
+        self.conn = parent
+        self.process: BaseProcess = _CONTEXT.Process(
+            target=_process_main, args=(child,), name="bgfunctions-process", daemon=True
+        )
+        self.process.start()
+        child.close()
+        self.timed_out = False
+        # Wait until it is ready, so that its start-up never eats into an attempt's time.
+        ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], 60)
+        if self.conn not in ready:
+            self.kill()
+            raise RuntimeError(f"a bgfunctions worker process did not start: {self.exit_description}")
+        self.conn.recv_bytes()
+
+    def run(self, message: Mapping[str, Any], timeout: float) -> dict[str, Any] | None:
+        """Send one attempt; its reply, or None when the process died or ran out of time (then
+        it is dead: killed if it had to be)."""
+        try:
+            self.conn.send_bytes(json.dumps(message).encode())
+        except (BrokenPipeError, OSError):
+            return None
+        ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], timeout)
+        self.timed_out = not ready
+        if self.conn in ready:
+            try:
+                reply: dict[str, Any] = json.loads(self.conn.recv_bytes())
+                return reply
+            except (EOFError, OSError):
+                pass
+        if not ready:
+            self.kill()
+        return None
+
+    @property
+    def exit_description(self) -> str:
+        self.process.join(5)
+        code = self.process.exitcode
+        if code is None:
+            return "the worker process did not answer"
+        if code < 0:
+            try:
+                return f"the worker process was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"the worker process was killed by signal {-code}"
+        return f"the worker process exited with code {code}"
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send_bytes(b"null")
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(2)
+        self.kill()
+
+
+class ProcessExecutor(ThreadExecutor):
+    """Runs every attempt (sync or async handler) in a pool of worker processes."""
+
+    def __init__(
+        self,
+        *,
+        max_workers: int | None = None,
+        max_pending: int | None = None,
+        clock: Clock | None = None,
+        journal: Journal | None = None,
+    ) -> None:
+        super().__init__(
+            max_workers=max_workers if max_workers is not None else (os.cpu_count() or 1),
+            max_pending=max_pending,
+            clock=clock if clock is not None else SystemClock(),
+            journal=journal,
+        )
+        self.processes_spawned = 0
+        self._processes: set[_Worker] = set()
+
+    # Every attempt goes to a worker thread, which hands it to its process.
+    def _ready(self, record: InvocationRecord) -> None:
+        with self._lock:
+            if self._closed:
+                self._pending -= 1
+                return
+            self._queue.append(record)
+            if self._idle:
+                self._work.notify()
+            elif len(self._workers) < self.max_workers:
+                self._spawn_worker()
+
+    def _new_process(self) -> _Worker:
+        worker = _Worker()
+        with self._lock:
+            self.processes_spawned += 1
+            self._processes.add(worker)
+        return worker
+
+    def _drop_process(self, worker: _Worker) -> None:
+        with self._lock:
+            self._processes.discard(worker)
+
+    def _worker_main(self) -> None:
+        worker: _Worker | None = None
+        try:
+            while (record := self._next_record()) is not None:
+                started = self._begin(record)
+                if started is None:
+                    continue
+                function = self.binding.lookup(started.function)
+                timeout = self.binding.limits_for(function).background_timeout
+                attempt = started.attempts[-1]
+                deadline = attempt.started_at + timeout
+                if worker is None:
+                    worker = self._new_process()
+                with self._lock:
+                    self._running_count += 1
+                try:
+                    outcome, error, _ = self._attempt(worker, function, started, timeout, deadline)
+                finally:
+                    with self._lock:
+                        self._running_count -= 1
+                if outcome in (Outcome.TIMED_OUT, Outcome.CRASHED):
+                    self._drop_process(worker)
+                    worker = None
+                ended_at = deadline if outcome is Outcome.TIMED_OUT else None
+                self._retry_or_finish(self._end(started, outcome, error, ended_at=ended_at))
+        finally:
+            if worker is not None:
+                worker.stop()
+                self._drop_process(worker)
+
+    def _attempt(
+        self, worker: _Worker, function: Function, record: InvocationRecord, timeout: float,
+        deadline: float, *, sync_call: bool = False,
+    ) -> tuple[Outcome, BaseException | None, dict[str, Any] | None]:
+        if function.file is None:
+            return Outcome.ERROR, RuntimeError(
+                f"function {function.name!r} was added in code, not loaded from a file; the "
+                "process executor can only run functions from their files"
+            ), None
+        message: dict[str, Any] = {
+            "file": str(function.file),
+            "package": function.file.parent.name == function.name,
+            "name": function.name,
+            "background": function.background,
+            "record": record.to_json(),
+            "attempt": record.attempts[-1].number if record.attempts else 1,
+            "deadline": deadline,
+            "trust_proxy": self.binding.trust_proxy,
+            "sync_call": sync_call,
+        }
+        reply = worker.run(message, max(0.0, timeout))
+        if reply is None:
+            if worker.timed_out:
+                log.warning(
+                    "function %r (request %s) ran past its %g s limit; its worker process was "
+                    "killed and will be replaced", function.name, record.request_id, timeout,
+                )
+                return Outcome.TIMED_OUT, timeout_error(function, timeout, message["attempt"]), None
+            return Outcome.CRASHED, RuntimeError(
+                f"function {function.name!r}: {worker.exit_description}"
+            ), None
+        outcome = Outcome(reply["outcome"])
+        error = None
+        if reply.get("error_type"):
+            error = _RemoteError(reply["error_type"], reply.get("error_message") or "")
+        return outcome, error, reply
+
+    # -- synchronous functions, also in a process -----------------------------------------
+
+    def call(
+        self, function: Function, request: Request, params: Mapping[str, str], request_id: str
+    ) -> Response:
+        self._check_open()
+        timeout = self.binding.limits_for(function).sync_timeout
+        now = self.clock.now()
+        record = InvocationRecord(
+            request_id=request_id, function=function.name, method=request.method,
+            url=request.url, headers=tuple(request.headers.raw), body=request.body,
+            client=request.client, params=params, accepted_at=now,
+        )
+        worker = self._new_process()
+        try:
+            outcome, error, reply = self._attempt(
+                worker, function, record, timeout, now + timeout, sync_call=True
+            )
+        finally:
+            worker.stop()
+            self._drop_process(worker)
+        if outcome is not Outcome.SUCCEEDED or reply is None:
+            raise error or RuntimeError(f"function {function.name!r} failed")
+        data = reply["response"]
+        return Response(
+            base64.b64decode(data["body"]), status=data["status"],
+            headers=[tuple(pair) for pair in data["headers"]],
+        )
+
+    async def call_async(
+        self, function: Function, request: Request, params: Mapping[str, str], request_id: str
+    ) -> Response:
+        return await asyncio.to_thread(self.call, function, request, params, request_id)
+
+    def shutdown(self, wait: bool = True, *, grace: float | None = None) -> None:
+        """As the thread executor; processes still running after ``grace`` are killed, and
+        their attempts recorded ``crashed`` (a failed attempt, retried on recovery)."""
+        if self._closed:
+            return
+        killer = None
+        if grace is not None or not wait:
+            killer = threading.Timer(grace or 0.0, self._kill_all)
+            killer.daemon = True
+            killer.start()
+        try:
+            super().shutdown(wait=True)
+        finally:
+            if killer is not None:
+                killer.cancel()
+            self._kill_all()
+
+    def _kill_all(self) -> None:
+        with self._lock:
+            workers = list(self._processes)
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+
+
+class _RemoteError(Exception):
+    """An exception raised in a worker process, by its type name and message."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(message)
+        self.remote_type = type_name
+
+
+# -- the worker process ----------------------------------------------------------------------
+
+
+def _process_main(conn: multiprocessing.connection.Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    cache: dict[tuple[str, int], Function] = {}
+    clock = SystemClock()
+    conn.send_bytes(b'"ready"')
+    while True:
+        try:
+            message = json.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        conn.send_bytes(json.dumps(_run_one(message, cache, clock)).encode())
+
+
+def _load(message: Mapping[str, Any], cache: dict[tuple[str, int], Function]) -> Function:
+    path = Path(message["file"])
+    key = (str(path), path.stat().st_mtime_ns)
+    function = cache.get(key)
+    if function is None:
+        module = load_module(path, function=message["name"], package=message["package"])
+        handler = find_handler(module, path, function=message["name"])
+        function = Function(
+            name=message["name"], handler=handler,  # type: ignore[arg-type]
+            config=Config(), background=message["background"], file=path,
+            is_async=is_async_handler(handler),
+        )
+        cache[key] = function
+    return function
+
+
+def _run_one(
+    message: Mapping[str, Any], cache: dict[tuple[str, int], Function], clock: Clock
+) -> dict[str, Any]:
+    record = InvocationRecord.from_json(message["record"])
+    try:
+        function = _load(message, cache)
+    except Exception as exc:
+        return _failure(Outcome.ERROR, exc)
+    request = record_request(record)
+    context = make_context(
+        function, request, request_id=record.request_id, params=record.params,
+        attempt=message["attempt"], deadline=message["deadline"], clock=clock,
+        trust_proxy=message["trust_proxy"], site=None,
+    )
+    handler = function.handler
+    assert handler is not None
+    with invocation_scope(function.name, record.request_id, message["attempt"]):
+        try:
+            value = handler(request, context)
+            if inspect.isawaitable(value) or context._pending:
+                value = asyncio.run(_finish(value, context))
+        except DeadlineExceeded as exc:
+            return _failure(Outcome.TIMED_OUT, exc)
+        except Exception as exc:
+            return _failure(Outcome.ERROR, exc)
+    reply: dict[str, Any] = {"outcome": Outcome.SUCCEEDED.value}
+    if message["sync_call"]:
+        try:
+            response = to_response(value, function, context)
+        except Exception as exc:
+            return _failure(Outcome.ERROR, exc)
+        reply["response"] = {
+            "status": response.status,
+            "headers": [list(p) for p in response.headers.raw],
+            "body": base64.b64encode(response.body).decode("ascii"),
+        }
+    return reply
+
+
+async def _finish(value: object, context: Any) -> object:
+    if inspect.isawaitable(value):
+        value = await value
+    await settle_pending(context)
+    return value
+
+
+def _failure(outcome: Outcome, exc: BaseException) -> dict[str, Any]:
+    log.warning("attempt failed in worker process", exc_info=exc)
+    return {
+        "outcome": outcome.value,
+        "error_type": error_type_name(exc),
+        "error_message": str(exc),
+    }

@@ -1,0 +1,203 @@
+"""Serve an App over WSGI (gunicorn, waitress), or mount it in Flask or Django.
+
+Flask: mount it beside the Flask app with werkzeug's ``DispatcherMiddleware``::
+
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    from bgfunctions import App, Registry
+    from bgfunctions.wsgi import WSGIApp
+
+    flask_app.wsgi_app = DispatcherMiddleware(
+        flask_app.wsgi_app, {"/fn": WSGIApp(App(Registry.from_site(".")))}
+    )
+
+Django: wrap the project's WSGI handler the same way, in the project's ``wsgi.py`` (Django's
+URL routing never sees ``/fn/...``; the functions see the path below ``/fn``)::
+
+    from django.core.wsgi import get_wsgi_application
+    application = DispatcherMiddleware(
+        get_wsgi_application(), {"/fn": WSGIApp(App(Registry.from_site(BASE_DIR)))}
+    )
+
+A body over the function's limit is refused with 413 from its ``Content-Length`` before it is
+read, or, for a chunked body (``wsgi.input_terminated``), as soon as it passes the limit. The
+executor starts lazily on the first request, in the process that serves it (safe with
+gunicorn's ``--preload``), and stops at interpreter exit or on :meth:`WSGIApp.close`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import re
+import threading
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote
+
+from bgfunctions.app import App, Resolution
+from bgfunctions.errors import RequestError
+from bgfunctions.requests import Request
+from bgfunctions.responses import Response
+
+__all__ = ["WSGIApp"]
+
+StartResponse = Callable[..., Any]
+Environ = dict[str, Any]
+_CHUNK = 64 * 1024
+
+
+class WSGIApp:
+    """A WSGI application over an :class:`~bgfunctions.App`."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        grace: float = 30.0,
+        fallback: Callable[[Environ, StartResponse], Iterable[bytes]] | None = None,
+    ) -> None:
+        """``grace``: seconds running attempts get at interpreter exit. ``fallback``: a WSGI app
+        for requests no function matched, instead of a 404."""
+        self.app = app
+        self.grace = grace
+        self.fallback = fallback
+        self._registered = False
+        self._register_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the executor (running attempts get ``grace`` seconds)."""
+        self.app.shutdown(True, grace=self.grace)
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if not self._registered:
+            with self._register_lock:
+                if not self._registered:
+                    # WSGI has no lifespan: stop with the interpreter of the process that served.
+                    self._registered = True
+                    atexit.register(self.close)
+        method = _text(environ.get("REQUEST_METHOD")) or "GET"
+        path = _decode(_text(environ.get("PATH_INFO"))) or "/"
+        resolution = self.app.resolve(method, path)
+        if resolution.response is not None:
+            if self.fallback is not None:
+                return self.fallback(environ, start_response)
+            return _respond(start_response, resolution.response)
+        try:
+            body = _read_body(environ, resolution.body_limit)
+        except RequestError as exc:
+            return _respond(start_response, Response.text(f"Bad Request: {exc}\n", status=400))
+        if body is None:
+            return _respond(start_response, _too_large(resolution))
+        try:
+            request = _request(environ, method, path, body)
+        except RequestError as exc:
+            return _respond(start_response, Response.text(f"Bad Request: {exc}\n", status=400))
+        return _respond(start_response, self.app.handle(request, resolution=resolution))
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _decode(value: str) -> str:
+    """WSGI strings are bytes decoded as Latin-1; paths are UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a server that already decoded the path as text
+        return value
+
+
+def _read_body(environ: Environ, limit: int) -> bytes | None:
+    """The body, or None when it is over ``limit``. A declared ``Content-Length`` over the limit
+    is refused before anything is read; a body shorter than declared is a RequestError."""
+    stream = environ.get("wsgi.input")
+    length = _text(environ.get("CONTENT_LENGTH")).strip()
+    if length:
+        if not _DIGITS.fullmatch(length):
+            raise RequestError(f"invalid Content-Length {length!r}: expected a number of bytes")
+        size = int(length)
+        if size > limit:
+            return None
+        if size == 0 or stream is None:
+            return b""
+        data = bytes(stream.read(size))
+        if len(data) < size:
+            raise RequestError(f"the body has {len(data)} bytes; Content-Length said {size}")
+        return data
+    if stream is None or not environ.get("wsgi.input_terminated"):
+        # PEP 3333: without a length the app must not read; only a server that marks the input
+        # as terminated (chunked bodies in gunicorn, werkzeug) lets it read to the end.
+        return b""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = stream.read(min(_CHUNK, limit + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(bytes(chunk))
+
+
+_DIGITS = re.compile(r"[0-9]+")
+# The same characters the ASGI adapter leaves unescaped in Request.url.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_QUERY_SAFE = "/%:@!$&'()*+,;=-._~?"
+
+
+def _latin1_bytes(value: str) -> bytes:
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
+def _request(environ: Environ, method: str, path: str, body: bytes) -> Request:
+    # Header values stay Latin-1 text, as the ASGI adapter (and Starlette) read them.
+    headers = [
+        (key[5:].replace("_", "-").lower(), value)
+        for key, value in environ.items()
+        if isinstance(key, str) and key.startswith("HTTP_") and isinstance(value, str)
+    ]
+    for key, name in (("CONTENT_TYPE", "content-type"), ("CONTENT_LENGTH", "content-length")):
+        value = environ.get(key)
+        if isinstance(value, str) and value:
+            headers.append((name, value))
+    raw_path = quote(path, safe=_PATH_SAFE)
+    query = quote(_latin1_bytes(_text(environ.get("QUERY_STRING"))), safe=_QUERY_SAFE)
+    url = f"{raw_path}?{query}" if query else raw_path
+    client = _text(environ.get("REMOTE_ADDR")) or None
+    return Request(method, url, headers=headers, body=body, client=client)
+
+
+def _too_large(resolution: Resolution) -> Response:
+    kind = "background" if resolution.background else "synchronous"
+    # No "connection: close": PEP 3333 forbids hop-by-hop headers from applications.
+    return Response.text(
+        f"Payload Too Large: this {kind} function accepts at most {resolution.body_limit} "
+        "bytes\n",
+        status=413,
+    )
+
+
+# PEP 3333: an application must not send hop-by-hop headers (wsgiref refuses them).
+_HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+        "trailers", "transfer-encoding", "upgrade",
+    }
+)
+
+
+def _respond(start_response: StartResponse, response: Response) -> list[bytes]:
+    status = response.status
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Unknown"
+    headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
+    if status not in (204, 304) and "content-length" not in response.headers:
+        headers.append(("content-length", str(len(response.body))))
+    start_response(f"{status} {reason}", headers)
+    return [response.body]
