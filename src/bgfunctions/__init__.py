@@ -6,9 +6,9 @@ Layers (a lower layer never imports a higher one; ``tests/test_layers.py`` check
     L1  clock, config, datastructures, requests, responses, context, retry, invocation, logs,
         _urlpattern
     L2  routing, _loader, _netlify_toml, journal
-    L3  registry, _attempt, executor, inline, threads
+    L3  registry, _attempt, executor, inline, threads, processes
     L4  app
-    L5  asgi, wsgi, testing, pytest_plugin, cli, __main__, contrib.*
+    L5  asgi, wsgi, devserver, testing, pytest_plugin, cli, __main__, contrib.*
 
 This module only re-exports.
 """
@@ -16,9 +16,19 @@ This module only re-exports.
 from __future__ import annotations
 
 from bgfunctions.app import App, Invocations, Resolution
-from bgfunctions.clock import Clock, SystemClock, VirtualClock
+from bgfunctions.clock import Clock, ClockEventLoop, SystemClock, VirtualClock, run_until_idle
 from bgfunctions.config import Config, RateLimit
-from bgfunctions.context import Account, Context, Cookies, Deploy, Geo, Server, Site
+from bgfunctions.context import (
+    Account,
+    Context,
+    Cookies,
+    Country,
+    Deploy,
+    Geo,
+    Server,
+    Site,
+    Subdivision,
+)
 from bgfunctions.datastructures import Headers, MutableHeaders, QueryParams
 from bgfunctions.errors import (
     BgFunctionsError,
@@ -42,6 +52,7 @@ from bgfunctions.errors import (
     UserCodeError,
 )
 from bgfunctions.executor import Binding, Executor, ExecutorStats, Invocation
+from bgfunctions.ids import new_request_id
 from bgfunctions.inline import InlineExecutor
 from bgfunctions.invocation import (
     Attempt,
@@ -72,10 +83,12 @@ __all__ = [
     "Binding",
     "BlockingHandlerError",
     "Clock",
+    "ClockEventLoop",
     "Config",
     "ConfigError",
     "Context",
     "Cookies",
+    "Country",
     "DeadlineExceeded",
     "Deploy",
     "DiscoveryError",
@@ -119,6 +132,7 @@ __all__ = [
     "Server",
     "Site",
     "State",
+    "Subdivision",
     "SystemClock",
     "ThreadExecutor",
     "TomlError",
@@ -127,5 +141,7 @@ __all__ = [
     "VirtualClock",
     "__version__",
     "discover",
+    "new_request_id",
     "resolve_background",
+    "run_until_idle",
 ]

@@ -10,9 +10,16 @@
     functions = ASGIApp(App(Registry.from_site(".")))
     app = Starlette(routes=[Mount("/fn", app=functions)], lifespan=functions.lifespan)
 
-The body is read as it streams; a body over the function's limit is refused with 413 as soon as
-it passes the limit, without buffering the rest. The executor starts lazily in the process that
-serves, and stops with the server's lifespan (running attempts get ``grace`` seconds).
+FastAPI: ``api = FastAPI(lifespan=functions.lifespan)`` then ``api.mount("/fn", functions)``.
+Functions see the path below the mount. Served directly (``uvicorn module:functions``), the
+ASGI lifespan protocol does the same.
+
+A declared ``content-length`` over the function's limit is refused with 413 before any of the
+body is read; otherwise the body is read as it streams and refused as soon as it passes the
+limit, without buffering the rest. A client that disconnects mid-body gets nothing queued.
+The executor starts lazily in the process that serves (safe with forking servers), and stops
+with the lifespan: running attempts get ``grace`` seconds, and attempts not yet due stay
+scheduled in the journal, their attempt count unchanged.
 """
 
 from __future__ import annotations
@@ -230,8 +237,7 @@ def _request(scope: Scope, path: str, method: str, body: bytes) -> Request:
 def _too_large(resolution: Resolution) -> Response:
     kind = "background" if resolution.background else "synchronous"
     return Response.text(
-        f"Payload Too Large: this {kind} function accepts at most {resolution.body_limit} "
-        "bytes\n",
+        f"Payload Too Large: this {kind} function accepts at most {resolution.body_limit} bytes\n",
         status=413,
         headers={"connection": "close"},
     )
@@ -244,5 +250,3 @@ async def _send(send: Send, response: Response) -> None:
         headers.append((b"content-length", str(len(body)).encode("ascii")))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-

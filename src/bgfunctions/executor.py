@@ -23,6 +23,7 @@ from bgfunctions.clock import Clock
 from bgfunctions.context import Site
 from bgfunctions.errors import ExecutorShutdownError, InvocationNotFoundError
 from bgfunctions.invocation import (
+    Attempt,
     Event,
     EventKind,
     InvocationRecord,
@@ -107,7 +108,7 @@ class Invocation:
         return self._record.state
 
     @property
-    def attempts(self) -> tuple[object, ...]:
+    def attempts(self) -> tuple[Attempt, ...]:
         return self._record.attempts
 
     def done(self) -> bool:
@@ -130,8 +131,7 @@ class Invocation:
     def __repr__(self) -> str:
         r = self._record
         return (
-            f"<Invocation {r.request_id} {r.function} {r.state.value} "
-            f"attempts={len(r.attempts)}>"
+            f"<Invocation {r.request_id} {r.function} {r.state.value} attempts={len(r.attempts)}>"
         )
 
 
@@ -213,7 +213,7 @@ class Executor(ABC):
         return Invocation(self, record)
 
     def cancel(self, request_id: str) -> InvocationRecord:
-        """No further attempts. A running attempt finishes (or is cancelled, when the engine can)."""
+        """No further attempts; a running attempt finishes (or is cancelled, if the engine can)."""
         with self._lock:
             handle = self._live.get(request_id)
             record = handle.record if handle is not None else self.journal.get(request_id)
@@ -241,13 +241,15 @@ class Executor(ABC):
         the time they need); work not started stays unfinished in the journal."""
 
     @abstractmethod
-    def call(self, function: Function, request: Request, params: Mapping[str, str],
-             request_id: str) -> Response:
+    def call(
+        self, function: Function, request: Request, params: Mapping[str, str], request_id: str
+    ) -> Response:
         """Run a synchronous function once, within ``sync_timeout``; raise on failure."""
 
     @abstractmethod
-    async def call_async(self, function: Function, request: Request,
-                         params: Mapping[str, str], request_id: str) -> Response:
+    async def call_async(
+        self, function: Function, request: Request, params: Mapping[str, str], request_id: str
+    ) -> Response:
         """:meth:`call` for async hosts."""
 
     @abstractmethod
@@ -286,6 +288,20 @@ class Executor(ABC):
             result = await run_on_loop(
                 function, request, context, timeout=timeout, cancelled=self._cancel_requested
             )
+        except asyncio.CancelledError:
+            if not self._closed:
+                raise
+            # Cut off by shutdown past its grace: record it rather than leave it "running".
+            # None: nothing more is scheduled; the journal keeps it for recovery.
+            self._end(
+                started,
+                Outcome.INTERRUPTED,
+                ExecutorShutdownError(
+                    f"{type(self).__name__} shut down while attempt {attempt.number} of "
+                    f"function {function.name!r} ran"
+                ),
+            )
+            return None
         finally:
             self._running_count -= 1
         warn_ignored_return(function, result.value)
@@ -316,6 +332,12 @@ class Executor(ABC):
     def _begin(self, record: InvocationRecord) -> InvocationRecord | None:
         """Start the next attempt, or None when the invocation was cancelled meanwhile."""
         with self._lock:
+            if record.request_id not in self._live:
+                # _store drops the live handle once finished (e.g. cancelled while waiting),
+                # so the record we were dispatched with is stale: trust the journal.
+                stored = self.journal.get(record.request_id)
+                if stored is None or stored.state.finished:
+                    return None
             record = self._current(record.request_id, record)
             if record.state.finished:
                 self._live.pop(record.request_id, None)
@@ -351,7 +373,8 @@ class Executor(ABC):
             )
             if cancel and ended.state is State.FAILED:
                 ended = dataclasses.replace(ended, state=State.CANCELLED)
-            self._store(ended)
+            if not ended.state.finished:
+                self._store(ended)
         if ended.state.finished:
             self.journal.finished(ended)
         else:
@@ -372,8 +395,16 @@ class Executor(ABC):
                 except Exception:
                     log.exception(
                         "on_failure hook %r raised for %s (%s); ignored",
-                        hook, ended.request_id, ended.function,
+                        hook,
+                        ended.request_id,
+                        ended.function,
                     )
+        if state.finished:
+            # Waiters wake only now, so that when wait() returns the journal has the final
+            # record and the hooks have seen it.
+            with self._lock:
+                self._cancel_requested.discard(ended.request_id)
+                self._store(ended)
         return ended
 
     def _store(self, record: InvocationRecord) -> None:
@@ -397,7 +428,9 @@ class Executor(ABC):
             except Exception:
                 log.exception(
                     "on_event listener %r raised for %s %s; ignored",
-                    listener, kind.value, record.request_id,
+                    listener,
+                    kind.value,
+                    record.request_id,
                 )
 
     def _wait(self, handle: Invocation, timeout: float | None) -> None:

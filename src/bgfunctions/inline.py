@@ -89,6 +89,8 @@ class InlineExecutor(Executor):
         self.clock.advance(max(0.0, when - self.clock.now()))
 
     def _wait(self, handle: Invocation, timeout: float | None) -> None:
+        if handle.done():  # also after shutdown closed the loop (as ``invoke`` does)
+            return
         until = None if timeout is None else self._loop.time() + timeout
         self._loop.run_until_idle(until)
         if not handle.done():

@@ -8,7 +8,8 @@
         raise RuntimeError("boom")
 
     invocation = invoke(handler)
-    assert [a.started_at - invocation.record.accepted_at for a in invocation.attempts] == [0, 60, 180]
+    accepted = invocation.record.accepted_at
+    assert [a.started_at - accepted for a in invocation.attempts] == [0, 60, 180]
 
 Everything here is a real implementation (the inline executor, the in-memory journal, a
 virtual clock), not a mock: what passes here behaves the same on the thread executor.
@@ -141,7 +142,12 @@ def invoke(
         fname = fn.name
     else:
         fname = name if name is not None else getattr(handler, "__name__", "handler")
+        if name is None and not fname.isidentifier():
+            fname = "handler"  # a lambda's "<lambda>" is not a valid function name
         fname = fname.replace("_", "-") if fname.isidentifier() else fname
+        # It runs as a background invocation, so its Context says so unless config says otherwise.
+        if config is None:
+            config = Config(background=True)
         registry.add(fname, handler, config=config)
     app = App(
         registry,

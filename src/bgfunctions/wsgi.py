@@ -66,6 +66,8 @@ class WSGIApp:
 
     def close(self) -> None:
         """Stop the executor (running attempts get ``grace`` seconds)."""
+        # Once closed, the exit hook has nothing left to do: drop it (and its reference).
+        atexit.unregister(self.close)
         self.app.shutdown(True, grace=self.grace)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -175,8 +177,7 @@ def _too_large(resolution: Resolution) -> Response:
     kind = "background" if resolution.background else "synchronous"
     # No "connection: close": PEP 3333 forbids hop-by-hop headers from applications.
     return Response.text(
-        f"Payload Too Large: this {kind} function accepts at most {resolution.body_limit} "
-        "bytes\n",
+        f"Payload Too Large: this {kind} function accepts at most {resolution.body_limit} bytes\n",
         status=413,
     )
 
@@ -184,8 +185,14 @@ def _too_large(resolution: Resolution) -> Response:
 # PEP 3333: an application must not send hop-by-hop headers (wsgiref refuses them).
 _HOP_BY_HOP = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-        "trailers", "transfer-encoding", "upgrade",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
     }
 )
 

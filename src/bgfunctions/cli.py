@@ -1,0 +1,360 @@
+"""The ``bgfunctions`` command line.
+
+``bgfunctions list [SITE_DIR] [--json]`` shows a site's functions: whether each is background and
+why, its routes, and its file, then every warning. Each subcommand is one ``_add_<name>`` function
+that declares its arguments and one ``_cmd_<name>`` function that runs it, so new commands slot in
+beside ``list``. An error the user can fix (a missing directory, a module that fails to import,
+bad netlify.toml) is one line on stderr, ``bgfunctions: error: ...``, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from bgfunctions.errors import BgFunctionsError, ConfigError
+from bgfunctions.registry import Function, Registry
+
+__all__ = ["EXIT_ERROR", "EXIT_OK", "build_parser", "main"]
+
+EXIT_OK = 0
+"""The command did what was asked."""
+EXIT_ERROR = 2
+"""A usage error, or a site that cannot be loaded."""
+
+_PROG = "bgfunctions"
+Command = Callable[[argparse.Namespace], int]
+
+
+class _CommandError(Exception):
+    """An error a command reports as one line, without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Netlify functions, and their background functions, for Python.",
+    )
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    commands.required = True
+    _add_list(commands)
+    _add_serve(commands)
+    _add_invoke(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse has already printed usage or help; keep main() returning a status.
+        if exc.code is None:
+            return EXIT_OK
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    command: Command = args.run
+    try:
+        return command(args)
+    except BrokenPipeError:
+        # The reader went away (``bgfunctions list | head``): not an error worth a message.
+        _detach_stdout()
+        return EXIT_ERROR
+    except (BgFunctionsError, _CommandError, OSError) as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+
+
+def _detach_stdout() -> None:
+    # Python flushes stdout at exit and would report the broken pipe again; point it at devnull.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout has no file descriptor (captured in tests)
+        pass
+
+
+def _error(message: str) -> None:
+    # One line, even when a user's exception message spans several.
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"{_PROG}: error: {one_line}", file=sys.stderr)
+
+
+# -- list ------------------------------------------------------------------------------------------
+
+
+def _add_list(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "list",
+        help="show a site's functions, their routes and why each is background",
+        description=(
+            "Discover the functions of SITE_DIR (netlify.toml's [functions] directory, else "
+            "netlify/functions) and show, for each, whether it is background and why, its "
+            "routes and its file, then every warning."
+        ),
+    )
+    parser.add_argument(
+        "site_dir",
+        nargs="?",
+        default=".",
+        metavar="SITE_DIR",
+        help="the site's directory, holding netlify.toml (default: the current directory)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead")
+    _add_strict(parser)
+    parser.set_defaults(run=_cmd_list)
+
+
+def _add_strict(parser: argparse.ArgumentParser) -> None:
+    # Shared by every command that loads a site.
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="make an invalid function name an error instead of a warning",
+    )
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    site = Path(args.site_dir)
+    registry = _load_site(site, strict=args.strict)
+    if args.json:
+        json.dump([_function_json(f, site) for f in registry], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _print_table(registry, site, sys.stdout)
+    return EXIT_OK
+
+
+def _load_site(site: Path, *, strict: bool = False) -> Registry:
+    if not site.exists():
+        raise _CommandError(f"site directory {site} does not exist")
+    if not site.is_dir():
+        raise _CommandError(f"site directory {site} is not a directory")
+    return Registry.from_site(site, strict=strict)
+
+
+def _relative(path: Path | None, site: Path) -> str:
+    if path is None:
+        return "(added in code)"
+    try:
+        return path.relative_to(site).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _background_cell(function: Function) -> str:
+    if not function.background:
+        return "no"
+    return f"yes ({', '.join(function.background_reasons)})"
+
+
+def _routes_cell(function: Function) -> str:
+    if not function.valid_name:
+        return "(invalid name: answers 400)"
+    text = ", ".join(function.routes)
+    if function.config.excluded_path:
+        text += f" except {', '.join(function.config.excluded_path)}"
+    if function.config.method:
+        text += f" [{' '.join(function.config.method)}]"
+    return text
+
+
+def _name_cell(function: Function) -> str:
+    if function.display_name != function.name:
+        return f"{function.name} ({function.display_name})"
+    return function.name
+
+
+def _print_table(registry: Registry, site: Path, out: TextIO) -> None:
+    functions = list(registry)
+    where = registry.functions_dir if registry.functions_dir is not None else site
+    count = f"{len(functions)} function{'' if len(functions) == 1 else 's'}"
+    out.write(f"{count} in {where}\n")
+    if functions:
+        rows = [("NAME", "BACKGROUND", "ROUTES", "FILE")]
+        rows.extend(
+            (_name_cell(f), _background_cell(f), _routes_cell(f), _relative(f.file, site))
+            for f in functions
+        )
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        out.write("\n")
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            out.write("  ".join([*cells, row[3]]) + "\n")
+    warnings = registry.warnings
+    if warnings:
+        out.write(f"\nwarnings ({len(warnings)}):\n")
+        for warning in warnings:
+            out.write(f"  - {warning}\n")
+
+
+def _function_json(function: Function, site: Path) -> dict[str, object]:
+    return {
+        "name": function.name,
+        "display_name": function.display_name,
+        "background": function.background,
+        "background_reasons": list(function.background_reasons),
+        "routes": list(function.routes),
+        "methods": list(function.config.method) if function.config.method else None,
+        "file": None if function.file is None else _relative(function.file, site),
+        "valid_name": function.valid_name,
+        "warnings": list(function.warnings),
+        "config": function.config.to_dict(),
+    }
+
+
+# -- serve -----------------------------------------------------------------------------------------
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="serve a site's functions and static files, with retries, limits and reload",
+        description=(
+            "Serve SITE_DIR's functions on http://HOST:PORT with Netlify's semantics (202 for "
+            "background functions, retries after 60 and 120 s, 900 s limit), its publish "
+            "directory behind them, and reload when the functions or netlify.toml change."
+        ),
+    )
+    parser.add_argument("site_dir", nargs="?", default=".", metavar="SITE_DIR")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8888, help="port (default 8888)")
+    parser.add_argument(
+        "--executor", choices=("thread", "process"), default="thread",
+        help="thread (default) or process: worker processes that are killed at the limit",
+    )
+    parser.add_argument(
+        "--retry-delays", type=_delays, default=(60.0, 120.0), metavar="SECONDS,...",
+        help="seconds between a failed attempt and the next (default 60,120; '' for none)",
+    )
+    parser.add_argument(
+        "--background-timeout", type=_seconds, default=900.0, metavar="SECONDS",
+        help="limit of one background attempt (default 900)",
+    )
+    parser.add_argument(
+        "--sync-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+        help="limit of a synchronous function (default 60)",
+    )
+    parser.add_argument("--no-reload", action="store_true", help="do not watch for changes")
+    parser.set_defaults(run=_cmd_serve)
+
+
+def _delays(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(_seconds(part) for part in text.split(",") if part.strip())
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds separated by commas, such as 60,120; got {text!r}"
+        ) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0; got {text!r}")
+    return value
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from bgfunctions.devserver import DevServer, ServeOptions
+
+    site = Path(args.site_dir)
+    _load_site(site)  # a broken site is one clear line before anything starts
+    if args.background_timeout <= 0 or args.sync_timeout <= 0:
+        raise ConfigError("--background-timeout and --sync-timeout must be above 0")
+    server = DevServer(
+        site,
+        ServeOptions(
+            host=args.host, port=args.port, executor=args.executor,
+            retry_delays=args.retry_delays, background_timeout=args.background_timeout,
+            sync_timeout=args.sync_timeout, reload=not args.no_reload,
+        ),
+    )
+
+    def table(registry: Registry) -> str:
+        out = io.StringIO()
+        _print_table(registry, site, out)
+        return out.getvalue().rstrip("\n")
+
+    try:
+        server.run(table=table)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+# -- invoke ----------------------------------------------------------------------------------------
+
+
+def _add_invoke(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "invoke",
+        help="run one invocation on a virtual clock and print its timeline of attempts",
+        description=(
+            "Run function NAME of the site once, as the server would, on a virtual clock: "
+            "retries and time limits play out in milliseconds. Prints each attempt."
+        ),
+    )
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("--site", default=".", metavar="SITE_DIR", help="default: .")
+    parser.add_argument("--data", default=None, help="the request body (a string)")
+    parser.add_argument("--method", default="POST", help="default POST")
+    parser.add_argument(
+        "--header", "-H", action="append", default=[], metavar="NAME:VALUE",
+        help="a request header (repeatable)",
+    )
+    parser.set_defaults(run=_cmd_invoke)
+
+
+def _cmd_invoke(args: argparse.Namespace) -> int:
+    from bgfunctions.requests import Request
+    from bgfunctions.testing import make_app
+
+    site = Path(args.site_dir if hasattr(args, "site_dir") else args.site)
+    registry = _load_site(site)
+    function = registry[args.name]
+    headers = []
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            raise _CommandError(f"--header: expected NAME:VALUE; got {header!r}")
+        headers.append((name.strip(), value.strip()))
+    request = Request(
+        args.method, f"/.netlify/functions/{function.name}", headers=headers,
+        body=args.data,
+    )
+    app = make_app(registry)
+    try:
+        if not function.background:
+            response = app.handle(request)
+            print(f"{response.status}  {function.name} (synchronous)")
+            sys.stdout.write(response.body.decode("utf-8", "replace"))
+            if response.body and not response.body.endswith(b"\n"):
+                sys.stdout.write("\n")
+            return EXIT_OK if response.status < 500 else 1
+        invocation = app.enqueue(function.name, request)
+        record = invocation.wait()
+    finally:
+        app.shutdown()
+    start = record.accepted_at
+    print(f"{record.function}  request {record.request_id}  (virtual time)")
+    for attempt in record.attempts:
+        took = attempt.duration or 0.0
+        error = f"  {attempt.error_type}: {attempt.error_message}" if attempt.error_type else ""
+        outcome = attempt.outcome.value if attempt.outcome else "running"
+        print(
+            f"  t={attempt.started_at - start:>8.3f}s  attempt {attempt.number}  "
+            f"{outcome:<10} ran {took:.3f}s{error}"
+        )
+    print(f"  {record.state.value} after {len(record.attempts)} attempt(s)")
+    return EXIT_OK if record.state.value == "succeeded" else 1

@@ -1,0 +1,277 @@
+"""The inline executor: nothing runs until virtual time moves; schedules in virtual seconds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from bgfunctions import (
+    App,
+    Config,
+    Context,
+    ExecutorShutdownError,
+    InlineExecutor,
+    Outcome,
+    Registry,
+    Request,
+    State,
+    VirtualClock,
+)
+
+BG = Config(background=True)
+
+
+class Harness:
+    """An App on an InlineExecutor whose handlers append the virtual time they started at."""
+
+    def __init__(self) -> None:
+        self.clock = VirtualClock()
+        self.executor = InlineExecutor(clock=self.clock)
+        self.registry = Registry()
+        self.app = App(self.registry, executor=self.executor)
+        self.t0 = self.clock.now()
+        self.calls: list[float] = []
+
+    def since(self, when: float | None) -> float:
+        assert when is not None
+        return when - self.t0
+
+    def mark(self) -> None:
+        self.calls.append(self.since(self.clock.now()))
+
+
+@pytest.fixture
+def h() -> Iterator[Harness]:
+    harness = Harness()
+    yield harness
+    harness.app.shutdown()
+
+
+def test_submit_runs_nothing(h: Harness) -> None:
+    """Accepting an invocation runs no handler code and moves no time."""
+
+    def handler(request: Request, context: Context) -> None:
+        h.mark()
+
+    h.registry.add("job", handler, config=BG)
+    invocation = h.app.enqueue("job")
+    assert h.calls == []
+    assert invocation.state is State.ACCEPTED
+    assert h.clock.now() == h.t0
+    assert h.executor.stats().pending == 1
+
+
+def test_advance_runs_what_is_due(h: Harness) -> None:
+    """Advancing the clock runs the first attempt, then each retry when its time comes."""
+
+    def handler(request: Request, context: Context) -> None:
+        h.mark()
+        raise RuntimeError("boom")
+
+    h.registry.add("job", handler, config=BG)
+    invocation = h.app.enqueue("job")
+    h.clock.advance(0)
+    assert h.calls == [0]
+    assert invocation.state is State.RETRY_SCHEDULED
+    h.clock.advance(59)
+    assert h.calls == [0]
+    h.clock.advance(1)
+    assert h.calls == [0, 60]
+    h.clock.advance(119.5)
+    assert h.calls == [0, 60]
+    h.clock.advance(0.5)
+    assert (h.calls, invocation.state) == ([0, 60, 180], State.FAILED)
+    assert h.clock.now() == h.t0 + 180
+
+
+def test_drain_runs_everything(h: Harness) -> None:
+    """drain() jumps virtual time until nothing is pending: three attempts at 0, 60 and 180 s."""
+
+    def handler(request: Request, context: Context) -> None:
+        h.mark()
+        raise ValueError("nope")
+
+    h.registry.add("job", handler, config=BG)
+    invocation = h.app.enqueue("job")
+    h.executor.drain()
+    assert h.calls == [0, 60, 180]
+    record = invocation.record
+    assert record.state is State.FAILED
+    assert [a.outcome for a in record.attempts] == [Outcome.ERROR] * 3
+    assert {a.error_type for a in record.attempts} == {"ValueError"}
+    assert h.executor.stats().pending == 0
+
+
+def test_async_handler_sleeps_on_virtual_time(h: Harness) -> None:
+    """asyncio.sleep, wait_for and loop.call_later in an async handler all run in virtual time."""
+    seen: list[tuple[str, float]] = []
+
+    async def handler(request: Request, context: Context) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(30, lambda: seen.append(("call_later", h.since(h.clock.now()))))
+        await asyncio.sleep(10)
+        seen.append(("sleep", h.since(h.clock.now())))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.sleep(1000), timeout=50)
+        seen.append(("wait_for", h.since(h.clock.now())))
+
+    h.registry.add("job", handler, config=BG)
+    invocation = h.app.enqueue("job")
+    h.executor.drain()
+    assert seen == [("sleep", 10), ("call_later", 30), ("wait_for", 60)]
+    assert invocation.state is State.SUCCEEDED
+    assert h.since(invocation.record.finished_at) == 60
+
+
+def test_drain_async_from_an_async_test(h: Harness) -> None:
+    """`await executor.drain_async()` runs virtual time from inside another event loop."""
+
+    async def handler(request: Request, context: Context) -> None:
+        await asyncio.sleep(300)
+        h.mark()
+
+    h.registry.add("job", handler, config=BG)
+
+    async def main() -> State:
+        invocation = h.app.enqueue("job")
+        await h.executor.drain_async()
+        return invocation.state
+
+    assert asyncio.run(main()) is State.SUCCEEDED
+    assert h.calls == [300]
+
+
+def test_sync_sleep_past_deadline_times_out_at_the_deadline(h: Harness) -> None:
+    """A sync handler's context.sleep() past its deadline ends the attempt timed out at 900 s."""
+
+    def handler(request: Request, context: Context) -> None:
+        h.mark()
+        context.sleep(100)
+        context.sleep(2000)
+        h.calls.append(-1)  # never reached
+
+    h.registry.add("job", handler, config=BG, retry=None)
+    invocation = h.app.enqueue("job")
+    h.clock.advance(900)
+    first = invocation.record.attempts[0]
+    assert first.outcome is Outcome.TIMED_OUT
+    assert h.since(first.started_at) == 0
+    assert h.since(first.ended_at) == 900
+    assert -1 not in h.calls
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_three_timeouts_take_exactly_the_schedule(h: Harness, kind: str) -> None:
+    """A handler sleeping 1,200 s times out at 900 each time; it ends at 900+60+900+120+900."""
+
+    async def async_handler(request: Request, context: Context) -> None:
+        h.mark()
+        await asyncio.sleep(1200)
+
+    def sync_handler(request: Request, context: Context) -> None:
+        h.mark()
+        context.sleep(1200)
+
+    h.registry.add("job", async_handler if kind == "async" else sync_handler, config=BG)
+    invocation = h.app.enqueue("job")
+    h.executor.drain()
+    record = invocation.record
+    assert record.state is State.FAILED
+    assert [(h.since(a.started_at), h.since(a.ended_at)) for a in record.attempts] == [
+        (0, 900),
+        (960, 1860),
+        (1980, 2880),
+    ]
+    assert [a.outcome for a in record.attempts] == [Outcome.TIMED_OUT] * 3
+    assert h.calls == [0, 960, 1980]
+    assert h.since(record.finished_at) == 900 + 60 + 900 + 120 + 900
+    assert h.since(h.clock.now()) == 2880
+
+
+def test_success_on_second_attempt(h: Harness) -> None:
+    """A handler that fails once succeeds at 60 s, and the context numbers its attempts."""
+    attempts: list[int] = []
+
+    def handler(request: Request, context: Context) -> None:
+        attempts.append(context.attempt)
+        if context.attempt == 1:
+            raise RuntimeError("first try fails")
+
+    h.registry.add("job", handler, config=BG)
+    record = h.app.enqueue("job").wait()
+    assert attempts == [1, 2]
+    assert record.state is State.SUCCEEDED
+    assert [h.since(a.started_at) for a in record.attempts] == [0, 60]
+
+
+def test_wait_drains_until_done(h: Harness) -> None:
+    """Invocation.wait() runs virtual time until the invocation finished; returns its record."""
+
+    async def handler(request: Request, context: Context) -> None:
+        await asyncio.sleep(500)
+
+    h.registry.add("job", handler, config=BG)
+    invocation = h.app.enqueue("job")
+    record = invocation.wait()
+    assert invocation.done()
+    assert record.state is State.SUCCEEDED
+    assert h.since(record.finished_at) == 500
+    assert h.app.invocations.get(invocation.request_id) == record
+
+
+def test_wait_with_timeout_raises_when_not_done(h: Harness) -> None:
+    """wait(timeout) gives up after that many virtual seconds with TimeoutError."""
+
+    async def handler(request: Request, context: Context) -> None:
+        await asyncio.sleep(500)
+
+    h.registry.add("job", handler, config=BG)
+    invocation = h.app.enqueue("job")
+    with pytest.raises(TimeoutError, match=invocation.request_id):
+        invocation.wait(timeout=100)
+    assert invocation.state is State.RUNNING
+    assert invocation.wait().state is State.SUCCEEDED
+
+
+def test_sync_call_runs_at_once(h: Harness) -> None:
+    """A synchronous function answers through the App right away, on the virtual clock."""
+
+    def handler(request: Request, context: Context) -> str:
+        return "hi"
+
+    h.registry.add("hello", handler)
+    response = h.app.handle(Request("GET", "/.netlify/functions/hello"))
+    assert response.status == 200
+    assert response.body == b"hi"
+
+
+def test_shutdown_is_clean(h: Harness) -> None:
+    """shutdown() cancels what is scheduled, refuses new work, and is idempotent."""
+    started: list[int] = []
+
+    async def handler(request: Request, context: Context) -> None:
+        started.append(context.attempt)
+        await asyncio.sleep(10_000)
+
+    h.registry.add("job", handler, config=BG)
+    invocation = h.app.enqueue("job")
+    h.clock.advance(10)
+    assert invocation.state is State.RUNNING
+    h.app.shutdown()
+    h.app.shutdown()
+    assert h.executor.loop.is_closed()
+    with pytest.raises(ExecutorShutdownError):
+        h.app.enqueue("job")
+    response = h.app.handle(Request("POST", "/.netlify/functions/job"))
+    assert response.status == 503
+    assert started == [1]
+
+
+def test_needs_a_virtual_clock() -> None:
+    """An InlineExecutor refuses a real clock, naming the executor to use instead."""
+    from bgfunctions import SystemClock
+
+    with pytest.raises(TypeError, match="ThreadExecutor"):
+        InlineExecutor(clock=SystemClock())  # type: ignore[arg-type]

@@ -1,0 +1,176 @@
+"""The process executor kills attempts past their limit for real and survives crashing handlers.
+
+Real processes and real time: every test here is marked ``realtime``. Limits are short (a 1 s
+attempt limit, retries after 0.1 s and 0.2 s); tolerances are stated where timing is checked.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bgfunctions import App, Limits, Outcome, Request, RetryPolicy, State, discover
+from bgfunctions.processes import ProcessExecutor
+
+pytestmark = pytest.mark.realtime
+
+HANDLERS = {
+    "ok-background": """
+        def handler(request, context):
+            pass
+    """,
+    "spin-background": """
+        def handler(request, context):
+            while True:
+                pass
+    """,
+    "sleepy-background": """
+        import time
+
+        def handler(request, context):
+            time.sleep(60)
+    """,
+    "exit-background": """
+        import os
+
+        def handler(request, context):
+            os._exit(3)
+    """,
+    "kill-background": """
+        import os
+        import signal
+
+        def handler(request, context):
+            os.kill(os.getpid(), signal.SIGKILL)
+    """,
+    "flaky-background": """
+        def handler(request, context):
+            if context.attempt < 3:
+                raise ValueError(f"attempt {context.attempt} fails")
+    """,
+    "async-spin-background": """
+        import asyncio
+
+        async def handler(request, context):
+            await asyncio.sleep(60)
+    """,
+    "hello": """
+        import os
+
+        def handler(request, context):
+            return {"pid": os.getpid(), "path": request.path}
+    """,
+}
+
+LIMIT = 1.0
+DELAYS = (0.1, 0.2)
+
+
+@pytest.fixture(scope="module")
+def functions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("functions")
+    for name, source in HANDLERS.items():
+        (root / f"{name}.py").write_text(textwrap.dedent(source))
+    return root
+
+
+@pytest.fixture
+def app(functions: Path) -> Iterator[App]:
+    executor = ProcessExecutor(max_workers=2)
+    app = App(
+        discover(functions),
+        executor=executor,
+        limits=Limits(background_timeout=LIMIT, sync_timeout=LIMIT),
+        retry=RetryPolicy(delays=DELAYS),
+    )
+    yield app
+    app.shutdown(grace=0)
+
+
+def run(app: App, name: str) -> list[tuple[Outcome | None, str | None]]:
+    record = app.enqueue(name).wait(30)
+    return [(a.outcome, a.error_type) for a in record.attempts]
+
+
+def test_many_invocations_share_one_process(app: App) -> None:
+    """A worker process loads a function once and runs many invocations."""
+    handles = [app.enqueue("ok-background") for _ in range(10)]
+    assert all(h.wait(30).state is State.SUCCEEDED for h in handles)
+    executor = app.executor
+    assert isinstance(executor, ProcessExecutor)
+    assert executor.processes_spawned <= 2
+
+
+@pytest.mark.parametrize("name", ["spin-background", "sleepy-background", "async-spin-background"])
+def test_attempt_past_its_limit_is_killed_and_retried(app: App, name: str) -> None:
+    """A busy loop or a long sleep is killed at its limit, recorded timed out, and retried."""
+    record = app.enqueue(name).wait(30)
+    assert record.state is State.FAILED
+    assert [a.outcome for a in record.attempts] == [Outcome.TIMED_OUT] * 3
+    for attempt in record.attempts:
+        assert attempt.duration == pytest.approx(LIMIT)
+    # retries follow the schedule: each gap is at least the delay (tolerance: 0.5 s late)
+    for delay, (before, after) in zip(DELAYS, zip(record.attempts, record.attempts[1:])):
+        assert before.ended_at is not None
+        gap = after.started_at - before.ended_at
+        assert delay - 0.01 <= gap <= delay + 0.5
+    executor = app.executor
+    assert isinstance(executor, ProcessExecutor)
+    # one process per kill (three kills), plus at most the pool's first two
+    assert executor.processes_spawned <= 3 + 2
+
+
+@pytest.mark.parametrize("name", ["exit-background", "kill-background"])
+def test_a_process_that_dies_is_a_crashed_attempt(app: App, name: str) -> None:
+    """os._exit or a SIGKILL of its own process is a crashed attempt, retried on schedule."""
+    record = app.enqueue(name).wait(30)
+    assert record.state is State.FAILED
+    assert [a.outcome for a in record.attempts] == [Outcome.CRASHED] * 3
+    assert record.attempts[0].error_message is not None
+    assert "worker process" in record.attempts[0].error_message
+
+
+def test_pool_keeps_capacity_and_others_are_undisturbed(app: App) -> None:
+    """While handlers crash and hang, other invocations still succeed, and the pool recovers."""
+    bad = [app.enqueue(n) for n in ("spin-background", "exit-background", "kill-background")]
+    good = [app.enqueue("ok-background") for _ in range(6)]
+    assert all(h.wait(30).state is State.SUCCEEDED for h in good)
+    assert all(h.wait(30).state is State.FAILED for h in bad)
+    later = [app.enqueue("ok-background") for _ in range(4)]
+    assert all(h.wait(30).state is State.SUCCEEDED for h in later)
+    assert app.executor.stats().workers == 2
+
+
+def test_failure_then_success(app: App) -> None:
+    """Exceptions cross the process boundary by type name and message."""
+    record = app.enqueue("flaky-background").wait(30)
+    assert record.state is State.SUCCEEDED
+    assert [(a.outcome, a.error_type) for a in record.attempts] == [
+        (Outcome.ERROR, "ValueError"),
+        (Outcome.ERROR, "ValueError"),
+        (Outcome.SUCCEEDED, None),
+    ]
+
+
+def test_sync_function_answers_from_a_worker_process(app: App) -> None:
+    """A synchronous function's response comes back from its process."""
+    response = app.handle(Request("GET", "/.netlify/functions/hello/extra"))
+    assert response.status == 200
+    assert b'"path":"/.netlify/functions/hello/extra"' in response.body
+
+
+def test_functions_added_in_code_are_refused_clearly(functions: Path) -> None:
+    """The process executor runs functions from their files; one added in code fails clearly."""
+    registry = discover(functions)
+    registry.add("inline-background", lambda request, context: None)
+    app = App(registry, executor=ProcessExecutor(max_workers=1), retry=RetryPolicy(delays=()))
+    try:
+        record = app.enqueue("inline-background").wait(30)
+    finally:
+        app.shutdown(grace=0)
+    assert record.state is State.FAILED
+    assert record.attempts[0].error_message is not None
+    assert "from their files" in record.attempts[0].error_message

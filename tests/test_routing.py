@@ -1,0 +1,349 @@
+"""The router's rules, through Router's public API."""
+
+from __future__ import annotations
+
+import pytest
+
+from bgfunctions.errors import DuplicateFunctionError, PatternError
+from bgfunctions.routing import (
+    FUNCTION_NOT_FOUND,
+    INVALID_NAME,
+    Match,
+    NoMatch,
+    Router,
+    RouteSpec,
+)
+
+
+def router(*specs: RouteSpec, case_insensitive_paths: bool = False) -> Router:
+    return Router(specs, case_insensitive_paths=case_insensitive_paths)
+
+
+def served_by(result: Match | NoMatch) -> str | None:
+    return result.function if isinstance(result, Match) else None
+
+
+def test_default_url_serves_function_without_paths() -> None:
+    """A function without paths is served at /.netlify/functions/NAME, route = that URL."""
+    result = router(RouteSpec(function="hello")).match("GET", "/.netlify/functions/hello")
+    assert result == Match("hello", {}, "/.netlify/functions/hello")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/.netlify/functions/hello/",
+        "/.netlify/functions/hello/a/b",
+        "/.netlify/builders/hello",
+        "/.netlify/builders/hello/x",
+    ],
+)
+def test_default_url_serves_sub_paths_and_legacy_prefix(path: str) -> None:
+    """Sub-paths of the default URL and the legacy /.netlify/builders prefix reach the function."""
+    assert served_by(router(RouteSpec(function="hello")).match("GET", path)) == "hello"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE", "patch"])
+def test_default_url_accepts_any_method_even_with_methods_declared(method: str) -> None:
+    """Methods restrict custom paths only; the default URL takes any method."""
+    r = router(RouteSpec(function="hello", methods=("GET",)))
+    assert served_by(r.match(method, "/.netlify/functions/hello")) == "hello"
+
+
+def test_custom_prefix_replaces_default_prefix() -> None:
+    """A Router built with another prefix serves functions there."""
+    r = Router([RouteSpec(function="f")], prefix="/api/")
+    assert r.match("GET", "/api/f") == Match("f", {}, "/api/f")
+    assert served_by(r.match("GET", "/.netlify/functions/f")) is None
+
+
+def test_function_with_paths_is_not_served_at_default_url() -> None:
+    """Declaring paths removes the default URL; the message says paths are defined."""
+    result = router(RouteSpec(function="f", paths=("/f",))).match("GET", "/.netlify/functions/f")
+    assert isinstance(result, NoMatch)
+    assert result.reason == "no_route"
+    assert result.function == "f"
+    assert "custom paths defined" in result.message
+    assert "'/f'" in result.message
+
+
+def test_unknown_name_under_prefix_is_function_not_found() -> None:
+    """An unknown name under the default prefix answers 'Function not found...'."""
+    result = router(RouteSpec(function="f")).match("GET", "/.netlify/functions/nope")
+    assert result == NoMatch(
+        reason="function_not_found", message=FUNCTION_NOT_FOUND, function="nope"
+    )
+    assert FUNCTION_NOT_FOUND == "Function not found..."
+
+
+def test_catch_all_never_hides_the_default_prefix() -> None:
+    """A /* route does not catch /.netlify/functions/... URLs, known or unknown."""
+    r = router(RouteSpec(function="all", paths=("/*",)), RouteSpec(function="f"))
+    assert served_by(r.match("GET", "/.netlify/functions/f")) == "f"
+    unknown = r.match("GET", "/.netlify/functions/nope")
+    assert isinstance(unknown, NoMatch)
+    assert unknown.reason == "function_not_found"
+    assert served_by(r.match("GET", "/anything/else")) == "all"
+
+
+@pytest.mark.parametrize("name", ["bad.name", "with space", "caf\u00e9"])
+def test_name_breaking_the_rule_under_prefix_is_invalid_name(name: str) -> None:
+    """A name under the prefix that breaks ^[A-Za-z0-9_-]+$ answers invalid_name."""
+    result = router().match("GET", f"/.netlify/functions/{name}")
+    assert result == NoMatch(reason="invalid_name", message=INVALID_NAME, function=name)
+    assert INVALID_NAME == (
+        "Function name should consist only of alphanumeric characters, hyphen & underscores."
+    )
+
+
+def test_registered_function_with_invalid_name_is_invalid_name() -> None:
+    """A registered function marked valid_name=False answers invalid_name, at any of its URLs."""
+    r = router(
+        RouteSpec(function="a.b", valid_name=False),
+        RouteSpec(function="c.d", paths=("/cd",), valid_name=False),
+    )
+    for path in ("/.netlify/functions/a.b", "/cd"):
+        result = r.match("GET", path)
+        assert isinstance(result, NoMatch)
+        assert result.reason == "invalid_name"
+
+
+def test_literal_path_and_params_of_patterns() -> None:
+    """A literal path has no params; a pattern's names become params; route is the pattern."""
+    r = router(
+        RouteSpec(function="about", paths=("/about",)),
+        RouteSpec(function="guide", paths=("/travel-guide/:city/:country",)),
+    )
+    assert r.match("GET", "/about") == Match("about", {}, "/about")
+    assert r.match("GET", "/travel-guide/paris/france") == Match(
+        "guide", {"city": "paris", "country": "france"}, "/travel-guide/:city/:country"
+    )
+    assert served_by(r.match("GET", "/travel-guide/paris")) is None
+
+
+def test_unnamed_groups_are_params_under_numbers() -> None:
+    """Unnamed groups appear in params as '0', '1', ..."""
+    r = router(RouteSpec(function="f", paths=("/files/*/(\\d+)",)))
+    result = r.match("GET", "/files/a/b/42")
+    assert isinstance(result, Match)
+    assert dict(result.params) == {"0": "a/b", "1": "42"}
+
+
+def test_params_are_read_only() -> None:
+    """A Match's params cannot be changed by the handler."""
+    result = router(RouteSpec(function="f", paths=("/u/:id",))).match("GET", "/u/1")
+    assert isinstance(result, Match)
+    with pytest.raises(TypeError):
+        result.params["id"] = "2"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("declared", "requested", "params"),
+    [
+        ("/a", "/a/", {}),
+        ("/a/", "/a", {}),
+        ("/a/", "/a/", {}),
+        ("/u/:id", "/u/7/", {"id": "7"}),
+        ("/w/*", "/w/x/", {"0": "x"}),
+        ("/w/*", "/w/", {"0": ""}),
+        ("/", "/", {}),
+    ],
+)
+def test_one_optional_trailing_slash(declared: str, requested: str, params: dict[str, str]) -> None:
+    """One trailing slash is optional on both the declared path and the request."""
+    result = router(RouteSpec(function="f", paths=(declared,))).match("GET", requested)
+    assert result == Match("f", params, declared)
+
+
+@pytest.mark.parametrize(("declared", "requested"), [("/a", "/a//"), ("/u/:id", "/u/7//")])
+def test_two_trailing_slashes_do_not_match(declared: str, requested: str) -> None:
+    """Only one trailing slash is forgiven."""
+    assert (
+        served_by(router(RouteSpec(function="f", paths=(declared,))).match("GET", requested))
+        is None
+    )
+
+
+def test_paths_are_case_sensitive_by_default() -> None:
+    """/About does not match /about unless case_insensitive_paths is set."""
+    r = router(RouteSpec(function="f", paths=("/About", "/u/:id")))
+    assert served_by(r.match("GET", "/about")) is None
+    assert served_by(r.match("GET", "/U/1")) is None
+
+
+def test_case_insensitive_paths_keeps_param_case() -> None:
+    """With case_insensitive_paths literals and patterns ignore case; params keep the path's."""
+    r = router(RouteSpec(function="f", paths=("/About", "/u/:id")), case_insensitive_paths=True)
+    assert r.match("GET", "/ABOUT") == Match("f", {}, "/About")
+    assert r.match("GET", "/U/MiXed") == Match("f", {"id": "MiXed"}, "/u/:id")
+
+
+def test_literal_routes_beat_pattern_routes() -> None:
+    """A literal route wins over a pattern that also matches, whatever the names or lengths."""
+    r = router(
+        RouteSpec(function="a-pattern", paths=("/blog/:slug-and-more-text",)),
+        RouteSpec(function="z-literal", paths=("/blog/x-and-more-text",)),
+    )
+    assert served_by(r.match("GET", "/blog/x-and-more-text")) == "z-literal"
+
+
+def test_longer_pattern_wins_then_name() -> None:
+    """Among patterns the longer pattern string wins; equal lengths go by function name."""
+    r = router(
+        RouteSpec(function="a", paths=("/*",)),
+        RouteSpec(function="b", paths=("/blog/*",)),
+        RouteSpec(function="d", paths=("/blog/:x",)),
+        RouteSpec(function="c", paths=("/blog/:y",)),
+    )
+    assert served_by(r.match("GET", "/blog/post")) == "c"
+    assert served_by(r.match("GET", "/blog/a/b")) == "b"
+    assert served_by(r.match("GET", "/other")) == "a"
+
+
+def test_identical_patterns_warn_and_first_name_wins() -> None:
+    """Two functions declaring the same path: a warning, and the alphabetically first serves."""
+    r = router(
+        RouteSpec(function="zeta", paths=("/same", "/p/:x")),
+        RouteSpec(function="alpha", paths=("/same", "/p/:x")),
+    )
+    assert served_by(r.match("GET", "/same")) == "alpha"
+    assert served_by(r.match("GET", "/p/1")) == "alpha"
+    assert len(r.warnings) == 2
+    assert all("'alpha', 'zeta'" in w for w in r.warnings)
+
+
+def test_no_warnings_for_distinct_paths() -> None:
+    """Distinct paths give no warning."""
+    assert router(RouteSpec(function="a", paths=("/a",)), RouteSpec(function="b")).warnings == ()
+
+
+def test_path_under_default_prefix_warns() -> None:
+    """A custom path under the default prefix can never match, and the router says so."""
+    r = router(RouteSpec(function="f", paths=("/.netlify/functions/x",)))
+    assert len(r.warnings) == 1
+    assert "never matches" in r.warnings[0]
+
+
+def test_excluded_path_falls_through_to_next_candidate() -> None:
+    """An excluded path stops that function, and matching continues with the next one."""
+    r = router(
+        RouteSpec(function="pages", paths=("/*",), excluded_paths=("/admin/*",)),
+        RouteSpec(function="fallback", paths=("/:a/:b",)),
+    )
+    assert served_by(r.match("GET", "/blog")) == "pages"
+    assert served_by(r.match("GET", "/admin/users")) == "fallback"
+    assert served_by(r.match("GET", "/admin/a/b")) is None
+
+
+def test_excluded_path_ignores_one_trailing_slash() -> None:
+    """Excluded paths follow the same trailing-slash rule as paths."""
+    r = router(RouteSpec(function="f", paths=("/*",), excluded_paths=("/private",)))
+    assert served_by(r.match("GET", "/private/")) is None
+
+
+def test_wrong_method_is_method_not_allowed_with_sorted_union() -> None:
+    """A path whose candidates reject the method gives method_not_allowed with their methods."""
+    r = router(
+        RouteSpec(function="read", paths=("/items",), methods=("GET", "HEAD")),
+        RouteSpec(function="write", paths=("/items",), methods=("POST",)),
+    )
+    result = r.match("DELETE", "/items")
+    assert isinstance(result, NoMatch)
+    assert result.reason == "method_not_allowed"
+    assert result.allowed == ("GET", "HEAD", "POST")
+
+
+def test_methods_select_among_functions_sharing_a_path() -> None:
+    """The first candidate accepting the method serves; methods compare case-insensitively."""
+    r = router(
+        RouteSpec(function="read", paths=("/items",), methods=("GET",)),
+        RouteSpec(function="write", paths=("/items",), methods=("post",)),
+    )
+    assert served_by(r.match("post", "/items")) == "write"
+    assert served_by(r.match("GET", "/items")) == "read"
+
+
+def test_head_does_not_imply_get() -> None:
+    """A function that accepts GET only does not answer HEAD."""
+    r = router(RouteSpec(function="f", paths=("/x",), methods=("GET",)))
+    result = r.match("HEAD", "/x")
+    assert isinstance(result, NoMatch)
+    assert result.allowed == ("GET",)
+
+
+def test_prefer_static_yields_to_existing_static_file() -> None:
+    """With prefer_static, an existing static file makes the function yield to the next one."""
+    r = router(
+        RouteSpec(function="page", paths=("/docs/*",), prefer_static=True),
+        RouteSpec(function="other", paths=("/*",)),
+    )
+    seen: list[str] = []
+
+    def exists(path: str) -> bool:
+        seen.append(path)
+        return path == "/docs/index.html"
+
+    assert served_by(r.match("GET", "/docs/index.html", static_exists=exists)) == "other"
+    assert served_by(r.match("GET", "/docs/missing", static_exists=exists)) == "page"
+    assert served_by(r.match("GET", "/docs/index.html")) == "page"  # no checker: no file
+    assert seen == ["/docs/index.html", "/docs/missing"]
+
+
+def test_prefer_static_alone_is_no_route_naming_the_function() -> None:
+    """When the only candidate yields to a static file the result is no_route."""
+    r = router(RouteSpec(function="page", paths=("/p",), prefer_static=True))
+    result = r.match("GET", "/p", static_exists=lambda _: True)
+    assert isinstance(result, NoMatch)
+    assert (result.reason, result.function) == ("no_route", "page")
+
+
+def test_static_check_only_for_functions_that_prefer_static() -> None:
+    """A function without prefer_static is served even when a static file exists."""
+    r = router(RouteSpec(function="f", paths=("/p",)))
+    assert served_by(r.match("GET", "/p", static_exists=lambda _: True)) == "f"
+
+
+def test_unmatched_path_is_no_route() -> None:
+    """A path no route matches is no_route."""
+    result = router(RouteSpec(function="f", paths=("/a",))).match("GET", "/b")
+    assert isinstance(result, NoMatch)
+    assert result.reason == "no_route"
+    assert result.function is None
+
+
+def test_path_matched_as_given_without_decoding() -> None:
+    """The router compares the (already decoded) path as given: no percent-decoding."""
+    r = router(RouteSpec(function="f", paths=("/caf\u00e9", "/x/:name")))
+    assert served_by(r.match("GET", "/caf\u00e9")) == "f"
+    assert served_by(r.match("GET", "/caf%C3%A9")) is None
+    assert r.match("GET", "/x/a b") == Match("f", {"name": "a b"}, "/x/:name")
+
+
+def test_invalid_pattern_raises_pattern_error_naming_function() -> None:
+    """An invalid path is a PatternError naming the function and quoting Netlify's message."""
+    with pytest.raises(PatternError) as info:
+        router(RouteSpec(function="shop", paths=("/products(",)))
+    message = str(info.value)
+    assert "'shop'" in message
+    assert "'/products(' is not a valid path according to the URLPattern specification" in message
+
+
+@pytest.mark.parametrize("field", ["paths", "excluded_paths"])
+def test_path_without_leading_slash_is_rejected(field: str) -> None:
+    """Paths and excluded paths must start with '/'."""
+    spec = RouteSpec(function="f", **{field: ("nope",)})  # type: ignore[arg-type]
+    with pytest.raises(PatternError, match="must start with '/'"):
+        router(spec)
+
+
+def test_duplicate_function_names_are_rejected() -> None:
+    """Two specs with one name are an error."""
+    with pytest.raises(DuplicateFunctionError, match="'f'"):
+        router(RouteSpec(function="f"), RouteSpec(function="f", paths=("/f",)))
+
+
+def test_many_literal_routes_are_looked_up_not_scanned() -> None:
+    """Thousands of literal routes each resolve to their own function."""
+    specs = [RouteSpec(function=f"f{i}", paths=(f"/page/{i}",)) for i in range(5000)]
+    r = Router(specs)
+    assert served_by(r.match("GET", "/page/4321")) == "f4321"

@@ -1,0 +1,294 @@
+"""The WSGI adapter: through werkzeug's test Client, mounted in a real Flask app and a real
+Django project with DispatcherMiddleware."""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+import types
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.test import Client
+
+from bgfunctions import (
+    App,
+    Context,
+    InlineExecutor,
+    Limits,
+    Registry,
+    Request,
+    Response,
+    State,
+    ThreadExecutor,
+)
+from bgfunctions.wsgi import WSGIApp
+
+BG = "/.netlify/functions/job-background"
+Seen = list[tuple[Request, Context]]
+
+
+def _registry(seen: Seen) -> Registry:
+    """A sync echo function, a background function and a function on a custom path."""
+    registry = Registry()
+
+    def echo(request: Request, context: Context) -> Response:
+        seen.append((request, context))
+        return Response.json({"path": request.path, "ip": context.ip, "body": request.text()})
+
+    def job(request: Request, context: Context) -> None:
+        seen.append((request, context))
+
+    def item(request: Request, context: Context) -> Response:
+        seen.append((request, context))
+        return Response.text(f"item {context.params['id']}")
+
+    registry.add("echo", echo)
+    registry.add("job-background", job)
+    registry.add("item", item, config={"path": "/items/:id"})
+    return registry
+
+
+@pytest.fixture
+def seen() -> Seen:
+    return []
+
+
+@pytest.fixture
+def inline(seen: Seen) -> Iterator[App]:
+    app = App(_registry(seen), executor=InlineExecutor(), limits=Limits(background_payload=100))
+    yield app
+    app.shutdown()
+
+
+def _client(wsgi: Any) -> Client:
+    return Client(wsgi)
+
+
+def _bgthreads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("bgfunctions")]
+
+
+# -- through werkzeug's test Client ---------------------------------------------------------------
+
+
+def test_background_answers_202_empty_with_request_id(inline: App, seen: Seen) -> None:
+    """A background request gets an empty 202 with x-nf-request-id and runs later."""
+    response = _client(WSGIApp(inline)).post(BG, data=b"payload")
+    assert response.status_code == 202
+    assert response.data == b""
+    assert "content-type" not in response.headers
+    request_id = response.headers["x-nf-request-id"]
+    assert isinstance(inline.executor, InlineExecutor)
+    inline.executor.drain()
+    record = inline.invocations.get(request_id)
+    assert record is not None
+    assert record.state is State.SUCCEEDED
+    assert seen[0][0].body == b"payload"
+
+
+def test_sync_404_400_and_custom_path(inline: App) -> None:
+    """Sync responses come back; unknown names 404, invalid names 400; custom paths work."""
+    client = _client(WSGIApp(inline))
+    response = client.post(
+        "/.netlify/functions/echo", data="hi", environ_base={"REMOTE_ADDR": "198.51.100.4"}
+    )
+    assert response.status_code == 200
+    assert response.json == {"path": "/.netlify/functions/echo", "ip": "198.51.100.4", "body": "hi"}
+    assert client.get("/.netlify/functions/nope").status_code == 404
+    assert client.get("/.netlify/functions/bad.name").status_code == 400
+    assert client.get("/items/5").text == "item 5"
+
+
+class _Untouchable(io.RawIOBase):
+    """A wsgi.input that fails the test if anything reads it."""
+
+    def read(self, size: int = -1) -> bytes:
+        raise AssertionError("the body was read")
+
+    def readline(self, size: int | None = -1) -> bytes:
+        raise AssertionError("the body was read")
+
+
+def _start() -> tuple[list[str], Any]:
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc: Any = None) -> None:
+        statuses.append(status)
+        # PEP 3333: no hop-by-hop headers from an application.
+        assert not {k.lower() for k, _ in headers} & {"connection", "transfer-encoding"}
+
+    return statuses, start_response
+
+
+def _environ(path: str, **extra: Any) -> dict[str, Any]:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "x",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "10.1.1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+    }
+    environ.update(extra)
+    return environ
+
+
+def test_content_length_over_limit_is_413_without_reading(inline: App) -> None:
+    """A Content-Length over the limit gets 413 and wsgi.input is never read."""
+    statuses, start_response = _start()
+    environ = _environ(BG, CONTENT_LENGTH="101", **{"wsgi.input": _Untouchable()})
+    body = b"".join(WSGIApp(inline)(environ, start_response))
+    assert statuses[0].startswith("413")
+    assert b"at most 100 bytes" in body
+    assert inline.invocations.list() == []
+
+
+def test_chunked_body_over_limit_is_refused_once_it_passes(inline: App) -> None:
+    """Without a length, a terminated input is read only until it passes the limit."""
+    stream = io.BytesIO(b"z" * 10_000)
+    statuses, start_response = _start()
+    environ = _environ(BG, **{"wsgi.input": stream, "wsgi.input_terminated": True})
+    list(WSGIApp(inline)(environ, start_response))
+    assert statuses[0].startswith("413")
+    assert stream.tell() == 101
+
+
+def test_no_length_and_not_terminated_reads_nothing(inline: App, seen: Seen) -> None:
+    """PEP 3333: without Content-Length (and no input_terminated) the body is not read."""
+    statuses, start_response = _start()
+    environ = _environ("/.netlify/functions/echo", **{"wsgi.input": _Untouchable()})
+    list(WSGIApp(inline)(environ, start_response))
+    assert statuses[0].startswith("200")
+    assert seen[0][0].body == b""
+
+
+@pytest.mark.parametrize("length", ["abc", "-1", "\u00b2", "1e3"])
+def test_malformed_content_length_is_400(inline: App, length: str) -> None:
+    """A Content-Length that is not a number of bytes gets 400, never 500."""
+    statuses, start_response = _start()
+    environ = _environ(BG, CONTENT_LENGTH=length, **{"wsgi.input": _Untouchable()})
+    list(WSGIApp(inline)(environ, start_response))
+    assert statuses[0].startswith("400")
+
+
+def test_truncated_body_is_400_and_not_queued(inline: App) -> None:
+    """A body shorter than its Content-Length (the client went away) is never accepted."""
+    statuses, start_response = _start()
+    environ = _environ(BG, CONTENT_LENGTH="50", **{"wsgi.input": io.BytesIO(b"short")})
+    list(WSGIApp(inline)(environ, start_response))
+    assert statuses[0].startswith("400")
+    assert inline.invocations.list() == []
+
+
+def test_utf8_header_values_are_accepted_as_latin1(inline: App, seen: Seen) -> None:
+    """A header with UTF-8 bytes reaches the handler as Latin-1 text (as over ASGI), not 400."""
+    raw = "naïve".encode().decode("latin-1")
+    statuses, start_response = _start()
+    environ = _environ(
+        "/.netlify/functions/echo",
+        HTTP_X_NAME=raw,
+        CONTENT_LENGTH="0",
+        **{"wsgi.input": io.BytesIO()},
+    )
+    list(WSGIApp(inline)(environ, start_response))
+    assert statuses[0].startswith("200")
+    assert seen[0][0].headers["x-name"] == raw
+
+
+# -- mounted in Flask and Django -------------------------------------------------------------------
+
+
+def test_mounted_in_flask_with_dispatcher_middleware(inline: App, seen: Seen) -> None:
+    """DispatcherMiddleware("/fn") serves functions below /fn beside Flask's own routes."""
+    flask_app = Flask(__name__)
+
+    @flask_app.route("/")
+    def home() -> str:
+        return "flask home"
+
+    flask_app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        flask_app.wsgi_app, {"/fn": WSGIApp(inline)}
+    )
+    client = flask_app.test_client()
+    assert client.get("/").text == "flask home"
+    response = client.post("/fn/.netlify/functions/echo?a=1&b=%C3%A9", data="x")
+    assert response.json == {"path": "/.netlify/functions/echo", "ip": "127.0.0.1", "body": "x"}
+    assert seen[-1][0].query["b"] == "é"
+    assert seen[-1][0].url == "/.netlify/functions/echo?a=1&b=%C3%A9"
+    assert client.get("/fn/items/3").text == "item 3"
+    accepted = client.post(f"/fn{BG}", data=b"q")
+    assert (accepted.status_code, accepted.data) == (202, b"")
+    assert client.get("/fn/nothing").status_code == 404
+
+
+@pytest.fixture(scope="module")
+def django_wsgi() -> Iterable[Any]:
+    """A minimal Django project configured in-process, with a URLconf module made here."""
+    import django  # type: ignore[import-untyped]
+    from django.conf import settings  # type: ignore[import-untyped]
+    from django.http import HttpResponse  # type: ignore[import-untyped]
+    from django.urls import path  # type: ignore[import-untyped]
+
+    urls = types.ModuleType("bgfunctions_test_django_urls")
+
+    def hello(request: Any) -> HttpResponse:
+        return HttpResponse("django says hi")
+
+    urls.urlpatterns = [path("hello/", hello)]  # type: ignore[attr-defined]
+    sys.modules[urls.__name__] = urls
+    if not settings.configured:
+        settings.configure(
+            DEBUG=False,
+            SECRET_KEY="test",
+            ROOT_URLCONF=urls.__name__,
+            ALLOWED_HOSTS=["*"],
+            INSTALLED_APPS=[],
+            MIDDLEWARE=[],
+            USE_TZ=True,
+        )
+    django.setup()
+    from django.core.wsgi import get_wsgi_application  # type: ignore[import-untyped]
+
+    yield get_wsgi_application()
+    del sys.modules[urls.__name__]
+
+
+def test_mounted_in_django_project(inline: App, django_wsgi: Any, seen: Seen) -> None:
+    """A Django project's WSGI handler wrapped by DispatcherMiddleware serves functions at /fn."""
+    application = DispatcherMiddleware(django_wsgi, {"/fn": WSGIApp(inline)})
+    client = Client(application)
+    hello = client.get("/hello/")
+    assert (hello.status_code, hello.text) == (200, "django says hi")
+    response = client.post(
+        "/fn/.netlify/functions/echo", data="dj", environ_base={"REMOTE_ADDR": "192.0.2.8"}
+    )
+    assert response.json == {"path": "/.netlify/functions/echo", "ip": "192.0.2.8", "body": "dj"}
+    assert client.post(f"/fn{BG}").status_code == 202
+    assert client.post(f"/fn{BG}", data=b"x" * 200).status_code == 413
+
+
+# -- lazy start and close ------------------------------------------------------------------------
+
+
+@pytest.mark.realtime
+def test_first_request_starts_executor_and_close_stops_it(seen: Seen) -> None:
+    """Building the WSGIApp starts no thread; the first request does; close() stops them."""
+    before = set(_bgthreads())
+    app = App(_registry(seen), executor=ThreadExecutor(max_workers=2))
+    wsgi = WSGIApp(app, grace=5)
+    assert set(_bgthreads()) == before
+    response = _client(wsgi).post(BG, data=b"1")
+    assert response.status_code == 202
+    assert set(_bgthreads()) - before
+    assert app.get(response.headers["x-nf-request-id"]).wait(10).state is State.SUCCEEDED
+    wsgi.close()
+    assert set(_bgthreads()) <= before
