@@ -113,7 +113,8 @@ def test_attempt_past_its_limit_is_killed_and_retried(app: App, name: str) -> No
     for attempt in record.attempts:
         assert attempt.duration == pytest.approx(LIMIT)
     # retries follow the schedule: each gap is at least the delay (tolerance: 0.5 s late)
-    for delay, (before, after) in zip(DELAYS, zip(record.attempts, record.attempts[1:])):
+    pairs = zip(record.attempts, record.attempts[1:], strict=False)
+    for delay, (before, after) in zip(DELAYS, pairs, strict=True):
         assert before.ended_at is not None
         gap = after.started_at - before.ended_at
         assert delay - 0.01 <= gap <= delay + 0.5

@@ -98,9 +98,7 @@ async def settle_pending(context: Context) -> None:
                 future.cancel()
             raise
         for result in results:
-            if isinstance(result, BaseException) and not isinstance(
-                result, asyncio.CancelledError
-            ):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.warning(
                     "a wait_until task of function %r (request %s, attempt %d) failed; "
                     "it does not fail the attempt",
@@ -166,7 +164,8 @@ async def run_on_loop(
     except asyncio.CancelledError:
         if expired:
             return AttemptResult(
-                Outcome.TIMED_OUT, timeout_error(function, timeout, context.attempt),
+                Outcome.TIMED_OUT,
+                timeout_error(function, timeout, context.attempt),
                 ended_at=context.deadline,
             )
         if cancelled is not None and context.request_id in cancelled:

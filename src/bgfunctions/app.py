@@ -304,7 +304,10 @@ class App:
         record = self.executor.get(request_id).record
         function = self.registry[record.function]
         request = Request(
-            record.method, record.url, headers=record.headers, body=record.body,
+            record.method,
+            record.url,
+            headers=record.headers,
+            body=record.body,
             client=record.client,
         )
         return self._submit(

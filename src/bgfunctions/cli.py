@@ -10,6 +10,7 @@ bad netlify.toml) is one line on stderr, ``bgfunctions: error: ...``, and exit s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -227,19 +228,30 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8888, help="port (default 8888)")
     parser.add_argument(
-        "--executor", choices=("thread", "process"), default="thread",
+        "--executor",
+        choices=("thread", "process"),
+        default="thread",
         help="thread (default) or process: worker processes that are killed at the limit",
     )
     parser.add_argument(
-        "--retry-delays", type=_delays, default=(60.0, 120.0), metavar="SECONDS,...",
+        "--retry-delays",
+        type=_delays,
+        default=(60.0, 120.0),
+        metavar="SECONDS,...",
         help="seconds between a failed attempt and the next (default 60,120; '' for none)",
     )
     parser.add_argument(
-        "--background-timeout", type=_seconds, default=900.0, metavar="SECONDS",
+        "--background-timeout",
+        type=_seconds,
+        default=900.0,
+        metavar="SECONDS",
         help="limit of one background attempt (default 900)",
     )
     parser.add_argument(
-        "--sync-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+        "--sync-timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
         help="limit of a synchronous function (default 60)",
     )
     parser.add_argument("--no-reload", action="store_true", help="do not watch for changes")
@@ -275,9 +287,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     server = DevServer(
         site,
         ServeOptions(
-            host=args.host, port=args.port, executor=args.executor,
-            retry_delays=args.retry_delays, background_timeout=args.background_timeout,
-            sync_timeout=args.sync_timeout, reload=not args.no_reload,
+            host=args.host,
+            port=args.port,
+            executor=args.executor,
+            retry_delays=args.retry_delays,
+            background_timeout=args.background_timeout,
+            sync_timeout=args.sync_timeout,
+            reload=not args.no_reload,
         ),
     )
 
@@ -286,10 +302,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         _print_table(registry, site, out)
         return out.getvalue().rstrip("\n")
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.run(table=table)
-    except KeyboardInterrupt:
-        pass
     return EXIT_OK
 
 
@@ -310,7 +324,11 @@ def _add_invoke(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.add_argument("--data", default=None, help="the request body (a string)")
     parser.add_argument("--method", default="POST", help="default POST")
     parser.add_argument(
-        "--header", "-H", action="append", default=[], metavar="NAME:VALUE",
+        "--header",
+        "-H",
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
         help="a request header (repeatable)",
     )
     parser.set_defaults(run=_cmd_invoke)
@@ -330,7 +348,9 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
             raise _CommandError(f"--header: expected NAME:VALUE; got {header!r}")
         headers.append((name.strip(), value.strip()))
     request = Request(
-        args.method, f"/.netlify/functions/{function.name}", headers=headers,
+        args.method,
+        f"/.netlify/functions/{function.name}",
+        headers=headers,
         body=args.data,
     )
     app = make_app(registry)

@@ -40,11 +40,15 @@ class ServeOptions:
     host: str = "127.0.0.1"
     """Address to bind; loopback by default."""
     port: int = 8888
+    """TCP port to listen on."""
     executor: str = "thread"
     """``thread`` or ``process``."""
     retry_delays: tuple[float, ...] = (60.0, 120.0)
+    """Seconds between a failed background attempt and the next; one retry per entry."""
     background_timeout: float = 900.0
+    """Seconds one background attempt may run."""
     sync_timeout: float = 60.0
+    """Seconds a synchronous function may run."""
     reload: bool = True
     """Reload functions when their files or netlify.toml change."""
 
@@ -56,19 +60,30 @@ class StaticFiles:
         self.root = root.resolve() if root is not None and root.is_dir() else None
 
     def find(self, path: str) -> Path | None:
-        """The file a URL path names (``/a/`` → ``a/index.html``), or None."""
+        """The file a URL path names (``/a/`` → ``a/index.html``, ``/a`` → ``a.html``), or None."""
         if self.root is None or "\x00" in path:
             return None
-        candidate = (self.root / path.lstrip("/")).resolve()
-        if candidate != self.root and self.root not in candidate.parents:
-            return None  # .. or a symlink out of the publish directory
-        if candidate.is_dir():
-            candidate = candidate / "index.html"
-        elif not candidate.is_file() and candidate.with_suffix(".html").is_file():
-            candidate = candidate.with_suffix(".html")
-        return candidate if candidate.is_file() else None
+        try:
+            candidate = (self.root / path.lstrip("/")).resolve()
+            if not self._inside(candidate):
+                return None  # .. or a symlink out of the publish directory
+            if candidate.is_dir():
+                candidate = candidate / "index.html"
+            elif not candidate.is_file():
+                candidate = candidate.with_name(candidate.name + ".html")
+            # index.html or NAME.html may itself be a symlink out of the publish directory.
+            candidate = candidate.resolve()
+            return candidate if self._inside(candidate) and candidate.is_file() else None
+        except (OSError, RuntimeError, ValueError):
+            # A name too long for the file system, a symlink loop: nothing to serve.
+            return None
+
+    def _inside(self, candidate: Path) -> bool:
+        assert self.root is not None
+        return candidate == self.root or self.root in candidate.parents
 
     def exists(self, path: str) -> bool:
+        """Whether :meth:`find` names a file (what ``prefer_static`` asks)."""
         return self.find(path) is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,13 +96,16 @@ class StaticFiles:
             return
         data = await asyncio.to_thread(found.read_bytes)
         kind = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
-        await _plain(send, 200, b"" if scope["method"] == "HEAD" else data, kind.encode())
+        await _plain(send, 200, data, kind.encode(), head=scope["method"] == "HEAD")
 
 
-async def _plain(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+async def _plain(
+    send: Send, status: int, body: bytes, content_type: bytes, *, head: bool = False
+) -> None:
+    # HEAD gets the headers GET would get, content-length included, and no body.
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 def format_event(event: Event, clock: Clock) -> str | None:
@@ -115,7 +133,11 @@ class DevServer:
     """A site served with its functions, static files and reload."""
 
     def __init__(
-        self, site_dir: str | Path, options: ServeOptions | None = None, *, out: TextIO | None = None
+        self,
+        site_dir: str | Path,
+        options: ServeOptions | None = None,
+        *,
+        out: TextIO | None = None,
     ) -> None:
         self.site_dir = Path(site_dir)
         self.options = options if options is not None else ServeOptions()
@@ -155,6 +177,7 @@ class DevServer:
             print(line, file=self.out, flush=True)
 
     def print(self, text: str) -> None:
+        """Write one line to the server's output."""
         print(text, file=self.out, flush=True)
 
     def reload(self) -> bool:
@@ -173,6 +196,7 @@ class DevServer:
         return True
 
     def watched_paths(self) -> list[Path]:
+        """The functions directory and ``netlify.toml``, those that exist."""
         paths = [p for p in (self.registry.functions_dir, self.site_dir / "netlify.toml") if p]
         return [p for p in paths if p.exists()]
 
@@ -184,6 +208,7 @@ class DevServer:
             await asyncio.to_thread(self.reload)
 
     def warn_if_public(self) -> None:
+        """Print a warning when the bind address is not a loopback address."""
         try:
             loopback = ipaddress.ip_address(self.options.host).is_loopback
         except ValueError:
@@ -206,7 +231,10 @@ class DevServer:
             self.print(table(self.registry))
         self.warn_if_public()
         config = uvicorn.Config(
-            self.asgi, host=self.options.host, port=self.options.port, log_level="warning",
+            self.asgi,
+            host=self.options.host,
+            port=self.options.port,
+            log_level="warning",
             lifespan="on",
         )
         server = uvicorn.Server(config)

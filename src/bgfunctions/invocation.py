@@ -237,9 +237,7 @@ class InvocationRecord:
         """No further attempts; a running attempt keeps its record until it ends."""
         if self.state.finished:
             return self
-        return dataclasses.replace(
-            self, state=State.CANCELLED, next_run_at=None, finished_at=now
-        )
+        return dataclasses.replace(self, state=State.CANCELLED, next_run_at=None, finished_at=now)
 
     def reject(self, now: float) -> InvocationRecord:
         """The engine refused it after it was recorded."""

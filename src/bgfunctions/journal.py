@@ -22,7 +22,7 @@ class Journal(ABC):
 
     @abstractmethod
     def accepted(self, record: InvocationRecord) -> None:
-        """A new invocation; when this returns, the record must survive what the journal promises."""
+        """A new invocation; once this returns, the record survives what the journal promises."""
 
     @abstractmethod
     def attempt_started(self, record: InvocationRecord) -> None:
@@ -73,7 +73,9 @@ class MemoryJournal(Journal):
 
     def __init__(self, *, max_finished: int | None = 10_000) -> None:
         if max_finished is not None and max_finished < 0:
-            raise ValueError(f"MemoryJournal.max_finished: expected >= 0 or None; got {max_finished}")
+            raise ValueError(
+                f"MemoryJournal.max_finished: expected >= 0 or None; got {max_finished}"
+            )
         self.max_finished = max_finished
         self._records: dict[str, InvocationRecord] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
@@ -116,7 +118,8 @@ class MemoryJournal(Journal):
         out = [
             r
             for r in reversed(records)
-            if (function is None or r.function == function) and (states is None or r.state in states)
+            if (function is None or r.function == function)
+            and (states is None or r.state in states)
         ]
         out.sort(key=lambda r: r.accepted_at, reverse=True)
         return out if limit is None else out[:limit]

@@ -6,7 +6,9 @@ strings outside a handler), so users can put them in their own format::
 
     handler = logging.StreamHandler()
     handler.addFilter(InvocationFilter())
-    handler.setFormatter(logging.Formatter("%(bg_function)s %(bg_request_id)s #%(bg_attempt)s %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(bg_function)s %(bg_request_id)s #%(bg_attempt)s %(message)s")
+    )
 
 It works for sync handlers in worker threads and for async handlers and the tasks they start.
 """
@@ -55,7 +57,9 @@ def invocation_scope(function: str, request_id: str, attempt: int) -> Iterator[I
 
 
 class InvocationFilter(logging.Filter):
-    """Adds ``bg_function``, ``bg_request_id`` and ``bg_attempt`` to every record; never drops one."""
+    """Adds ``bg_function``, ``bg_request_id`` and ``bg_attempt`` to every record.
+
+    It never drops a record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         info = _current.get()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import inspect
 import json
 import logging
@@ -70,7 +71,9 @@ class _Worker:
         ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], 60)
         if self.conn not in ready:
             self.kill()
-            raise RuntimeError(f"a bgfunctions worker process did not start: {self.exit_description}")
+            raise RuntimeError(
+                f"a bgfunctions worker process did not start: {self.exit_description}"
+            )
         self.conn.recv_bytes()
 
     def run(self, message: Mapping[str, Any], timeout: float) -> dict[str, Any] | None:
@@ -112,10 +115,8 @@ class _Worker:
         self.conn.close()
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):
             self.conn.send_bytes(b"null")
-        except (BrokenPipeError, OSError):
-            pass
         self.process.join(2)
         self.kill()
 
@@ -194,14 +195,24 @@ class ProcessExecutor(ThreadExecutor):
                 self._drop_process(worker)
 
     def _attempt(
-        self, worker: _Worker, function: Function, record: InvocationRecord, timeout: float,
-        deadline: float, *, sync_call: bool = False,
+        self,
+        worker: _Worker,
+        function: Function,
+        record: InvocationRecord,
+        timeout: float,
+        deadline: float,
+        *,
+        sync_call: bool = False,
     ) -> tuple[Outcome, BaseException | None, dict[str, Any] | None]:
         if function.file is None:
-            return Outcome.ERROR, RuntimeError(
-                f"function {function.name!r} was added in code, not loaded from a file; the "
-                "process executor can only run functions from their files"
-            ), None
+            return (
+                Outcome.ERROR,
+                RuntimeError(
+                    f"function {function.name!r} was added in code, not loaded from a file; the "
+                    "process executor can only run functions from their files"
+                ),
+                None,
+            )
         message: dict[str, Any] = {
             "file": str(function.file),
             "package": function.file.parent.name == function.name,
@@ -218,12 +229,17 @@ class ProcessExecutor(ThreadExecutor):
             if worker.timed_out:
                 log.warning(
                     "function %r (request %s) ran past its %g s limit; its worker process was "
-                    "killed and will be replaced", function.name, record.request_id, timeout,
+                    "killed and will be replaced",
+                    function.name,
+                    record.request_id,
+                    timeout,
                 )
                 return Outcome.TIMED_OUT, timeout_error(function, timeout, message["attempt"]), None
-            return Outcome.CRASHED, RuntimeError(
-                f"function {function.name!r}: {worker.exit_description}"
-            ), None
+            return (
+                Outcome.CRASHED,
+                RuntimeError(f"function {function.name!r}: {worker.exit_description}"),
+                None,
+            )
         outcome = Outcome(reply["outcome"])
         error = None
         if reply.get("error_type"):
@@ -239,9 +255,15 @@ class ProcessExecutor(ThreadExecutor):
         timeout = self.binding.limits_for(function).sync_timeout
         now = self.clock.now()
         record = InvocationRecord(
-            request_id=request_id, function=function.name, method=request.method,
-            url=request.url, headers=tuple(request.headers.raw), body=request.body,
-            client=request.client, params=params, accepted_at=now,
+            request_id=request_id,
+            function=function.name,
+            method=request.method,
+            url=request.url,
+            headers=tuple(request.headers.raw),
+            body=request.body,
+            client=request.client,
+            params=params,
+            accepted_at=now,
         )
         worker = self._new_process()
         try:
@@ -255,7 +277,8 @@ class ProcessExecutor(ThreadExecutor):
             raise error or RuntimeError(f"function {function.name!r} failed")
         data = reply["response"]
         return Response(
-            base64.b64decode(data["body"]), status=data["status"],
+            base64.b64decode(data["body"]),
+            status=data["status"],
             headers=[tuple(pair) for pair in data["headers"]],
         )
 
@@ -323,8 +346,11 @@ def _load(message: Mapping[str, Any], cache: dict[tuple[str, int], Function]) ->
         module = load_module(path, function=message["name"], package=message["package"])
         handler = find_handler(module, path, function=message["name"])
         function = Function(
-            name=message["name"], handler=handler,  # type: ignore[arg-type]
-            config=Config(), background=message["background"], file=path,
+            name=message["name"],
+            handler=handler,  # type: ignore[arg-type]
+            config=Config(),
+            background=message["background"],
+            file=path,
             is_async=is_async_handler(handler),
         )
         cache[key] = function
@@ -341,9 +367,15 @@ def _run_one(
         return _failure(Outcome.ERROR, exc)
     request = record_request(record)
     context = make_context(
-        function, request, request_id=record.request_id, params=record.params,
-        attempt=message["attempt"], deadline=message["deadline"], clock=clock,
-        trust_proxy=message["trust_proxy"], site=None,
+        function,
+        request,
+        request_id=record.request_id,
+        params=record.params,
+        attempt=message["attempt"],
+        deadline=message["deadline"],
+        clock=clock,
+        trust_proxy=message["trust_proxy"],
+        site=None,
     )
     handler = function.handler
     assert handler is not None

@@ -20,8 +20,7 @@ __all__ = ["Limits", "RetryPolicy"]
 def _seconds(owner: str, field: str, value: object, *, positive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(
-            f"{owner}.{field}: expected a number of seconds; got {value!r} "
-            f"({type(value).__name__})"
+            f"{owner}.{field}: expected a number of seconds; got {value!r} ({type(value).__name__})"
         )
     seconds = float(value)
     if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
@@ -66,7 +65,7 @@ class RetryPolicy:
         return len(self.delays) + 1
 
     def delay_after(self, attempt: int) -> float | None:
-        """Seconds to wait after failed attempt ``attempt`` (1-based), or None when it was the last."""
+        """Seconds to wait after failed attempt ``attempt`` (1-based); None after the last."""
         if attempt < 1:
             raise ValueError(f"attempt numbers start at 1; got {attempt}")
         return self.delays[attempt - 1] if attempt <= len(self.delays) else None

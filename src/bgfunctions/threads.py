@@ -86,7 +86,9 @@ class ThreadExecutor(Executor):
         if max_workers is None:
             max_workers = min(32, (os.cpu_count() or 1) + 4)
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
-            raise ConfigError(f"ThreadExecutor.max_workers: expected an int >= 1; got {max_workers!r}")
+            raise ConfigError(
+                f"ThreadExecutor.max_workers: expected an int >= 1; got {max_workers!r}"
+            )
         if max_pending is not None and (
             isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1
         ):
@@ -134,7 +136,9 @@ class ThreadExecutor(Executor):
                 )
                 ready = threading.Event()
                 thread = threading.Thread(
-                    target=self._loop_main, args=(loop, ready), name="bgfunctions-loop",
+                    target=self._loop_main,
+                    args=(loop, ready),
+                    name="bgfunctions-loop",
                     daemon=True,
                 )
                 thread.start()
@@ -299,12 +303,19 @@ class ThreadExecutor(Executor):
         attempt = started.attempts[-1]
         request = record_request(started)
         context = make_context(
-            function, request, request_id=started.request_id, params=started.params,
-            attempt=attempt.number, deadline=attempt.started_at + timeout, clock=self.clock,
-            trust_proxy=self.binding.trust_proxy, site=self.binding.site,
+            function,
+            request,
+            request_id=started.request_id,
+            params=started.params,
+            attempt=attempt.number,
+            deadline=attempt.started_at + timeout,
+            clock=self.clock,
+            trust_proxy=self.binding.trust_proxy,
+            site=self.binding.site,
         )
-        token = _Running(started, function, threading.current_thread(), context.deadline or 0.0,
-                         timeout)
+        token = _Running(
+            started, function, threading.current_thread(), context.deadline or 0.0, timeout
+        )
         with self._lock:
             self._sync_running[id(token)] = token
         self._add_timer(self.clock.monotonic() + timeout, lambda: self._expire(token), token)
@@ -321,7 +332,10 @@ class ThreadExecutor(Executor):
             log.warning(
                 "function %r (request %s, attempt %d) returned after its %g s limit; it was "
                 "already recorded as timed out, so its result is ignored",
-                function.name, started.request_id, attempt.number, timeout,
+                function.name,
+                started.request_id,
+                attempt.number,
+                timeout,
             )
             return False
         with self._timer_lock:
@@ -347,12 +361,17 @@ class ThreadExecutor(Executor):
         log.warning(
             "function %r (request %s, attempt %d) timed out after %g s; its thread cannot be "
             "stopped and keeps running, and whatever it returns will be ignored",
-            token.function.name, token.record.request_id, attempt, token.timeout,
+            token.function.name,
+            token.record.request_id,
+            attempt,
+            token.timeout,
         )
         self._retry_or_finish(
             self._end(
-                token.record, Outcome.TIMED_OUT,
-                timeout_error(token.function, token.timeout, attempt), ended_at=token.deadline,
+                token.record,
+                Outcome.TIMED_OUT,
+                timeout_error(token.function, token.timeout, attempt),
+                ended_at=token.deadline,
             )
         )
 
@@ -464,13 +483,23 @@ class ThreadExecutor(Executor):
             self.start()
 
     def _sync_context(
-        self, function: Function, request: Request, params: Mapping[str, str], request_id: str,
+        self,
+        function: Function,
+        request: Request,
+        params: Mapping[str, str],
+        request_id: str,
         timeout: float,
     ) -> Context:
         return make_context(
-            function, request, request_id=request_id, params=params, attempt=1,
-            deadline=self.clock.now() + timeout, clock=self.clock,
-            trust_proxy=self.binding.trust_proxy, site=self.binding.site,
+            function,
+            request,
+            request_id=request_id,
+            params=params,
+            attempt=1,
+            deadline=self.clock.now() + timeout,
+            clock=self.clock,
+            trust_proxy=self.binding.trust_proxy,
+            site=self.binding.site,
         )
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
