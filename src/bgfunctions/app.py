@@ -187,24 +187,14 @@ class App:
         function's own response; 404, 400, 405, 413, 500 or 503 as the rules say.
 
         Adapters that already called :meth:`resolve` (to limit the body) pass its result."""
-        if resolution is None:
-            resolution = self.resolve(request.method, request.path)
-        if resolution.response is not None:
-            return resolution.response
-        assert resolution.match is not None
-        too_large = _too_large(request, resolution)
-        if too_large is not None:
-            return too_large
-        function, params = resolution.match.function, resolution.match.params
-        request_id = new_request_id(self.clock)
-        if function.background:
-            return self._accept(function, request, params, request_id)
+        call = self._route(request, resolution)
+        if isinstance(call, Response):
+            return call
+        function, params, request_id = call
         try:
             response = self.executor.call(function, request, params, request_id)
-        except NotAcceptedError as exc:
-            return _unavailable(exc)
-        except Exception:
-            return self._failed(function, request_id)
+        except Exception as exc:
+            return self._sync_failed(exc, function, request_id)
         response.headers["x-nf-request-id"] = request_id
         return response
 
@@ -212,6 +202,22 @@ class App:
         self, request: Request, *, resolution: Resolution | None = None
     ) -> Response:
         """:meth:`handle` for async hosts: sync handlers never block the caller's loop."""
+        call = self._route(request, resolution)
+        if isinstance(call, Response):
+            return call
+        function, params, request_id = call
+        try:
+            response = await self.executor.call_async(function, request, params, request_id)
+        except Exception as exc:
+            return self._sync_failed(exc, function, request_id)
+        response.headers["x-nf-request-id"] = request_id
+        return response
+
+    def _route(
+        self, request: Request, resolution: Resolution | None
+    ) -> Response | tuple[Function, Mapping[str, str], str]:
+        """The answer when there is one without calling a handler (an error, or the 202 of a
+        background function); else the synchronous function to call, its params and its id."""
         if resolution is None:
             resolution = self.resolve(request.method, request.path)
         if resolution.response is not None:
@@ -224,14 +230,12 @@ class App:
         request_id = new_request_id(self.clock)
         if function.background:
             return self._accept(function, request, params, request_id)
-        try:
-            response = await self.executor.call_async(function, request, params, request_id)
-        except NotAcceptedError as exc:
+        return function, params, request_id
+
+    def _sync_failed(self, exc: Exception, function: Function, request_id: str) -> Response:
+        if isinstance(exc, NotAcceptedError):
             return _unavailable(exc)
-        except Exception:
-            return self._failed(function, request_id)
-        response.headers["x-nf-request-id"] = request_id
-        return response
+        return self._failed(function, request_id)
 
     def _accept(
         self, function: Function, request: Request, params: Mapping[str, str], request_id: str

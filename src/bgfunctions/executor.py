@@ -20,7 +20,7 @@ from typing import Any
 
 from bgfunctions._attempt import make_context, record_request, run_on_loop, warn_ignored_return
 from bgfunctions.clock import Clock
-from bgfunctions.context import Site
+from bgfunctions.context import Context, Site
 from bgfunctions.errors import ExecutorShutdownError, InvocationNotFoundError
 from bgfunctions.invocation import (
     Attempt,
@@ -262,12 +262,10 @@ class Executor(ABC):
     def _dispatch(self, record: InvocationRecord) -> None:
         """Arrange for the next attempt of ``record`` at ``record.next_run_at``."""
 
-    async def _attempt_on_loop(self, record: InvocationRecord) -> InvocationRecord | None:
-        """Run the next attempt of ``record`` on the running loop; the ended record, or None
-        when it was cancelled before it started. Engines schedule what follows."""
-        started = self._begin(record)
-        if started is None:
-            return None
+    def _attempt_inputs(
+        self, started: InvocationRecord
+    ) -> tuple[Function, Request, Context, float]:
+        """The function, Request, Context and time limit of ``started``'s newest attempt."""
         function = self.binding.lookup(started.function)
         timeout = self.binding.limits_for(function).background_timeout
         attempt = started.attempts[-1]
@@ -283,6 +281,15 @@ class Executor(ABC):
             trust_proxy=self.binding.trust_proxy,
             site=self.binding.site,
         )
+        return function, request, context, timeout
+
+    async def _attempt_on_loop(self, record: InvocationRecord) -> InvocationRecord | None:
+        """Run the next attempt of ``record`` on the running loop; the ended record, or None
+        when it was cancelled before it started. Engines schedule what follows."""
+        started = self._begin(record)
+        if started is None:
+            return None
+        function, request, context, timeout = self._attempt_inputs(started)
         self._running_count += 1
         try:
             result = await run_on_loop(
@@ -297,7 +304,7 @@ class Executor(ABC):
                 started,
                 Outcome.INTERRUPTED,
                 ExecutorShutdownError(
-                    f"{type(self).__name__} shut down while attempt {attempt.number} of "
+                    f"{type(self).__name__} shut down while attempt {context.attempt} of "
                     f"function {function.name!r} ran"
                 ),
             )

@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 from bgfunctions._attempt import (
     AttemptResult,
     make_context,
-    record_request,
     run_on_loop,
     settle_pending,
     timeout_error,
@@ -298,21 +297,8 @@ class ThreadExecutor(Executor):
         started = self._begin(record)
         if started is None:
             return True
-        function = self.binding.lookup(started.function)
-        timeout = self.binding.limits_for(function).background_timeout
+        function, request, context, timeout = self._attempt_inputs(started)
         attempt = started.attempts[-1]
-        request = record_request(started)
-        context = make_context(
-            function,
-            request,
-            request_id=started.request_id,
-            params=started.params,
-            attempt=attempt.number,
-            deadline=attempt.started_at + timeout,
-            clock=self.clock,
-            trust_proxy=self.binding.trust_proxy,
-            site=self.binding.site,
-        )
         token = _Running(
             started, function, threading.current_thread(), context.deadline or 0.0, timeout
         )
