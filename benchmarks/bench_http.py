@@ -182,17 +182,18 @@ def serve(kind: str, port: int, profile: str | None) -> None:
         app, host="127.0.0.1", port=port, log_level="warning", access_log=False, workers=1
     )
     server = uvicorn.Server(config)
-    if profile is None:
-        server.run()
-        return
     # cProfile sees the event loop thread only: the accept path, not the workers.
-    profiler = cProfile.Profile()
-    profiler.enable()
+    profiler = cProfile.Profile() if profile is not None else None
+    if profiler is not None:
+        profiler.enable()
     try:
         server.run()
+    except KeyboardInterrupt:
+        pass  # uvicorn raises the SIGINT it was stopped with again, once it has shut down
     finally:
-        profiler.disable()
-        profiler.dump_stats(profile)
+        if profiler is not None and profile is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
 
 
 # -- the benchmark (the parent process) -------------------------------------------------------
@@ -223,13 +224,16 @@ class Server:
                 time.sleep(0.05)
 
     def stats(self) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
         self.proc.stdin.write("stats\n")
         self.proc.stdin.flush()
         return dict(json.loads(self.proc.stdout.readline()))
 
     def stop(self) -> None:
-        os.kill(self.proc.pid, signal.SIGTERM)
+        # SIGINT rather than SIGTERM: uvicorn raises it again after its shutdown, and a
+        # KeyboardInterrupt lets the child write its profile, where SIGTERM would just end it.
+        os.kill(self.proc.pid, signal.SIGINT)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -456,7 +460,9 @@ def report(results: dict[tuple[str, int], Result]) -> None:
     for connections in CONCURRENCY:
         ratio = results["bgfunctions", connections].load.rps / results["bare", connections].load.rps
         verdict = "ok" if ratio >= GOAL else "MISSED"
-        print(f"goal c={connections}: bgfunctions {ratio:.2f}x the bare app (>= {GOAL:g}x): {verdict}")
+        print(
+            f"goal c={connections}: bgfunctions {ratio:.2f}x the bare app (>= {GOAL:g}x): {verdict}"
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from bgfunctions.responses import Response
 
 __all__ = ["InlineExecutor"]
 
+
 class InlineExecutor(Executor):
     """Runs every attempt in the caller's thread on a :class:`VirtualClock`."""
 
@@ -108,9 +109,15 @@ class InlineExecutor(Executor):
         self._check_accepting()
         timeout = self.binding.limits_for(function).sync_timeout
         context = make_context(
-            function, request, request_id=request_id, params=params, attempt=1,
-            deadline=self.clock.now() + timeout, clock=self.clock,
-            trust_proxy=self.binding.trust_proxy, site=self.binding.site,
+            function,
+            request,
+            request_id=request_id,
+            params=params,
+            attempt=1,
+            deadline=self.clock.now() + timeout,
+            clock=self.clock,
+            trust_proxy=self.binding.trust_proxy,
+            site=self.binding.site,
         )
         result = self._loop.run_until_complete(
             run_on_loop(function, request, context, timeout=timeout)
@@ -143,5 +150,3 @@ class InlineExecutor(Executor):
         with self._lock:
             live = len(self._live)
         return ExecutorStats(pending=live - self._running_count, running=self._running_count)
-
-

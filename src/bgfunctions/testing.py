@@ -215,5 +215,3 @@ class TestClient:
 
     def delete(self, url: str, **kwargs: Any) -> Response:
         return self.request("DELETE", url, **kwargs)
-
-
