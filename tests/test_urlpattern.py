@@ -191,6 +191,7 @@ REGEX_ALPHABET = "()[]{}\\^$.*+?|-:dDwWsSbBuxc0123aAz,=!<>/"
 @example("?<=a+", "/a")
 @example("[\\u{10FFFF}]", "/")
 @example("a{99999999999}", "/a")
+@example("a{" + "9" * 5000 + "}", "/a")
 @example("(?:" * 100 + "a" + ")" * 100, "/a")
 def test_custom_groups_raise_only_pattern_error(body: str, path: str) -> None:
     """Any (regex) group either compiles or raises PatternError, and matching never raises."""

@@ -518,6 +518,8 @@ class _RegexpTranslator:
             m = re.compile(r"\{([0-9]+)(,([0-9]*))?\}").match(self.text, self.i)
             if m is None:
                 raise self.fail("unescaped '{'")
+            if len(m.group(1)) > 9 or len(m.group(3) or "") > 9:
+                raise self.fail("repetition count too large")
             low, high = int(m.group(1)), m.group(3)
             if high and int(high) < low:
                 raise self.fail("numbers out of order in {} quantifier")

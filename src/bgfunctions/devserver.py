@@ -24,7 +24,7 @@ from bgfunctions.asgi import ASGIApp, Receive, Scope, Send
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import BgFunctionsError
 from bgfunctions.executor import Executor
-from bgfunctions.invocation import Event, EventKind
+from bgfunctions.invocation import Event, EventKind, State
 from bgfunctions.registry import Registry
 from bgfunctions.retry import Limits, RetryPolicy
 
@@ -193,7 +193,21 @@ class DevServer:
         self.app.static_exists = self.static.exists
         self.app.reload(registry)
         self.print(f"reloaded {len(registry)} function(s)")
+        self._warn_orphans(registry)
         return True
+
+    def _warn_orphans(self, registry: Registry) -> None:
+        # An accepted invocation of a function the reload removed has no code to run its next
+        # attempt: say so rather than let it wait silently.
+        unfinished = self.app.invocations.list(
+            state=(State.ACCEPTED, State.RUNNING, State.RETRY_SCHEDULED)
+        )
+        for record in unfinished:
+            if record.function not in registry:
+                self.print(
+                    f"[{record.request_id}] {record.function}: warning: the function was removed "
+                    f"by the reload; this {record.state.value} invocation will not run again"
+                )
 
     def watched_paths(self) -> list[Path]:
         """The functions directory and ``netlify.toml``, those that exist."""
@@ -227,6 +241,15 @@ class DevServer:
             raise BgFunctionsError(
                 "bgfunctions serve needs uvicorn: pip install 'bgfunctions[serve]'"
             ) from None
+        if self.options.reload:
+            # Checked now: a watcher that fails inside its task would only show at shutdown.
+            try:
+                import watchfiles  # noqa: F401
+            except ImportError:
+                raise BgFunctionsError(
+                    "reloading needs watchfiles: pip install 'bgfunctions[serve]', or pass "
+                    "--no-reload"
+                ) from None
         if table is not None:
             self.print(table(self.registry))
         self.warn_if_public()

@@ -24,12 +24,24 @@ _last_ms = -1
 _last_random = 0
 
 
+# Two base32 characters per 10 bits: 13 lookups encode the 130-bit (zero-padded) ULID.
+_PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
+_SHIFTS = tuple(range(120, -1, -10))
+_random_pool = b""
+_RANDOM_BYTES = _RANDOM_BITS // 8
+
+
 def _encode(value: int) -> str:
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
+
+
+def _random() -> int:
+    """80 random bits; the OS is asked for 4 KiB at a time (lock held), not once per id."""
+    global _random_pool
+    if len(_random_pool) < _RANDOM_BYTES:
+        _random_pool = secrets.token_bytes(4096)
+    chunk, _random_pool = _random_pool[:_RANDOM_BYTES], _random_pool[_RANDOM_BYTES:]
+    return int.from_bytes(chunk, "big")
 
 
 def new_request_id(clock: Clock | None = None) -> str:
@@ -48,6 +60,6 @@ def new_request_id(clock: Clock | None = None) -> str:
             random = _last_random + 1
         else:
             # A new millisecond, or (virtual clocks) an earlier one: ids follow that clock.
-            random = secrets.randbits(_RANDOM_BITS)
+            random = _random()
         _last_ms, _last_random = ms, random
     return _encode((ms << _RANDOM_BITS) | random)

@@ -1,0 +1,348 @@
+"""`bgfunctions serve` as a real server in a subprocess, and `bgfunctions invoke`.
+
+The server tests are marked ``server`` and ``realtime``: they bind a free loopback port, run
+uvicorn, and wait (with generous deadlines, up to 15 s) for lines on its stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bgfunctions.cli import main
+from bgfunctions.clock import SystemClock
+
+EXAMPLE_SITE = Path(__file__).resolve().parents[1] / "examples" / "site"
+FLAKY = (
+    "def handler(request, context):\n"
+    "    if context.attempt == 1:\n"
+    "        raise RuntimeError('first attempt fails')\n"
+)
+
+
+def write(root: Path, relative: str, text: str) -> Path:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A copy of the example site, plus a background function that fails once."""
+    root = tmp_path / "site"
+    shutil.copytree(EXAMPLE_SITE, root)
+    write(root, "netlify/functions/flaky-background.py", FLAKY)
+    return root
+
+
+# -- invoke -------------------------------------------------------------------------------------
+
+
+def test_invoke_a_failing_function_shows_three_attempts_at_0_60_180(
+    capsys: pytest.CaptureFixture[str], site: Path
+) -> None:
+    """A function that always fails: attempts at 0, 60 and 180 s of virtual time, status 1."""
+    status, out, err = run(
+        capsys,
+        "invoke",
+        "send-email-background",
+        "--site",
+        str(site),
+        "--data",
+        '{"fail_attempts": 9}',
+    )
+    assert status == 1
+    assert err == ""
+    attempts = re.findall(r"t=\s*([\d.]+)s\s+attempt (\d)\s+(\w+)", out)
+    assert attempts == [
+        ("0.000", "1", "error"),
+        ("60.000", "2", "error"),
+        ("180.000", "3", "error"),
+    ]
+    assert "RuntimeError: mail server unavailable (attempt 3)" in out
+    assert out.splitlines()[-1].strip() == "failed after 3 attempt(s)"
+
+
+def test_invoke_a_function_that_succeeds_exits_0(
+    capsys: pytest.CaptureFixture[str], site: Path
+) -> None:
+    """Failing once then succeeding: two attempts, at 0 and 60 s, status 0."""
+    status, out, _ = run(capsys, "invoke", "flaky-background", "--site", str(site))
+    assert status == 0
+    attempts = re.findall(r"t=\s*([\d.]+)s\s+attempt (\d)\s+(\w+)", out)
+    assert attempts == [("0.000", "1", "error"), ("60.000", "2", "succeeded")]
+    assert out.splitlines()[-1].strip() == "succeeded after 2 attempt(s)"
+
+
+def test_invoke_a_sync_function_prints_its_response(
+    capsys: pytest.CaptureFixture[str], site: Path
+) -> None:
+    """A synchronous function: its status and body, status 0."""
+    status, out, _ = run(capsys, "invoke", "hello", "--site", str(site), "--method", "GET")
+    assert status == 0
+    assert out.splitlines() == ["200  hello (synchronous)", "Hello, world!"]
+
+
+def test_invoke_an_unknown_function_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], site: Path
+) -> None:
+    """An unknown name: exit 2, one line on stderr naming it and what exists."""
+    status, out, err = run(capsys, "invoke", "nope", "--site", str(site))
+    assert status == 2
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith("bgfunctions: error: ")
+    assert "'nope'" in err
+    assert "hello" in err
+
+
+def test_invoke_a_malformed_header_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], site: Path
+) -> None:
+    """-H without a colon: exit 2 and the expected form."""
+    status, _, err = run(capsys, "invoke", "hello", "--site", str(site), "-H", "broken")
+    assert status == 2
+    assert "expected NAME:VALUE; got 'broken'" in err
+
+
+# -- serve: arguments ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--retry-delays", "60,soon"],
+        ["--retry-delays", "-1"],
+        ["--background-timeout", "nan"],
+        ["--executor", "fork"],
+        ["--port", "http"],
+    ],
+)
+def test_serve_refuses_bad_options(
+    capsys: pytest.CaptureFixture[str], site: Path, argv: list[str]
+) -> None:
+    """Malformed options are usage errors (exit 2), before anything is served."""
+    status, out, err = run(capsys, "serve", str(site), *argv)
+    assert status == 2
+    assert out == ""
+    assert "error" in err
+
+
+def test_serve_a_missing_site_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A site without a functions directory: exit 2, one line, no server started."""
+    status, out, err = run(capsys, "serve", str(tmp_path / "missing"), "--no-reload")
+    assert status == 2
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith("bgfunctions: error: ")
+
+
+def test_serve_a_zero_timeout_is_refused(capsys: pytest.CaptureFixture[str], site: Path) -> None:
+    """--sync-timeout 0 is refused with a message naming the option."""
+    status, _, err = run(capsys, "serve", str(site), "--sync-timeout", "0")
+    assert status == 2
+    assert "--sync-timeout" in err
+
+
+# -- serve: a real server -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """A `bgfunctions serve` subprocess whose stdout lines are collected as they come."""
+
+    def __init__(self, site: Path, *options: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        argv = [sys.executable, "-m", "bgfunctions", "serve", str(site), "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            [*argv, *options],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self._new: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.clock = SystemClock()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._new.put(line.rstrip("\n"))
+        self._new.put(None)
+
+    def wait_for_line(self, predicate: Callable[[str], bool], timeout: float = 15.0) -> str:
+        """The first stdout line (seen so far or to come) that satisfies ``predicate``."""
+        deadline = self.clock.monotonic() + timeout
+        for line in self.lines:
+            if predicate(line):
+                return line
+        while True:
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no such line within {timeout} s; got {self.lines!r}")
+            try:
+                new = self._new.get(timeout=left)
+            except queue.Empty:
+                continue
+            if new is None:
+                raise AssertionError(f"the server exited; its output: {self.lines!r}")
+            self.lines.append(new)
+            if predicate(new):
+                return new
+
+    def wait_until_listening(self, timeout: float = 15.0) -> None:
+        self.wait_for_line(lambda line: line.startswith("serving "), timeout)
+        deadline = self.clock.monotonic() + timeout
+        while self.clock.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+                    return
+            except OSError:
+                self.clock.sleep(0.05)
+        raise AssertionError(f"nothing listens on port {self.port} after {timeout} s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` to the process (by its pid) and wait for it; its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a hung server
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self._reader.join(timeout=5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def serve(site: Path) -> Iterator[Callable[..., Server]]:
+    """Start `bgfunctions serve SITE ...`; every server started is stopped afterwards."""
+    servers: list[Server] = []
+
+    def start(*options: str) -> Server:
+        server = Server(site, *options)
+        servers.append(server)
+        server.wait_until_listening()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def check_background_invocation(server: Server) -> None:
+    response = httpx.post(f"{server.base}/.netlify/functions/flaky-background", timeout=10)
+    assert response.status_code == 202
+    assert response.content == b""
+    request_id = response.headers["x-nf-request-id"]
+    prefix = f"[{request_id}] flaky-background: "
+    server.wait_for_line(lambda line: line == prefix + "succeeded after 2 attempt(s)")
+    steps = [line[len(prefix) :] for line in server.lines if line.startswith(prefix)]
+    assert steps[0] == "queued"
+    assert any(re.fullmatch(r"attempt 1 error in [\d.]+ s \(RuntimeError: .*\)", s) for s in steps)
+    assert any(s.startswith("retry scheduled in ") for s in steps)
+    assert any(re.fullmatch(r"attempt 2 succeeded in [\d.]+ s", s) for s in steps)
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_serve_runs_a_background_function_and_prints_its_lines(
+    serve: Callable[..., Server],
+) -> None:
+    """202 at once; stdout shows the table, then queued ... succeeded with the request id."""
+    server = serve("--retry-delays", "0.2", "--no-reload")
+    assert any(line.startswith("NAME ") for line in server.lines)
+    assert any(line.startswith("flaky-background ") for line in server.lines)
+    assert server.lines[-1].startswith("serving ")
+    assert server.lines[-1].endswith(f"on http://127.0.0.1:{server.port}")
+    assert not any(line.startswith("warning:") for line in server.lines)
+    check_background_invocation(server)
+    home = httpx.get(f"{server.base}/", timeout=10)
+    assert home.status_code == 200
+    assert "bgfunctions example site" in home.text
+    assert httpx.get(f"{server.base}/.netlify/functions/hello", timeout=10).text == "Hello, world!"
+    assert httpx.get(f"{server.base}/nope", timeout=10).status_code == 404
+    # Ctrl-C: uvicorn shuts down, re-raises it, and the command exits 0.
+    assert server.stop(signal.SIGINT) == 0
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_serve_with_the_process_executor(serve: Callable[..., Server]) -> None:
+    """--executor process: the same 202 and event lines, attempts run in worker processes."""
+    server = serve("--retry-delays", "0.2", "--no-reload", "--executor", "process")
+    check_background_invocation(server)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: the process dies by it.
+    assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+@pytest.mark.xfail(
+    strict=True,
+    reason="processes._load loads NAME.py without the functions directory as its package path, "
+    "so `from ._shared import ...` (examples/site hello.py) fails in a worker process",
+)
+def test_serve_with_the_process_executor_runs_functions_with_relative_imports(
+    serve: Callable[..., Server],
+) -> None:
+    """--executor process: hello.py's `from ._shared import greeting` works as with threads."""
+    server = serve("--no-reload", "--executor", "process")
+    hello = httpx.get(f"{server.base}/.netlify/functions/hello", timeout=10)
+    assert (hello.status_code, hello.text) == (200, "Hello, world!")
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_serve_reloads_when_a_function_file_changes(
+    site: Path, serve: Callable[..., Server]
+) -> None:
+    """Without --no-reload, editing a sync function's file changes its response (within 15 s)."""
+    write(site, "netlify/functions/version.py", "def handler(request, context):\n    return 'v1'\n")
+    server = serve("--retry-delays", "0.2")
+    url = f"{server.base}/.netlify/functions/version"
+    assert httpx.get(url, timeout=10).text == "v1"
+    write(site, "netlify/functions/version.py", "def handler(request, context):\n    return 'v2'\n")
+    deadline = server.clock.monotonic() + 15.0
+    text = "v1"
+    while text != "v2" and server.clock.monotonic() < deadline:
+        server.clock.sleep(0.1)
+        text = httpx.get(url, timeout=10).text
+    assert text == "v2", server.lines
+    server.wait_for_line(lambda line: line.startswith("reloaded "))

@@ -1,0 +1,511 @@
+"""The dev server behind `bgfunctions serve`, in process: its ASGI app through httpx.
+
+Static files behind the functions, ``prefer_static``, 404s, path traversal, one printed line per
+invocation event, and reload without dropping accepted invocations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import unquote
+
+import httpx
+import pytest
+
+from bgfunctions.devserver import DevServer, ServeOptions, StaticFiles
+from bgfunctions.errors import BgFunctionsError
+
+NETLIFY_TOML = """\
+[build]
+publish = "public"
+
+[functions]
+directory = "netlify/functions"
+"""
+SECRET = "TOP-SECRET-OUTSIDE-THE-PUBLISH-DIR"
+
+
+def write(root: Path, relative: str, text: str) -> Path:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_function(site: Path, name: str, text: str) -> Path:
+    path = write(site, f"netlify/functions/{name}.py", text)
+    # Reload tests rewrite a file within the same second; a distinct mtime keeps any
+    # mtime-keyed cache honest.
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    return path
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A small site: sync and background functions, a publish dir, a secret beside it."""
+    root = tmp_path / "site"
+    write(root, "netlify.toml", NETLIFY_TOML)
+    write(root, "secret.txt", SECRET)
+    write(tmp_path, "outside.html", SECRET)
+    write(root, "public/index.html", "<h1>home</h1>")
+    write(root, "public/about.html", "<h1>about page</h1>")
+    write(root, "public/docs/index.html", "<h1>docs</h1>")
+    write(root, "public/style.css", "body {}")
+    write_function(
+        root,
+        "hello",
+        "def handler(request, context):\n    return 'hello v1'\n",
+    )
+    write_function(
+        root,
+        "boom",
+        "def handler(request, context):\n    raise RuntimeError('database password is hunter2')\n",
+    )
+    write_function(
+        root,
+        "page",
+        "from bgfunctions import Config\n"
+        "def handler(request, context):\n    return 'from the function'\n"
+        "config = Config(path=['/about', '/only-function'], prefer_static=True)\n",
+    )
+    write_function(
+        root,
+        "flaky-background",
+        "def handler(request, context):\n"
+        "    if context.attempt == 1:\n"
+        "        raise RuntimeError('first attempt fails')\n",
+    )
+    write_function(
+        root,
+        "doomed-background",
+        "def handler(request, context):\n    raise ValueError('always')\n",
+    )
+    return root
+
+
+@pytest.fixture
+def make_server(site: Path) -> Iterator[Callable[..., DevServer]]:
+    """Build DevServers over ``site`` that print into a StringIO; shut them down afterwards."""
+    servers: list[DevServer] = []
+
+    def make(**options: object) -> DevServer:
+        server = DevServer(site, ServeOptions(**options), out=io.StringIO())  # type: ignore[arg-type]
+        server.app.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.app.shutdown(True, grace=5.0)
+
+
+def output(server: DevServer) -> str:
+    assert isinstance(server.out, io.StringIO)
+    return server.out.getvalue()
+
+
+def request(server: DevServer, method: str, url: str, **kwargs: object) -> httpx.Response:
+    """One request through httpx's ASGI transport (which normalises ``..`` segments)."""
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=server.asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await client.request(method, url, **kwargs)  # type: ignore[arg-type]
+
+    return asyncio.run(go())
+
+
+def raw_request(server: DevServer, method: str, raw_path: str) -> tuple[int, bytes]:
+    """A request whose path reaches the app as a server would pass it: not normalised,
+    percent-decoded in ``path``, as sent in ``raw_path``."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(raw_path),
+        "raw_path": raw_path.encode("latin-1"),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8888),
+    }
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    asyncio.run(server.asgi(scope, receive, send))  # type: ignore[arg-type]
+    status = sent[0]["status"]
+    assert isinstance(status, int)
+    body = b"".join(m.get("body", b"") for m in sent[1:])  # type: ignore[misc]
+    return status, body
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll for a condition a background thread brings about (not a schedule under test)."""
+    pause = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        pause.wait(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+# -- static files -------------------------------------------------------------------------------
+
+
+def test_root_and_directories_serve_their_index_html(make_server: Callable[..., DevServer]) -> None:
+    """`/` and `/docs/` serve index.html of the publish dir, as text/html."""
+    server = make_server()
+    home = request(server, "GET", "/")
+    assert home.status_code == 200
+    assert home.text == "<h1>home</h1>"
+    assert home.headers["content-type"].startswith("text/html")
+    assert request(server, "GET", "/docs/").text == "<h1>docs</h1>"
+    assert request(server, "GET", "/docs").text == "<h1>docs</h1>"
+
+
+def test_static_files_by_name_and_without_html_extension(
+    make_server: Callable[..., DevServer],
+) -> None:
+    """A file is served by its path; `/NAME` serves NAME.html."""
+    server = make_server()
+    css = request(server, "GET", "/style.css")
+    assert (css.status_code, css.text) == (200, "body {}")
+    assert css.headers["content-type"].startswith("text/css")
+    assert request(server, "GET", "/index.html").text == "<h1>home</h1>"
+
+
+def test_head_gets_the_headers_without_a_body(make_server: Callable[..., DevServer]) -> None:
+    """HEAD on a static file: 200, the real content-length, no body."""
+    server = make_server()
+    head = request(server, "HEAD", "/style.css")
+    assert head.status_code == 200
+    assert head.headers["content-length"] == str(len("body {}"))
+    assert head.content == b""
+
+
+def test_anything_else_is_a_plain_404(make_server: Callable[..., DevServer]) -> None:
+    """No function and no static file: 404; a POST to a static file is a 404 too."""
+    server = make_server()
+    missing = request(server, "GET", "/no/such/page")
+    assert missing.status_code == 404
+    assert "Not Found" in missing.text
+    assert request(server, "POST", "/style.css").status_code == 404
+    assert request(server, "GET", "/.netlify/functions/no-such-function").status_code == 404
+
+
+def test_functions_are_served_before_static_files(make_server: Callable[..., DevServer]) -> None:
+    """A sync function answers at its URL with its own body and a request id."""
+    server = make_server()
+    response = request(server, "GET", "/.netlify/functions/hello")
+    assert (response.status_code, response.text) == (200, "hello v1")
+    assert response.headers["x-nf-request-id"]
+
+
+def test_prefer_static_yields_to_an_existing_static_file(
+    make_server: Callable[..., DevServer],
+) -> None:
+    """prefer_static: /about (about.html exists) is the file; /only-function is the function."""
+    server = make_server()
+    assert request(server, "GET", "/about").text == "<h1>about page</h1>"
+    assert request(server, "GET", "/only-function").text == "from the function"
+
+
+def test_no_publish_dir_means_404_for_everything_but_functions(tmp_path: Path) -> None:
+    """A site without [build] publish serves its functions and 404 elsewhere."""
+    write_function(tmp_path, "hello", "def handler(request, context):\n    return 'hi'\n")
+    server = DevServer(tmp_path, ServeOptions(), out=io.StringIO())
+    try:
+        assert request(server, "GET", "/").status_code == 404
+        assert request(server, "GET", "/.netlify/functions/hello").text == "hi"
+    finally:
+        server.app.shutdown()
+
+
+# -- safety -------------------------------------------------------------------------------------
+
+
+def test_a_traceback_never_reaches_the_client(
+    make_server: Callable[..., DevServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sync function that raises gives a 500 naming the function, not its exception."""
+    server = make_server()
+    response = request(server, "GET", "/.netlify/functions/boom")
+    assert response.status_code == 500
+    assert "boom" in response.text
+    assert "Traceback" not in response.text
+    assert "hunter2" not in response.text
+    assert "RuntimeError" not in response.text
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        "/.netlify/functions/../../secret.txt",
+        "/.netlify/functions/../../../outside.html",
+        "/.netlify/functions/%2e%2e/%2e%2e/secret.txt",
+        "/.netlify/functions/%2E%2E%2F%2E%2E%2Fsecret.txt",
+        "/.netlify/functions/..%2f..%2f..%2foutside",
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2e%2e%2fsecret.txt",
+        "/..%5csecret.txt",
+        "/docs/../../secret.txt",
+        "/%2e%2e/%2e%2e/outside.html",
+        "/%2e%2e/%2e%2e/outside",
+    ],
+)
+def test_paths_out_of_the_publish_dir_are_refused(
+    make_server: Callable[..., DevServer], raw_path: str
+) -> None:
+    """`..` in any spelling gives 404/400, never a file outside the publish directory."""
+    server = make_server()
+    for method in ("GET", "POST"):
+        status, body = raw_request(server, method, raw_path)
+        assert status in (400, 404), (method, raw_path, status)
+        assert SECRET.encode() not in body
+
+
+def test_functions_are_looked_up_by_name_never_by_a_path_from_the_url(
+    site: Path, make_server: Callable[..., DevServer]
+) -> None:
+    """A handler file outside the functions directory is never run, whatever the URL."""
+    marker = site / "ran.txt"
+    write(
+        site,
+        "netlify/evil.py",
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "def handler(request, context):\n    return 'evil'\n",
+    )
+    server = make_server()
+    for raw_path in (
+        "/.netlify/functions/../evil",
+        "/.netlify/functions/%2e%2e/evil",
+        "/.netlify/functions/..%2fevil",
+        "/.netlify/functions/%2e%2e%2fevil.py",
+    ):
+        status, body = raw_request(server, "GET", raw_path)
+        assert status in (400, 404), raw_path
+        assert b"evil" not in body
+    assert not marker.exists()
+
+
+def test_static_files_never_follow_a_symlink_out_of_the_publish_dir(
+    site: Path, make_server: Callable[..., DevServer]
+) -> None:
+    """Symlinks to outside files, as a file, as NAME.html or as index.html, are not served."""
+    public = site / "public"
+    outside = site.parent / "outside.html"
+    try:
+        (public / "link.txt").symlink_to(outside)
+        (public / "hidden.html").symlink_to(outside)
+        (public / "sub").mkdir()
+        (public / "sub" / "index.html").symlink_to(outside)
+        (public / "escape").symlink_to(site.parent, target_is_directory=True)
+    except OSError:  # pragma: no cover - a file system without symlinks
+        pytest.skip("symlinks are not available here")
+    server = make_server()
+    for path in ("/link.txt", "/hidden", "/hidden.html", "/sub/", "/sub", "/escape/outside.html"):
+        response = request(server, "GET", path)
+        assert response.status_code == 404, path
+        assert SECRET not in response.text
+
+
+def test_static_files_find_returns_none_for_unservable_paths(site: Path) -> None:
+    """NUL bytes, names too long for the file system and `..` find nothing."""
+    static = StaticFiles(site / "public")
+    assert static.find("/index.html") == (site / "public" / "index.html").resolve()
+    assert static.find("/a\x00b") is None
+    assert static.find("/" + "x" * 5000) is None
+    assert static.find("/../secret.txt") is None
+    assert static.find("/about.v2") is None  # not about.html: only a missing ".html" is added
+    assert StaticFiles(None).find("/index.html") is None
+    assert StaticFiles(site / "no-such-dir").find("/") is None
+
+
+def test_unknown_executor_is_refused() -> None:
+    """ServeOptions(executor=...) other than thread/process is a one-line error."""
+    with pytest.raises(BgFunctionsError, match="expected 'thread' or 'process'; got 'fork'"):
+        DevServer(Path("examples/site"), ServeOptions(executor="fork"), out=io.StringIO())
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [
+        ("127.0.0.1", False),
+        ("127.0.0.2", False),
+        ("::1", False),
+        ("localhost", False),
+        ("0.0.0.0", True),
+        ("::", True),
+        ("192.168.1.10", True),
+        ("example.com", True),
+    ],
+)
+def test_a_public_address_prints_a_warning(site: Path, host: str, warned: bool) -> None:
+    """warn_if_public warns for anything but a loopback address."""
+    server = DevServer(site, ServeOptions(host=host), out=io.StringIO())
+    try:
+        server.warn_if_public()
+        text = output(server)
+        assert ("warning: serving on" in text) is warned
+        if warned:
+            assert host in text
+            assert "not a loopback address" in text
+    finally:
+        server.app.shutdown()
+
+
+# -- event lines --------------------------------------------------------------------------------
+
+
+def test_each_invocation_event_is_one_line_with_the_request_id(
+    make_server: Callable[..., DevServer],
+) -> None:
+    """queued, each attempt's outcome and duration, retry scheduled, succeeded: one line each."""
+    server = make_server(retry_delays=(0.05,))
+    response = request(server, "POST", "/.netlify/functions/flaky-background", content=b"{}")
+    assert response.status_code == 202
+    request_id = response.headers["x-nf-request-id"]
+    record = server.app.get(request_id).wait(10)
+    assert record.state.value == "succeeded"
+    lines = [line for line in output(server).splitlines() if request_id in line]
+    prefix = f"[{request_id}] flaky-background: "
+    assert all(line.startswith(prefix) for line in lines)
+    steps = [line[len(prefix) :] for line in lines]
+    assert steps[0] == "queued"
+    assert steps[1] == "attempt 1 started"
+    assert re.fullmatch(
+        r"attempt 1 error in \d+\.\d{3} s \(RuntimeError: first attempt fails\)", steps[2]
+    )
+    assert re.fullmatch(r"retry scheduled in 0\.\d s", steps[3])
+    assert steps[4] == "attempt 2 started"
+    assert re.fullmatch(r"attempt 2 succeeded in \d+\.\d{3} s", steps[5])
+    assert steps[6:] == ["succeeded after 2 attempt(s)"]
+
+
+def test_a_failed_invocation_prints_failed(make_server: Callable[..., DevServer]) -> None:
+    """With no retries left, the last line says failed and how many attempts ran."""
+    server = make_server(retry_delays=())
+    response = request(server, "POST", "/.netlify/functions/doomed-background")
+    request_id = response.headers["x-nf-request-id"]
+    assert server.app.get(request_id).wait(10).state.value == "failed"
+    last = [line for line in output(server).splitlines() if request_id in line][-1]
+    assert last == f"[{request_id}] doomed-background: failed after 1 attempt(s)"
+
+
+# -- reload -------------------------------------------------------------------------------------
+
+
+def test_reload_serves_the_new_code_of_a_sync_function(
+    site: Path, make_server: Callable[..., DevServer]
+) -> None:
+    """After reload() a changed function answers with its new code, and new ones appear."""
+    server = make_server()
+    write_function(site, "hello", "def handler(request, context):\n    return 'hello v2'\n")
+    write_function(site, "added", "def handler(request, context):\n    return 'new'\n")
+    assert request(server, "GET", "/.netlify/functions/added").status_code == 404
+    assert server.reload() is True
+    assert request(server, "GET", "/.netlify/functions/hello").text == "hello v2"
+    assert request(server, "GET", "/.netlify/functions/added").text == "new"
+    assert "reloaded 6 function(s)" in output(server)
+
+
+def test_an_attempt_that_starts_after_a_reload_runs_the_new_code(
+    site: Path, make_server: Callable[..., DevServer]
+) -> None:
+    """Attempt 1 fails on the old code; reload; the retry (already accepted) runs the new code."""
+    write_function(
+        site,
+        "change-background",
+        "def handler(request, context):\n    raise RuntimeError('old code')\n",
+    )
+    server = make_server(retry_delays=(0.3,))
+    response = request(server, "POST", "/.netlify/functions/change-background")
+    assert response.status_code == 202
+    request_id = response.headers["x-nf-request-id"]
+    # The reload must come after attempt 1 ended, and before the retry is due.
+    wait_until(lambda: "retry scheduled" in output(server))
+    write_function(site, "change-background", "def handler(request, context):\n    return None\n")
+    assert server.reload() is True
+    record = server.app.get(request_id).wait(10)
+    assert [a.outcome.value for a in record.attempts if a.outcome] == ["error", "succeeded"]
+    assert record.attempts[0].error_message == "old code"
+    assert record.state.value == "succeeded"
+
+
+def test_a_broken_file_on_reload_keeps_the_old_functions_and_says_why(
+    site: Path, make_server: Callable[..., DevServer]
+) -> None:
+    """A syntax error on reload: reload() is False, the old code still serves, the file is named."""
+    server = make_server()
+    broken = write_function(site, "hello", "def handler(request, context)\n    return 'x'\n")
+    assert server.reload() is False
+    text = output(server)
+    assert "reload failed, still serving the previous functions" in text
+    assert str(broken) in text
+    assert "SyntaxError" in text
+    assert request(server, "GET", "/.netlify/functions/hello").text == "hello v1"
+
+
+def test_a_broken_netlify_toml_on_reload_keeps_the_old_site(
+    site: Path, make_server: Callable[..., DevServer]
+) -> None:
+    """Invalid TOML on reload: the old functions and static files are still served."""
+    server = make_server()
+    write(site, "netlify.toml", "[build\npublish = ")
+    assert server.reload() is False
+    assert "netlify.toml" in output(server)
+    assert request(server, "GET", "/").text == "<h1>home</h1>"
+    assert request(server, "GET", "/.netlify/functions/hello").text == "hello v1"
+
+
+def test_reload_follows_a_new_publish_dir(
+    site: Path, make_server: Callable[..., DevServer]
+) -> None:
+    """A changed [build] publish in netlify.toml serves the new directory after reload()."""
+    server = make_server()
+    write(site, "dist/index.html", "<h1>dist</h1>")
+    write(site, "netlify.toml", NETLIFY_TOML.replace('"public"', '"dist"'))
+    assert server.reload() is True
+    assert request(server, "GET", "/").text == "<h1>dist</h1>"
+    assert request(server, "GET", "/style.css").status_code == 404
+
+
+def test_watched_paths_are_the_functions_dir_and_netlify_toml(
+    site: Path, make_server: Callable[..., DevServer]
+) -> None:
+    """The watcher looks at the functions directory and netlify.toml."""
+    server = make_server()
+    watched = {p.resolve() for p in server.watched_paths()}
+    assert watched == {(site / "netlify/functions").resolve(), (site / "netlify.toml").resolve()}
+
+
+def test_reload_that_removes_a_function_with_pending_retries_says_so(
+    site: Path, make_server: Callable[..., DevServer]
+) -> None:
+    """Removing a function whose retry is still due prints a warning with the request id."""
+    server = make_server(retry_delays=(60.0,))
+    response = request(server, "POST", "/.netlify/functions/doomed-background")
+    request_id = response.headers["x-nf-request-id"]
+    wait_until(lambda: "retry scheduled" in output(server))
+    (site / "netlify/functions/doomed-background.py").unlink()
+    assert server.reload() is True
+    assert (
+        f"[{request_id}] doomed-background: warning: the function was removed by the reload"
+        in output(server)
+    )
