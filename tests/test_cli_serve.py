@@ -314,11 +314,6 @@ def test_serve_with_the_process_executor(serve: Callable[..., Server]) -> None:
 
 @pytest.mark.server
 @pytest.mark.realtime
-@pytest.mark.xfail(
-    strict=True,
-    reason="processes._load loads NAME.py without the functions directory as its package path, "
-    "so `from ._shared import ...` (examples/site hello.py) fails in a worker process",
-)
 def test_serve_with_the_process_executor_runs_functions_with_relative_imports(
     serve: Callable[..., Server],
 ) -> None:

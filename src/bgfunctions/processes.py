@@ -343,7 +343,10 @@ def _load(message: Mapping[str, Any], cache: dict[tuple[str, int], Function]) ->
     key = (str(path), path.stat().st_mtime_ns)
     function = cache.get(key)
     if function is None:
-        module = load_module(path, function=message["name"], package=message["package"])
+        # As discovery does: relative imports reach a directory form's siblings, then the
+        # functions directory (``from ._shared import x``).
+        search = (path.parent, path.parent.parent) if message["package"] else (path.parent,)
+        module = load_module(path, function=message["name"], search_path=search)
         handler = find_handler(module, path, function=message["name"])
         function = Function(
             name=message["name"],

@@ -33,7 +33,12 @@ from bgfunctions._attempt import (
 )
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.context import Context
-from bgfunctions.errors import ConfigError, DeadlineExceeded, QueueFullError
+from bgfunctions.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    QueueFullError,
+    UnknownFunctionError,
+)
 from bgfunctions.executor import Executor, ExecutorStats
 from bgfunctions.invocation import InvocationRecord, Outcome, State
 from bgfunctions.journal import Journal
@@ -41,6 +46,7 @@ from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
+from bgfunctions.retry import RetryPolicy
 
 __all__ = ["ThreadExecutor"]
 
@@ -219,7 +225,16 @@ class ThreadExecutor(Executor):
 
     def _ready(self, record: InvocationRecord) -> None:
         """The record's next attempt is due now: hand it to a worker or to the loop."""
-        function = self.binding.lookup(record.function)
+        try:
+            function = self.binding.lookup(record.function)
+        except UnknownFunctionError as exc:
+            # Its function was removed (a reload): end it as failed rather than strand it.
+            with self._lock:
+                self._pending -= 1
+            started = self._begin(record)
+            if started is not None:
+                self._end(started, Outcome.ERROR, exc, retry=RetryPolicy(delays=()))
+            return
         if function.is_async:
             loop = self._ensure_loop()
             loop.call_soon_threadsafe(self._start_async, record)
