@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from bgfunctions.clock import Clock
 from bgfunctions.context import Context, Site
@@ -137,6 +138,7 @@ async def run_on_loop(
     *,
     timeout: float,
     cancelled: set[str] | None = None,
+    body: Coroutine[Any, Any, object] | None = None,
 ) -> AttemptResult:
     """Run one attempt on the running loop (async handlers, and sync ones on virtual time).
 
@@ -148,7 +150,7 @@ async def run_on_loop(
     with invocation_scope(function.name, context.request_id, context.attempt):
         # The task copies the context now, so the handler's log lines carry the invocation.
         task = loop.create_task(
-            _body(function, request, context),
+            body if body is not None else _body(function, request, context),
             name=f"{function.name}:{context.request_id}:{context.attempt}",
         )
     expired = False
@@ -177,12 +179,28 @@ async def run_on_loop(
         return AttemptResult(Outcome.ERROR, exc)
     finally:
         timer.cancel()
+    return judge_return(function, context, timeout, value)
+
+
+def judge_return(
+    function: Function, context: Context, timeout: float, value: object
+) -> AttemptResult:
+    """A handler returned ``value``: it succeeded, unless it returned past its deadline (a
+    sync handler cannot be interrupted, so it is judged on return, at exactly the deadline)."""
     deadline = context.deadline
     if deadline is not None and context.clock.now() > deadline:
         return AttemptResult(
             Outcome.TIMED_OUT, timeout_error(function, timeout, context.attempt), ended_at=deadline
         )
     return AttemptResult(Outcome.SUCCEEDED, value=value)
+
+
+async def finish_async(value: object, context: Context) -> object:
+    """Await what a sync handler returned (a coroutine) and its ``wait_until`` tasks."""
+    if inspect.isawaitable(value):
+        value = await value
+    await settle_pending(context)
+    return value
 
 
 def to_response(value: object, function: Function, context: Context) -> Response:

@@ -269,7 +269,7 @@ class App:
             next_run_at=now,
             replay_of=replay_of,
         )
-        return self.executor.submit(record)
+        return self.executor.submit(record, request)
 
     def _failed(self, function: Function, request_id: str) -> Response:
         log.exception("function %r failed (request %s)", function.name, request_id)

@@ -308,9 +308,9 @@ class Context:
     """What ``next()`` calls, when the host supplies one."""
     rewrite_handler: Callable[..., Any] | None = field(default=None, repr=False)
     """What ``rewrite()`` calls, when the host supplies one."""
-    log: logging.LoggerAdapter[logging.Logger] = field(init=False, repr=False)
-    """A logger (``bgfunctions.functions.NAME``) whose records carry ``function``,
-    ``request_id`` and ``attempt`` as extra attributes."""
+    _log: logging.LoggerAdapter[logging.Logger] | None = field(
+        init=False, repr=False, default=None, compare=False
+    )
     _pending: list[Awaitable[object]] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -322,9 +322,22 @@ class Context:
             if not (isinstance(key, str) and isinstance(value, str)):
                 raise ValueError(f"Context params must map str to str, found {key!r}: {value!r}")
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
-        logger = logging.getLogger(f"bgfunctions.functions.{self.function}")
-        extra = {"function": self.function, "request_id": self.request_id, "attempt": self.attempt}
-        object.__setattr__(self, "log", logging.LoggerAdapter(logger, extra))
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger (``bgfunctions.functions.NAME``) whose records carry ``function``,
+        ``request_id`` and ``attempt`` as extra attributes."""
+        if self._log is None:
+            # Made on first use: most attempts never log through it.
+            logger = logging.getLogger(f"bgfunctions.functions.{self.function}")
+            extra = {
+                "function": self.function,
+                "request_id": self.request_id,
+                "attempt": self.attempt,
+            }
+            object.__setattr__(self, "_log", logging.LoggerAdapter(logger, extra))
+        assert self._log is not None
+        return self._log
 
     @classmethod
     def from_request(

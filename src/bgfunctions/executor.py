@@ -84,11 +84,16 @@ class ExecutorStats:
 class Invocation:
     """A handle on one accepted invocation: read its state and attempts, or wait for it."""
 
-    __slots__ = ("_executor", "_record")
+    __slots__ = ("_executor", "_record", "_request")
 
-    def __init__(self, executor: Executor, record: InvocationRecord) -> None:
+    def __init__(
+        self, executor: Executor, record: InvocationRecord, request: Request | None = None
+    ) -> None:
         self._executor = executor
         self._record = record
+        # The accepted Request, reused by every attempt in this process (records carry the same
+        # data, for journals and other processes).
+        self._request = request
 
     @property
     def record(self) -> InvocationRecord:
@@ -176,7 +181,7 @@ class Executor(ABC):
 
     # -- the public surface ---------------------------------------------------------------------
 
-    def submit(self, record: InvocationRecord) -> Invocation:
+    def submit(self, record: InvocationRecord, request: Request | None = None) -> Invocation:
         """Accept ``record``: journal it, then schedule its first attempt.
 
         Raises :class:`~bgfunctions.errors.NotAcceptedError` (nothing recorded) when the
@@ -186,7 +191,7 @@ class Executor(ABC):
         if record.next_run_at is None:
             record = dataclasses.replace(record, next_run_at=record.accepted_at)
         self.journal.accepted(record)
-        handle = Invocation(self, record)
+        handle = Invocation(self, record, request)
         with self._lock:
             self._live[record.request_id] = handle
         self._emit(EventKind.ACCEPTED, record)
@@ -269,7 +274,10 @@ class Executor(ABC):
         function = self.binding.lookup(started.function)
         timeout = self.binding.limits_for(function).background_timeout
         attempt = started.attempts[-1]
-        request = record_request(started)
+        handle = self._live.get(started.request_id)
+        request = handle._request if handle is not None else None
+        if request is None:
+            request = record_request(started)
         context = make_context(
             function,
             request,

@@ -10,13 +10,25 @@ caller's thread and wait with ``context.sleep()``, which moves the virtual clock
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Mapping
 
-from bgfunctions._attempt import make_context, run_on_loop, to_response
+from bgfunctions._attempt import (
+    AttemptResult,
+    finish_async,
+    judge_return,
+    make_context,
+    run_on_loop,
+    to_response,
+    warn_ignored_return,
+)
 from bgfunctions.clock import ClockEventLoop, VirtualClock
+from bgfunctions.context import Context
+from bgfunctions.errors import DeadlineExceeded
 from bgfunctions.executor import Executor, ExecutorStats, Invocation
 from bgfunctions.invocation import InvocationRecord, Outcome, State
 from bgfunctions.journal import Journal
+from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
@@ -63,7 +75,56 @@ class InlineExecutor(Executor):
         self._loop.call_at(self._loop.time() + delay, self._spawn, record)
 
     def _spawn(self, record: InvocationRecord) -> None:
-        self._loop.create_task(self._run(record))
+        if self.binding.lookup(record.function).is_async:
+            self._loop.create_task(self._run(record))
+            return
+        # A sync handler runs right here, in the loop's thread: no task, no timer (it cannot be
+        # interrupted anyway; context.sleep() past the deadline ends it).
+        started = self._begin(record)
+        if started is None:
+            return
+        function, request, context, timeout = self._attempt_inputs(started)
+        handler = function.handler
+        assert handler is not None
+        with invocation_scope(function.name, started.request_id, context.attempt):
+            try:
+                value = handler(request, context)
+            except DeadlineExceeded as exc:
+                result = AttemptResult(Outcome.TIMED_OUT, exc, ended_at=context.deadline)
+            except Exception as exc:
+                result = AttemptResult(Outcome.ERROR, exc)
+            else:
+                if inspect.isawaitable(value) or context._pending:
+                    # It left work to await: finish the attempt as a task, within its deadline.
+                    self._loop.create_task(
+                        self._finish(started, function, request, context, timeout, value)
+                    )
+                    return
+                result = judge_return(function, context, timeout, value)
+        self._settled(started, function, result)
+
+    async def _finish(
+        self,
+        started: InvocationRecord,
+        function: Function,
+        request: Request,
+        context: Context,
+        timeout: float,
+        value: object,
+    ) -> None:
+        left = max(0.0, (context.deadline or self.clock.now()) - self.clock.now())
+        result = await run_on_loop(
+            function, request, context, timeout=left, body=finish_async(value, context)
+        )
+        self._settled(started, function, result)
+
+    def _settled(
+        self, started: InvocationRecord, function: Function, result: AttemptResult
+    ) -> None:
+        warn_ignored_return(function, result.value)
+        ended = self._end(started, result.outcome, result.error, ended_at=result.ended_at)
+        if ended.state is State.RETRY_SCHEDULED:
+            self._dispatch(ended)
 
     async def _run(self, record: InvocationRecord) -> None:
         ended = await self._attempt_on_loop(record)

@@ -23,7 +23,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bgfunctions.retry import RetryPolicy
 
@@ -93,6 +93,18 @@ class Outcome(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+_T = TypeVar("_T")
+
+
+def _evolve(obj: _T, **changes: Any) -> _T:
+    """``dataclasses.replace`` without re-running ``__init__``: records change on every state
+    transition of every attempt, and they are plain frozen data with nothing to re-validate."""
+    new = object.__new__(type(obj))
+    for name in obj.__slots__:  # type: ignore[attr-defined]
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
+    return new
 
 
 def error_type_name(error: BaseException) -> str:
@@ -191,7 +203,7 @@ class InvocationRecord:
                 f"invocation {self.request_id}: cannot start an attempt in state {self.state}"
             )
         attempt = Attempt(number=len(self.attempts) + 1, started_at=now)
-        return dataclasses.replace(
+        return _evolve(
             self, state=State.RUNNING, attempts=(*self.attempts, attempt), next_run_at=None
         )
 
@@ -210,7 +222,7 @@ class InvocationRecord:
             raise ValueError(
                 f"invocation {self.request_id}: no running attempt to end (state {self.state})"
             )
-        ended = dataclasses.replace(
+        ended = _evolve(
             attempt,
             ended_at=now,
             outcome=outcome,
@@ -219,17 +231,13 @@ class InvocationRecord:
         )
         attempts = (*self.attempts[:-1], ended)
         if outcome is Outcome.SUCCEEDED:
-            return dataclasses.replace(
-                self, state=State.SUCCEEDED, attempts=attempts, finished_at=now
-            )
+            return _evolve(self, state=State.SUCCEEDED, attempts=attempts, finished_at=now)
         if outcome is Outcome.CANCELLED:
-            return dataclasses.replace(
-                self, state=State.CANCELLED, attempts=attempts, finished_at=now
-            )
+            return _evolve(self, state=State.CANCELLED, attempts=attempts, finished_at=now)
         delay = retry.delay_after(ended.number)
         if delay is None:
-            return dataclasses.replace(self, state=State.FAILED, attempts=attempts, finished_at=now)
-        return dataclasses.replace(
+            return _evolve(self, state=State.FAILED, attempts=attempts, finished_at=now)
+        return _evolve(
             self, state=State.RETRY_SCHEDULED, attempts=attempts, next_run_at=now + delay
         )
 
@@ -237,11 +245,11 @@ class InvocationRecord:
         """No further attempts; a running attempt keeps its record until it ends."""
         if self.state.finished:
             return self
-        return dataclasses.replace(self, state=State.CANCELLED, next_run_at=None, finished_at=now)
+        return _evolve(self, state=State.CANCELLED, next_run_at=None, finished_at=now)
 
     def reject(self, now: float) -> InvocationRecord:
         """The engine refused it after it was recorded."""
-        return dataclasses.replace(self, state=State.REJECTED, next_run_at=None, finished_at=now)
+        return _evolve(self, state=State.REJECTED, next_run_at=None, finished_at=now)
 
     # -- JSON ------------------------------------------------------------------------------------
 
