@@ -358,8 +358,13 @@ class Executor(ABC):
                 self._live.pop(record.request_id, None)
                 return None
             started = record.start_attempt(self.clock.now())
+        if not self.journal.attempt_started(started):
+            # Claimed by another process sharing the journal, or cancelled: not ours to run.
+            with self._lock:
+                self._live.pop(record.request_id, None)
+            return None
+        with self._lock:
             self._store(started)
-        self.journal.attempt_started(started)
         self._emit(EventKind.ATTEMPT_STARTED, started)
         return started
 

@@ -25,8 +25,13 @@ class Journal(ABC):
         """A new invocation; once this returns, the record survives what the journal promises."""
 
     @abstractmethod
-    def attempt_started(self, record: InvocationRecord) -> None:
-        """``record`` is running its newest attempt."""
+    def attempt_started(self, record: InvocationRecord) -> bool:
+        """Claim ``record``'s newest attempt for this journal's owner; True when claimed.
+
+        False means another process sharing the journal claimed it first, or it is no longer
+        waiting (cancelled): the caller must not run it. A durable journal holds the claim as a
+        lease that :meth:`heartbeat` renews.
+        """
 
     @abstractmethod
     def attempt_ended(self, record: InvocationRecord) -> None:
@@ -60,6 +65,17 @@ class Journal(ABC):
         pending.reverse()
         return pending
 
+    def heartbeat(self, request_ids: Iterable[str]) -> None:  # noqa: B027 - optional
+        """Renew the leases of these running attempts (called every few seconds)."""
+
+    def expire_leases(self) -> list[InvocationRecord]:
+        """Claim and return running records whose lease expired (their process died).
+
+        The caller ends each one's attempt as ``interrupted``. Journals without leases (memory)
+        have none.
+        """
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release what the journal holds."""
 
@@ -85,9 +101,13 @@ class MemoryJournal(Journal):
         with self._lock:
             self._records[record.request_id] = record
 
-    def attempt_started(self, record: InvocationRecord) -> None:
+    def attempt_started(self, record: InvocationRecord) -> bool:
         with self._lock:
+            current = self._records.get(record.request_id)
+            if current is not None and current.state.finished:
+                return False  # cancelled meanwhile
             self._records[record.request_id] = record
+            return True
 
     def attempt_ended(self, record: InvocationRecord) -> None:
         with self._lock:
