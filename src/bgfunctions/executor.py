@@ -206,6 +206,51 @@ class Executor(ABC):
         self._dispatch(record)
         return handle
 
+    def recover(self) -> int:
+        """Take over what a durable journal holds: attempts whose process died are ended as
+        ``interrupted`` (a failed attempt; the retry schedule follows from now), and accepted
+        or retry-scheduled invocations this executor does not know yet are scheduled at their
+        ``next_run_at``. Returns how many invocations were taken over. Safe to call often."""
+        if self._closed:
+            return 0
+        taken = 0
+        for record in self.journal.expire_leases():
+            self._interrupted(record)
+            taken += 1
+        for record in self.journal.unfinished():
+            if record.state is State.RUNNING:
+                continue  # leased by a live process (maybe this one)
+            with self._lock:
+                known = record.request_id in self._live
+            if not known:
+                self.resume(record)
+                taken += 1
+        return taken
+
+    def _interrupted(self, record: InvocationRecord) -> None:
+        """End an attempt found dead (its lease expired) as interrupted."""
+        with self._lock:
+            self._live.setdefault(record.request_id, Invocation(self, record))
+        attempt = record.last_attempt
+        error = RuntimeError(
+            f"attempt {attempt.number if attempt else '?'} of function {record.function!r} was "
+            "running when its process stopped or vanished"
+        )
+        try:
+            retry = self.binding.retry_for(self.binding.lookup(record.function))
+        except LookupError:
+            retry = RetryPolicy(delays=())  # its function is gone: nothing to retry with
+        ended = self._end(record, Outcome.INTERRUPTED, error, retry=retry)
+        if ended.state is State.RETRY_SCHEDULED:
+            self._dispatch(ended)
+
+    def _heartbeat(self) -> None:
+        """Renew the leases of this executor's running attempts (durable journals)."""
+        with self._lock:
+            running = [rid for rid, h in self._live.items() if h.state is State.RUNNING]
+        if running:
+            self.journal.heartbeat(running)
+
     def get(self, request_id: str) -> Invocation:
         """A handle on a live invocation, or one rebuilt from the journal."""
         with self._lock:

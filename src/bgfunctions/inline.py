@@ -65,7 +65,10 @@ class InlineExecutor(Executor):
         return self._loop
 
     def start(self) -> None:
-        """Nothing to start: work runs when the clock is advanced or the executor drained."""
+        """Recover a durable journal's unfinished work; otherwise nothing to start: work runs
+        when the clock is advanced or the executor drained."""
+        if self.journal.durable:
+            self.recover()
 
     # -- scheduling -------------------------------------------------------------------------
 

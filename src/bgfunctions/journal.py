@@ -20,6 +20,10 @@ __all__ = ["Journal", "MemoryJournal"]
 class Journal(ABC):
     """The record of every invocation. Implementations must be safe to call from any thread."""
 
+    durable: bool = False
+    """True when records outlive the process (and other processes may share them): executors
+    then recover unfinished work at start, renew leases, and poll for work others added."""
+
     @abstractmethod
     def accepted(self, record: InvocationRecord) -> None:
         """A new invocation; once this returns, the record survives what the journal promises."""

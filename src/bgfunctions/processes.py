@@ -143,15 +143,7 @@ class ProcessExecutor(ThreadExecutor):
 
     # Every attempt goes to a worker thread, which hands it to its process.
     def _ready(self, record: InvocationRecord) -> None:
-        with self._lock:
-            if self._closed:
-                self._pending -= 1
-                return
-            self._queue.append(record)
-            if self._idle:
-                self._work.notify()
-            elif len(self._workers) < self.max_workers:
-                self._spawn_worker()
+        self._enqueue(record)
 
     def _new_process(self) -> _Worker:
         worker = _Worker()

@@ -16,8 +16,8 @@ import inspect
 import itertools
 import logging
 import os
+import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -86,8 +86,12 @@ class ThreadExecutor(Executor):
         clock: Clock | None = None,
         journal: Journal | None = None,
         blocking_threshold: float = 1.0,
+        maintenance_interval: float = 1.0,
     ) -> None:
+        """``maintenance_interval``: seconds between lease renewals and polls of a durable
+        journal (keep it well below the journal's lease)."""
         super().__init__(clock=clock if clock is not None else SystemClock(), journal=journal)
+        self.maintenance_interval = maintenance_interval
         if max_workers is None:
             max_workers = min(32, (os.cpu_count() or 1) + 4)
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
@@ -103,8 +107,9 @@ class ThreadExecutor(Executor):
         self.max_workers = max_workers
         self.max_pending = max_pending
         self._blocking_threshold = blocking_threshold
-        self._queue: deque[InvocationRecord] = deque()
-        self._work = threading.Condition(self._lock)
+        # A C queue: workers block in get() without the GIL or any lock of ours, so handing
+        # work over costs no lock convoy between the accepting thread and the workers.
+        self._queue: queue.SimpleQueue[InvocationRecord | None] = queue.SimpleQueue()
         self._workers: set[threading.Thread] = set()
         self._abandoned: set[threading.Thread] = set()
         self._idle = 0
@@ -132,6 +137,21 @@ class ThreadExecutor(Executor):
                 target=self._timer_main, name="bgfunctions-timers", daemon=True
             )
             self._timer_thread.start()
+        if self.journal.durable:
+            self.recover()
+            self._add_timer(self.clock.monotonic() + self.maintenance_interval, self._maintain)
+
+    def _maintain(self) -> None:
+        """Every ``maintenance_interval``: renew leases, take over work of dead processes and
+        work other processes added to the shared journal."""
+        if self._closed:
+            return
+        try:
+            self._heartbeat()
+            self.recover()
+        except Exception:
+            log.warning("journal maintenance failed; retrying", exc_info=True)
+        self._add_timer(self.clock.monotonic() + self.maintenance_interval, self._maintain)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -168,8 +188,9 @@ class ThreadExecutor(Executor):
             if self._closed:
                 return
             self._closed = True
-            self._work.notify_all()
             workers = list(self._workers)
+        for _ in workers:
+            self._queue.put(None)  # one stop signal per worker
         with self._timer_lock:
             self._timer_lock.notify_all()
         limit = None if wait and grace is None else (grace or 0.0)
@@ -239,15 +260,19 @@ class ThreadExecutor(Executor):
             loop = self._ensure_loop()
             loop.call_soon_threadsafe(self._start_async, record)
             return
-        with self._lock:
-            if self._closed:
+        self._enqueue(record)
+
+    def _enqueue(self, record: InvocationRecord) -> None:
+        """Queue a due sync attempt for the workers, starting one if none is idle."""
+        if self._closed:
+            with self._lock:
                 self._pending -= 1  # stays unfinished in the journal
-                return
-            self._queue.append(record)
-            if self._idle:
-                self._work.notify()
-            elif len(self._workers) < self.max_workers:
-                self._spawn_worker()
+            return
+        self._queue.put(record)
+        if self._idle <= 0 and len(self._workers) < self.max_workers:
+            with self._lock:
+                if len(self._workers) < self.max_workers:
+                    self._spawn_worker()
 
     def _spawn_worker(self) -> None:
         """Start a worker (lock held)."""
@@ -292,15 +317,15 @@ class ThreadExecutor(Executor):
     def _next_record(self) -> InvocationRecord | None:
         """The next queued record for a worker thread, or None when shutting down."""
         with self._lock:
-            while not self._queue and not self._closed:
-                self._idle += 1
-                self._work.wait()
-                self._idle -= 1
-            if self._closed:
+            self._idle += 1
+        record = self._queue.get()
+        with self._lock:
+            self._idle -= 1
+            if record is None or self._closed:
                 self._workers.discard(threading.current_thread())
                 return None
             self._pending -= 1
-            return self._queue.popleft()
+        return record
 
     def _worker_main(self) -> None:
         while (record := self._next_record()) is not None:
@@ -356,7 +381,11 @@ class ThreadExecutor(Executor):
             del self._sync_running[id(token)]
             self._workers.discard(token.thread)
             self._abandoned.add(token.thread)
-            if self._queue and not self._closed and len(self._workers) < self.max_workers:
+            if (
+                not self._queue.empty()
+                and not self._closed
+                and len(self._workers) < self.max_workers
+            ):
                 self._spawn_worker()
         attempt = token.record.attempts[-1].number
         log.warning(
