@@ -5,10 +5,10 @@ Layers (a lower layer never imports a higher one; ``tests/test_layers.py`` check
     L0  errors, ids*                      (* ids reads time only through a Clock)
     L1  clock, config, datastructures, requests, responses, context, retry, invocation, logs,
         _urlpattern
-    L2  routing, _loader, _netlify_toml, journal
+    L2  routing, _loader, _netlify_toml, journal, sqlite_journal
     L3  registry, _attempt, executor, inline, threads, processes
     L4  app
-    L5  asgi, wsgi, devserver, testing, pytest_plugin, cli, __main__, contrib.*
+    L5  asgi, wsgi, devserver, views, testing, pytest_plugin, cli, __main__, contrib.*
 
 This module only re-exports.
 """
@@ -42,6 +42,8 @@ from bgfunctions.errors import (
     HandlerNotFoundError,
     InvalidJSONError,
     InvocationNotFoundError,
+    JournalError,
+    JournalUnavailableError,
     NotAcceptedError,
     PatternError,
     PayloadTooLargeError,
@@ -70,6 +72,7 @@ from bgfunctions.registry import Function, FunctionMatch, Registry, discover, re
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
 from bgfunctions.retry import Limits, RetryPolicy
+from bgfunctions.sqlite_journal import SQLiteJournal
 from bgfunctions.threads import ThreadExecutor
 
 __version__ = "0.1.0"
@@ -111,6 +114,8 @@ __all__ = [
     "InvocationRecord",
     "Invocations",
     "Journal",
+    "JournalError",
+    "JournalUnavailableError",
     "Limits",
     "MemoryJournal",
     "MutableHeaders",
@@ -129,6 +134,7 @@ __all__ = [
     "Resolution",
     "Response",
     "RetryPolicy",
+    "SQLiteJournal",
     "Server",
     "Site",
     "State",

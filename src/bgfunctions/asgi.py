@@ -20,6 +20,10 @@ limit, without buffering the rest. A client that disconnects mid-body gets nothi
 The executor starts lazily in the process that serves (safe with forking servers), and stops
 with the lifespan: running attempts get ``grace`` seconds, and attempts not yet due stay
 scheduled in the journal, their attempt count unchanged.
+
+``ASGIApp(app, invocations_view=True)`` also answers ``GET /.bgfunctions/`` (a live page of
+recent invocations) and ``/.bgfunctions/invocations[/REQUEST_ID]`` (JSON), read-only; see
+:mod:`bgfunctions.views`. It is off by default: the records hold request URLs and headers.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from bgfunctions.app import App, Resolution
 from bgfunctions.errors import RequestError
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
+from bgfunctions.views import InvocationsView
 
 __all__ = ["ASGIApp"]
 
@@ -56,12 +61,17 @@ class ASGIApp:
         *,
         grace: float = 30.0,
         fallback: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
+        invocations_view: bool = False,
     ) -> None:
         """``grace``: seconds running attempts get to finish at shutdown. ``fallback``: an ASGI
-        app that gets the requests no function matched (static files, say) instead of a 404."""
+        app that gets the requests no function matched (static files, say) instead of a 404.
+        ``invocations_view``: serve the read-only invocation record under ``/.bgfunctions/``
+        (off by default; it shows request URLs and headers, credentials redacted)."""
         self.app = app
         self.grace = grace
         self.fallback = fallback
+        self.view = InvocationsView(app) if invocations_view else None
+        """The invocations view, or None when it is off."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -105,6 +115,9 @@ class ASGIApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = _route_path(scope)
         method = scope["method"]
+        if self.view is not None and self.view.handles(path):
+            await _view_http(self.view, scope, send, path, method)
+            return
         resolution = self.app.resolve(method, path)
         if resolution.response is not None and self.fallback is not None:
             await self.fallback(scope, receive, send)
@@ -133,6 +146,15 @@ class ASGIApp:
             return
         response = await self.app.handle_async(request, resolution=resolution)
         await _send(send, response)
+
+
+async def _view_http(
+    view: InvocationsView, scope: Scope, send: Send, path: str, method: str
+) -> None:
+    query = bytes(scope.get("query_string", b"")).decode("latin-1")
+    # A journal may read a file: keep the event loop free.
+    response = await asyncio.to_thread(view.respond, method, path, query, _mount_root(scope))
+    await _send(send, response, head=method == "HEAD")
 
 
 def _mount_root(scope: Scope) -> str:
@@ -243,10 +265,11 @@ def _too_large(resolution: Resolution) -> Response:
     )
 
 
-async def _send(send: Send, response: Response) -> None:
+async def _send(send: Send, response: Response, *, head: bool = False) -> None:
+    """Send ``response``; for ``head``, its headers (content-length included) and no body."""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.raw]
     body = response.body
     if response.status not in (204, 304) and "content-length" not in response.headers:
         headers.append((b"content-length", str(len(body)).encode("ascii")))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": b"" if head else body})

@@ -5,6 +5,11 @@ why, its routes, and its file, then every warning. Each subcommand is one ``_add
 that declares its arguments and one ``_cmd_<name>`` function that runs it, so new commands slot in
 beside ``list``. An error the user can fix (a missing directory, a module that fails to import,
 bad netlify.toml) is one line on stderr, ``bgfunctions: error: ...``, and exit status 2.
+
+``bgfunctions invocations [SITE_DIR]`` lists the invocations recorded in the site's journal
+(``SITE_DIR/.bgfunctions/journal.sqlite3``, written by ``bgfunctions serve``), and
+``bgfunctions replay REQUEST_ID`` adds a new invocation there that replays a finished one; a
+running server picks it up.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import io
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from bgfunctions.errors import BgFunctionsError, ConfigError
+from bgfunctions.invocation import InvocationRecord, State
+from bgfunctions.journal import Journal
 from bgfunctions.registry import Function, Registry
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "build_parser", "main"]
@@ -48,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_list(commands)
     _add_serve(commands)
     _add_invoke(commands)
+    _add_invocations(commands)
+    _add_replay(commands)
     return parser
 
 
@@ -255,6 +264,20 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="limit of a synchronous function (default 60)",
     )
     parser.add_argument("--no-reload", action="store_true", help="do not watch for changes")
+    parser.add_argument(
+        "--journal",
+        default=None,
+        metavar="PATH|memory",
+        help="the SQLite file that records invocations, or 'memory' to keep none "
+        "(default SITE_DIR/.bgfunctions/journal.sqlite3)",
+    )
+    parser.add_argument(
+        "--invocations-view",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve the invocation record at /.bgfunctions/ (default: on for a loopback "
+        "--host only; on another address it shows every request's URL and headers)",
+    )
     parser.set_defaults(run=_cmd_serve)
 
 
@@ -294,6 +317,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             background_timeout=args.background_timeout,
             sync_timeout=args.sync_timeout,
             reload=not args.no_reload,
+            journal=_journal_path(args.journal, site),
+            invocations_view=args.invocations_view,
         ),
     )
 
@@ -378,3 +403,171 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
         )
     print(f"  {record.state.value} after {len(record.attempts)} attempt(s)")
     return EXIT_OK if record.state.value == "succeeded" else 1
+
+
+# -- journal: invocations, replay ------------------------------------------------------------------
+
+
+def _journal_path(value: str | None, site: Path) -> Path | None:
+    """The journal file ``--journal`` names: None for ``memory``; the site's file by default."""
+    from bgfunctions.devserver import JOURNAL_FILE
+
+    if value is None:
+        return site / JOURNAL_FILE
+    if value == "memory":
+        return None
+    return Path(value)
+
+
+def _add_journal_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--journal",
+        default=None,
+        metavar="PATH",
+        help="the journal file (default SITE_DIR/.bgfunctions/journal.sqlite3)",
+    )
+
+
+@contextlib.contextmanager
+def _existing_journal(value: str | None, site: Path) -> Iterator[Journal]:
+    from bgfunctions.devserver import open_sqlite_journal
+
+    path = _journal_path(value, site)
+    if path is None:
+        raise _CommandError("--journal memory: an in-memory journal has nothing to read")
+    if not path.is_file():
+        raise _CommandError(
+            f"no journal at {path}: `bgfunctions serve {site}` records invocations there"
+        )
+    journal = open_sqlite_journal(path)
+    try:
+        yield journal
+    finally:
+        journal.close()
+
+
+def _add_invocations(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "invocations",
+        help="list the invocations recorded in a site's journal, newest first",
+        description=(
+            "Read SITE_DIR/.bgfunctions/journal.sqlite3 (what `bgfunctions serve` records) and "
+            "show each invocation: request id, function, state, attempts, when it was accepted "
+            "(UTC) and its last error. Secret headers are redacted in --json; bodies are omitted."
+        ),
+    )
+    parser.add_argument("site_dir", nargs="?", default=".", metavar="SITE_DIR")
+    parser.add_argument("--function", default=None, metavar="NAME", help="only this function")
+    parser.add_argument(
+        "--state",
+        action="append",
+        choices=[s.value for s in State],
+        default=None,
+        help="only invocations in this state (repeatable)",
+    )
+    parser.add_argument(
+        "--limit", type=_positive, default=50, metavar="N", help="at most N (default 50)"
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead")
+    _add_journal_option(parser)
+    parser.set_defaults(run=_cmd_invocations)
+
+
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0; got {text!r}")
+    return int(text)
+
+
+def _cmd_invocations(args: argparse.Namespace) -> int:
+    from bgfunctions.views import iso_utc, record_to_view
+
+    site = Path(args.site_dir)
+    states = None if args.state is None else [State(s) for s in args.state]
+    with _existing_journal(args.journal, site) as journal:
+        records = journal.select(function=args.function, state=states, limit=args.limit)
+    if args.json:
+        json.dump([record_to_view(r) for r in records], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    if not records:
+        print("no invocations")
+        return EXIT_OK
+    rows = [("REQUEST ID", "FUNCTION", "STATE", "ATTEMPTS", "ACCEPTED AT (UTC)", "LAST ERROR")]
+    for record in records:
+        rows.append(
+            (
+                record.request_id,
+                record.function,
+                record.state.value,
+                str(record.attempt_count),
+                iso_utc(record.accepted_at) or "",
+                _last_error(record),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[5]]).rstrip())
+    return EXIT_OK
+
+
+def _last_error(record: InvocationRecord, width: int = 80) -> str:
+    for attempt in reversed(record.attempts):
+        if attempt.error_type:
+            text = f"{attempt.error_type}: {attempt.error_message or ''}"
+            # One line per invocation, however long or multi-line the message.
+            text = " ".join(text.split())
+            return text if len(text) <= width else text[: width - 3] + "..."
+    return ""
+
+
+def _add_replay(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "replay",
+        help="run a finished invocation again, as a new invocation in the site's journal",
+        description=(
+            "Add to the site's journal a new invocation with the request of the finished "
+            "invocation REQUEST_ID (same function, method, URL, headers and body), a new "
+            "request id, and replay_of set. A running `bgfunctions serve` runs it. Prints the "
+            "new request id."
+        ),
+    )
+    parser.add_argument("request_id", metavar="REQUEST_ID")
+    parser.add_argument("--site", default=".", metavar="SITE_DIR", help="default: .")
+    _add_journal_option(parser)
+    parser.set_defaults(run=_cmd_replay)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from bgfunctions.clock import SystemClock
+    from bgfunctions.ids import new_request_id
+
+    site = Path(args.site)
+    with _existing_journal(args.journal, site) as journal:
+        old = journal.get(args.request_id)
+        if old is None:
+            raise _CommandError(f"no invocation {args.request_id!r} in the journal of {site}")
+        if not old.state.finished:
+            raise _CommandError(
+                f"invocation {old.request_id} ({old.function}) is {old.state.value}: expected a "
+                "finished one (succeeded, failed, cancelled or rejected)"
+            )
+        clock = SystemClock()
+        now = clock.now()
+        new = InvocationRecord(
+            request_id=new_request_id(clock),
+            function=old.function,
+            method=old.method,
+            url=old.url,
+            headers=old.headers,
+            body=old.body,
+            client=old.client,
+            params=old.params,
+            accepted_at=now,
+            next_run_at=now,
+            replay_of=old.request_id,
+        )
+        journal.accepted(new)
+    print(new.request_id)
+    return EXIT_OK

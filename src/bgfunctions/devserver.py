@@ -5,6 +5,12 @@ site's publish directory (``[build] publish``) behind them, then Netlify's plain
 the function table at start and a line per invocation event, and reloads the functions when a
 file in the functions directory or ``netlify.toml`` changes, without dropping accepted
 invocations: an attempt that starts after a reload runs the new code.
+
+Invocations are kept in a journal: in memory by default, in a SQLite file when
+``ServeOptions.journal`` names one (``bgfunctions serve`` passes
+``SITE_DIR/.bgfunctions/journal.sqlite3``), so that ``bgfunctions invocations`` and ``bgfunctions
+replay`` can read and add to it. The invocations view (``/.bgfunctions/``) is on when the server
+binds a loopback address and off otherwise, unless ``ServeOptions.invocations_view`` says.
 """
 
 from __future__ import annotations
@@ -25,10 +31,23 @@ from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import BgFunctionsError
 from bgfunctions.executor import Executor
 from bgfunctions.invocation import Event, EventKind, State
+from bgfunctions.journal import Journal
 from bgfunctions.registry import Registry
 from bgfunctions.retry import Limits, RetryPolicy
+from bgfunctions.views import PREFIX
 
-__all__ = ["DevServer", "ServeOptions", "StaticFiles", "format_event"]
+__all__ = [
+    "JOURNAL_FILE",
+    "DevServer",
+    "ServeOptions",
+    "StaticFiles",
+    "format_event",
+    "is_loopback",
+    "open_sqlite_journal",
+]
+
+JOURNAL_FILE = Path(".bgfunctions") / "journal.sqlite3"
+"""Where ``bgfunctions serve`` keeps a site's journal, relative to the site directory."""
 
 log = logging.getLogger("bgfunctions.devserver")
 
@@ -51,6 +70,27 @@ class ServeOptions:
     """Seconds a synchronous function may run."""
     reload: bool = True
     """Reload functions when their files or netlify.toml change."""
+    journal: Path | None = None
+    """The SQLite journal file (its directory is created); None keeps records in memory."""
+    invocations_view: bool | None = None
+    """Serve ``/.bgfunctions/``; None: only when ``host`` is a loopback address."""
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is a loopback address (or ``localhost``)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def open_sqlite_journal(path: Path) -> Journal:
+    """A ``SQLiteJournal`` on ``path``, creating its directory."""
+    # Imported here: only a server or command that keeps a journal file pays for SQLite.
+    from bgfunctions.sqlite_journal import SQLiteJournal
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SQLiteJournal(path)
 
 
 class StaticFiles:
@@ -63,6 +103,8 @@ class StaticFiles:
         """The file a URL path names (``/a/`` → ``a/index.html``, ``/a`` → ``a.html``), or None."""
         if self.root is None or "\x00" in path:
             return None
+        if path == PREFIX or path.startswith(PREFIX + "/"):
+            return None  # the journal may live there, with request headers and bodies
         try:
             candidate = (self.root / path.lstrip("/")).resolve()
             if not self._inside(candidate):
@@ -145,9 +187,12 @@ class DevServer:
         self.clock: Clock = SystemClock()
         self.registry = Registry.from_site(self.site_dir)
         self.static = StaticFiles(self.registry.publish_dir)
+        journal = (
+            open_sqlite_journal(self.options.journal) if self.options.journal is not None else None
+        )
         self.app = App(
             self.registry,
-            executor=self._executor(),
+            executor=self._executor(journal),
             limits=Limits(
                 background_timeout=self.options.background_timeout,
                 sync_timeout=self.options.sync_timeout,
@@ -156,20 +201,23 @@ class DevServer:
             on_event=self._print_event,
             static_exists=self.static.exists,
         )
-        self.asgi = ASGIApp(self.app, fallback=self.static)
+        view = self.options.invocations_view
+        self.view_enabled = is_loopback(self.options.host) if view is None else view
+        """Whether ``/.bgfunctions/`` is served."""
+        self.asgi = ASGIApp(self.app, fallback=self.static, invocations_view=self.view_enabled)
 
-    def _executor(self) -> Executor:
+    def _executor(self, journal: Journal | None) -> Executor:
         if self.options.executor == "process":
             from bgfunctions.processes import ProcessExecutor
 
-            return ProcessExecutor(clock=self.clock)
+            return ProcessExecutor(clock=self.clock, journal=journal)
         if self.options.executor != "thread":
             raise BgFunctionsError(
                 f"--executor: expected 'thread' or 'process'; got {self.options.executor!r}"
             )
         from bgfunctions.threads import ThreadExecutor
 
-        return ThreadExecutor(clock=self.clock)
+        return ThreadExecutor(clock=self.clock, journal=journal)
 
     def _print_event(self, event: Event) -> None:
         line = format_event(event, self.clock)
@@ -222,15 +270,18 @@ class DevServer:
             await asyncio.to_thread(self.reload)
 
     def warn_if_public(self) -> None:
-        """Print a warning when the bind address is not a loopback address."""
-        try:
-            loopback = ipaddress.ip_address(self.options.host).is_loopback
-        except ValueError:
-            loopback = self.options.host == "localhost"
-        if not loopback:
+        """Print a warning when the bind address is not a loopback address, and another when
+        the invocations view is on there."""
+        if is_loopback(self.options.host):
+            return
+        self.print(
+            f"warning: serving on {self.options.host}, which is not a loopback address: "
+            "anyone who can reach this machine can call these functions"
+        )
+        if self.view_enabled:
             self.print(
-                f"warning: serving on {self.options.host}, which is not a loopback address: "
-                "anyone who can reach this machine can call these functions"
+                f"warning: --invocations-view on {self.options.host}: anyone who can reach this "
+                f"machine can read every invocation's URL and headers at {PREFIX}/"
             )
 
     def run(self, *, table: Callable[[Registry], str] | None = None) -> None:
@@ -262,7 +313,12 @@ class DevServer:
         )
         server = uvicorn.Server(config)
         self.print(f"serving {self.site_dir} on http://{self.options.host}:{self.options.port}")
-        asyncio.run(self._serve(server))
+        if self.view_enabled:
+            self.print(f"invocations: http://{self.options.host}:{self.options.port}{PREFIX}/")
+        try:
+            asyncio.run(self._serve(server))
+        finally:
+            self.app.journal.close()
 
     async def _serve(self, server: object) -> None:
         stop = asyncio.Event()

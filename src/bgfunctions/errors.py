@@ -18,7 +18,10 @@ that already catches ``ValueError`` keeps working::
     ├── UnknownFunctionError (LookupError)  a function name the registry does not know
     ├── NotAcceptedError                    an executor could not take an invocation
     │   ├── ExecutorShutdownError           ... because it is shut down
-    │   └── QueueFullError                  ... because ``max_pending`` is reached
+    │   ├── QueueFullError                  ... because ``max_pending`` is reached
+    │   └── JournalUnavailableError         ... because the journal cannot commit (disk full,
+    │                                           read-only, locked past the busy timeout)
+    ├── JournalError                        a journal file is refused (foreign, damaged, newer)
     ├── InvocationNotFoundError (LookupError)
     ├── BlockingHandlerError (RuntimeError) an async handler blocked the event loop
     └── DeadlineExceeded (TimeoutError)     an attempt ran out of time
@@ -40,6 +43,8 @@ __all__ = [
     "HandlerNotFoundError",
     "InvalidJSONError",
     "InvocationNotFoundError",
+    "JournalError",
+    "JournalUnavailableError",
     "NotAcceptedError",
     "PatternError",
     "PayloadTooLargeError",
@@ -111,6 +116,18 @@ class ExecutorShutdownError(NotAcceptedError):
 
 class QueueFullError(NotAcceptedError):
     """The executor already holds ``max_pending`` invocations."""
+
+
+class JournalUnavailableError(NotAcceptedError):
+    """The journal cannot commit now (disk full, read-only, locked past its busy timeout).
+
+    Nothing was written; the journal works again once the fault clears.
+    """
+
+
+class JournalError(BgFunctionsError):
+    """A journal file is refused: not a database, another application's, damaged, or written
+    by a newer bgfunctions. The file is left as it was; the message names it and says why."""
 
 
 class InvocationNotFoundError(BgFunctionsError, LookupError):

@@ -1,0 +1,573 @@
+"""The durable journal: invocation records in one SQLite file (WAL), committed before the 202.
+
+Writes go through one writer thread with one connection. Callers enqueue their write and block
+until the transaction holding it has committed; the writer takes everything queued into one
+transaction (group commit), so concurrent accepts share one fsync. Reads use a small pool of
+read-only connections and never wait for the writer (WAL readers see the last commit).
+
+Several processes may share a file: an attempt is *claimed* by a conditional UPDATE that only one
+of them wins, and held by a lease (``lease`` seconds, renewed by :meth:`SQLiteJournal.heartbeat`);
+:meth:`SQLiteJournal.expire_leases` hands the attempts of a dead process to exactly one survivor.
+See docs/durability.md for what a 202 promises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from bgfunctions.clock import Clock, SystemClock
+from bgfunctions.errors import JournalError, JournalUnavailableError
+from bgfunctions.invocation import InvocationRecord, State
+from bgfunctions.journal import Journal
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteJournal"]
+
+log = logging.getLogger("bgfunctions.journal")
+
+APPLICATION_ID = 0x62676631
+"""``PRAGMA application_id`` of a journal file (ASCII ``bgf1``)."""
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` this code writes; older files are migrated forward on open."""
+
+_MAGIC = b"SQLite format 3\x00"
+_PRUNE_EVERY = 60.0  # seconds between automatic prunes
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+_FINISHED = tuple(s.value for s in State if s.finished)
+_UNFINISHED = tuple(s.value for s in State if not s.finished)
+_WAITING = (State.ACCEPTED.value, State.RETRY_SCHEDULED.value)
+
+# _MIGRATIONS[n] takes a file from user_version n to n + 1, inside one transaction.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE invocations (
+        request_id    TEXT PRIMARY KEY NOT NULL,
+        function      TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        attempts      INTEGER NOT NULL,
+        accepted_at   REAL NOT NULL,
+        next_run_at   REAL,
+        finished_at   REAL,
+        lease_owner   TEXT,
+        lease_expires REAL,
+        record        TEXT NOT NULL
+    );
+    CREATE INDEX invocations_state_next ON invocations (state, next_run_at);
+    CREATE INDEX invocations_function_accepted ON invocations (function, accepted_at);
+    CREATE INDEX invocations_finished ON invocations (finished_at);
+    """,
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+class _Write:
+    """One caller's write, waiting for the transaction that holds it to commit."""
+
+    __slots__ = ("done", "error", "fn", "raw", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], *, raw: bool = False) -> None:
+        self.fn = fn
+        self.raw = raw  # run alone, outside any transaction (the test hook)
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class SQLiteJournal(Journal):
+    """Invocation records in a SQLite file; ``accepted`` returns once the row is committed.
+
+    ``synchronous="FULL"`` (the default) syncs the WAL at every commit: an accepted invocation
+    survives a power loss. ``"NORMAL"`` syncs only at checkpoints: it survives a crash of the
+    process, not of the machine. ``lease`` is how long a claimed attempt stays claimed without a
+    :meth:`heartbeat`; finished records older than ``retention`` seconds are pruned; a write
+    waits up to ``busy_timeout`` seconds for another process's lock. ``owner`` names this
+    journal object in leases (default: host, pid and a random suffix); use one per process.
+    """
+
+    durable = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        clock: Clock | None = None,
+        lease: float = 10.0,
+        retention: float = 7 * 86400,
+        busy_timeout: float = 5.0,
+        owner: str | None = None,
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(
+                f"SQLiteJournal.synchronous: expected 'FULL' or 'NORMAL'; got {synchronous!r}"
+            )
+        for name, value in (("lease", lease), ("retention", retention)):
+            if not value > 0:
+                raise ValueError(f"SQLiteJournal.{name}: expected seconds > 0; got {value!r}")
+        if not busy_timeout >= 0:
+            raise ValueError(
+                f"SQLiteJournal.busy_timeout: expected seconds >= 0; got {busy_timeout!r}"
+            )
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.lease = float(lease)
+        self.retention = float(retention)
+        self.busy_timeout = float(busy_timeout)
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._stats = {"commits": 0, "writes": 0, "failed_commits": 0, "pruned": 0}
+        self._queue: list[_Write] = []
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._readers: list[sqlite3.Connection] = []  # idle read connections
+        self._reader_lock = threading.Lock()
+        self._last_prune: float | None = None
+        self._inspect()
+        self._conn = self._open_writer()
+        self._thread = threading.Thread(
+            target=self._writer_main, name=f"bgfunctions-journal-{self.path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"<SQLiteJournal {str(self.path)!r} owner={self.owner!r}>"
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _refuse(self, why: str) -> JournalError:
+        return JournalError(f"SQLiteJournal: refusing {str(self.path)!r}: {why}")
+
+    def _inspect(self) -> None:
+        """Refuse a file that is not ours before anything could write to it."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise self._refuse(f"cannot create it ({exc.strerror})") from exc
+        else:
+            os.close(fd)  # new and empty; SQLite gives -wal/-shm the db file's permissions
+            return
+        with open(self.path, "rb") as f:
+            head = f.read(100)
+        if not head:
+            return  # empty: created by us (or touched); SQLite treats it as a new database
+        if not head.startswith(_MAGIC):
+            raise self._refuse(
+                f"expected a SQLite database (header {_MAGIC!r}), found {head[:16]!r}"
+            )
+        # Read-only: a refused file must stay byte for byte as it was.
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._refuse(f"cannot open it read-only ({exc})") from exc
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            raise self._refuse(f"it is not a readable SQLite database ({exc})") from exc
+        finally:
+            conn.close()
+        self._check_identity(app_id, version, objects)
+        if problems != ["ok"]:
+            raise self._refuse(f"PRAGMA quick_check found damage: {'; '.join(problems)}")
+
+    def _check_identity(self, app_id: int, version: int, objects: int) -> None:
+        if app_id != APPLICATION_ID and (app_id != 0 or objects):
+            raise self._refuse(
+                f"expected a bgfunctions journal (application_id {APPLICATION_ID:#x}), found "
+                f"application_id {app_id:#x} with {objects} schema objects: another "
+                "application's database"
+            )
+        if version > SCHEMA_VERSION:
+            raise self._refuse(
+                f"expected schema version <= {SCHEMA_VERSION}, found {version}: written by a "
+                "newer bgfunctions"
+            )
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            # The schema is created in rollback mode, so the main file holds it from the start
+            # (a header check of the bare file then sees our application_id).
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                self._check_identity(app_id, version, objects)
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[step].split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                if version < SCHEMA_VERSION or app_id != APPLICATION_ID:
+                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise self._refuse(f"expected to switch it to WAL mode, SQLite answered {mode!r}")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._refuse(f"cannot open it for writing ({exc})") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        return conn
+
+    # -- the writer ----------------------------------------------------------------------------
+
+    def _write(self, fn: Callable[[sqlite3.Connection], Any], *, raw: bool = False) -> Any:
+        """Run ``fn`` in the writer's next transaction; return its result once committed."""
+        write = _Write(fn, raw=raw)
+        with self._cond:
+            if self._closed:
+                raise JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} is closed")
+            self._queue.append(write)
+            self._cond.notify()
+        write.done.wait()
+        if write.error is not None:
+            raise write.error
+        return write.result
+
+    def _writer_main(self) -> None:
+        batch: list[_Write] = []
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closed:
+                        self._cond.wait()
+                    if not self._queue:
+                        return  # closed and drained
+                    batch, self._queue = self._queue, []
+                for write in [w for w in batch if w.raw]:
+                    self._run_raw(write)
+                self._commit([w for w in batch if not w.raw])
+                batch = []
+                self._maybe_prune()
+        except BaseException as exc:  # a bug: fail every waiter rather than hang them
+            log.exception("SQLiteJournal writer thread died")
+            with self._cond:
+                self._closed = True
+                batch += self._queue
+                self._queue = []
+            for write in batch:
+                if not write.done.is_set():
+                    write.error = JournalUnavailableError(f"journal writer failed: {exc!r}")
+                    write.done.set()
+
+    def _run_raw(self, write: _Write) -> None:
+        try:
+            write.result = write.fn(self._conn)
+        except Exception as exc:
+            write.error = exc
+        write.done.set()
+
+    def _commit(self, writes: Sequence[_Write]) -> None:
+        """One transaction for ``writes``. A write's own error (a duplicate id) fails only that
+        write: SQLite rolls back just the failed statement. An error of the database (full,
+        read-only, busy) rolls back everything, and every write in the batch gets it."""
+        if not writes:
+            return
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in writes:
+                try:
+                    write.result = write.fn(conn)
+                except (sqlite3.IntegrityError, ValueError) as exc:
+                    write.error = exc
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.warning("ROLLBACK failed on %s", self.path, exc_info=True)
+            self._stats["failed_commits"] += 1
+            for write in writes:
+                write.result = None
+                write.error = self._unavailable(exc)
+        else:
+            self._stats["commits"] += 1
+            self._stats["writes"] += len(writes)
+        for write in writes:
+            write.done.set()
+
+    def _unavailable(self, exc: sqlite3.Error) -> JournalUnavailableError:
+        message = str(exc)
+        error = JournalUnavailableError(
+            f"SQLiteJournal {str(self.path)!r}: cannot commit ({message}); nothing was written"
+        )
+        error.retry_after = 1.0 if "locked" in message or "busy" in message else 5.0
+        error.__cause__ = exc
+        return error
+
+    def _maybe_prune(self) -> None:
+        now = self.clock.now()
+        if self._last_prune is not None and now - self._last_prune < _PRUNE_EVERY:
+            return
+        self._last_prune = now
+        write = _Write(self._prune_rows)
+        self._commit([write])
+        if write.error is not None:
+            log.warning("SQLiteJournal %s: prune failed: %s", self.path, write.error)
+
+    def _prune_rows(self, conn: sqlite3.Connection) -> int:
+        cursor = conn.execute(
+            "DELETE FROM invocations WHERE finished_at IS NOT NULL AND finished_at < ?",
+            (self.clock.now() - self.retention,),
+        )
+        self._stats["pruned"] += cursor.rowcount
+        return cursor.rowcount
+
+    # -- Journal: writes -----------------------------------------------------------------------
+
+    def accepted(self, record: InvocationRecord) -> None:
+        """Insert ``record``; returns once committed. Raises :class:`JournalUnavailableError`
+        when the file cannot take it (nothing written), ValueError for a known request id."""
+        row = (
+            record.request_id,
+            record.function,
+            record.state.value,
+            len(record.attempts),
+            record.accepted_at,
+            record.next_run_at,
+            record.finished_at,
+            None,
+            None,
+            _dumps(record),
+        )
+
+        def insert(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute("INSERT INTO invocations VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+            except sqlite3.IntegrityError:
+                raise ValueError(
+                    f"SQLiteJournal {str(self.path)!r}: request id {record.request_id!r} is "
+                    "already recorded"
+                ) from None
+
+        self._write(insert)
+
+    def attempt_started(self, record: InvocationRecord) -> bool:
+        """Claim the newest attempt: only a row still waiting for exactly this attempt is
+        claimed (leased to this owner); False when another process did, or it was cancelled."""
+        attempts = len(record.attempts)
+        args = (record.state.value, attempts, record.next_run_at, _dumps(record), self.owner)
+
+        def claim(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE invocations SET state = ?, attempts = ?, next_run_at = ?, record = ?, "
+                "lease_owner = ?, lease_expires = ? "
+                "WHERE request_id = ? AND state IN (?, ?) AND attempts = ?",
+                (*args, self.clock.now() + self.lease, record.request_id, *_WAITING, attempts - 1),
+            )
+            return cursor.rowcount == 1
+
+        return bool(self._write(claim))
+
+    def attempt_ended(self, record: InvocationRecord) -> None:
+        """Store ``record`` and release its lease. Ignored (with a warning) when the row is
+        finished or leased by another owner (this process lost its lease meanwhile)."""
+        args = (
+            record.state.value,
+            len(record.attempts),
+            record.next_run_at,
+            record.finished_at,
+            _dumps(record),
+            record.request_id,
+            self.owner,
+            *_FINISHED,
+        )
+
+        def update(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "UPDATE invocations SET state = ?, attempts = ?, next_run_at = ?, "
+                "finished_at = ?, record = ?, lease_owner = NULL, lease_expires = NULL "
+                "WHERE request_id = ? AND (lease_owner IS NULL OR lease_owner = ?) "
+                f"AND state NOT IN ({','.join('?' * len(_FINISHED))})",
+                args,
+            )
+            return cursor.rowcount
+
+        if self._write(update) == 0:
+            log.warning(
+                "SQLiteJournal %s: %s (%s) not updated to %s: it is finished, unknown, or "
+                "leased by another owner",
+                self.path,
+                record.request_id,
+                record.function,
+                record.state.value,
+            )
+
+    def heartbeat(self, request_ids: Iterable[str]) -> None:
+        """Renew this owner's leases on these running attempts."""
+        ids = list(request_ids)
+        if not ids:
+            return
+
+        def renew(conn: sqlite3.Connection) -> None:
+            expires = self.clock.now() + self.lease
+            conn.executemany(
+                "UPDATE invocations SET lease_expires = ? "
+                "WHERE request_id = ? AND lease_owner = ? AND state = ?",
+                [(expires, rid, self.owner, State.RUNNING.value) for rid in ids],
+            )
+
+        self._write(renew)
+
+    def expire_leases(self) -> list[InvocationRecord]:
+        """Claim running rows whose lease expired (their process died or hung): each is leased
+        to this owner and returned (state running) to exactly one caller among processes."""
+
+        def take(conn: sqlite3.Connection) -> list[str]:
+            now = self.clock.now()
+            where = "WHERE state = ? AND lease_expires < ?"
+            args = (self.owner, now + self.lease, State.RUNNING.value, now)
+            sql = "UPDATE invocations SET lease_owner = ?, lease_expires = ? "
+            if _RETURNING:
+                return [r[0] for r in conn.execute(sql + where + " RETURNING record", args)]
+            # Older SQLite: the same, in two statements of the writer's IMMEDIATE transaction.
+            rows = conn.execute("SELECT record FROM invocations " + where, args[2:]).fetchall()
+            conn.execute(sql + where, args)
+            return [r[0] for r in rows]
+
+        records = [self._loads(text) for text in self._write(take)]
+        records.sort(key=lambda r: r.accepted_at)
+        return records
+
+    def prune(self) -> int:
+        """Delete finished records older than ``retention``; how many were deleted."""
+        return int(self._write(self._prune_rows))
+
+    # -- Journal: reads ------------------------------------------------------------------------
+
+    def get(self, request_id: str) -> InvocationRecord | None:
+        rows = self._read("SELECT record FROM invocations WHERE request_id = ?", (request_id,))
+        return self._loads(rows[0][0]) if rows else None
+
+    def select(
+        self,
+        *,
+        function: str | None = None,
+        state: State | Iterable[State] | None = None,
+        limit: int | None = None,
+    ) -> list[InvocationRecord]:
+        return self._select(function, state, limit, newest_first=True)
+
+    def unfinished(self) -> list[InvocationRecord]:
+        return self._select(None, [State(s) for s in _UNFINISHED], None, newest_first=False)
+
+    def _select(
+        self,
+        function: str | None,
+        state: State | Iterable[State] | None,
+        limit: int | None,
+        *,
+        newest_first: bool,
+    ) -> list[InvocationRecord]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if function is not None:
+            clauses.append("function = ?")
+            args.append(function)
+        if state is not None:
+            states = [state] if isinstance(state, State) else list(state)
+            clauses.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(State(s).value for s in states)
+        order = "DESC" if newest_first else "ASC"
+        sql = "SELECT record FROM invocations"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += f" ORDER BY accepted_at {order}, rowid {order}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(max(0, int(limit)))
+        return [self._loads(row[0]) for row in self._read(sql, tuple(args))]
+
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        with self._reader_lock:
+            if self._closed:
+                raise JournalError(f"SQLiteJournal {str(self.path)!r} is closed")
+            conn = self._readers.pop() if self._readers else None
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+        try:
+            return conn.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"SQLiteJournal {str(self.path)!r}: cannot read ({exc})") from exc
+        finally:
+            self._release(conn)
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        """Return a read connection to the pool, or close it if the journal closed meanwhile."""
+        with self._reader_lock:
+            if not self._closed:
+                self._readers.append(conn)
+                return
+        conn.close()
+
+    def _loads(self, text: str) -> InvocationRecord:
+        try:
+            return InvocationRecord.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise JournalError(
+                f"SQLiteJournal {str(self.path)!r}: a record is not valid JSON of an "
+                f"invocation ({exc}): {text[:80]!r}"
+            ) from exc
+
+    # -- the rest ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters: ``commits`` (transactions), ``writes`` (calls committed; more than
+        ``commits`` when group commit shared transactions), ``failed_commits``, ``pruned``."""
+        return dict(self._stats)
+
+    def _execute_for_tests(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """Run one statement on the writer's own connection, outside any transaction.
+
+        For fault injection in tests only (``PRAGMA max_page_count``, ``PRAGMA query_only``):
+        those settings are per connection, so only the writer's connection can carry them.
+        """
+        return list(self._write(lambda conn: conn.execute(sql, args).fetchall(), raw=True))
+
+    def close(self) -> None:
+        """Commit what is queued, then close every connection. Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        with self._reader_lock:  # readers in use close themselves when they are done
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        self._conn.close()
+
+
+def _dumps(record: InvocationRecord) -> str:
+    return json.dumps(record.to_json(), separators=(",", ":"), allow_nan=False)

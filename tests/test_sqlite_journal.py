@@ -1,0 +1,692 @@
+"""SQLiteJournal: durable records in one file, group commit, claims, leases, refusals, faults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bgfunctions import App, Context, InlineExecutor, Registry, Request, RetryPolicy, VirtualClock
+from bgfunctions.errors import JournalError, JournalUnavailableError, NotAcceptedError
+from bgfunctions.invocation import InvocationRecord, Outcome, State
+from bgfunctions.sqlite_journal import APPLICATION_ID, SCHEMA_VERSION, SQLiteJournal
+
+RETRY = RetryPolicy()
+Opener = Callable[..., SQLiteJournal]
+
+
+def _record(rid: str, *, function: str = "job-background", at: float = 1000.0) -> InvocationRecord:
+    return InvocationRecord(
+        request_id=rid,
+        function=function,
+        method="POST",
+        url=f"/.netlify/functions/{function}?x=1",
+        headers=(("content-type", "application/octet-stream"), ("x-a", "1")),
+        body=bytes(range(256)),
+        client="127.0.0.1",
+        params={"id": rid},
+        accepted_at=at,
+        next_run_at=at,
+    )
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "journal.db"
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock(start=1000.0)
+
+
+@pytest.fixture
+def open_journal(path: Path, clock: VirtualClock) -> Iterator[Opener]:
+    """Open journals on ``path`` (virtual clock, short busy timeout); close them all after."""
+    opened: list[SQLiteJournal] = []
+
+    def make(**options: object) -> SQLiteJournal:
+        options.setdefault("clock", clock)
+        options.setdefault("busy_timeout", 0.2)
+        journal = SQLiteJournal(options.pop("path", path), **options)  # type: ignore[arg-type]
+        opened.append(journal)
+        return journal
+
+    yield make
+    for journal in opened:
+        journal.close()
+
+
+def _rows(path: Path) -> dict[str, tuple[str, str | None]]:
+    """request_id -> (state, lease_owner), read with a separate connection."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT request_id, state, lease_owner FROM invocations").fetchall()
+    finally:
+        conn.close()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def _integrity(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+# -- records ---------------------------------------------------------------------------------
+
+
+def test_records_round_trip_through_the_file(open_journal: Opener, path: Path) -> None:
+    """Every state change is stored, and a reopened journal reads back equal records."""
+    journal = open_journal()
+    first = _record("a", at=1000.0)
+    journal.accepted(first)
+    started = first.start_attempt(1001.0)
+    assert journal.attempt_started(started)
+    failed = started.end_attempt(
+        1002.0, Outcome.ERROR, RETRY, error_type="ValueError", error_message="bad ☃"
+    )
+    journal.scheduled(failed)
+    second = _record("b", function="other", at=1005.0)
+    journal.accepted(second)
+    done = second.start_attempt(1006.0)
+    assert journal.attempt_started(done)
+    done = done.end_attempt(1007.0, Outcome.SUCCEEDED, RETRY)
+    journal.finished(done)
+    journal.close()
+
+    reopened = open_journal()
+    assert reopened.get("a") == failed
+    assert reopened.get("b") == done
+    assert reopened.get("missing") is None
+    assert failed.body == bytes(range(256))
+    assert [r.request_id for r in reopened.select()] == ["b", "a"]
+    assert reopened.select(function="other") == [done]
+    assert reopened.select(state=State.RETRY_SCHEDULED) == [failed]
+    assert reopened.select(state=[State.SUCCEEDED, State.RETRY_SCHEDULED], limit=1) == [done]
+    assert reopened.unfinished() == [failed]
+
+
+def test_select_newest_first_and_unfinished_oldest_first(
+    open_journal: Opener,
+) -> None:
+    """select is newest accepted first; unfinished is oldest first; ties keep insertion order."""
+    journal = open_journal()
+    for rid, at in [("r1", 10.0), ("r2", 30.0), ("r3", 20.0), ("r4", 20.0)]:
+        journal.accepted(_record(rid, at=at))
+    assert [r.request_id for r in journal.select()] == ["r2", "r4", "r3", "r1"]
+    assert [r.request_id for r in journal.unfinished()] == ["r1", "r3", "r4", "r2"]
+    assert [r.request_id for r in journal.select(limit=2)] == ["r2", "r4"]
+
+
+def test_accepted_row_is_committed_when_accepted_returns(open_journal: Opener, path: Path) -> None:
+    """Once accepted() returns, another connection reads the row."""
+    journal = open_journal()
+    journal.accepted(_record("a"))
+    assert _rows(path) == {"a": ("accepted", None)}
+
+
+def test_a_known_request_id_is_refused(open_journal: Opener) -> None:
+    """Accepting a request id twice raises ValueError and keeps the first record."""
+    journal = open_journal()
+    journal.accepted(_record("a", at=1.0))
+    with pytest.raises(ValueError, match="'a' is already recorded"):
+        journal.accepted(_record("a", at=2.0))
+    assert journal.get("a") == _record("a", at=1.0)
+
+
+def test_file_is_versioned(open_journal: Opener, path: Path) -> None:
+    """A new file carries bgfunctions' application_id and the schema version, in WAL mode."""
+    open_journal()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+def test_files_are_owner_only(open_journal: Opener, path: Path) -> None:
+    """The database, its -wal and its -shm are created readable by their owner only."""
+    journal = open_journal()
+    journal.accepted(_record("a"))
+    for suffix in ("", "-wal", "-shm"):
+        mode = stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode)
+        assert mode == 0o600, f"{path}{suffix}: {mode:o}"
+
+
+# -- group commit ----------------------------------------------------------------------------
+
+
+def test_concurrent_accepts_share_transactions(open_journal: Opener, path: Path) -> None:
+    """32 threads accepting at once: every row is committed, in fewer transactions than rows."""
+    journal = open_journal()
+    before = journal.stats()
+    barrier = threading.Barrier(32)
+    errors: list[BaseException] = []
+
+    def accept(t: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(20):
+                journal.accepted(_record(f"{t}-{i}"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=accept, args=(t,)) for t in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(_rows(path)) == 640
+    stats = journal.stats()
+    writes = stats["writes"] - before["writes"]
+    commits = stats["commits"] - before["commits"]
+    assert writes >= 640
+    assert commits < writes
+
+
+# -- claims and leases -----------------------------------------------------------------------
+
+
+def test_only_one_journal_claims_an_attempt(open_journal: Opener, path: Path) -> None:
+    """Two journals on one file race for each attempt: exactly one wins every time."""
+    one, two = open_journal(owner="one"), open_journal(owner="two")
+    records = [_record(f"r{i}") for i in range(30)]
+    for record in records:
+        one.accepted(record)
+    wins: dict[str, list[bool]] = {"one": [], "two": []}
+    barrier = threading.Barrier(2)
+
+    def claim(journal: SQLiteJournal) -> None:
+        barrier.wait()
+        for record in records:
+            wins[journal.owner].append(journal.attempt_started(record.start_attempt(1001.0)))
+
+    threads = [threading.Thread(target=claim, args=(j,)) for j in (one, two)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [a != b for a, b in zip(wins["one"], wins["two"], strict=True)] == [True] * 30
+    rows = _rows(path)
+    for record, won_by_one in zip(records, wins["one"], strict=True):
+        assert rows[record.request_id] == ("running", "one" if won_by_one else "two")
+
+
+def test_a_stale_or_cancelled_record_is_not_claimed(open_journal: Opener) -> None:
+    """A claim for an attempt already run, or of a cancelled invocation, returns False."""
+    one, two = open_journal(owner="one"), open_journal(owner="two")
+    record = _record("a")
+    one.accepted(record)
+    stale = record.start_attempt(1001.0)  # two read it while it was waiting for attempt 1
+    first = record.start_attempt(1001.0)
+    assert one.attempt_started(first)
+    one.scheduled(first.end_attempt(1002.0, Outcome.ERROR, RETRY))
+    assert not two.attempt_started(stale)  # attempt 1 already ran: not claimable again
+    one.accepted(_record("b"))
+    one.finished(_record("b").cancel(1003.0))
+    assert not two.attempt_started(_record("b").start_attempt(1004.0))
+    assert not two.attempt_started(_record("unknown").start_attempt(1004.0))
+
+
+def test_expired_lease_is_taken_over_once(open_journal: Opener, clock: VirtualClock) -> None:
+    """Past its lease a running attempt is claimed by exactly one other journal; the old owner's
+    late end is ignored, the new owner's is stored."""
+    one = open_journal(owner="one", lease=10.0)
+    two = open_journal(owner="two", lease=10.0)
+    three = open_journal(owner="three", lease=10.0)
+    record = _record("a")
+    one.accepted(record)
+    started = record.start_attempt(clock.now())
+    assert one.attempt_started(started)
+    clock.advance(9.0)
+    assert two.expire_leases() == []
+    clock.advance(2.0)
+    taken = two.expire_leases()
+    assert taken == [started]
+    assert taken[0].state is State.RUNNING
+    assert three.expire_leases() == []  # two holds a fresh lease now
+    one.attempt_ended(started.end_attempt(clock.now(), Outcome.SUCCEEDED, RETRY))
+    assert two.get("a") == started  # the late end of the lost lease changed nothing
+    interrupted = started.end_attempt(clock.now(), Outcome.INTERRUPTED, RETRY)
+    two.scheduled(interrupted)
+    assert one.get("a") == interrupted
+
+
+def test_heartbeat_keeps_a_lease_alive(open_journal: Opener, clock: VirtualClock) -> None:
+    """Renewed every few seconds, a running attempt is never taken over."""
+    one = open_journal(owner="one", lease=10.0)
+    two = open_journal(owner="two", lease=10.0)
+    record = _record("a")
+    one.accepted(record)
+    assert one.attempt_started(record.start_attempt(clock.now()))
+    for _ in range(5):
+        clock.advance(6.0)
+        one.heartbeat(["a"])
+        two.heartbeat(["a"])  # not its lease: renews nothing
+        assert two.expire_leases() == []
+    clock.advance(10.5)
+    assert [r.request_id for r in two.expire_leases()] == ["a"]
+
+
+def test_expire_leases_without_returning(
+    open_journal: Opener, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite older than 3.35 (no RETURNING) expired leases are taken over the same way."""
+    import bgfunctions.sqlite_journal as module
+
+    monkeypatch.setattr(module, "_RETURNING", False)
+    one, two = open_journal(owner="one", lease=1.0), open_journal(owner="two", lease=1.0)
+    one.accepted(_record("a"))
+    assert one.attempt_started(_record("a").start_attempt(clock.now()))
+    clock.advance(2.0)
+    assert [r.request_id for r in two.expire_leases()] == ["a"]
+    assert two.expire_leases() == []
+
+
+# -- retention -------------------------------------------------------------------------------
+
+
+def test_old_finished_records_are_pruned(
+    open_journal: Opener, clock: VirtualClock, path: Path
+) -> None:
+    """prune() deletes finished records older than retention and keeps everything else."""
+    journal = open_journal(retention=3600.0)
+    for i in range(200):
+        record = _record(f"old{i}", at=clock.now())
+        journal.accepted(record)
+        journal.finished(record.reject(clock.now()))
+    journal.accepted(_record("waiting", at=clock.now()))
+    clock.advance(3601.0)
+    fresh = _record("fresh", at=clock.now())
+    journal.accepted(fresh)
+    journal.finished(fresh.reject(clock.now()))
+    assert journal.prune() >= 0  # an automatic prune may already have run on that write
+    assert sorted(_rows(path)) == ["fresh", "waiting"]
+    assert journal.prune() == 0
+
+
+def test_writes_prune_automatically(open_journal: Opener, clock: VirtualClock, path: Path) -> None:
+    """Under steady load the row count stays bounded: writes prune at most once a minute."""
+    journal = open_journal(retention=600.0)
+    counts = []
+    for minute in range(40):
+        for i in range(10):
+            record = _record(f"{minute}-{i}", at=clock.now())
+            journal.accepted(record)
+            journal.finished(record.reject(clock.now()))
+        counts.append(len(_rows(path)))
+        clock.advance(60.0)
+    assert max(counts[20:]) <= 130  # about 10 minutes of 10 per minute, plus one minute
+    assert counts[-1] == counts[-2]
+
+
+# -- refusals --------------------------------------------------------------------------------
+
+
+def _foreign(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.execute("INSERT INTO notes VALUES ('mine')")
+    conn.commit()
+    conn.close()
+
+
+def _other_app(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA application_id = 1234")
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"this is not a database\n" * 100)
+
+
+def _journal_then(path: Path, *, newer: bool = False) -> None:
+    journal = SQLiteJournal(path, clock=VirtualClock())
+    for i in range(50):
+        journal.accepted(_record(f"r{i}"))
+    journal.close()  # checkpoints: everything is in the main file
+    if newer:
+        conn = sqlite3.connect(path)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        conn.commit()
+        conn.close()
+
+
+def _newer(path: Path) -> None:
+    _journal_then(path, newer=True)
+
+
+def _flip(path: Path, offset: int, value: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] = value
+    path.write_bytes(bytes(data))
+
+
+def _header_byte(path: Path) -> None:
+    _journal_then(path)
+    _flip(path, 21, 0x7F)  # the maximum payload fraction, which must be 64
+
+
+def _application_id_byte(path: Path) -> None:
+    _journal_then(path)
+    _flip(path, 70, 0x00)
+
+
+def _btree_page(path: Path) -> None:
+    _journal_then(path)
+    conn = sqlite3.connect(path)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    root = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'invocations_state_next'"
+    ).fetchone()[0]
+    conn.close()
+    _flip(path, (root - 1) * page_size, 0x07)  # not a valid b-tree page type
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (_foreign, "another application's database"),
+        (_other_app, "application_id 0x4d2"),
+        (_garbage, "expected a SQLite database"),
+        (_newer, "newer bgfunctions"),
+        (_header_byte, "not a readable SQLite database"),
+        (_application_id_byte, "expected a bgfunctions journal"),
+        (_btree_page, "malformed|quick_check"),
+    ],
+    ids=["foreign", "other-app", "garbage", "newer", "header-byte", "app-id-byte", "btree"],
+)
+def test_refused_files_are_left_unchanged(
+    path: Path, damage: Callable[[Path], None], why: str
+) -> None:
+    """A file that is not a readable journal of this version is refused, naming the file and
+    why, and not one byte of it changes."""
+    damage(path)
+    before = path.read_bytes()
+    with pytest.raises(JournalError, match=why) as info:
+        SQLiteJournal(path)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == before
+
+
+def test_an_empty_sqlite_file_is_adopted(open_journal: Opener, path: Path) -> None:
+    """An existing but empty SQLite database (or empty file) becomes a journal."""
+    sqlite3.connect(path).close()
+    journal = open_journal()
+    journal.accepted(_record("a"))
+    assert journal.get("a") == _record("a")
+
+
+# -- crashes ---------------------------------------------------------------------------------
+
+_CHILD = """
+import sys
+from bgfunctions import VirtualClock
+from bgfunctions.invocation import InvocationRecord
+from bgfunctions.sqlite_journal import SQLiteJournal
+journal = SQLiteJournal(sys.argv[1], synchronous="FULL", clock=VirtualClock())
+for i in range(10_000):
+    journal.accepted(InvocationRecord(request_id=f"r{i}", function="f", method="POST", url="/",
+                                      accepted_at=float(i)))
+    print(f"r{i}", flush=True)
+"""
+
+
+def test_killed_process_loses_no_accepted_row(path: Path) -> None:
+    """SIGKILL a process while it accepts: every row whose accepted() returned is in the file."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    acknowledged = []
+    for line in child.stdout:
+        acknowledged.append(line.strip())
+        if len(acknowledged) == 300:
+            child.kill()
+            break
+    child.wait()
+    acknowledged += [line.strip() for line in child.stdout]  # printed before the kill landed
+    child.stdout.close()
+    assert Path(f"{path}-wal").exists()  # the kill left an uncheckpointed WAL behind
+    journal = SQLiteJournal(path, clock=VirtualClock())
+    try:
+        present = {r.request_id for r in journal.select()}
+    finally:
+        journal.close()
+    assert set(acknowledged) <= present
+    assert _integrity(path) == "ok"
+
+
+def test_copy_of_db_and_wal_holds_committed_rows_and_a_torn_tail_is_dropped(
+    open_journal: Opener, path: Path, tmp_path: Path
+) -> None:
+    """A crash image (db + WAL, no -shm) has every committed row; a WAL cut inside the last
+    transaction silently loses that transaction only (SQLite cannot tell it was there)."""
+    journal = open_journal()
+    journal.accepted(_record("first"))
+    journal.accepted(_record("second"))
+    image = tmp_path / "image"
+    image.mkdir()
+    shutil.copyfile(path, image / "journal.db")
+    shutil.copyfile(f"{path}-wal", image / "journal.db-wal")
+    copy = open_journal(path=image / "journal.db")
+    assert {r.request_id for r in copy.select()} == {"first", "second"}
+    copy.close()
+
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    shutil.copyfile(path, torn / "journal.db")
+    wal = Path(f"{path}-wal").read_bytes()
+    page_size = int.from_bytes(wal[8:12], "big")
+    frame = 24 + page_size
+    frames = (len(wal) - 32) // frame
+    (torn / "journal.db-wal").write_bytes(wal[: 32 + (frames - 1) * frame + frame // 2])
+    reopened = open_journal(path=torn / "journal.db")
+    assert [r.request_id for r in reopened.select()] == ["first"]
+    assert _integrity(torn / "journal.db") == "ok"
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+def test_disk_full_is_unavailable_then_recovers(open_journal: Opener, path: Path) -> None:
+    """A full disk (SQLITE_FULL) fails accepted() with JournalUnavailableError and writes
+    nothing; once space is back, accepts work again."""
+    journal = open_journal()
+    journal.accepted(_record("before"))
+    pages = journal._execute_for_tests("PRAGMA page_count")[0][0]
+    journal._execute_for_tests(f"PRAGMA max_page_count = {pages}")
+    big = dataclasses.replace(_record("big"), body=os.urandom(200_000))
+    with pytest.raises(JournalUnavailableError, match="full") as info:
+        journal.accepted(big)
+    assert isinstance(info.value, NotAcceptedError)
+    assert info.value.retry_after > 0
+    assert journal.get("big") is None
+    journal._execute_for_tests("PRAGMA max_page_count = 1073741823")
+    journal.accepted(big)
+    assert journal.get("big") == big
+    assert _integrity(path) == "ok"
+
+
+def test_locked_file_is_unavailable_then_recovers(open_journal: Opener, path: Path) -> None:
+    """A lock held past busy_timeout fails accepted(); releasing it lets accepts through."""
+    journal = open_journal(busy_timeout=0.05)
+    journal.accepted(_record("before"))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(JournalUnavailableError, match="locked"):
+            journal.accepted(_record("blocked"))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert journal.get("blocked") is None
+    journal.accepted(_record("after"))
+    assert sorted(_rows(path)) == ["after", "before"]
+    assert _integrity(path) == "ok"
+
+
+def test_read_only_file_is_unavailable_then_recovers(open_journal: Opener, path: Path) -> None:
+    """A journal that cannot write (read-only) fails accepted(); writable again, it works."""
+    journal = open_journal()
+    journal._execute_for_tests("PRAGMA query_only = ON")
+    with pytest.raises(JournalUnavailableError, match=r"readonly|read-only|read only"):
+        journal.accepted(_record("a"))
+    assert _rows(path) == {}
+    journal._execute_for_tests("PRAGMA query_only = OFF")
+    journal.accepted(_record("a"))
+    assert list(_rows(path)) == ["a"]
+    assert _integrity(path) == "ok"
+
+
+def test_a_failed_batch_fails_every_write_in_it(open_journal: Opener, path: Path) -> None:
+    """Concurrent accepts during a fault either all fail or are all committed: none is lost
+    after reporting success."""
+    journal = open_journal()
+    journal._execute_for_tests("PRAGMA query_only = ON")
+    results: dict[str, str] = {}
+
+    def accept(rid: str) -> None:
+        try:
+            journal.accepted(_record(rid))
+            results[rid] = "ok"
+        except JournalUnavailableError:
+            results[rid] = "unavailable"
+
+    threads = [threading.Thread(target=accept, args=(f"r{i}",)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(results.values()) == {"unavailable"}
+    assert _rows(path) == {}
+
+
+def test_closed_journal_refuses_writes(open_journal: Opener) -> None:
+    """After close(), accepted() raises JournalUnavailableError and reads raise JournalError."""
+    journal = open_journal()
+    journal.close()
+    journal.close()  # idempotent
+    with pytest.raises(JournalUnavailableError, match="closed"):
+        journal.accepted(_record("a"))
+    with pytest.raises(JournalError, match="closed"):
+        journal.get("a")
+
+
+def test_invalid_options_are_refused(path: Path) -> None:
+    """Bad options raise ValueError naming the option, before the file is created."""
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteJournal(path, synchronous="OFF")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lease"):
+        SQLiteJournal(path, lease=0)
+    assert not path.exists()
+
+
+# -- with an App -----------------------------------------------------------------------------
+
+
+def test_app_answers_202_only_after_the_row_is_committed(path: Path, clock: VirtualClock) -> None:
+    """End to end: the row is in the file before the 202, attempts are recorded, and a
+    reopened journal reads what app.invocations shows."""
+    seen_at_accept: list[dict[str, tuple[str, str | None]]] = []
+    calls: list[int] = []
+
+    def handler(request: Request, context: Context) -> None:
+        calls.append(context.attempt)
+        if context.attempt == 1:
+            raise RuntimeError("first attempt fails")
+
+    registry = Registry()
+    registry.add("job-background", handler)
+    journal = SQLiteJournal(path, clock=clock)
+    app = App(
+        registry,
+        executor=InlineExecutor(clock=clock, journal=journal),
+        on_event=lambda event: (
+            seen_at_accept.append(_rows(path)) if event.kind.value == "accepted" else None
+        ),
+    )
+    try:
+        response = app.handle(Request("POST", "/.netlify/functions/job-background", body=b"hi"))
+        assert response.status == 202
+        rid = response.headers["x-nf-request-id"]
+        assert seen_at_accept == [{rid: ("accepted", None)}]
+        assert app.executor.get(rid).wait().state is State.SUCCEEDED
+        assert calls == [1, 2]
+        shown = app.invocations.get(rid)
+        assert shown is not None
+        assert [a.outcome for a in shown.attempts] == [Outcome.ERROR, Outcome.SUCCEEDED]
+    finally:
+        app.shutdown()
+        journal.close()
+    reopened = SQLiteJournal(path, clock=clock)
+    try:
+        assert reopened.get(rid) == shown
+    finally:
+        reopened.close()
+
+
+def test_unavailable_journal_makes_the_app_answer_503(path: Path, clock: VirtualClock) -> None:
+    """A journal that cannot commit turns the request into 503 with Retry-After, not a 202."""
+    registry = Registry()
+    registry.add("job-background", lambda request, context: None)
+    journal = SQLiteJournal(path, clock=clock)
+    app = App(registry, executor=InlineExecutor(clock=clock, journal=journal))
+    try:
+        journal._execute_for_tests("PRAGMA query_only = ON")
+        response = app.handle(Request("POST", "/.netlify/functions/job-background"))
+        assert response.status == 503
+        assert "retry-after" in response.headers
+        assert _rows(path) == {}
+    finally:
+        app.shutdown()
+        journal.close()
+
+
+def test_a_restarted_app_runs_what_a_dead_one_accepted(path: Path, clock: VirtualClock) -> None:
+    """Accepted before a crash, run after the restart; an attempt running in the dead process is
+    ended as interrupted once its lease expires, then retried."""
+    calls: list[str] = []
+    registry = Registry()
+    registry.add("job-background", lambda request, context: calls.append(context.request_id))
+    dead = SQLiteJournal(path, clock=clock, owner="dead", lease=10.0)
+    waiting, running = _record("waiting", at=clock.now()), _record("running", at=clock.now())
+    dead.accepted(waiting)
+    dead.accepted(running)
+    assert dead.attempt_started(running.start_attempt(clock.now()))
+    dead.close()  # the process dies: nothing more is written
+
+    clock.advance(11.0)
+    journal = SQLiteJournal(path, clock=clock, owner="new")
+    executor = InlineExecutor(clock=clock, journal=journal)
+    app = App(registry, executor=executor)
+    try:
+        app.start()
+        executor.drain()
+        assert sorted(calls) == ["running", "waiting"]
+        again = journal.get("running")
+        assert again is not None
+        assert again.state is State.SUCCEEDED
+        assert [a.outcome for a in again.attempts] == [Outcome.INTERRUPTED, Outcome.SUCCEEDED]
+        assert again.attempts[1].started_at == (again.attempts[0].ended_at or 0.0) + 60.0
+    finally:
+        app.shutdown()
+        journal.close()
