@@ -292,3 +292,33 @@ def test_first_request_starts_executor_and_close_stops_it(seen: Seen) -> None:
     assert app.get(response.headers["x-nf-request-id"]).wait(10).state is State.SUCCEEDED
     wsgi.close()
     assert set(_bgthreads()) <= before
+
+
+def test_invocations_view_is_opt_in_over_wsgi() -> None:
+    """WSGIApp(invocations_view=True) serves the read-only record; off by default (404)."""
+    from werkzeug.test import Client as _Client
+
+    from bgfunctions import App, InlineExecutor, Registry
+    from bgfunctions.wsgi import WSGIApp
+
+    registry = Registry()
+
+    @registry.function("fail-background")
+    def fail(request: object, context: object) -> None:
+        raise RuntimeError("down")
+
+    app = App(registry, executor=InlineExecutor())
+    try:
+        viewing = _Client(WSGIApp(app, invocations_view=True))
+        assert viewing.post("/.netlify/functions/fail-background").status_code == 202
+        executor = app.executor
+        assert isinstance(executor, InlineExecutor)
+        executor.drain()
+        listing = viewing.get("/.bgfunctions/invocations?state=failed").get_json()
+        assert [i["function"] for i in listing["invocations"]] == ["fail-background"]
+        assert len(listing["invocations"][0]["attempts"]) == 3
+        assert viewing.head("/.bgfunctions/").get_data() == b""
+        assert viewing.post("/.bgfunctions/invocations").status_code == 405
+        assert _Client(WSGIApp(app)).get("/.bgfunctions/invocations").status_code == 404
+    finally:
+        app.shutdown()

@@ -38,6 +38,7 @@ from bgfunctions.app import App, Resolution
 from bgfunctions.errors import RequestError
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
+from bgfunctions.views import InvocationsView
 
 __all__ = ["WSGIApp"]
 
@@ -55,12 +56,16 @@ class WSGIApp:
         *,
         grace: float = 30.0,
         fallback: Callable[[Environ, StartResponse], Iterable[bytes]] | None = None,
+        invocations_view: bool = False,
     ) -> None:
         """``grace``: seconds running attempts get at interpreter exit. ``fallback``: a WSGI app
-        for requests no function matched, instead of a 404."""
+        for requests no function matched, instead of a 404. ``invocations_view``: serve the
+        read-only invocation record under ``/.bgfunctions/`` (off by default: records hold
+        request URLs and headers)."""
         self.app = app
         self.grace = grace
         self.fallback = fallback
+        self.view = InvocationsView(app) if invocations_view else None
         self._registered = False
         self._register_lock = threading.Lock()
 
@@ -79,6 +84,12 @@ class WSGIApp:
                     atexit.register(self.close)
         method = _text(environ.get("REQUEST_METHOD")) or "GET"
         path = _decode(_text(environ.get("PATH_INFO"))) or "/"
+        if self.view is not None and self.view.handles(path):
+            query = _text(environ.get("QUERY_STRING"))
+            root = _decode(_text(environ.get("SCRIPT_NAME")))
+            response = self.view.respond(method, path, query, root)
+            sent = _respond(start_response, response)
+            return [] if method == "HEAD" else sent
         resolution = self.app.resolve(method, path)
         if resolution.response is not None:
             if self.fallback is not None:
