@@ -21,7 +21,11 @@ from typing import Any
 from bgfunctions._attempt import make_context, record_request, run_on_loop, warn_ignored_return
 from bgfunctions.clock import Clock
 from bgfunctions.context import Context, Site
-from bgfunctions.errors import ExecutorShutdownError, InvocationNotFoundError
+from bgfunctions.errors import (
+    ExecutorShutdownError,
+    InvocationNotFoundError,
+    JournalUnavailableError,
+)
 from bgfunctions.invocation import (
     Attempt,
     Event,
@@ -192,8 +196,9 @@ class Executor(ABC):
             record = dataclasses.replace(record, next_run_at=record.accepted_at)
         self.journal.accepted(record)
         handle = Invocation(self, record, request)
-        with self._lock:
-            self._live[record.request_id] = handle
+        # One dict store is atomic; taking self._lock here would make the accepting thread
+        # queue behind workers that hold it (a lock convoy under the GIL).
+        self._live[record.request_id] = handle
         self._emit(EventKind.ACCEPTED, record)
         self._dispatch(record)
         return handle
@@ -391,19 +396,31 @@ class Executor(ABC):
 
     def _begin(self, record: InvocationRecord) -> InvocationRecord | None:
         """Start the next attempt, or None when the invocation was cancelled meanwhile."""
-        with self._lock:
-            if record.request_id not in self._live:
-                # _store drops the live handle once finished (e.g. cancelled while waiting),
-                # so the record we were dispatched with is stale: trust the journal.
-                stored = self.journal.get(record.request_id)
-                if stored is None or stored.state.finished:
-                    return None
-            record = self._current(record.request_id, record)
-            if record.state.finished:
-                self._live.pop(record.request_id, None)
+        # No lock: one invocation's attempts are begun and ended by one worker at a time, and
+        # the journal's claim settles races with cancel() and other processes. Holding the
+        # executor lock here made threads queue behind each other under the GIL.
+        handle = self._live.get(record.request_id)
+        if handle is None:
+            # _store drops the live handle once finished (e.g. cancelled while waiting),
+            # so the record we were dispatched with is stale: trust the journal.
+            stored = self.journal.get(record.request_id)
+            if stored is None or stored.state.finished:
                 return None
-            started = record.start_attempt(self.clock.now())
-        if not self.journal.attempt_started(started):
+        else:
+            record = handle._record
+        if record.state.finished:
+            self._live.pop(record.request_id, None)
+            return None
+        started = record.start_attempt(self.clock.now())
+        try:
+            claimed = self.journal.attempt_started(started)
+        except JournalUnavailableError as exc:
+            # The journal cannot take the claim now (locked, full): the row still waits in it.
+            # Forget it here so that recover() takes it up again once the journal works,
+            # rather than let the exception end this worker with the invocation stranded.
+            log.warning("cannot start %s (%s) now: %s", record.request_id, record.function, exc)
+            claimed = False
+        if not claimed:
             # Claimed by another process sharing the journal, or cancelled: not ours to run.
             with self._lock:
                 self._live.pop(record.request_id, None)
@@ -426,24 +443,38 @@ class Executor(ABC):
         if retry is None:
             retry = self.binding.retry_for(self.binding.lookup(record.function))
         now = self.clock.now() if ended_at is None else ended_at
-        with self._lock:
-            cancel = record.request_id in self._cancel_requested
-            self._cancel_requested.discard(record.request_id)
-            ended = record.end_attempt(
-                now,
-                outcome,
-                RetryPolicy(delays=()) if cancel else retry,
-                error_type=None if error is None else error_type_name(error),
-                error_message=None if error is None else str(error),
-            )
-            if cancel and ended.state is State.FAILED:
-                ended = dataclasses.replace(ended, state=State.CANCELLED)
-            if not ended.state.finished:
+        cancel = record.request_id in self._cancel_requested
+        ended = record.end_attempt(
+            now,
+            outcome,
+            RetryPolicy(delays=()) if cancel else retry,
+            error_type=None if error is None else error_type_name(error),
+            error_message=None if error is None else str(error),
+        )
+        if cancel and ended.state is State.FAILED:
+            ended = dataclasses.replace(ended, state=State.CANCELLED)
+        if not ended.state.finished:
+            with self._lock:
+                self._cancel_requested.discard(record.request_id)
                 self._store(ended)
-        if ended.state.finished:
-            self.journal.finished(ended)
-        else:
-            self.journal.scheduled(ended)
+        try:
+            if ended.state.finished:
+                self.journal.finished(ended)
+            else:
+                self.journal.scheduled(ended)
+        except JournalUnavailableError as exc:
+            # The journal still says running, leased to us. Stop renewing that lease: once it
+            # expires, recover() ends the attempt as interrupted and the schedule goes on
+            # (at least once), instead of the row staying running for ever.
+            log.warning(
+                "cannot record the end of %s (%s) now: %s; it will be retried as interrupted",
+                ended.request_id,
+                ended.function,
+                exc,
+            )
+            with self._lock:
+                self._live.pop(ended.request_id, None)
+            return ended
         self._emit(EventKind.ATTEMPT_ENDED, ended)
         state = ended.state
         if state is State.RETRY_SCHEDULED:

@@ -102,8 +102,7 @@ class MemoryJournal(Journal):
         self._lock = threading.Lock()
 
     def accepted(self, record: InvocationRecord) -> None:
-        with self._lock:
-            self._records[record.request_id] = record
+        self._records[record.request_id] = record  # one dict store is atomic: no lock
 
     def attempt_started(self, record: InvocationRecord) -> bool:
         with self._lock:

@@ -114,6 +114,9 @@ class ThreadExecutor(Executor):
         self._abandoned: set[threading.Thread] = set()
         self._idle = 0
         self._pending = 0
+        # Counters only (pending, idle): a lock of their own, never held for more than an
+        # addition, so the accepting thread never waits behind a worker holding self._lock.
+        self._count_lock = threading.Lock()
         self._spawned = 0
         self._sync_running: dict[int, _Running] = {}
         self._timers: list[_Timer] = []
@@ -235,7 +238,7 @@ class ThreadExecutor(Executor):
             raise error
 
     def _dispatch(self, record: InvocationRecord) -> None:
-        with self._lock:
+        with self._count_lock:  # held for one addition only: never contended for long
             self._pending += 1
         due = record.next_run_at if record.next_run_at is not None else self.clock.now()
         delay = due - self.clock.now()
@@ -250,7 +253,7 @@ class ThreadExecutor(Executor):
             function = self.binding.lookup(record.function)
         except UnknownFunctionError as exc:
             # Its function was removed (a reload): end it as failed rather than strand it.
-            with self._lock:
+            with self._count_lock:
                 self._pending -= 1
             started = self._begin(record)
             if started is not None:
@@ -265,7 +268,7 @@ class ThreadExecutor(Executor):
     def _enqueue(self, record: InvocationRecord) -> None:
         """Queue a due sync attempt for the workers, starting one if none is idle."""
         if self._closed:
-            with self._lock:
+            with self._count_lock:
                 self._pending -= 1  # stays unfinished in the journal
             return
         self._queue.put(record)
@@ -290,7 +293,7 @@ class ThreadExecutor(Executor):
     # -- async attempts on the loop thread ----------------------------------------------------
 
     def _start_async(self, record: InvocationRecord) -> None:
-        with self._lock:
+        with self._count_lock:
             self._pending -= 1
         assert self._loop is not None
         self._loop.create_task(self._run_async(record))
@@ -316,15 +319,17 @@ class ThreadExecutor(Executor):
 
     def _next_record(self) -> InvocationRecord | None:
         """The next queued record for a worker thread, or None when shutting down."""
-        with self._lock:
+        with self._count_lock:
             self._idle += 1
         record = self._queue.get()
-        with self._lock:
+        with self._count_lock:
             self._idle -= 1
-            if record is None or self._closed:
+            if record is not None:
+                self._pending -= 1
+        if record is None or self._closed:
+            with self._lock:
                 self._workers.discard(threading.current_thread())
-                return None
-            self._pending -= 1
+            return None
         return record
 
     def _worker_main(self) -> None:

@@ -1,0 +1,1 @@
+"""Optional integrations that need third-party packages (each behind its own extra)."""
