@@ -19,6 +19,7 @@ import asyncio
 import ipaddress
 import logging
 import mimetypes
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,13 +85,28 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+MAX_PAGES_ENV = "BGFUNCTIONS_JOURNAL_MAX_PAGES"
+"""A test and ops knob: caps the journal file at this many pages (``PRAGMA max_page_count``)."""
+
+
 def open_sqlite_journal(path: Path) -> Journal:
-    """A ``SQLiteJournal`` on ``path``, creating its directory."""
+    """A ``SQLiteJournal`` on ``path``, creating its directory.
+
+    When ``BGFUNCTIONS_JOURNAL_MAX_PAGES`` is set, the journal's writer may grow the file to at
+    most that many pages (``PRAGMA max_page_count``, which SQLite keeps per connection, so it
+    cannot be set from outside): a full disk, reproducible, for fault tests and drills.
+    """
     # Imported here: only a server or command that keeps a journal file pays for SQLite.
     from bgfunctions.sqlite_journal import SQLiteJournal
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    return SQLiteJournal(path)
+    pages = os.environ.get(MAX_PAGES_ENV, "").strip()
+    if pages and not (pages.isdigit() and int(pages) >= 1):
+        raise BgFunctionsError(f"{MAX_PAGES_ENV}: expected a page count >= 1; got {pages!r}")
+    journal = SQLiteJournal(path)
+    if pages:
+        journal._execute_for_tests(f"PRAGMA max_page_count = {int(pages)}")
+    return journal
 
 
 class StaticFiles:
