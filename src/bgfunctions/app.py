@@ -9,6 +9,7 @@ It knows nothing of HTTP servers; the ASGI and WSGI adapters (and the test clien
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -191,6 +192,8 @@ class App:
         if isinstance(call, Response):
             return call
         function, params, request_id = call
+        if function.background:
+            return self._accept(function, request, params, request_id)
         try:
             response = self.executor.call(function, request, params, request_id)
         except Exception as exc:
@@ -201,11 +204,18 @@ class App:
     async def handle_async(
         self, request: Request, *, resolution: Resolution | None = None
     ) -> Response:
-        """:meth:`handle` for async hosts: sync handlers never block the caller's loop."""
+        """:meth:`handle` for async hosts: neither sync handlers nor a durable journal's
+        commit block the caller's loop."""
         call = self._route(request, resolution)
         if isinstance(call, Response):
             return call
         function, params, request_id = call
+        if function.background:
+            if not self.journal.durable:
+                return self._accept(function, request, params, request_id)
+            # The commit waits for the disk: off the loop, so that concurrent requests reach
+            # the journal together and share one commit (group commit).
+            return await asyncio.to_thread(self._accept, function, request, params, request_id)
         try:
             response = await self.executor.call_async(function, request, params, request_id)
         except Exception as exc:
@@ -216,8 +226,8 @@ class App:
     def _route(
         self, request: Request, resolution: Resolution | None
     ) -> Response | tuple[Function, Mapping[str, str], str]:
-        """The answer when there is one without calling a handler (an error, or the 202 of a
-        background function); else the synchronous function to call, its params and its id."""
+        """The answer when there is one without running anything (404, 400, 405, 413); else
+        the function the request reaches, its params, and the new request id."""
         if resolution is None:
             resolution = self.resolve(request.method, request.path)
         if resolution.response is not None:
@@ -227,10 +237,7 @@ class App:
         if too_large is not None:
             return too_large
         function, params = resolution.match.function, resolution.match.params
-        request_id = new_request_id(self.clock)
-        if function.background:
-            return self._accept(function, request, params, request_id)
-        return function, params, request_id
+        return function, params, new_request_id(self.clock)
 
     def _sync_failed(self, exc: Exception, function: Function, request_id: str) -> Response:
         if isinstance(exc, NotAcceptedError):

@@ -252,7 +252,9 @@ class Executor(ABC):
     def _heartbeat(self) -> None:
         """Renew the leases of this executor's running attempts (durable journals)."""
         with self._lock:
-            running = [rid for rid, h in self._live.items() if h.state is State.RUNNING]
+            # list() copies in one step under the GIL; submit() adds entries without the lock.
+            live = list(self._live.items())
+        running = [rid for rid, h in live if h.state is State.RUNNING]
         if running:
             self.journal.heartbeat(running)
 
