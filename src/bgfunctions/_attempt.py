@@ -110,13 +110,31 @@ async def settle_pending(context: Context) -> None:
                 )
 
 
-async def _body(function: Function, request: Request, context: Context) -> object:
+class HandlerExit(Exception):
+    """A handler called ``sys.exit()``: a failed attempt, recorded as ``SystemExit``."""
+
+    remote_type = "SystemExit"  # the name error_type_name() records
+
+    def __init__(self, exit: SystemExit) -> None:
+        super().__init__(f"the handler called sys.exit({exit.code!r})")
+
+
+async def _body(
+    function: Function, request: Request, context: Context, exit_is_failure: bool = True
+) -> object:
     handler = function.handler
     assert handler is not None  # invalid names never reach an executor
     try:
         value = handler(request, context)
         if inspect.isawaitable(value):
             value = await value
+    except SystemExit as exc:
+        if not exit_is_failure:
+            raise  # the process is meant to end (a Celery child at its hard limit)
+        # Out of a task, SystemExit would stop the whole event loop: make it this attempt's
+        # error instead, recorded under its own name.
+        await settle_pending(context)
+        raise HandlerExit(exc) from exc
     except asyncio.CancelledError:
         for pending in context._take_pending():
             if isinstance(pending, asyncio.Future):
@@ -139,6 +157,8 @@ async def run_on_loop(
     timeout: float,
     cancelled: set[str] | None = None,
     body: Coroutine[Any, Any, object] | None = None,
+    limit: float | None = None,
+    exit_is_failure: bool = True,
 ) -> AttemptResult:
     """Run one attempt on the running loop (async handlers, and sync ones on virtual time).
 
@@ -150,7 +170,7 @@ async def run_on_loop(
     with invocation_scope(function.name, context.request_id, context.attempt):
         # The task copies the context now, so the handler's log lines carry the invocation.
         task = loop.create_task(
-            body if body is not None else _body(function, request, context),
+            body if body is not None else _body(function, request, context, exit_is_failure),
             name=f"{function.name}:{context.request_id}:{context.attempt}",
         )
     expired = False
@@ -167,7 +187,7 @@ async def run_on_loop(
         if expired:
             return AttemptResult(
                 Outcome.TIMED_OUT,
-                timeout_error(function, timeout, context.attempt),
+                timeout_error(function, limit if limit is not None else timeout, context.attempt),
                 ended_at=context.deadline,
             )
         if cancelled is not None and context.request_id in cancelled:
@@ -175,7 +195,7 @@ async def run_on_loop(
         raise
     except DeadlineExceeded as exc:
         return AttemptResult(Outcome.TIMED_OUT, exc, ended_at=context.deadline)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in a handler is its failure
         return AttemptResult(Outcome.ERROR, exc)
     finally:
         timer.cancel()

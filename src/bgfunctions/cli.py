@@ -10,6 +10,9 @@ bad netlify.toml) is one line on stderr, ``bgfunctions: error: ...``, and exit s
 (``SITE_DIR/.bgfunctions/journal.sqlite3``, written by ``bgfunctions serve``), and
 ``bgfunctions replay REQUEST_ID`` adds a new invocation there that replays a finished one; a
 running server picks it up.
+
+``bgfunctions worker SITE_DIR --broker URL --journal PATH|DSN`` runs a Celery worker for the
+background attempts a web tier with a ``CeleryExecutor`` publishes (the ``[celery]`` extra).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_invoke(commands)
     _add_invocations(commands)
     _add_replay(commands)
+    _add_worker(commands)
     return parser
 
 
@@ -570,4 +574,84 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         )
         journal.accepted(new)
     print(new.request_id)
+    return EXIT_OK
+
+
+# -- worker ----------------------------------------------------------------------------------------
+
+
+def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "worker",
+        help="run background attempts from a Celery broker (needs bgfunctions[celery])",
+        description=(
+            "Run a Celery prefork worker that runs the background attempts a web tier with a "
+            "CeleryExecutor publishes: it loads SITE_DIR's functions, reads and writes the "
+            "shared journal, and publishes retries after the retry delays."
+        ),
+    )
+    parser.add_argument("site_dir", metavar="SITE_DIR")
+    parser.add_argument(
+        "--broker", required=True, metavar="URL", help="amqp://... (RabbitMQ) or redis://..."
+    )
+    parser.add_argument(
+        "--journal",
+        required=True,
+        metavar="PATH|DSN",
+        help="the shared journal: a postgresql:// DSN, or a SQLite file on this machine",
+    )
+    parser.add_argument("--queue", default="bgfunctions", help="default bgfunctions")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, metavar="N", help="child processes (default: CPUs)"
+    )
+    parser.add_argument(
+        "--retry-delays",
+        type=_delays,
+        default=(60.0, 120.0),
+        metavar="SECONDS,...",
+        help="seconds between a failed attempt and the next (default 60,120; '' for none)",
+    )
+    parser.add_argument(
+        "--background-timeout",
+        type=_seconds,
+        default=900.0,
+        metavar="SECONDS",
+        help="limit of one background attempt (default 900)",
+    )
+    parser.add_argument(
+        "--lease",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="how long a dead worker's attempt stays claimed before it is retried "
+        "(default: the journal's, 10)",
+    )
+    parser.add_argument("--loglevel", default="INFO", help="Celery's log level (default INFO)")
+    parser.set_defaults(run=_cmd_worker)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    try:
+        from bgfunctions.contrib import celery as bgcelery
+    except ImportError as exc:
+        raise _CommandError(str(exc)) from None
+    from bgfunctions.retry import Limits, RetryPolicy
+
+    site = Path(args.site_dir)
+    _load_site(site)  # a broken site is one clear line before the worker starts
+    if args.background_timeout <= 0:
+        raise ConfigError(f"--background-timeout must be above 0; got {args.background_timeout}")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ConfigError(f"--concurrency must be 1 or more; got {args.concurrency}")
+    if args.lease is not None and args.lease <= 0:
+        raise ConfigError(f"--lease must be above 0; got {args.lease}")
+    app = bgcelery.make_celery(
+        broker=args.broker,
+        journal=bgcelery.journal_factory(args.journal, lease=args.lease),
+        site=site,
+        limits=Limits(background_timeout=args.background_timeout),
+        retry=RetryPolicy(delays=args.retry_delays),
+        queue=args.queue,
+    )
+    bgcelery.run_worker(app, concurrency=args.concurrency, loglevel=args.loglevel)
     return EXIT_OK

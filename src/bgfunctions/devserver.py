@@ -119,12 +119,14 @@ class StaticFiles:
         """The file a URL path names (``/a/`` → ``a/index.html``, ``/a`` → ``a.html``), or None."""
         if self.root is None or "\x00" in path:
             return None
-        if path == PREFIX or path.startswith(PREFIX + "/"):
-            return None  # the journal may live there, with request headers and bodies
         try:
             candidate = (self.root / path.lstrip("/")).resolve()
             if not self._inside(candidate):
                 return None  # .. or a symlink out of the publish directory
+            if any(part.startswith(".") for part in candidate.relative_to(self.root).parts):
+                # Hidden files are never published: the journal lives in .bgfunctions/ (with
+                # request headers and bodies), and .git or .env may sit in a publish dir of ".".
+                return None
             if candidate.is_dir():
                 candidate = candidate / "index.html"
             elif not candidate.is_file():

@@ -88,13 +88,16 @@ class ExecutorStats:
 class Invocation:
     """A handle on one accepted invocation: read its state and attempts, or wait for it."""
 
-    __slots__ = ("_executor", "_record", "_request")
+    __slots__ = ("_executor", "_guard", "_record", "_request")
 
     def __init__(
         self, executor: Executor, record: InvocationRecord, request: Request | None = None
     ) -> None:
         self._executor = executor
         self._record = record
+        # Serialises this invocation's claim (_begin) against cancel(): one small lock per
+        # invocation, so threads working on different invocations never wait on each other.
+        self._guard = threading.Lock()
         # The accepted Request, reused by every attempt in this process (records carry the same
         # data, for journals and other processes).
         self._request = request
@@ -152,6 +155,11 @@ class Executor(ABC):
     :meth:`_begin` and :meth:`_end`.
     """
 
+    exit_is_failure: bool = True
+    """Whether a handler's ``sys.exit()`` is just its attempt's error (True: the engine's
+    threads and event loop live on) or ends the process (an engine whose worker processes are
+    meant to die that way, such as a Celery child at its hard time limit)."""
+
     def __init__(self, *, clock: Clock, journal: Journal | None = None) -> None:
         self.clock = clock
         self.journal: Journal = journal if journal is not None else MemoryJournal()
@@ -194,11 +202,16 @@ class Executor(ABC):
         self._check_accepting()
         if record.next_run_at is None:
             record = dataclasses.replace(record, next_run_at=record.accepted_at)
-        self.journal.accepted(record)
         handle = Invocation(self, record, request)
+        # Known before it is journaled, so that recover() never takes it for someone else's.
         # One dict store is atomic; taking self._lock here would make the accepting thread
         # queue behind workers that hold it (a lock convoy under the GIL).
         self._live[record.request_id] = handle
+        try:
+            self.journal.accepted(record)
+        except BaseException:
+            self._live.pop(record.request_id, None)
+            raise
         self._emit(EventKind.ACCEPTED, record)
         self._dispatch(record)
         return handle
@@ -220,6 +233,9 @@ class Executor(ABC):
             return 0
         taken = 0
         for record in self.journal.expire_leases():
+            live = self._live.get(record.request_id)
+            if live is not None and live.state is State.RUNNING:
+                continue  # ours and still running (a late heartbeat): the claim renewed it
             self._interrupted(record)
             taken += 1
         for record in self.journal.unfinished():
@@ -271,20 +287,23 @@ class Executor(ABC):
 
     def cancel(self, request_id: str) -> InvocationRecord:
         """No further attempts; a running attempt finishes (or is cancelled, if the engine can)."""
-        with self._lock:
-            handle = self._live.get(request_id)
+        handle = self._live.get(request_id)
+        guard = handle._guard if handle is not None else threading.Lock()
+        with guard:  # no claim of this invocation can slip in between
             record = handle.record if handle is not None else self.journal.get(request_id)
             if record is None:
                 raise InvocationNotFoundError(f"no invocation with request id {request_id!r}")
             if record.state.finished:
                 return record
             if record.state is State.RUNNING:
-                self._cancel_requested.add(request_id)
+                with self._lock:
+                    self._cancel_requested.add(request_id)
                 self._cancel_running(request_id)
                 return record
             cancelled = record.cancel(self.clock.now())
-            self._store(cancelled)
-        self.journal.finished(cancelled)
+            self.journal.finished(cancelled)
+            with self._lock:
+                self._store(cancelled)
         self._emit(EventKind.CANCELLED, cancelled)
         return cancelled
 
@@ -319,6 +338,18 @@ class Executor(ABC):
     def _dispatch(self, record: InvocationRecord) -> None:
         """Arrange for the next attempt of ``record`` at ``record.next_run_at``."""
 
+    def _prepare(
+        self, started: InvocationRecord
+    ) -> tuple[Function, Request, Context, float] | None:
+        """:meth:`_attempt_inputs`, or None after ending the attempt as an error when they
+        cannot be had (its function was removed by a reload, say): a claimed attempt always
+        ends, and the thread that claimed it lives on."""
+        try:
+            return self._attempt_inputs(started)
+        except Exception as exc:
+            self._end(started, Outcome.ERROR, exc, retry=RetryPolicy(delays=()))
+            return None
+
     def _attempt_inputs(
         self, started: InvocationRecord
     ) -> tuple[Function, Request, Context, float]:
@@ -349,11 +380,19 @@ class Executor(ABC):
         started = self._begin(record)
         if started is None:
             return None
-        function, request, context, timeout = self._attempt_inputs(started)
+        inputs = self._prepare(started)
+        if inputs is None:
+            return None
+        function, request, context, timeout = inputs
         self._running_count += 1
         try:
             result = await run_on_loop(
-                function, request, context, timeout=timeout, cancelled=self._cancel_requested
+                function,
+                request,
+                context,
+                timeout=timeout,
+                cancelled=self._cancel_requested,
+                exit_is_failure=self.exit_is_failure,
             )
         except asyncio.CancelledError:
             if not self._closed:
@@ -397,38 +436,38 @@ class Executor(ABC):
         return handle.record if handle is not None else fallback
 
     def _begin(self, record: InvocationRecord) -> InvocationRecord | None:
-        """Start the next attempt, or None when the invocation was cancelled meanwhile."""
-        # No lock: one invocation's attempts are begun and ended by one worker at a time, and
-        # the journal's claim settles races with cancel() and other processes. Holding the
-        # executor lock here made threads queue behind each other under the GIL.
-        handle = self._live.get(record.request_id)
+        """Claim and start the next attempt; None when it is not ours to run (cancelled,
+        finished, already running, or claimed by another process sharing the journal)."""
+        rid = record.request_id
+        handle = self._live.get(rid)
         if handle is None:
             # _store drops the live handle once finished (e.g. cancelled while waiting),
-            # so the record we were dispatched with is stale: trust the journal.
-            stored = self.journal.get(record.request_id)
+            # so the record we were dispatched with may be stale: trust the journal.
+            stored = self.journal.get(rid)
             if stored is None or stored.state.finished:
                 return None
-        else:
-            record = handle._record
-        if record.state.finished:
-            self._live.pop(record.request_id, None)
-            return None
-        started = record.start_attempt(self.clock.now())
-        try:
-            claimed = self.journal.attempt_started(started)
-        except JournalUnavailableError as exc:
-            # The journal cannot take the claim now (locked, full): the row still waits in it.
-            # Forget it here so that recover() takes it up again once the journal works,
-            # rather than let the exception end this worker with the invocation stranded.
-            log.warning("cannot start %s (%s) now: %s", record.request_id, record.function, exc)
-            claimed = False
-        if not claimed:
-            # Claimed by another process sharing the journal, or cancelled: not ours to run.
-            with self._lock:
-                self._live.pop(record.request_id, None)
-            return None
-        with self._lock:
-            self._store(started)
+            handle = self._live.setdefault(rid, Invocation(self, stored))
+        # The invocation's own lock, not the executor's: threads running different
+        # invocations never wait on each other (under the GIL that became a lock convoy).
+        with handle._guard:
+            current = handle._record
+            if current.state not in (State.ACCEPTED, State.RETRY_SCHEDULED):
+                if current.state.finished:
+                    self._forget(handle)
+                return None  # finished, or a second dispatch of a running attempt
+            started = current.start_attempt(self.clock.now())
+            try:
+                claimed = self.journal.attempt_started(started)
+            except JournalUnavailableError as exc:
+                # The journal cannot take the claim now (locked, full): the row still waits
+                # in it. Forget it here so that recover() takes it up again once the journal
+                # works, rather than let the exception end this worker.
+                log.warning("cannot start %s (%s) now: %s", rid, current.function, exc)
+                claimed = False
+            if not claimed:
+                self._forget(handle)
+                return None
+            handle._record = started
         self._emit(EventKind.ATTEMPT_STARTED, started)
         return started
 
@@ -443,7 +482,10 @@ class Executor(ABC):
     ) -> InvocationRecord:
         """End the running attempt; the record then is retry-scheduled or finished."""
         if retry is None:
-            retry = self.binding.retry_for(self.binding.lookup(record.function))
+            try:
+                retry = self.binding.retry_for(self.binding.lookup(record.function))
+            except LookupError:
+                retry = RetryPolicy(delays=())  # its function is gone (a reload): no retries
         now = self.clock.now() if ended_at is None else ended_at
         cancel = record.request_id in self._cancel_requested
         ended = record.end_attempt(
@@ -457,8 +499,10 @@ class Executor(ABC):
             ended = dataclasses.replace(ended, state=State.CANCELLED)
         if not ended.state.finished:
             with self._lock:
-                self._cancel_requested.discard(record.request_id)
-                self._store(ended)
+                if record.request_id in self._cancel_requested:
+                    ended = ended.cancel(now)  # cancelled while this attempt ended
+                else:
+                    self._store(ended)
         try:
             if ended.state.finished:
                 self.journal.finished(ended)
@@ -505,6 +549,12 @@ class Executor(ABC):
                 self._store(ended)
         return ended
 
+    def _forget(self, handle: Invocation) -> None:
+        """Drop ``handle`` from the live table, if it is still the one there."""
+        with self._lock:
+            if self._live.get(handle.request_id) is handle:
+                del self._live[handle.request_id]
+
     def _store(self, record: InvocationRecord) -> None:
         """Update the live handle (lock held); wake waiters when it finished."""
         handle = self._live.get(record.request_id)
@@ -538,12 +588,23 @@ class Executor(ABC):
             self._waiters += 1
             try:
                 while not handle.done():
+                    followed = self._live.get(handle.request_id) is not handle
+                    if followed:
+                        # Not updated by this executor (rebuilt from the journal, or run by
+                        # another process sharing it): follow the journal instead.
+                        stored = self.journal.get(handle.request_id)
+                        if stored is not None:
+                            handle._record = stored
+                            if handle.done():
+                                break
                     left = None if deadline is None else deadline - self.clock.monotonic()
                     if left is not None and left <= 0:
                         raise TimeoutError(
                             f"invocation {handle.request_id} not finished after {timeout} s "
                             f"(state {handle.state.value})"
                         )
+                    if followed:  # nothing here will notify: look at the journal again soon
+                        left = 0.5 if left is None else min(left, 0.5)
                     self.clock.wait(self._finished, left)
             finally:
                 self._waiters -= 1

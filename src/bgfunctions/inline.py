@@ -78,7 +78,11 @@ class InlineExecutor(Executor):
         self._loop.call_at(self._loop.time() + delay, self._spawn, record)
 
     def _spawn(self, record: InvocationRecord) -> None:
-        if self.binding.lookup(record.function).is_async:
+        try:
+            is_async = self.binding.lookup(record.function).is_async
+        except LookupError:
+            is_async = False  # its function is gone: _prepare ends the attempt as an error
+        if is_async:
             self._loop.create_task(self._run(record))
             return
         # A sync handler runs right here, in the loop's thread: no task, no timer (it cannot be
@@ -86,7 +90,10 @@ class InlineExecutor(Executor):
         started = self._begin(record)
         if started is None:
             return
-        function, request, context, timeout = self._attempt_inputs(started)
+        inputs = self._prepare(started)
+        if inputs is None:
+            return
+        function, request, context, timeout = inputs
         handler = function.handler
         assert handler is not None
         with invocation_scope(function.name, started.request_id, context.attempt):
@@ -94,11 +101,12 @@ class InlineExecutor(Executor):
                 value = handler(request, context)
             except DeadlineExceeded as exc:
                 result = AttemptResult(Outcome.TIMED_OUT, exc, ended_at=context.deadline)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # sys.exit() in a handler is its failure
                 result = AttemptResult(Outcome.ERROR, exc)
             else:
                 if inspect.isawaitable(value) or context._pending:
                     # It left work to await: finish the attempt as a task, within its deadline.
+                    self._running_count += 1
                     self._loop.create_task(
                         self._finish(started, function, request, context, timeout, value)
                     )
@@ -116,9 +124,21 @@ class InlineExecutor(Executor):
         value: object,
     ) -> None:
         left = max(0.0, (context.deadline or self.clock.now()) - self.clock.now())
-        result = await run_on_loop(
-            function, request, context, timeout=left, body=finish_async(value, context)
-        )
+        try:
+            result = await run_on_loop(
+                function,
+                request,
+                context,
+                timeout=left,
+                limit=timeout,
+                cancelled=self._cancel_requested,
+                body=finish_async(value, context),
+            )
+        except asyncio.CancelledError:
+            # The executor is shutting down: the attempt was cut short, not finished.
+            result = AttemptResult(Outcome.INTERRUPTED, None)
+        finally:
+            self._running_count -= 1
         self._settled(started, function, result)
 
     def _settled(

@@ -163,12 +163,17 @@ class ProcessExecutor(ThreadExecutor):
                 started = self._begin(record)
                 if started is None:
                     continue
-                function = self.binding.lookup(started.function)
-                timeout = self.binding.limits_for(function).background_timeout
-                attempt = started.attempts[-1]
-                deadline = attempt.started_at + timeout
-                if worker is None:
-                    worker = self._new_process()
+                try:
+                    function = self.binding.lookup(started.function)
+                    timeout = self.binding.limits_for(function).background_timeout
+                    deadline = started.attempts[-1].started_at + timeout
+                    if worker is None:
+                        worker = self._new_process()
+                except Exception as exc:
+                    # No function (a reload removed it) or no process to run it in: the claimed
+                    # attempt still ends, and this thread lives on.
+                    self._retry_or_finish(self._end(started, Outcome.ERROR, exc))
+                    continue
                 with self._lock:
                     self._running_count += 1
                 try:

@@ -117,6 +117,7 @@ class ThreadExecutor(Executor):
         # Counters only (pending, idle): a lock of their own, never held for more than an
         # addition, so the accepting thread never waits behind a worker holding self._lock.
         self._count_lock = threading.Lock()
+        self._reserved = 0
         self._spawned = 0
         self._sync_running: dict[int, _Running] = {}
         self._timers: list[_Timer] = []
@@ -271,8 +272,16 @@ class ThreadExecutor(Executor):
             with self._count_lock:
                 self._pending -= 1  # stays unfinished in the journal
             return
+        # Each queued record takes one idle worker for itself (a reservation), so two records
+        # queued at once never both count on the same idle worker; with none idle, one more
+        # worker is started (up to max_workers).
+        with self._count_lock:
+            reserved = self._idle > 0
+            if reserved:
+                self._idle -= 1
+                self._reserved += 1
         self._queue.put(record)
-        if self._idle <= 0 and len(self._workers) < self.max_workers:
+        if not reserved and len(self._workers) < self.max_workers:
             with self._lock:
                 if len(self._workers) < self.max_workers:
                     self._spawn_worker()
@@ -323,7 +332,11 @@ class ThreadExecutor(Executor):
             self._idle += 1
         record = self._queue.get()
         with self._count_lock:
-            self._idle -= 1
+            # This wake-up used either a reservation made for an idle worker or our own slot.
+            if self._reserved:
+                self._reserved -= 1
+            else:
+                self._idle -= 1
             if record is not None:
                 self._pending -= 1
         if record is None or self._closed:
@@ -334,15 +347,21 @@ class ThreadExecutor(Executor):
 
     def _worker_main(self) -> None:
         while (record := self._next_record()) is not None:
-            if not self._run_sync(record):
-                return  # abandoned at its deadline: a replacement took this thread's place
+            try:
+                if not self._run_sync(record):
+                    return  # abandoned at its deadline: a replacement took this thread's place
+            except Exception:  # pragma: no cover - a bug of ours; the pool must not shrink
+                log.exception("bgfunctions worker failed on %s; continuing", record.request_id)
 
     def _run_sync(self, record: InvocationRecord) -> bool:
         """Run one sync attempt; False when this thread was abandoned meanwhile."""
         started = self._begin(record)
         if started is None:
             return True
-        function, request, context, timeout = self._attempt_inputs(started)
+        inputs = self._prepare(started)
+        if inputs is None:
+            return True
+        function, request, context, timeout = inputs
         attempt = started.attempts[-1]
         token = _Running(
             started, function, threading.current_thread(), context.deadline or 0.0, timeout
@@ -420,7 +439,7 @@ class ThreadExecutor(Executor):
                     value = self._on_loop(_await_and_settle(value, context))
             except DeadlineExceeded as exc:
                 return AttemptResult(Outcome.TIMED_OUT, exc, ended_at=context.deadline)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # sys.exit() in a handler is its failure
                 return AttemptResult(Outcome.ERROR, exc)
         return AttemptResult(Outcome.SUCCEEDED, value=value)
 
@@ -493,6 +512,7 @@ class ThreadExecutor(Executor):
             try:
                 result = self._wait_future(future, timeout)
             except concurrent.futures.TimeoutError:
+                future.cancel()  # still queued: it must not run after the client got its 500
                 raise timeout_error(function, timeout, 1) from None
         return _response(result, function, context)
 

@@ -45,6 +45,8 @@ REDACTED = "[redacted]"
 """What a secret header's value is shown as."""
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 """Header names (lower case) whose values are never shown."""
+_SECRET_WORDS = ("auth", "token", "secret", "key", "session", "password", "signature", "cookie")
+"""Nor are those of headers whose names contain one of these (``x-api-key``, ``x-auth-token``)."""
 DEFAULT_LIMIT = 50
 """Invocations listed when ``limit`` is not given."""
 MAX_LIMIT = 1000
@@ -63,10 +65,14 @@ def iso_utc(seconds: float | None) -> str | None:
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
-    """``[[name, value], ...]`` with the values of :data:`SECRET_HEADERS` replaced."""
-    return [
-        [name, REDACTED if name.lower() in SECRET_HEADERS else value] for name, value in headers
-    ]
+    """``[[name, value], ...]`` with the values of :data:`SECRET_HEADERS`, and of headers
+    whose names suggest a credential (``x-api-key``, ``x-auth-token``), replaced."""
+    return [[name, REDACTED if _secret(name) else value] for name, value in headers]
+
+
+def _secret(name: str) -> bool:
+    lower = name.lower()
+    return lower in SECRET_HEADERS or any(word in lower for word in _SECRET_WORDS)
 
 
 def _attempt_to_view(attempt: Attempt) -> dict[str, Any]:

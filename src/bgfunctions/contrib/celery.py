@@ -75,7 +75,9 @@ log = logging.getLogger("bgfunctions.celery")
 TASK_NAME = "bgfunctions.run_attempt"
 """The one Celery task: ``run_attempt(request_id, attempt)``, JSON arguments only."""
 _KILL_MARGIN = 2.0  # seconds past the limit before Celery kills the child (async ones end at it)
-_EARLY = 0.05  # a message this close to its due time waits in place instead of re-publishing
+# A message at most this early waits in place rather than being published again: RabbitMQ's
+# delayed delivery counts whole seconds, so a shorter countdown is delivered at once.
+_EARLY = 1.0
 _AMQP = ("amqp", "amqps", "pyamqp")
 JournalSource = Journal | Callable[[], Journal]
 
@@ -260,17 +262,29 @@ def _options(app: Any) -> _Options:
 
 
 def _publish(
-    app: Any, binding: Binding | None, record: InvocationRecord, attempt: int, countdown: float
+    app: Any,
+    binding: Binding | None,
+    record: InvocationRecord,
+    attempt: int,
+    countdown: float,
+    *,
+    seen: float | None = None,
 ) -> None:
-    """Send ``run_attempt(record, attempt)``; returns once the broker confirmed it."""
+    """Send ``run_attempt(record, attempt)``; returns once the broker confirmed it.
+
+    ``seen``: when a worker first saw the attempt's process gone (carried while it waits for
+    the attempt's lease to expire)."""
     options = _options(app)
     limits = options.limits
     if binding is not None:
         with contextlib.suppress(LookupError):
             limits = binding.limits_for(binding.lookup(record.function))
+    if countdown < _EARLY:
+        countdown = 0.0  # the worker waits out the rest (see _EARLY)
     app.send_task(
         TASK_NAME,
         args=[record.request_id, attempt],
+        kwargs={} if seen is None else {"seen": seen},
         countdown=countdown if countdown > 0 else None,
         queue=options.queue,
         time_limit=limits.background_timeout + options.kill_margin,
@@ -450,14 +464,18 @@ class _WorkerState:
                 self._side, self._pid = side, os.getpid()
             return self._side
 
-    def run_attempt(self, request_id: str, attempt: int) -> None:
+    def run_attempt(self, request_id: str, attempt: int, seen: float | None = None) -> None:
         """The Celery task body."""
-        self.side().handle(request_id, int(attempt))
+        self.side().handle(request_id, int(attempt), None if seen is None else float(seen))
 
 
 class _WorkerSide(Executor):
     """Runs attempts in a Celery worker process through the shared state machine: journal
     writes and hooks happen exactly as for the embedded executors."""
+
+    # Celery's pool ends a child at the hard time limit by raising SystemExit in it: let it
+    # end the process, so the requeued message records the attempt as timed out.
+    exit_is_failure = False
 
     def __init__(self, app: Any, journal: Journal) -> None:
         super().__init__(clock=SystemClock(), journal=journal)
@@ -469,7 +487,7 @@ class _WorkerSide(Executor):
         self._beat_cond = threading.Condition()
         self._beat_thread: threading.Thread | None = None
 
-    def handle(self, request_id: str, attempt: int) -> None:
+    def handle(self, request_id: str, attempt: int, seen: float | None = None) -> None:
         record = self.journal.get(request_id)
         if record is None:
             log.warning("run_attempt: no invocation %s in the journal; dropped", request_id)
@@ -479,15 +497,15 @@ class _WorkerSide(Executor):
         count = record.attempt_count
         if record.state is State.RUNNING:
             if attempt == count:
-                self._take_over(record, attempt)
+                self._take_over(record, attempt, self.clock.now() if seen is None else seen)
             return  # an older duplicate: the running attempt's own message covers it
         if attempt > count + 1:
             return
         # Any message for this invocation carries its next attempt (a requeued one included).
         due = record.next_run_at if record.next_run_at is not None else record.accepted_at
         early = due - self.clock.now()
-        if early > _EARLY:
-            _publish(self.app, self.binding, record, count + 1, early)
+        if early >= _EARLY:
+            self._send(record, count + 1, early)
             return
         if early > 0:
             self.clock.sleep(early)
@@ -505,18 +523,22 @@ class _WorkerSide(Executor):
         if ended is not None and ended.state is State.RETRY_SCHEDULED:
             self._dispatch(ended)
 
-    def _take_over(self, record: InvocationRecord, attempt: int) -> None:
-        """A redelivered message of a running attempt: its child died or was killed."""
+    def _take_over(self, record: InvocationRecord, attempt: int, seen: float) -> None:
+        """A redelivered message of a running attempt: its child died or was killed at the hard
+        limit (Celery requeues the message at once, so ``seen`` is about when it ended)."""
         found = False
         for dead in self.journal.expire_leases():
-            found = found or dead.request_id == record.request_id
-            self._end_dead(dead)
+            mine = dead.request_id == record.request_id
+            found = found or mine
+            self._end_dead(dead, seen if mine else self.clock.now())
         if not found:
             # Its lease is live: the child died less than a lease ago, or (a redelivery after
             # a lost connection) it still runs. Look again later; the message stays one.
-            _publish(self.app, self.binding, record, attempt, self.recheck)
+            self._send(record, attempt, self.recheck, seen=seen)
 
-    def _end_dead(self, record: InvocationRecord) -> None:
+    def _end_dead(self, record: InvocationRecord, seen: float) -> None:
+        """End the attempt of a process found dead at ``seen``: ``timed_out`` (at its deadline)
+        when it had run to its limit by then, else ``crashed`` (at ``seen``)."""
         attempt = record.last_attempt
         assert attempt is not None
         function: Function | None
@@ -527,8 +549,7 @@ class _WorkerSide(Executor):
         else:
             retry = self.binding.retry_for(function)
             limit = self.binding.limits_for(function).background_timeout
-        now = self.clock.now()
-        if function is not None and now - attempt.started_at >= limit:
+        if function is not None and seen - attempt.started_at >= limit:
             ended = self._end(
                 record,
                 Outcome.TIMED_OUT,
@@ -542,14 +563,34 @@ class _WorkerSide(Executor):
                 f"{record.request_id}): its worker process died before the attempt ended (exit, "
                 "signal or out of memory)"
             )
-            ended = self._end(record, Outcome.CRASHED, error, retry=retry)
+            ended_at = max(seen, attempt.started_at)
+            ended = self._end(record, Outcome.CRASHED, error, ended_at=ended_at, retry=retry)
         self._live.pop(record.request_id, None)
         if ended.state is State.RETRY_SCHEDULED:
             self._dispatch(ended)
 
     def _dispatch(self, record: InvocationRecord) -> None:
         countdown = 0.0 if record.next_run_at is None else record.next_run_at - self.clock.now()
-        _publish(self.app, self.binding, record, record.attempt_count + 1, countdown)
+        self._send(record, record.attempt_count + 1, countdown)
+
+    def _send(
+        self, record: InvocationRecord, attempt: int, countdown: float, *, seen: float | None = None
+    ) -> None:
+        """Publish the next message of ``record``. If the broker does not take it, the message
+        being handled is requeued instead of acked: its redelivery publishes again."""
+        try:
+            _publish(self.app, self.binding, record, attempt, countdown, seen=seen)
+        except Exception as exc:
+            log.warning(
+                "could not publish attempt %d of %s (%s): %s; requeueing the current message",
+                attempt,
+                record.request_id,
+                record.function,
+                exc,
+            )
+            from celery.exceptions import Reject
+
+            raise Reject(str(exc), requeue=True) from exc
 
     # Leases: a running attempt's lease is renewed while it runs, so that only a dead child's
     # attempt can be taken over.

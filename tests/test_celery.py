@@ -1,0 +1,412 @@
+"""Background functions on Celery: real brokers, real worker processes, a shared journal.
+
+RabbitMQ (amqp://guest:guest@127.0.0.1:5672//) and Redis (redis://127.0.0.1:6379/7) must be
+running; ``scripts/test`` starts them. A broker that cannot be reached skips its tests locally and
+fails them under ``CI=true``. Each run uses its own queue name and purges it at the end; Redis db 7
+is flushed at the end (only that db).
+
+Short limits keep the file fast: a 2 s attempt limit (the child is killed 2 s later), retries
+0.5 s and 1.0 s after the previous attempt ended, leases of 1.5 s. Tolerances: an attempt starts
+no earlier than its delay after the previous one ended (minus 0.06 s: a message that close to its
+due time waits in place) and at most 8 s later (broker round trips, lease expiry, worker restart).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from bgfunctions import (
+    App,
+    InvocationRecord,
+    Limits,
+    NotAcceptedError,
+    Outcome,
+    Registry,
+    RetryPolicy,
+    SQLiteJournal,
+    State,
+)
+from bgfunctions.contrib.celery import CeleryExecutor, celery_settings, make_celery
+
+pytestmark = [pytest.mark.server, pytest.mark.realtime]
+
+# scripts/test points these at the machine's brokers, or at private ones it started.
+_AMQP = os.environ.get("BGFUNCTIONS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+_REDIS = os.environ.get("BGFUNCTIONS_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+BROKERS = {
+    "rabbitmq": (_AMQP, urlsplit(_AMQP).port or 5672),
+    "redis": (f"{_REDIS}/7", urlsplit(_REDIS).port or 6379),
+}
+# Long enough that a child killed early is never mistaken for one killed at the limit on a
+# loaded 2-core machine: a dead child is noticed once its lease (LEASE) has run out, which
+# can take over twice LEASE; the worker then tells crashed from timed out by that time.
+LIMIT = 6.0
+DELAYS = (0.5, 1.0)
+LEASE = 1.5
+EARLY = 0.06
+LATE = 8.0
+WAIT = 60.0
+
+HANDLERS = {
+    "ok-background": """
+        def handler(request, context):
+            pass
+    """,
+    "fail-background": """
+        def handler(request, context):
+            raise ValueError(f"attempt {context.attempt} fails")
+    """,
+    "spin-background": """
+        def handler(request, context):
+            if context.attempt == 1:
+                while True:
+                    pass
+    """,
+    "exit-background": """
+        import os
+
+        def handler(request, context):
+            if context.attempt == 1:
+                os._exit(3)
+    """,
+    "kill-background": """
+        import os
+        import signal
+
+        def handler(request, context):
+            if context.attempt < 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+    """,
+    "async-sleep-background": """
+        import asyncio
+
+        async def handler(request, context):
+            if context.attempt == 1:
+                await asyncio.sleep(60)
+    """,
+}
+
+WORKER = """
+import sys
+from pathlib import Path
+
+from bgfunctions import Limits, RetryPolicy
+from bgfunctions.contrib.celery import journal_factory, make_celery, run_worker
+
+broker, journal, site, queue, failures = sys.argv[1:6]
+
+
+def on_failure(record):
+    with open(failures, "a") as f:
+        f.write(record.request_id + "\\n")
+
+
+app = make_celery(
+    broker=broker,
+    journal=journal_factory(journal, lease={lease}),
+    site=site,
+    limits=Limits(background_timeout={limit}),
+    retry=RetryPolicy(delays={delays}),
+    queue=queue,
+    on_failure=on_failure,
+)
+run_worker(app, concurrency=2, loglevel="WARNING")
+"""
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _need(broker: str) -> str:
+    url, port = BROKERS[broker]
+    if not _reachable(port):
+        message = (
+            f"{broker} is not reachable on 127.0.0.1:{port}; scripts/test starts it "
+            f"(install it and start it to run tests/test_celery.py)"
+        )
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@dataclass
+class Setup:
+    """A worker process for one broker, and a web-tier App on the same journal and queue."""
+
+    broker: str
+    url: str
+    queue: str
+    site: Path
+    journal_path: Path
+    failures: Path
+    app: App
+    celery_app: Any
+    log: Path
+
+    def run(self, name: str, timeout: float = WAIT) -> InvocationRecord:
+        invocation = self.app.enqueue(name)
+        return invocation.wait(timeout)
+
+    def failed_ids(self) -> list[str]:
+        if not self.failures.exists():
+            return []
+        return self.failures.read_text().split()
+
+
+def _write_site(root: Path) -> Path:
+    functions = root / "site" / "netlify" / "functions"
+    functions.mkdir(parents=True)
+    for name, source in HANDLERS.items():
+        (functions / f"{name}.py").write_text(textwrap.dedent(source))
+    return root / "site"
+
+
+def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=log.parent
+        )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    # Prefork children of a worker that died first may outlive it; they share its group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _cleanup(setup: Setup) -> None:
+    if setup.broker == "redis":
+        import redis
+
+        redis.Redis.from_url(setup.url).flushdb()
+        return
+    with setup.celery_app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for name in (setup.queue, f"{setup.queue}.dead"):
+            try:
+                channel.queue_delete(name)
+            except Exception:
+                channel = conn.channel()
+        for name in (setup.queue, f"{setup.queue}.dead"):
+            try:
+                channel.exchange_delete(name)
+            except Exception:
+                channel = conn.channel()
+
+
+@pytest.fixture(scope="module", params=sorted(BROKERS))
+def setup(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Setup]:
+    broker = str(request.param)
+    url = _need(broker)
+    root = tmp_path_factory.mktemp(f"celery-{broker}")
+    site = _write_site(root)
+    queue = f"bgf-test-{uuid.uuid4().hex[:10]}"
+    journal_path = root / "journal.sqlite3"
+    failures = root / "failures.txt"
+    script = root / "worker.py"
+    script.write_text(WORKER.format(lease=LEASE, limit=LIMIT, delays=DELAYS))
+    journal = SQLiteJournal(journal_path)
+    celery_app = make_celery(broker=url, journal=journal, queue=queue)
+    app = App(
+        Registry.from_site(site),
+        executor=CeleryExecutor(celery_app, journal=journal),
+        limits=Limits(background_timeout=LIMIT),
+        retry=RetryPolicy(delays=DELAYS),
+    )
+    app.start()
+    log = root / "worker.log"
+    argv = [sys.executable, str(script), url, str(journal_path), str(site), queue, str(failures)]
+    worker = _start(argv, log)
+    state = Setup(broker, url, queue, site, journal_path, failures, app, celery_app, log)
+    try:
+        yield state
+    finally:
+        _stop(worker)
+        app.shutdown()
+        _cleanup(state)
+        journal.close()
+        if request.session.testsfailed:
+            print(log.read_text(errors="replace")[-5000:])
+
+
+def _gaps_ok(record: InvocationRecord) -> None:
+    attempts = record.attempts
+    for i, (before, after) in enumerate(itertools.pairwise(attempts)):
+        assert before.ended_at is not None
+        gap = after.started_at - before.ended_at
+        assert DELAYS[i] - EARLY <= gap <= DELAYS[i] + LATE, (i, gap, record)
+
+
+def test_success(setup: Setup) -> None:
+    """A background invocation accepted by the web tier runs once on a worker and succeeds."""
+    record = setup.run("ok-background")
+    assert record.state is State.SUCCEEDED
+    assert [a.outcome for a in record.attempts] == [Outcome.SUCCEEDED]
+    assert setup.app.invocations.get(record.request_id) == record
+
+
+def test_failure_retried_on_schedule_then_on_failure(setup: Setup) -> None:
+    """A failing handler runs 3 times, each retry its delay after the previous attempt ended,
+    then fails, and on_failure runs once in the worker."""
+    record = setup.run("fail-background")
+    assert record.state is State.FAILED
+    assert [a.outcome for a in record.attempts] == [Outcome.ERROR] * 3
+    assert [a.error_message for a in record.attempts] == [f"attempt {n} fails" for n in (1, 2, 3)]
+    _gaps_ok(record)
+    assert setup.failed_ids().count(record.request_id) == 1
+
+
+def test_timeout_killed_and_retried(setup: Setup) -> None:
+    """A busy loop is killed at the hard limit, recorded timed_out at its deadline, and retried."""
+    record = setup.run("spin-background")
+    assert record.state is State.SUCCEEDED
+    assert [a.outcome for a in record.attempts] == [Outcome.TIMED_OUT, Outcome.SUCCEEDED]
+    first = record.attempts[0]
+    assert first.duration == pytest.approx(LIMIT)
+    _gaps_ok(record)
+
+
+def test_async_timeout_cancelled_and_retried(setup: Setup) -> None:
+    """An async handler past its limit is cancelled at the deadline and retried."""
+    record = setup.run("async-sleep-background")
+    assert [a.outcome for a in record.attempts] == [Outcome.TIMED_OUT, Outcome.SUCCEEDED]
+    _gaps_ok(record)
+
+
+def test_child_exit_is_a_crashed_attempt(setup: Setup) -> None:
+    """A child that exits in the handler is a crashed attempt, not a lost one, and is retried."""
+    record = setup.run("exit-background")
+    assert record.state is State.SUCCEEDED
+    assert [a.outcome for a in record.attempts] == [Outcome.CRASHED, Outcome.SUCCEEDED]
+    _gaps_ok(record)
+
+
+def test_child_sigkill_is_crashed_and_retried(setup: Setup) -> None:
+    """A child that SIGKILLs itself is a crashed attempt each time, retried on the schedule."""
+    record = setup.run("kill-background")
+    assert record.state is State.SUCCEEDED
+    assert [a.outcome for a in record.attempts] == [
+        Outcome.CRASHED,
+        Outcome.CRASHED,
+        Outcome.SUCCEEDED,
+    ]
+    _gaps_ok(record)
+
+
+def test_broker_down_answers_503_and_records_rejected(tmp_path: Path) -> None:
+    """With no broker listening the App answers 503, never 202, and the record is rejected."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    journal = SQLiteJournal(tmp_path / "journal.sqlite3")
+    registry = Registry()
+
+    @registry.function("x-background")
+    def handler(request: object, context: object) -> None:
+        pass
+
+    celery_app = make_celery(broker=f"redis://127.0.0.1:{port}/7", journal=journal)
+    app = App(registry, executor=CeleryExecutor(celery_app, journal=journal))
+    try:
+        with pytest.raises(NotAcceptedError, match="did not confirm"):
+            app.enqueue("x-background")
+        [record] = journal.select()
+        assert record.state is State.REJECTED
+    finally:
+        app.shutdown()
+        journal.close()
+
+
+def test_settings_are_json_only_acks_late_no_celery_retries() -> None:
+    """The Celery settings: JSON only, acks late, requeue on a lost child, prefetch 1."""
+    settings = celery_settings("amqp://x//", limits=Limits(background_timeout=900))
+    assert settings["accept_content"] == ["json"]
+    assert settings["task_serializer"] == "json"
+    assert settings["task_acks_late"] is True
+    assert settings["task_reject_on_worker_lost"] is True
+    assert settings["worker_prefetch_multiplier"] == 1
+    assert settings["task_time_limit"] > 900
+    assert settings["broker_transport_options"] == {"confirm_publish": True}
+    [queue] = settings["task_queues"]
+    assert queue.queue_arguments["x-queue-type"] == "quorum"
+    redis = celery_settings("redis://x/0", retry=RetryPolicy(delays=(60, 120)))
+    assert redis["broker_transport_options"]["visibility_timeout"] > 900 + 120
+
+
+def test_cli_worker_runs_attempts(tmp_path: Path) -> None:
+    """`bgfunctions worker SITE_DIR --broker --journal` runs what a CeleryExecutor publishes."""
+    url = _need("rabbitmq")
+    site = _write_site(tmp_path)
+    queue = f"bgf-test-{uuid.uuid4().hex[:10]}"
+    journal_path = tmp_path / "journal.sqlite3"
+    journal = SQLiteJournal(journal_path)
+    celery_app = make_celery(broker=url, journal=journal, queue=queue)
+    app = App(Registry.from_site(site), executor=CeleryExecutor(celery_app, journal=journal))
+    argv = [sys.executable, "-m", "bgfunctions", "worker", str(site), "--broker", url]
+    argv += ["--journal", str(journal_path), "--queue", queue, "--concurrency", "1"]
+    argv += ["--retry-delays", "0.5", "--loglevel", "WARNING"]
+    worker = _start(argv, tmp_path / "worker.log")
+    state = Setup(
+        "rabbitmq",
+        url,
+        queue,
+        site,
+        journal_path,
+        tmp_path / "f",
+        app,
+        celery_app,
+        tmp_path / "worker.log",
+    )
+    try:
+        record = state.run("fail-background")
+        assert [a.outcome for a in record.attempts] == [Outcome.ERROR, Outcome.ERROR]
+        assert record.state is State.FAILED
+    finally:
+        _stop(worker)
+        app.shutdown()
+        _cleanup(state)
+        journal.close()
+
+
+def test_cli_worker_refuses_a_missing_site(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bgfunctions worker` on a missing directory: exit 2 and one line naming it."""
+    from bgfunctions.cli import main
+
+    missing = tmp_path / "nope"
+    code = main(["worker", str(missing), "--broker", "redis://127.0.0.1:1/0", "--journal", "x"])
+    assert code == 2
+    assert (
+        capsys.readouterr().err == f"bgfunctions: error: site directory {missing} does not exist\n"
+    )
