@@ -265,6 +265,13 @@ def _morsel(name: str, value: str) -> Morsel[str]:
     return morsel
 
 
+# Frozen, so one empty instance of each serves every Context that has nothing to fill in.
+_NO_SITE = Site()
+_NO_GEO = Geo()
+_NO_DEPLOY = Deploy()
+_NO_ACCOUNT = Account()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Context:
     """What a handler knows about one attempt of one invocation (see the module docstring).
@@ -363,8 +370,8 @@ class Context:
         ``ip`` is ``request.client`` and those headers are ignored.
         """
         h = request.headers
-        site = site or Site()
-        ip, geo, deploy, account = request.client, Geo(), Deploy(), Account()
+        site = site or _NO_SITE
+        ip, geo, deploy, account = request.client, _NO_GEO, _NO_DEPLOY, _NO_ACCOUNT
         if trust_proxy:
             ip = h.get("x-nf-client-connection-ip") or ip
             geo = _parse_geo(h.get("x-nf-geo"))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, TypeVar
@@ -98,13 +98,33 @@ class Outcome(str, Enum):
 _T = TypeVar("_T")
 
 
+_COPIERS: dict[type[Any], Callable[[Any, dict[str, Any]], Any]] = {}
+
+
+def _copier(cls: type[Any]) -> Callable[[Any, dict[str, Any]], Any]:
+    """A function that copies an instance of the slotted ``cls`` with some fields changed,
+    written out field by field (as dataclasses writes ``__init__``): no loop, no getattr."""
+    lines = ["def copy(obj, changes):", "    new = new_(cls)"]
+    for name in cls.__slots__:
+        lines.append(
+            f"    set_(new, {name!r}, changes[{name!r}] if {name!r} in changes else obj.{name})"
+        )
+    lines.append("    return new")
+    namespace: dict[str, Any] = {"new_": object.__new__, "set_": object.__setattr__, "cls": cls}
+    exec("\n".join(lines), namespace)  # our own field names only
+    copy: Callable[[Any, dict[str, Any]], Any] = namespace["copy"]
+    return copy
+
+
 def _evolve(obj: _T, **changes: Any) -> _T:
     """``dataclasses.replace`` without re-running ``__init__``: records change on every state
     transition of every attempt, and they are plain frozen data with nothing to re-validate."""
-    new = object.__new__(type(obj))
-    for name in obj.__slots__:  # type: ignore[attr-defined]
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
-    return new
+    cls = type(obj)
+    copy = _COPIERS.get(cls)
+    if copy is None:
+        copy = _COPIERS[cls] = _copier(cls)
+    result: _T = copy(obj, changes)
+    return result
 
 
 def error_type_name(error: BaseException) -> str:
