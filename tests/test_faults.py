@@ -385,6 +385,10 @@ def kill_burst_restart(site: Site, servers: list[Server], name: str, *extra: str
 
 def test_kill_9_with_the_process_executor_loses_nothing(site: Site, servers: list[Server]) -> None:
     """SIGKILL of `serve --executor process` mid-burst, then a restart: everything accepted runs."""
+    # With two worker processes and 20 ms handlers the kill can land in the moment between
+    # attempts; 50 ms handlers make it catch some running, which this test is about.
+    handler = site.root / "netlify" / "functions" / "work-background.py"
+    handler.write_text(handler.read_text().replace("time.sleep(0.02)", "time.sleep(0.05)"))
     outcome = kill_burst_restart(site, servers, "kill -9 serve --executor process", *PROCESS)
     assert outcome.interrupted >= 1  # the kill caught attempts running in worker processes
 
