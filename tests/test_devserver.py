@@ -509,3 +509,14 @@ def test_reload_that_removes_a_function_with_pending_retries_says_so(
         f"[{request_id}] doomed-background: warning: the function was removed by the reload"
         in output(server)
     )
+
+
+def test_the_default_prefix_answers_for_itself(make_server: Callable[..., DevServer]) -> None:
+    """Under /.netlify/functions an unknown name is Netlify's 404, a bad name the 400."""
+    server = make_server()
+    unknown = request(server, "GET", "/.netlify/functions/nope")
+    assert unknown.status_code == 404
+    assert unknown.text.startswith("Function not found")
+    invalid = request(server, "GET", "/.netlify/functions/bad.name")
+    assert invalid.status_code == 400
+    assert "alphanumeric" in invalid.text

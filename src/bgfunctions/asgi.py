@@ -119,7 +119,7 @@ class ASGIApp:
             await _view_http(self.view, scope, send, path, method)
             return
         resolution = self.app.resolve(method, path)
-        if resolution.response is not None and self.fallback is not None:
+        if resolution.response is not None and self.fallback is not None and not _reserved(path):
             await self.fallback(scope, receive, send)
             return
         if resolution.response is not None:
@@ -167,6 +167,12 @@ def _mount_root(scope: Scope) -> str:
     if root and (path == root or path.startswith(root + "/")):
         return root
     return ""
+
+
+def _reserved(path: str) -> bool:
+    """Under ``/.netlify/`` the functions answer for themselves (``Function not found...``,
+    the invalid-name 400): such a path never falls through to the fallback."""
+    return path.startswith("/.netlify/")
 
 
 def _route_path(scope: Scope) -> str:

@@ -92,7 +92,7 @@ class WSGIApp:
             return [] if method == "HEAD" else sent
         resolution = self.app.resolve(method, path)
         if resolution.response is not None:
-            if self.fallback is not None:
+            if self.fallback is not None and not path.startswith("/.netlify/"):
                 return self.fallback(environ, start_response)
             return _respond(start_response, resolution.response)
         try:
