@@ -246,20 +246,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="thread",
         help="thread (default) or process: worker processes that are killed at the limit",
     )
-    parser.add_argument(
-        "--retry-delays",
-        type=_delays,
-        default=(60.0, 120.0),
-        metavar="SECONDS,...",
-        help="seconds between a failed attempt and the next (default 60,120; '' for none)",
-    )
-    parser.add_argument(
-        "--background-timeout",
-        type=_seconds,
-        default=900.0,
-        metavar="SECONDS",
-        help="limit of one background attempt (default 900)",
-    )
+    _add_schedule_options(parser)
     parser.add_argument(
         "--sync-timeout",
         type=_seconds,
@@ -283,6 +270,24 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--host only; on another address it shows every request's URL and headers)",
     )
     parser.set_defaults(run=_cmd_serve)
+
+
+def _add_schedule_options(parser: argparse.ArgumentParser) -> None:
+    # Shared by serve and worker: Netlify's schedule by default, shorter to watch it work.
+    parser.add_argument(
+        "--retry-delays",
+        type=_delays,
+        default=(60.0, 120.0),
+        metavar="SECONDS,...",
+        help="seconds between a failed attempt and the next (default 60,120; '' for none)",
+    )
+    parser.add_argument(
+        "--background-timeout",
+        type=_seconds,
+        default=900.0,
+        metavar="SECONDS",
+        help="limit of one background attempt (default 900)",
+    )
 
 
 def _delays(text: str) -> tuple[float, ...]:
@@ -604,20 +609,7 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.add_argument(
         "--concurrency", type=int, default=None, metavar="N", help="child processes (default: CPUs)"
     )
-    parser.add_argument(
-        "--retry-delays",
-        type=_delays,
-        default=(60.0, 120.0),
-        metavar="SECONDS,...",
-        help="seconds between a failed attempt and the next (default 60,120; '' for none)",
-    )
-    parser.add_argument(
-        "--background-timeout",
-        type=_seconds,
-        default=900.0,
-        metavar="SECONDS",
-        help="limit of one background attempt (default 900)",
-    )
+    _add_schedule_options(parser)
     parser.add_argument(
         "--lease",
         type=_seconds,
