@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from bgfunctions._cron import check_cron
 from bgfunctions._urlpattern import compile_pathname
 from bgfunctions.errors import BgFunctionsWarning, ConfigError, PatternError
 
@@ -240,29 +241,9 @@ def _norm_rate_limit(value: object) -> RateLimit:
 # ---------------------------------------------------------------- cron
 
 
-_CRON_MACROS = ("@yearly", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-_CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
-    ("minute", 0, 59, ()),
-    ("hour", 0, 23, ()),
-    ("day-of-month", 1, 31, ()),
-    (
-        "month", 1, 12,
-        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
-    ),
-    ("day-of-week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
-)  # fmt: skip
-_CRON_ITEM = re.compile(r"^(?P<range>\*|\?|[0-9a-z]+(?:-[0-9a-z]+)?)(?:/(?P<step>[0-9]+))?$")
-
-
 def validate_cron(expression: str) -> None:
-    """Check a cron expression the way Netlify's scheduled functions accept it.
-
-    Accepted: five fields (minute hour day-of-month month day-of-week) of ``*``, numbers,
-    ranges ``a-b``, steps ``*/n`` ``a-b/n`` ``a/n`` and lists ``a,b``; month and weekday
-    names (``jan``, ``mon``, any case); ``?`` in the two day fields; weekday 7 is Sunday; and
-    the macros ``@yearly @monthly @weekly @daily @midnight @hourly``. Netlify excludes
-    ``@reboot`` and ``@annually``. Raises ConfigError saying which part is wrong.
-    """
+    """Check a cron expression the way Netlify's scheduled functions accept it (see
+    :mod:`bgfunctions._cron`). Raises ConfigError saying which part is wrong."""
     try:
         _check_cron(expression)
     except _Problem as problem:
@@ -272,54 +253,10 @@ def validate_cron(expression: str) -> None:
 
 
 def _check_cron(expression: str) -> None:
-    text = expression.strip()
-    if text.startswith("@"):
-        if text in ("@reboot", "@annually"):
-            raise _Problem(
-                f"{text} is not supported (Netlify takes the RFC extensions except @reboot and "
-                "@annually)" + ("; use @yearly for once a year" if text == "@annually" else "")
-            )
-        if text not in _CRON_MACROS:
-            raise _Problem(f"Unknown cron macro; expected one of {' '.join(_CRON_MACROS)}")
-        return
-    parts = text.split()
-    if len(parts) != len(_CRON_FIELDS):
-        raise _Problem(
-            "A cron expression has 5 fields (minute hour day-of-month month day-of-week) "
-            f"or is one of {' '.join(_CRON_MACROS)}; found {len(parts)} field(s)"
-        )
-    for part, (field, low, high, names) in zip(parts, _CRON_FIELDS, strict=True):
-        for item in part.lower().split(","):
-            _check_cron_item(item, field, low, high, names)
-
-
-def _check_cron_item(item: str, field: str, low: int, high: int, names: tuple[str, ...]) -> None:
-    match = _CRON_ITEM.match(item)
-    problem = f"Invalid {field} field {item!r} (allowed: {low}-{high}, *, ranges, steps, lists)"
-    if match is None:
-        raise _Problem(problem)
-    if match.group("step") is not None and int(match.group("step")) == 0:
-        raise _Problem(f"Invalid {field} field {item!r}: a step must be at least 1")
-    spec = match.group("range")
-    if spec == "*":
-        return
-    if spec == "?":
-        if field.startswith("day"):
-            return
-        raise _Problem(problem)
-    bounds: list[int] = []
-    for token in spec.split("-"):
-        if token.isdigit():
-            number = int(token)
-        elif token in names:
-            number = names.index(token) + low
-        else:
-            raise _Problem(problem)
-        if not low <= number <= high:
-            raise _Problem(f"Invalid {field} field {item!r}: {number} is outside {low}-{high}")
-        bounds.append(number)
-    if len(bounds) == 2 and bounds[0] > bounds[1]:
-        raise _Problem(f"Invalid {field} field {item!r}: a range must go from low to high")
+    try:
+        check_cron(expression)
+    except ValueError as problem:
+        raise _Problem(str(problem)) from None
 
 
 # ---------------------------------------------------------------- RateLimit
