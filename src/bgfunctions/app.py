@@ -251,7 +251,7 @@ class App:
             self._submit(function, request, params, request_id)
         except NotAcceptedError as exc:
             return _unavailable(exc)
-        return Response(status=202, headers={"x-nf-request-id": request_id})
+        return Response._trusted(202, [("x-nf-request-id", request_id)])
 
     def _submit(
         self,

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Union
 from urllib.parse import parse_qsl, urlencode
 
+from typing_extensions import Self
+
 __all__ = ["Headers", "HeadersInit", "MutableHeaders", "QueryParams", "QueryParamsInit"]
 
 HeadersInit = Union["Headers", Mapping[str, str], Iterable[tuple[str, str]]]
@@ -101,6 +103,14 @@ class Headers(Mapping[str, str]):
     def __init__(self, headers: HeadersInit | None = None) -> None:
         """Build from another Headers, a ``Mapping[str, str]`` or ``(name, value)`` pairs."""
         self._raw = _pairs(headers)
+
+    @classmethod
+    def _trusted(cls, raw: list[tuple[str, str]]) -> Self:
+        """Headers from (lower-cased name, value) pairs the library made itself: not checked
+        again (for the hot path; user input always goes through ``__init__``)."""
+        headers = cls.__new__(cls)
+        headers._raw = raw
+        return headers
 
     @property
     def raw(self) -> list[tuple[str, str]]:

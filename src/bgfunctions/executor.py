@@ -544,9 +544,8 @@ class Executor(ABC):
         if state.finished:
             # Waiters wake only now, so that when wait() returns the journal has the final
             # record and the hooks have seen it.
-            with self._lock:
-                self._cancel_requested.discard(ended.request_id)
-                self._store(ended)
+            self._cancel_requested.discard(ended.request_id)
+            self._store(ended)
         return ended
 
     def _forget(self, handle: Invocation) -> None:
@@ -556,14 +555,19 @@ class Executor(ABC):
                 del self._live[handle.request_id]
 
     def _store(self, record: InvocationRecord) -> None:
-        """Update the live handle (lock held); wake waiters when it finished."""
+        """Update the live handle; wake waiters when it finished.
+
+        Single dict and attribute stores are atomic, so no lock is needed but to notify: a
+        waiter counts itself (under the lock) before it looks at the record, and the record is
+        stored before ``_waiters`` is read here, so no wake-up is lost."""
         handle = self._live.get(record.request_id)
         if handle is not None:
             handle._record = record
             if record.state.finished:
-                del self._live[record.request_id]
+                self._live.pop(record.request_id, None)
         if record.state.finished and self._waiters:
-            self._finished.notify_all()
+            with self._lock:
+                self._finished.notify_all()
 
     def _emit(self, kind: EventKind, record: InvocationRecord) -> None:
         listeners = self._binding.on_event if self._binding is not None else ()

@@ -73,9 +73,12 @@ class InlineExecutor(Executor):
     # -- scheduling -------------------------------------------------------------------------
 
     def _dispatch(self, record: InvocationRecord) -> None:
-        due = record.next_run_at if record.next_run_at is not None else self.clock.now()
-        delay = max(0.0, due - self.clock.now())
-        self._loop.call_at(self._loop.time() + delay, self._spawn, record)
+        now = self.clock.now()
+        due = record.next_run_at if record.next_run_at is not None else now
+        if due <= now:
+            self._loop.call_soon(self._spawn, record)  # due now: no timer in the heap
+        else:
+            self._loop.call_at(self._loop.time() + (due - now), self._spawn, record)
 
     def _spawn(self, record: InvocationRecord) -> None:
         try:

@@ -59,6 +59,16 @@ class Response:
             self.headers["content-type"] = _TEXT
         self.body = body
 
+    @classmethod
+    def _trusted(cls, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> Response:
+        """A response from parts the library made itself (valid by construction), without
+        re-validating them: the 202 of every background request is built this way."""
+        response = cls.__new__(cls)
+        response.headers = MutableHeaders._trusted(headers)
+        response._status = status
+        response._body = body
+        return response
+
     @property
     def status(self) -> int:
         """The status code, an int from 100 to 599."""

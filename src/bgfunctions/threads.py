@@ -51,6 +51,11 @@ from bgfunctions.retry import RetryPolicy
 __all__ = ["ThreadExecutor"]
 
 log = logging.getLogger("bgfunctions.executor")
+
+STALL_CHECK = 0.05
+"""Seconds between checks that busy workers still finish attempts; when none finished, more
+start. Longer than the GIL's switch interval (5 ms), so a worker merely waiting for the GIL
+is not taken for a stalled one."""
 T = TypeVar("T")
 
 
@@ -117,6 +122,12 @@ class ThreadExecutor(Executor):
         # Counters only (pending, idle): a lock of their own, never held for more than an
         # addition, so the accepting thread never waits behind a worker holding self._lock.
         self._count_lock = threading.Lock()
+        # Who settles a running sync attempt first, its worker or its deadline: a lock of its
+        # own, held for a few operations, so workers never queue on the executor lock.
+        self._running_lock = threading.Lock()
+        self._stall_check_armed = False
+        self._finished_count = 0  # sync attempts finished (approximate: a progress signal)
+        self._last_progress = -1
         self._reserved = 0
         self._spawned = 0
         self._sync_running: dict[int, _Running] = {}
@@ -273,18 +284,43 @@ class ThreadExecutor(Executor):
                 self._pending -= 1  # stays unfinished in the journal
             return
         # Each queued record takes one idle worker for itself (a reservation), so two records
-        # queued at once never both count on the same idle worker; with none idle, one more
-        # worker is started (up to max_workers).
+        # queued at once never both count on the same idle worker.
         with self._count_lock:
             reserved = self._idle > 0
             if reserved:
                 self._idle -= 1
                 self._reserved += 1
         self._queue.put(record)
-        if not reserved and len(self._workers) < self.max_workers:
+        if reserved or len(self._workers) >= self.max_workers:
+            return
+        if not self._workers:
             with self._lock:
-                if len(self._workers) < self.max_workers:
+                if not self._workers:
                     self._spawn_worker()
+            return
+        # Every worker is busy. If they are getting through the queue, one more thread would
+        # only fight them for the GIL; if none finishes anything for a moment (handlers that
+        # block), start another. Checked on the timer thread, one check at a time.
+        if not self._stall_check_armed:
+            self._stall_check_armed = True
+            self._add_timer(self.clock.monotonic() + STALL_CHECK, self._check_stall)
+
+    def _check_stall(self) -> None:
+        """Start a worker when work waits and no attempt finished since the last check."""
+        self._stall_check_armed = False
+        if self._closed or self._queue.empty():
+            return
+        finished = self._finished_count
+        if finished == self._last_progress and self._idle <= 0:
+            # Stalled: enough workers for what waits (handlers that block, such as I/O).
+            with self._lock:
+                wanted = min(self._queue.qsize(), self.max_workers - len(self._workers))
+                for _ in range(wanted):
+                    self._spawn_worker()
+        self._last_progress = finished
+        if len(self._workers) < self.max_workers:
+            self._stall_check_armed = True
+            self._add_timer(self.clock.monotonic() + STALL_CHECK, self._check_stall)
 
     def _spawn_worker(self) -> None:
         """Start a worker (lock held)."""
@@ -366,18 +402,19 @@ class ThreadExecutor(Executor):
         token = _Running(
             started, function, threading.current_thread(), context.deadline or 0.0, timeout
         )
-        with self._lock:
+        with self._running_lock:
             self._sync_running[id(token)] = token
         self._add_timer(self.clock.monotonic() + timeout, lambda: self._expire(token), token)
         result = self._call_sync(function, request, context)
-        with self._lock:
-            if token.settled:
-                self._abandoned.discard(token.thread)
-                abandoned = True
-            else:
+        with self._running_lock:
+            abandoned = token.settled
+            if not abandoned:
                 token.settled = True
                 del self._sync_running[id(token)]
-                abandoned = False
+        self._finished_count += 1
+        if abandoned:
+            with self._lock:
+                self._abandoned.discard(token.thread)
         if abandoned:
             log.warning(
                 "function %r (request %s, attempt %d) returned after its %g s limit; it was "
@@ -398,11 +435,12 @@ class ThreadExecutor(Executor):
 
     def _expire(self, token: _Running) -> None:
         """A sync attempt reached its deadline: record it timed out and abandon its thread."""
-        with self._lock:
+        with self._running_lock:
             if token.settled:
                 return
             token.settled = True
             del self._sync_running[id(token)]
+        with self._lock:
             self._workers.discard(token.thread)
             self._abandoned.add(token.thread)
             if (
