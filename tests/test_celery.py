@@ -42,6 +42,7 @@ from bgfunctions import (
     State,
 )
 from bgfunctions.contrib.celery import CeleryExecutor, celery_settings, make_celery
+from bgfunctions.ids import new_request_id
 
 pytestmark = [pytest.mark.server, pytest.mark.realtime]
 
@@ -321,6 +322,32 @@ def test_child_sigkill_is_crashed_and_retried(setup: Setup) -> None:
         Outcome.SUCCEEDED,
     ]
     _gaps_ok(record)
+
+
+def test_a_message_the_broker_lost_is_published_again(setup: Setup) -> None:
+    """An invocation accepted but never delivered (its message lost) is re-published by the
+    sweep once overdue, and runs; one that is not yet overdue is left alone."""
+    executor = setup.app.executor
+    assert isinstance(executor, CeleryExecutor)
+    now = executor.clock.now()
+    lost = InvocationRecord(
+        request_id=new_request_id(),
+        function="ok-background",
+        method="POST",
+        url="/.netlify/functions/ok-background",
+        accepted_at=now - 120.0,
+        next_run_at=now - 120.0,
+    )
+    executor.journal.accepted(lost)  # recorded, but no message was ever published
+    executor.republish_after = 60.0
+    try:
+        assert executor.sweep() == 1
+        assert executor.sweep() == 0  # not again before another republish_after
+    finally:
+        executor.republish_after = 1800.0
+    record = setup.app.get(lost.request_id).wait(WAIT)
+    assert record.state is State.SUCCEEDED
+    assert len(record.attempts) == 1
 
 
 def test_broker_down_answers_503_and_records_rejected(tmp_path: Path) -> None:

@@ -158,7 +158,9 @@ class Cluster:
         self.celery_app = make_celery(broker=self.url, journal=self.journal, queue=self.queue)
         self.app = App(
             Registry.from_site(self.root / "site"),
-            executor=CeleryExecutor(self.celery_app, journal=self.journal),
+            # Well past the 15 s visibility timeout (Redis restores what it knows of itself),
+            # well within DRAIN: a message Redis lost in the kill is published again.
+            executor=CeleryExecutor(self.celery_app, journal=self.journal, republish_after=25.0),
             limits=Limits(background_timeout=LIMIT),
             retry=RetryPolicy(delays=DELAYS),
         )

@@ -309,12 +309,21 @@ class CeleryExecutor(Executor):
         journal: Journal,
         clock: Clock | None = None,
         poll_interval: float = 0.2,
+        republish_after: float | None = 1800.0,
     ) -> None:
         """``journal``: the journal the workers share. ``poll_interval``: seconds between
-        journal reads of :meth:`Invocation.wait`."""
+        journal reads of :meth:`Invocation.wait`. ``republish_after``: an invocation still
+        waiting this many seconds after it was due gets its message published again (None:
+        never), because a broker can lose one: Redis when a worker is killed between taking
+        a message and recording it as unacked. Duplicates are harmless: workers claim
+        attempts in the journal. Keep it above the longest backlog you expect."""
         super().__init__(clock=clock if clock is not None else SystemClock(), journal=journal)
         self.celery_app = celery_app
         self.poll_interval = poll_interval
+        self.republish_after = republish_after
+        self._sweep_stop = threading.Condition()
+        self._sweeper: threading.Thread | None = None
+        self._republished: dict[str, float] = {}
         _options(celery_app)  # refuse a foreign app now, not at the first request
         self._local = ThreadExecutor(clock=self.clock, journal=MemoryJournal(max_finished=0))
 
@@ -323,11 +332,58 @@ class CeleryExecutor(Executor):
         self._local.bind(binding)
 
     def start(self) -> None:
-        """Declare the dead-letter queue (RabbitMQ); a broker that is down only logs."""
+        """Declare the dead-letter queue (RabbitMQ); a broker that is down only logs. Starts
+        the sweep that re-publishes invocations whose message was lost."""
         try:
             declare_queues(self.celery_app)
         except Exception as exc:
             log.warning("could not declare the bgfunctions queues yet: %s", exc)
+        if self.republish_after is not None and self._sweeper is None and not self._closed:
+            self._sweeper = threading.Thread(
+                target=self._sweep_main, name="bgfunctions-celery-sweep", daemon=True
+            )
+            self._sweeper.start()
+
+    def _sweep_main(self) -> None:
+        assert self.republish_after is not None
+        every = max(1.0, self.republish_after / 4)
+        while True:
+            with self._sweep_stop:
+                if not self._closed:
+                    self.clock.wait(self._sweep_stop, every)
+                stopped = self._closed
+            if stopped:
+                return
+            try:
+                self.sweep()
+            except Exception as exc:
+                log.warning("bgfunctions sweep for lost messages failed: %s", exc)
+
+    def sweep(self) -> int:
+        """Publish again the messages of invocations overdue by ``republish_after``; at most
+        once per ``republish_after`` each. Returns how many were published."""
+        if self.republish_after is None:
+            return 0
+        now = self.clock.now()
+        horizon = now - self.republish_after
+        published = 0
+        for record in self.journal.select(state=[State.ACCEPTED, State.RETRY_SCHEDULED]):
+            due = record.next_run_at if record.next_run_at is not None else record.accepted_at
+            last = self._republished.get(record.request_id, due)
+            if due > horizon or last > horizon:
+                continue
+            log.warning(
+                "invocation %s (%s) is %.0f s overdue: publishing its message again",
+                record.request_id,
+                record.function,
+                now - due,
+            )
+            _publish(self.celery_app, self._binding, record, record.attempt_count + 1, 0.0)
+            self._republished[record.request_id] = now
+            published += 1
+        if len(self._republished) > 10_000:
+            self._republished = {k: v for k, v in self._republished.items() if v > horizon}
+        return published
 
     def submit(self, record: InvocationRecord, request: Request | None = None) -> Invocation:
         """Record ``accepted``, then publish and wait for the broker's confirm. When the publish
@@ -403,7 +459,11 @@ class CeleryExecutor(Executor):
 
     def shutdown(self, wait: bool = True, *, grace: float | None = None) -> None:
         """Stop accepting; accepted invocations are the workers' and carry on."""
-        self._closed = True
+        with self._sweep_stop:
+            self._closed = True
+            self._sweep_stop.notify_all()
+        if self._sweeper is not None:
+            self._sweeper.join()
         self._local.shutdown(wait, grace=grace)
 
 
