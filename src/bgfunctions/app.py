@@ -262,18 +262,12 @@ class App:
         *,
         replay_of: str | None = None,
     ) -> Invocation:
-        now = self.clock.now()
-        record = InvocationRecord(
+        record = InvocationRecord.of_request(
+            request,
             request_id=request_id,
             function=function.name,
-            method=request.method,
-            url=request.url,
-            headers=tuple(request.headers.raw),
-            body=request.body,
-            client=request.client,
             params=params,
-            accepted_at=now,
-            next_run_at=now,
+            accepted_at=self.clock.now(),
             replay_of=replay_of,
         )
         return self.executor.submit(record, request)

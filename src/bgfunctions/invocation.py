@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, TypeVar
 
+from bgfunctions.requests import Request
 from bgfunctions.retry import RetryPolicy
 
 __all__ = [
@@ -205,6 +206,32 @@ class InvocationRecord:
     finished_at: float | None = None
     replay_of: str | None = None
     """The request id of the invocation this one replays, if any."""
+
+    @classmethod
+    def of_request(
+        cls,
+        request: Request,
+        *,
+        request_id: str,
+        function: str,
+        params: Mapping[str, str],
+        accepted_at: float,
+        replay_of: str | None = None,
+    ) -> InvocationRecord:
+        """The record of ``request`` accepted at ``accepted_at``, due at once."""
+        return cls(
+            request_id=request_id,
+            function=function,
+            method=request.method,
+            url=request.url,
+            headers=tuple(request.headers.raw),
+            body=request.body,
+            client=request.client,
+            params=params,
+            accepted_at=accepted_at,
+            next_run_at=accepted_at,
+            replay_of=replay_of,
+        )
 
     @property
     def attempt_count(self) -> int:

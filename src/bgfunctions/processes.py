@@ -251,16 +251,8 @@ class ProcessExecutor(ThreadExecutor):
         self._check_open()
         timeout = self.binding.limits_for(function).sync_timeout
         now = self.clock.now()
-        record = InvocationRecord(
-            request_id=request_id,
-            function=function.name,
-            method=request.method,
-            url=request.url,
-            headers=tuple(request.headers.raw),
-            body=request.body,
-            client=request.client,
-            params=params,
-            accepted_at=now,
+        record = InvocationRecord.of_request(
+            request, request_id=request_id, function=function.name, params=params, accepted_at=now
         )
         worker = self._new_process()
         try:
