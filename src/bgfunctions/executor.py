@@ -374,6 +374,27 @@ class Executor(ABC):
         )
         return function, request, context, timeout
 
+    def _sync_context(
+        self,
+        function: Function,
+        request: Request,
+        params: Mapping[str, str],
+        request_id: str,
+        timeout: float,
+    ) -> Context:
+        """The Context of a synchronous function's one attempt, due in ``timeout`` s."""
+        return make_context(
+            function,
+            request,
+            request_id=request_id,
+            params=params,
+            attempt=1,
+            deadline=self.clock.now() + timeout,
+            clock=self.clock,
+            trust_proxy=self.binding.trust_proxy,
+            site=self.binding.site,
+        )
+
     async def _attempt_on_loop(self, record: InvocationRecord) -> InvocationRecord | None:
         """Run the next attempt of ``record`` on the running loop; the ended record, or None
         when it was cancelled before it started. Engines schedule what follows."""

@@ -17,7 +17,6 @@ from bgfunctions._attempt import (
     AttemptResult,
     finish_async,
     judge_return,
-    make_context,
     run_on_loop,
     to_response,
     warn_ignored_return,
@@ -195,17 +194,7 @@ class InlineExecutor(Executor):
     ) -> Response:
         self._check_accepting()
         timeout = self.binding.limits_for(function).sync_timeout
-        context = make_context(
-            function,
-            request,
-            request_id=request_id,
-            params=params,
-            attempt=1,
-            deadline=self.clock.now() + timeout,
-            clock=self.clock,
-            trust_proxy=self.binding.trust_proxy,
-            site=self.binding.site,
-        )
+        context = self._sync_context(function, request, params, request_id, timeout)
         result = self._loop.run_until_complete(
             run_on_loop(function, request, context, timeout=timeout)
         )

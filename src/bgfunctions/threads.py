@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 from bgfunctions._attempt import (
     AttemptResult,
-    make_context,
     run_on_loop,
     settle_pending,
     timeout_error,
@@ -574,26 +573,6 @@ class ThreadExecutor(Executor):
         super()._check_accepting()
         if not self._started:
             self.start()
-
-    def _sync_context(
-        self,
-        function: Function,
-        request: Request,
-        params: Mapping[str, str],
-        request_id: str,
-        timeout: float,
-    ) -> Context:
-        return make_context(
-            function,
-            request,
-            request_id=request_id,
-            params=params,
-            attempt=1,
-            deadline=self.clock.now() + timeout,
-            clock=self.clock,
-            trust_proxy=self.binding.trust_proxy,
-            site=self.binding.site,
-        )
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._lock:
