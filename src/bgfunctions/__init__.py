@@ -2,7 +2,7 @@
 
 Layers (a lower layer never imports a higher one; ``tests/test_layers.py`` checks it)::
 
-    L0  errors, ids*                      (* ids reads time only through a Clock)
+    L0  errors, ids*, _slots              (* ids reads time only through a Clock)
     L1  clock, config, _cron, datastructures, requests, responses, context, retry, invocation,
         logs, _urlpattern
     L2  routing, _loader, _netlify_toml, journal, sqlite_journal

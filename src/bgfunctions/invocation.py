@@ -23,8 +23,10 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
+from bgfunctions._slots import copier as _copier
+from bgfunctions._slots import evolve as _evolve
 from bgfunctions.requests import Request
 from bgfunctions.retry import RetryPolicy
 
@@ -59,16 +61,15 @@ class State(str, Enum):
     REJECTED = "rejected"
     """Recorded, but the engine refused to take it; the client got a 503, never a 202."""
 
-    @property
-    def finished(self) -> bool:
-        """True when no further attempt will run."""
-        return self in _FINISHED
+    _value_: str
+    finished: bool
+    """True when no further attempt will run (a plain attribute: read on every transition)."""
+
+    def __init__(self, value: str) -> None:
+        self.finished = value in ("succeeded", "failed", "cancelled", "rejected")
 
     def __str__(self) -> str:
-        return self.value
-
-
-_FINISHED = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.REJECTED})
+        return self._value_
 
 
 class Outcome(str, Enum):
@@ -94,38 +95,6 @@ class Outcome(str, Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-_T = TypeVar("_T")
-
-
-_COPIERS: dict[type[Any], Callable[[Any, dict[str, Any]], Any]] = {}
-
-
-def _copier(cls: type[Any]) -> Callable[[Any, dict[str, Any]], Any]:
-    """A function that copies an instance of the slotted ``cls`` with some fields changed,
-    written out field by field (as dataclasses writes ``__init__``): no loop, no getattr."""
-    lines = ["def copy(obj, changes):", "    new = new_(cls)"]
-    for name in cls.__slots__:
-        lines.append(
-            f"    set_(new, {name!r}, changes[{name!r}] if {name!r} in changes else obj.{name})"
-        )
-    lines.append("    return new")
-    namespace: dict[str, Any] = {"new_": object.__new__, "set_": object.__setattr__, "cls": cls}
-    exec("\n".join(lines), namespace)  # our own field names only
-    copy: Callable[[Any, dict[str, Any]], Any] = namespace["copy"]
-    return copy
-
-
-def _evolve(obj: _T, **changes: Any) -> _T:
-    """``dataclasses.replace`` without re-running ``__init__``: records change on every state
-    transition of every attempt, and they are plain frozen data with nothing to re-validate."""
-    cls = type(obj)
-    copy = _COPIERS.get(cls)
-    if copy is None:
-        copy = _COPIERS[cls] = _copier(cls)
-    result: _T = copy(obj, changes)
-    return result
 
 
 def error_type_name(error: BaseException) -> str:
@@ -177,6 +146,10 @@ class Attempt:
             error_type=data.get("error_type"),
             error_message=data.get("error_message"),
         )
+
+
+_NO_ATTEMPT = Attempt(number=1, started_at=0.0)
+"""The blank that new attempts are copied from (faster than ``__init__``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -249,10 +222,8 @@ class InvocationRecord:
             raise ValueError(
                 f"invocation {self.request_id}: cannot start an attempt in state {self.state}"
             )
-        attempt = Attempt(number=len(self.attempts) + 1, started_at=now)
-        return _evolve(
-            self, state=State.RUNNING, attempts=(*self.attempts, attempt), next_run_at=None
-        )
+        attempt = _new_attempt(_NO_ATTEMPT, len(self.attempts) + 1, now)
+        return _with_schedule(self, State.RUNNING, (*self.attempts, attempt), None)
 
     def end_attempt(
         self,
@@ -269,24 +240,16 @@ class InvocationRecord:
             raise ValueError(
                 f"invocation {self.request_id}: no running attempt to end (state {self.state})"
             )
-        ended = _evolve(
-            attempt,
-            ended_at=now,
-            outcome=outcome,
-            error_type=error_type,
-            error_message=error_message,
-        )
+        ended = _attempt_ended(attempt, now, outcome, error_type, error_message)
         attempts = (*self.attempts[:-1], ended)
         if outcome is Outcome.SUCCEEDED:
-            return _evolve(self, state=State.SUCCEEDED, attempts=attempts, finished_at=now)
+            return _with_end(self, State.SUCCEEDED, attempts, now)
         if outcome is Outcome.CANCELLED:
-            return _evolve(self, state=State.CANCELLED, attempts=attempts, finished_at=now)
+            return _with_end(self, State.CANCELLED, attempts, now)
         delay = retry.delay_after(ended.number)
         if delay is None:
-            return _evolve(self, state=State.FAILED, attempts=attempts, finished_at=now)
-        return _evolve(
-            self, state=State.RETRY_SCHEDULED, attempts=attempts, next_run_at=now + delay
-        )
+            return _with_end(self, State.FAILED, attempts, now)
+        return _with_schedule(self, State.RETRY_SCHEDULED, attempts, now + delay)
 
     def cancel(self, now: float) -> InvocationRecord:
         """No further attempts; a running attempt keeps its record until it ends."""
@@ -338,6 +301,18 @@ class InvocationRecord:
             finished_at=None if data.get("finished_at") is None else float(data["finished_at"]),
             replay_of=data.get("replay_of"),
         )
+
+
+# The state machine's own copiers, one per kind of change (see _copier).
+_new_attempt: Callable[[Attempt, int, float], Attempt] = _copier(Attempt, ("number", "started_at"))
+_attempt_ended: Callable[[Attempt, float, Outcome, str | None, str | None], Attempt] = _copier(
+    Attempt, ("ended_at", "outcome", "error_type", "error_message")
+)
+_Changed = Callable[
+    [InvocationRecord, State, tuple[Attempt, ...], "float | None"], InvocationRecord
+]
+_with_schedule: _Changed = _copier(InvocationRecord, ("state", "attempts", "next_run_at"))
+_with_end: _Changed = _copier(InvocationRecord, ("state", "attempts", "finished_at"))
 
 
 class EventKind(str, Enum):

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import NamedTuple
 
 __all__ = ["InvocationFilter", "InvocationInfo", "current_invocation", "invocation_scope", "logger"]
@@ -45,15 +43,25 @@ def current_invocation() -> InvocationInfo | None:
     return _current.get()
 
 
-@contextmanager
-def invocation_scope(function: str, request_id: str, attempt: int) -> Iterator[InvocationInfo]:
-    """Mark the code inside as running ``attempt`` of ``request_id``."""
-    info = InvocationInfo(function, request_id, attempt)
-    token = _current.set(info)
-    try:
-        yield info
-    finally:
-        _current.reset(token)
+class invocation_scope:  # lower case: used like the function it was
+    """Mark the code inside ``with invocation_scope(function, request_id, attempt) as info:``
+    as running ``attempt`` of ``request_id``. (A class, not a generator: it wraps every attempt.)
+    """
+
+    __slots__ = ("_info", "_token")
+
+    def __init__(self, function: str, request_id: str, attempt: int) -> None:
+        self._info = InvocationInfo(function, request_id, attempt)
+        self._token: contextvars.Token[InvocationInfo | None] | None = None
+
+    def __enter__(self) -> InvocationInfo:
+        self._token = _current.set(self._info)
+        return self._info
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._token is not None
+        _current.reset(self._token)
+        self._token = None
 
 
 class InvocationFilter(logging.Filter):
