@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from bgfunctions._slots import copier
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import DeadlineExceeded
 from bgfunctions.requests import Request
@@ -402,6 +403,15 @@ class Context:
             rewrite_handler=rewrite_handler,
         )
 
+    def _for_attempt(self, attempt: int, deadline: float | None) -> Context:
+        """This Context for another attempt of the same invocation: the same request data,
+        fresh cookie changes, no ``wait_until`` work, no logger yet. For executors; a copy, no
+        re-parsing of the request."""
+        cookies = _new_cookies(Cookies)
+        cookies._request = self.cookies._request  # never changed after __init__
+        cookies._changes = {}
+        return _next_attempt(self, cookies, attempt, deadline, None, [])
+
     def remaining_time(self) -> float | None:
         """Seconds left before the deadline (never negative); None when there is none."""
         if self.deadline is None:
@@ -470,6 +480,12 @@ class Context:
                 "supplies rewrite_handler"
             )
         return self.rewrite_handler(*args, **kwargs)
+
+
+_new_cookies = object.__new__
+_next_attempt: Callable[
+    [Context, Cookies, int, float | None, None, list[Awaitable[object]]], Context
+] = copier(Context, ("cookies", "attempt", "deadline", "_log", "_pending"))
 
 
 def _absolute_url(request: Request) -> SplitResult:

@@ -88,7 +88,7 @@ class ExecutorStats:
 class Invocation:
     """A handle on one accepted invocation: read its state and attempts, or wait for it."""
 
-    __slots__ = ("_executor", "_guard", "_record", "_request")
+    __slots__ = ("_context", "_executor", "_guard", "_record", "_request")
 
     def __init__(
         self, executor: Executor, record: InvocationRecord, request: Request | None = None
@@ -101,6 +101,9 @@ class Invocation:
         # The accepted Request, reused by every attempt in this process (records carry the same
         # data, for journals and other processes).
         self._request = request
+        # The Context of its latest attempt here and the Function it was made for: the next
+        # attempt's is a copy (a reload makes new Functions, and so new Contexts).
+        self._context: tuple[Function, Context] | None = None
 
     @property
     def record(self) -> InvocationRecord:
@@ -358,6 +361,13 @@ class Executor(ABC):
         timeout = self.binding.limits_for(function).background_timeout
         attempt = started.attempts[-1]
         handle = self._live.get(started.request_id)
+        deadline = attempt.started_at + timeout
+        if handle is not None and handle._context is not None:
+            made_for, previous = handle._context
+            if made_for is function and handle._request is not None:
+                context = previous._for_attempt(attempt.number, deadline)
+                handle._context = (function, context)
+                return function, handle._request, context, timeout
         request = handle._request if handle is not None else None
         if request is None:
             request = record_request(started)
@@ -367,11 +377,14 @@ class Executor(ABC):
             request_id=started.request_id,
             params=started.params,
             attempt=attempt.number,
-            deadline=attempt.started_at + timeout,
+            deadline=deadline,
             clock=self.clock,
             trust_proxy=self.binding.trust_proxy,
             site=self.binding.site,
         )
+        if handle is not None:
+            handle._request = request
+            handle._context = (function, context)
         return function, request, context, timeout
 
     def _sync_context(

@@ -57,6 +57,8 @@ class InlineExecutor(Executor):
         self._loop: ClockEventLoop = clock.new_event_loop(
             on_blocked=self._report_blocked, blocking_threshold=blocking_threshold
         )
+        # Epoch due time -> the records whose next attempt falls due then (see _dispatch).
+        self._due: dict[float, list[InvocationRecord]] = {}
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -72,12 +74,26 @@ class InlineExecutor(Executor):
     # -- scheduling -------------------------------------------------------------------------
 
     def _dispatch(self, record: InvocationRecord) -> None:
+        # Attempts due at the same instant share one loop callback: on virtual time whole
+        # batches fall due together (every retry of a burst, at t+60), and one timer per
+        # instant keeps the loop's heap small, in order of dispatch within the instant.
         now = self.clock.now()
         due = record.next_run_at if record.next_run_at is not None else now
         if due <= now:
-            self._loop.call_soon(self._spawn, record)  # due now: no timer in the heap
+            due = now
+        batch = self._due.get(due)
+        if batch is not None:
+            batch.append(record)
+            return
+        self._due[due] = [record]
+        if due == now:
+            self._loop.call_soon(self._run_due, due)
         else:
-            self._loop.call_at(self._loop.time() + (due - now), self._spawn, record)
+            self._loop.call_at(self._loop.time() + (due - now), self._run_due, due)
+
+    def _run_due(self, due: float) -> None:
+        for record in self._due.pop(due):
+            self._spawn(record)
 
     def _spawn(self, record: InvocationRecord) -> None:
         try:
@@ -115,6 +131,9 @@ class InlineExecutor(Executor):
                     return
                 result = judge_return(function, context, timeout, value)
         self._settled(started, function, result)
+        # ``result`` may hold the handler's exception, whose traceback holds this very frame:
+        # drop it, or every failed attempt leaves a reference cycle for the garbage collector.
+        del result
 
     async def _finish(
         self,
