@@ -322,14 +322,8 @@ class Context:
     _pending: list[Awaitable[object]] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        if isinstance(self.attempt, bool) or not isinstance(self.attempt, int) or self.attempt < 1:
-            raise ValueError(f"Context attempt must be an int >= 1, found {self.attempt!r}")
-        if self.deadline is not None and not math.isfinite(self.deadline):
-            raise ValueError(f"Context deadline must be finite or None, found {self.deadline!r}")
-        for key, value in self.params.items():
-            if not (isinstance(key, str) and isinstance(value, str)):
-                raise ValueError(f"Context params must map str to str, found {key!r}: {value!r}")
-        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        params = _checked(self.attempt, self.deadline, self.params)
+        object.__setattr__(self, "params", params)
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -384,23 +378,48 @@ class Context:
                 published=h.get("x-nf-deploy-published") == "1",
             )
             account = Account(id=h.get("x-nf-account-id") or None)
-        return cls(
-            request_id=request_id,
-            function=function,
-            params=params or {},
-            ip=ip,
-            geo=geo,
-            site=site,
-            deploy=deploy,
-            account=account,
-            url=_absolute_url(request),
-            cookies=Cookies(request.cookies),
-            attempt=attempt,
-            deadline=deadline,
-            clock=clock if clock is not None else SystemClock(),
-            background=background,
-            next_handler=next_handler,
-            rewrite_handler=rewrite_handler,
+        if cls is not Context:  # a subclass may validate more in its __init__
+            return cls(
+                request_id=request_id,
+                function=function,
+                params=params or {},
+                ip=ip,
+                geo=geo,
+                site=site,
+                deploy=deploy,
+                account=account,
+                url=_absolute_url(request),
+                cookies=Cookies(request.cookies),
+                attempt=attempt,
+                deadline=deadline,
+                clock=clock if clock is not None else SystemClock(),
+                background=background,
+                next_handler=next_handler,
+                rewrite_handler=rewrite_handler,
+            )
+        # Every attempt makes one: the same checks as __init__, without its 20 setattr calls.
+        cookies = Cookies.__new__(Cookies)
+        cookies._request = request.cookies if "cookie" in h else {}
+        cookies._changes = {}
+        return _from_parts(
+            _BLANK,
+            request_id,
+            function,
+            _checked(attempt, deadline, params or {}),
+            ip,
+            geo,
+            site,
+            deploy,
+            account,
+            _absolute_url(request),
+            cookies,
+            attempt,
+            deadline,
+            clock if clock is not None else SystemClock(),
+            background,
+            next_handler,
+            rewrite_handler,
+            [],
         )
 
     def _for_attempt(self, attempt: int, deadline: float | None) -> Context:
@@ -482,6 +501,42 @@ class Context:
         return self.rewrite_handler(*args, **kwargs)
 
 
+def _checked(attempt: int, deadline: float | None, params: Mapping[str, str]) -> Mapping[str, str]:
+    """``params`` as a read-only copy, once ``attempt``, ``deadline`` and ``params`` are valid."""
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise ValueError(f"Context attempt must be an int >= 1, found {attempt!r}")
+    if deadline is not None and not math.isfinite(deadline):
+        raise ValueError(f"Context deadline must be finite or None, found {deadline!r}")
+    for key, value in params.items():
+        if not (isinstance(key, str) and isinstance(value, str)):
+            raise ValueError(f"Context params must map str to str, found {key!r}: {value!r}")
+    return MappingProxyType(dict(params))
+
+
+_BLANK = Context(request_id="", function="")
+# The blank's other fields (server, _log) are shared defaults; these are set per Context.
+_from_parts: Callable[..., Context] = copier(
+    Context,
+    (
+        "request_id",
+        "function",
+        "params",
+        "ip",
+        "geo",
+        "site",
+        "deploy",
+        "account",
+        "url",
+        "cookies",
+        "attempt",
+        "deadline",
+        "clock",
+        "background",
+        "next_handler",
+        "rewrite_handler",
+        "_pending",
+    ),
+)
 _new_cookies = object.__new__
 _next_attempt: Callable[
     [Context, Cookies, int, float | None, None, list[Awaitable[object]]], Context

@@ -192,18 +192,34 @@ class InvocationRecord:
         replay_of: str | None = None,
     ) -> InvocationRecord:
         """The record of ``request`` accepted at ``accepted_at``, due at once."""
-        return cls(
-            request_id=request_id,
-            function=function,
-            method=request.method,
-            url=request.url,
-            headers=tuple(request.headers.raw),
-            body=request.body,
-            client=request.client,
-            params=params,
-            accepted_at=accepted_at,
-            next_run_at=accepted_at,
-            replay_of=replay_of,
+        if cls is not InvocationRecord:
+            return cls(
+                request_id=request_id,
+                function=function,
+                method=request.method,
+                url=request.url,
+                headers=tuple(request.headers.raw),
+                body=request.body,
+                client=request.client,
+                params=params,
+                accepted_at=accepted_at,
+                next_run_at=accepted_at,
+                replay_of=replay_of,
+            )
+        # One per accepted request: copied from a blank, as the state machine's changes are.
+        return _accepted(
+            _BLANK,
+            request_id,
+            function,
+            request.method,
+            request.url,
+            tuple(request.headers.raw),
+            request.body,
+            request.client,
+            params,
+            accepted_at,
+            accepted_at,
+            replay_of,
         )
 
     @property
@@ -313,6 +329,23 @@ _Changed = Callable[
 ]
 _with_schedule: _Changed = _copier(InvocationRecord, ("state", "attempts", "next_run_at"))
 _with_end: _Changed = _copier(InvocationRecord, ("state", "attempts", "finished_at"))
+_BLANK = InvocationRecord(request_id="", function="", method="", url="", accepted_at=0.0)
+_accepted: Callable[..., InvocationRecord] = _copier(
+    InvocationRecord,
+    (
+        "request_id",
+        "function",
+        "method",
+        "url",
+        "headers",
+        "body",
+        "client",
+        "params",
+        "accepted_at",
+        "next_run_at",
+        "replay_of",
+    ),
+)
 
 
 class EventKind(str, Enum):
