@@ -167,6 +167,37 @@ def test_hung_sync_handler_is_abandoned(
     assert late == record  # the late "late" changed nothing
 
 
+def test_every_hung_attempt_times_out_at_its_own_limit(registry: Registry, apps: list[App]) -> None:
+    """Attempts under two limits, some quick and some hung, each end at their own deadline."""
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def hang(request: Request, context: Context) -> None:
+        started.release()
+        release.wait(WAIT)
+
+    registry.add("hang-background", hang)
+    registry.add("slow-hang-background", hang, limits=Limits(background_timeout=0.4))
+    registry.add("quick-background", lambda req, ctx: None)
+    executor = ThreadExecutor(max_workers=6)
+    app = _app(registry, apps, executor, limits=SHORT, retry=RetryPolicy(delays=()))
+    try:
+        quick = app.enqueue("quick-background")
+        hung = []
+        for name in ("hang-background", "slow-hang-background") * 2:
+            hung.append(app.enqueue(name))
+            assert started.acquire(timeout=WAIT)  # one after the other: staggered deadlines
+        assert quick.wait(WAIT).state is State.SUCCEEDED
+        records = [handle.wait(WAIT) for handle in hung]
+    finally:
+        release.set()
+    for record in records:
+        (attempt,) = record.attempts
+        assert (record.state, attempt.outcome) == (State.FAILED, Outcome.TIMED_OUT)
+        limit = 0.2 if record.function == "hang-background" else 0.4
+        assert attempt.duration == pytest.approx(limit)
+
+
 def test_max_pending_gives_503(registry: Registry, apps: list[App]) -> None:
     """Past max_pending the App answers 503 with Retry-After and records nothing."""
     started = threading.Event()

@@ -68,6 +68,8 @@ class _Running:
     thread: threading.Thread
     deadline: float
     timeout: float
+    due: float = 0.0
+    """The deadline on the clock's monotonic time."""
     settled: bool = False
 
 
@@ -76,7 +78,6 @@ class _Timer:
     when: float
     seq: int
     action: Callable[[], None] = field(compare=False)
-    token: _Running | None = field(compare=False, default=None)
 
 
 class ThreadExecutor(Executor):
@@ -130,10 +131,14 @@ class ThreadExecutor(Executor):
         self._reserved = 0
         self._spawned = 0
         self._sync_running: dict[int, _Running] = {}
+        # The running sync attempts again, by time limit: within one limit, attempts reach
+        # their deadlines in the order they started, so one timer per limit (for the oldest)
+        # watches them all, instead of a timer per attempt. Limits with a timer armed:
+        self._lanes: dict[float, dict[int, _Running]] = {}
+        self._lanes_armed: set[float] = set()
         self._timers: list[_Timer] = []
         self._timer_lock = threading.Condition(threading.Lock())
         self._timer_seq = itertools.count()
-        self._stale_timers = 0
         self._timer_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -402,14 +407,25 @@ class ThreadExecutor(Executor):
             started, function, threading.current_thread(), context.deadline or 0.0, timeout
         )
         with self._running_lock:
+            # Read under the lock: each lane stays in deadline order.
+            token.due = self.clock.monotonic() + timeout
             self._sync_running[id(token)] = token
-        self._add_timer(self.clock.monotonic() + timeout, lambda: self._expire(token), token)
+            lane = self._lanes.get(timeout)
+            if lane is None:
+                lane = self._lanes[timeout] = {}
+            lane[id(token)] = token
+            arm = timeout not in self._lanes_armed
+            if arm:
+                self._lanes_armed.add(timeout)
+        if arm:
+            self._add_timer(token.due, lambda: self._check_lane(timeout))
         result = self._call_sync(function, request, context)
         with self._running_lock:
             abandoned = token.settled
             if not abandoned:
                 token.settled = True
                 del self._sync_running[id(token)]
+                del lane[id(token)]
         self._finished_count += 1
         if abandoned:
             with self._lock:
@@ -424,13 +440,30 @@ class ThreadExecutor(Executor):
                 timeout,
             )
             return False
-        with self._timer_lock:
-            self._stale_timers += 1
         warn_ignored_return(function, result.value)
         self._retry_or_finish(
             self._end(started, result.outcome, result.error, ended_at=result.ended_at)
         )
         return True
+
+    def _check_lane(self, timeout: float) -> None:
+        """On the timer thread: expire the attempts of this time limit past their deadline,
+        then wait for the oldest one left (if any)."""
+        expired: list[_Running] = []
+        next_due: float | None = None
+        with self._running_lock:
+            now = self.clock.monotonic()
+            for token in self._lanes.get(timeout, {}).values():
+                if token.due > now:
+                    next_due = token.due
+                    break
+                expired.append(token)
+            if next_due is None:
+                self._lanes_armed.discard(timeout)
+        for token in expired:
+            self._expire(token)
+        if next_due is not None:
+            self._add_timer(next_due, lambda: self._check_lane(timeout))
 
     def _expire(self, token: _Running) -> None:
         """A sync attempt reached its deadline: record it timed out and abandon its thread."""
@@ -439,6 +472,7 @@ class ThreadExecutor(Executor):
                 return
             token.settled = True
             del self._sync_running[id(token)]
+            del self._lanes[token.timeout][id(token)]
         with self._lock:
             self._workers.discard(token.thread)
             self._abandoned.add(token.thread)
@@ -496,19 +530,12 @@ class ThreadExecutor(Executor):
 
     # -- timers ---------------------------------------------------------------------------------
 
-    def _add_timer(
-        self, when: float, action: Callable[[], None], token: _Running | None = None
-    ) -> None:
-        timer = _Timer(when, next(self._timer_seq), action, token)
+    def _add_timer(self, when: float, action: Callable[[], None]) -> None:
+        timer = _Timer(when, next(self._timer_seq), action)
         with self._timer_lock:
             heapq.heappush(self._timers, timer)
             if self._timers[0] is timer:
                 self._timer_lock.notify()
-            # Deadlines of attempts that ended normally stay in the heap; drop them in bulk.
-            if self._stale_timers > 1024 and self._stale_timers * 2 > len(self._timers):
-                self._timers = [t for t in self._timers if t.token is None or not t.token.settled]
-                heapq.heapify(self._timers)
-                self._stale_timers = 0
 
     def _timer_main(self) -> None:
         while True:
@@ -525,8 +552,6 @@ class ThreadExecutor(Executor):
                     timeout = self._timers[0].when - now if self._timers else None
                     self.clock.wait(self._timer_lock, timeout)
             for timer in due:
-                if timer.token is not None and timer.token.settled:
-                    continue
                 try:
                     timer.action()
                 except Exception:  # pragma: no cover - a bug, never the user's
