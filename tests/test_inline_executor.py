@@ -275,3 +275,35 @@ def test_needs_a_virtual_clock() -> None:
 
     with pytest.raises(TypeError, match="ThreadExecutor"):
         InlineExecutor(clock=SystemClock())  # type: ignore[arg-type]
+
+
+def test_each_attempt_gets_its_own_context(h: Harness) -> None:
+    """A retry sees the request's data again, but not the cookies or state of the attempt
+    before it: its own number, deadline and a fresh logger."""
+    seen: list[tuple[int, float | None, str | None, str | None, dict[str, object]]] = []
+
+    def flaky(request: Request, context: Context) -> None:
+        seen.append(
+            (
+                context.attempt,
+                h.since(context.deadline),
+                context.cookies.get("theme"),
+                context.cookies.get("set-here"),
+                dict(context.log.extra or {}),
+            )
+        )
+        context.cookies.set("set-here", str(context.attempt))
+        if context.attempt < 3:
+            raise RuntimeError("not yet")
+
+    h.registry.add("flaky", flaky, config=BG)
+    request = Request("POST", "/.netlify/functions/flaky", headers={"cookie": "theme=dark"})
+    handle = h.app.enqueue("flaky", request)
+    h.executor.drain()
+    assert handle.state is State.SUCCEEDED
+    assert [(n, deadline, theme, mine) for n, deadline, theme, mine, _ in seen] == [
+        (1, 900.0, "dark", None),
+        (2, 960.0, "dark", None),
+        (3, 1080.0, "dark", None),
+    ]
+    assert [extra["attempt"] for *_, extra in seen] == [1, 2, 3]

@@ -599,6 +599,7 @@ class Executor(ABC):
             handle._record = record
             if record.state.finished:
                 self._live.pop(record.request_id, None)
+                handle._context = None  # no attempt follows; users may keep the handle
         if record.state.finished and self._waiters:
             with self._lock:
                 self._finished.notify_all()
