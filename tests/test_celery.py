@@ -41,8 +41,9 @@ from bgfunctions import (
     SQLiteJournal,
     State,
 )
-from bgfunctions.contrib.celery import CeleryExecutor, celery_settings, make_celery
+from bgfunctions.contrib.celery import TASK_NAME, CeleryExecutor, celery_settings, make_celery
 from bgfunctions.ids import new_request_id
+from bgfunctions.journal import Journal
 
 pytestmark = [pytest.mark.server, pytest.mark.realtime]
 
@@ -372,6 +373,108 @@ def test_broker_down_answers_503_and_records_rejected(tmp_path: Path) -> None:
     finally:
         app.shutdown()
         journal.close()
+
+
+class _StaleReads(Journal):
+    """A worker's view of ``inner`` that answers ``get`` with ``stale``, as a worker that read
+    the row just before another worker claimed it."""
+
+    durable = True
+
+    def __init__(self, inner: Journal, stale: InvocationRecord) -> None:
+        self.inner, self.stale = inner, stale
+
+    def accepted(self, record: InvocationRecord) -> None:
+        self.inner.accepted(record)
+
+    def attempt_started(self, record: InvocationRecord) -> bool:
+        return self.inner.attempt_started(record)
+
+    def attempt_ended(self, record: InvocationRecord) -> None:
+        self.inner.attempt_ended(record)
+
+    def get(self, request_id: str) -> InvocationRecord | None:
+        return self.stale if request_id == self.stale.request_id else self.inner.get(request_id)
+
+    def select(self, **filters: Any) -> list[InvocationRecord]:
+        return self.inner.select(**filters)
+
+
+def test_an_attempt_claimed_after_the_read_does_not_run_again(tmp_path: Path) -> None:
+    """A duplicate message whose worker read the record just before another worker claimed
+    the attempt runs nothing and leaves the other worker's claim alone."""
+    path = tmp_path / "journal.sqlite3"
+    journal = SQLiteJournal(path, owner="web")
+    other = SQLiteJournal(path, owner="other-worker")
+    calls: list[int] = []
+    registry = Registry()
+
+    @registry.function("x-background")
+    def handler(request: object, context: Any) -> None:
+        calls.append(context.attempt)
+
+    record = InvocationRecord(
+        request_id=new_request_id(),
+        function="x-background",
+        method="POST",
+        url="/.netlify/functions/x-background",
+        accepted_at=1000.0,
+        next_run_at=1000.0,
+    )
+    journal.accepted(record)
+    stale = journal.get(record.request_id)
+    assert stale is not None
+    assert other.attempt_started(stale.start_attempt(1001.0))
+    celery_app = make_celery(
+        broker="memory://", journal=lambda: _StaleReads(journal, stale), registry=registry
+    )
+    try:
+        celery_app.tasks[TASK_NAME](record.request_id, 1)
+        assert calls == []
+        claimed = journal.get(record.request_id)
+        assert claimed is not None
+        assert claimed.state is State.RUNNING
+        assert [a.started_at for a in claimed.attempts] == [1001.0]
+        other.finished(claimed.end_attempt(1002.0, Outcome.SUCCEEDED, RetryPolicy()))
+        ended = journal.get(record.request_id)  # the claim stayed the other worker's
+        assert ended is not None
+        assert ended.state is State.SUCCEEDED
+    finally:
+        other.close()
+        journal.close()
+
+
+def test_two_apps_in_one_process_run_on_their_own_journals(tmp_path: Path) -> None:
+    """Each make_celery() app's task runs attempts on its own journal, not on the first app's."""
+    calls: list[str] = []
+    registry = Registry()
+
+    @registry.function("x-background")
+    def handler(request: object, context: Any) -> None:
+        calls.append(context.request_id)
+
+    first = SQLiteJournal(tmp_path / "first.sqlite3")
+    second = SQLiteJournal(tmp_path / "second.sqlite3")
+    record = InvocationRecord(
+        request_id=new_request_id(),
+        function="x-background",
+        method="POST",
+        url="/.netlify/functions/x-background",
+        accepted_at=1000.0,
+        next_run_at=1000.0,
+    )
+    second.accepted(record)
+    try:
+        make_celery(broker="memory://", journal=first, registry=registry).finalize()
+        app = make_celery(broker="memory://", journal=second, registry=registry)
+        app.tasks[TASK_NAME](record.request_id, 1)
+        assert calls == [record.request_id]
+        ran = second.get(record.request_id)
+        assert ran is not None
+        assert ran.state is State.SUCCEEDED
+    finally:
+        first.close()
+        second.close()
 
 
 def test_settings_are_json_only_acks_late_no_celery_retries() -> None:

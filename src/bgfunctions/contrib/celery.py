@@ -243,7 +243,10 @@ def make_celery(
     _OPTIONS[app] = options
     state = _WorkerState(app, options)
     _WORKERS[app] = state
-    app.task(name=TASK_NAME, ignore_result=True)(state.run_attempt)
+    # shared=False: a shared task (Celery's default) is also registered with every Celery app
+    # finalized later in the process, so a second make_celery() app would run the first one's
+    # run_attempt, on the first app's journal.
+    app.task(name=TASK_NAME, ignore_result=True, shared=False)(state.run_attempt)
     return app
 
 
@@ -574,6 +577,10 @@ class _WorkerSide(Executor):
         self._run(record)
 
     def _run(self, record: InvocationRecord) -> None:
+        # The record was just read from the journal: hand it to the claim as the live one, so
+        # that it is not read a second time (the claim's conditional update still refuses it
+        # if another worker changed the row meanwhile).
+        self._live[record.request_id] = Invocation(self, record)
         self._beat(record.request_id, True)
         # One loop per worker child, reused by every attempt it runs (a new loop per attempt
         # cost about a millisecond each).
