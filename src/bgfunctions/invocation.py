@@ -19,7 +19,6 @@ below returns a new record for every change, and every engine moves through it t
 from __future__ import annotations
 
 import base64
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -131,9 +130,15 @@ class Attempt:
         return None if self.ended_at is None else self.ended_at - self.started_at
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["outcome"] = None if self.outcome is None else self.outcome.value
-        return data
+        # Written out: dataclasses.asdict deep-copies, and this runs on every journal write.
+        return {
+            "number": self.number,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "outcome": None if self.outcome is None else self.outcome.value,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Attempt:

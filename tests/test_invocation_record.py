@@ -1,0 +1,83 @@
+"""The invocation record: its state machine's copies and its JSON form."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bgfunctions import InvocationRecord, Outcome, Request, RetryPolicy, State
+from bgfunctions.invocation import Attempt
+
+OUTCOMES = st.sampled_from(list(Outcome))
+
+
+def _record(body: bytes, headers: dict[str, str]) -> InvocationRecord:
+    request = Request("POST", "/.netlify/functions/f?x=1", headers=headers, body=body)
+    return InvocationRecord.of_request(
+        request, request_id="01J", function="f", params={"id": "7"}, accepted_at=100.0
+    )
+
+
+@given(
+    body=st.binary(max_size=64),
+    headers=st.dictionaries(
+        st.text("abcdefghij-", min_size=1, max_size=8),
+        st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=8),
+        max_size=3,
+    ),
+    outcomes=st.lists(OUTCOMES, max_size=4),
+    message=st.text(max_size=20),
+)
+def test_records_survive_json_at_every_step(
+    body: bytes, headers: dict[str, str], outcomes: list[Outcome], message: str
+) -> None:
+    """Every record the state machine makes comes back equal from its JSON text."""
+    record = _record(body, headers)
+    retry = RetryPolicy(delays=(60.0, 120.0))
+    steps = [record]
+    now = 100.0
+    for outcome in outcomes:
+        if record.state.finished:
+            break
+        now += 1
+        record = record.start_attempt(now)
+        steps.append(record)
+        now += 1
+        error = None if outcome is Outcome.SUCCEEDED else "RuntimeError"
+        record = record.end_attempt(now, outcome, retry, error_type=error, error_message=message)
+        steps.append(record)
+    for step in steps:
+        assert InvocationRecord.from_json(json.loads(json.dumps(step.to_json()))) == step
+
+
+def test_json_names_every_field() -> None:
+    """A field added to the record or to an attempt cannot be left out of its JSON."""
+    record = _record(b"x", {})
+    record = record.start_attempt(101.0).end_attempt(102.0, Outcome.ERROR, RetryPolicy())
+    fields = {f.name for f in dataclasses.fields(InvocationRecord)}
+    assert set(record.to_json()) == fields
+    assert set(record.attempts[0].to_json()) == {f.name for f in dataclasses.fields(Attempt)}
+
+
+def test_copies_change_only_what_the_transition_changes() -> None:
+    """start_attempt and end_attempt keep every other field, and leave the original as it was."""
+    accepted = _record(b"body", {"x-a": "1"})
+    started = accepted.start_attempt(101.0)
+    ended = started.end_attempt(103.5, Outcome.SUCCEEDED, RetryPolicy())
+    assert accepted.state is State.ACCEPTED
+    assert accepted.attempts == ()
+    assert dataclasses.replace(started, state=State.ACCEPTED, attempts=(), next_run_at=100.0) == (
+        accepted
+    )
+    assert ended.attempts == (
+        Attempt(number=1, started_at=101.0, ended_at=103.5, outcome=Outcome.SUCCEEDED),
+    )
+    assert (ended.state, ended.finished_at, ended.body, ended.params) == (
+        State.SUCCEEDED,
+        103.5,
+        b"body",
+        {"id": "7"},
+    )
