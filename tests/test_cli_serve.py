@@ -304,6 +304,39 @@ def test_serve_runs_a_background_function_and_prints_its_lines(
 
 @pytest.mark.server
 @pytest.mark.realtime
+def test_serve_shows_handler_logs_and_tracebacks_with_the_request_id(
+    site: Path, serve: Callable[..., Server]
+) -> None:
+    """A handler's log lines carry its request id; a failed attempt's traceback is printed."""
+    write(
+        site,
+        "netlify/functions/noisy-background.py",
+        "import logging\n"
+        "def handler(request, context):\n"
+        "    context.log.info('attempt %d starts', context.attempt)\n"
+        "    logging.getLogger('mine').warning('a warning from my own logger')\n"
+        "    if context.attempt == 1:\n"
+        "        raise KeyError('missing-key')\n",
+    )
+    server = serve("--retry-delays", "0.2", "--no-reload")
+    response = httpx.post(f"{server.base}/.netlify/functions/noisy-background", timeout=10)
+    assert response.status_code == 202
+    prefix = f"[{response.headers['x-nf-request-id']}] noisy-background: "
+    server.wait_for_line(lambda line: line == prefix + "succeeded after 2 attempt(s)")
+    assert prefix + "attempt 1 starts" in server.lines
+    assert prefix + "attempt 2 starts" in server.lines
+    assert prefix + "a warning from my own logger" in server.lines
+    failed = server.lines.index(
+        next(line for line in server.lines if line.startswith(prefix + "attempt 1 of function"))
+    )
+    assert "KeyError: 'missing-key'; retry in 0.2 s" in server.lines[failed]
+    assert server.lines[failed + 1] == "Traceback (most recent call last):"
+    assert "KeyError: 'missing-key'" in server.lines[failed + 2 :]
+    assert not any("uvicorn" in line or "INFO" in line for line in server.lines)
+
+
+@pytest.mark.server
+@pytest.mark.realtime
 def test_serve_with_the_process_executor(serve: Callable[..., Server]) -> None:
     """--executor process: the same 202 and event lines, attempts run in worker processes."""
     server = serve("--retry-delays", "0.2", "--no-reload", "--executor", "process")

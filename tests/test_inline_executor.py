@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -307,3 +308,31 @@ def test_each_attempt_gets_its_own_context(h: Harness) -> None:
         (3, 1080.0, "dark", None),
     ]
     assert [extra["attempt"] for *_, extra in seen] == [1, 2, 3]
+
+
+def test_failed_attempts_are_logged_with_their_traceback(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """INFO with the traceback while retries are left, WARNING when none are; the records
+    carry the invocation as InvocationFilter's fields."""
+
+    def broken(request: Request, context: Context) -> None:
+        raise ValueError(f"bad input {context.attempt}")
+
+    h.registry.add("broken", broken, config=BG)
+    with caplog.at_level(logging.INFO, logger="bgfunctions.executor"):
+        handle = h.app.enqueue("broken")
+        h.executor.drain()
+    assert handle.state is State.FAILED
+    failures = [r for r in caplog.records if r.name == "bgfunctions.executor"]
+    assert [(r.levelno, r.bg_attempt) for r in failures] == [  # type: ignore[attr-defined]
+        (logging.INFO, 1),
+        (logging.INFO, 2),
+        (logging.WARNING, 3),
+    ]
+    assert all(r.bg_request_id == handle.request_id for r in failures)  # type: ignore[attr-defined]
+    assert "ValueError: bad input 1; retry in 60 s" in failures[0].getMessage()
+    assert "no attempts left" in failures[2].getMessage()
+    for record in failures:
+        assert record.exc_info is not None
+        assert record.exc_info[0] is ValueError

@@ -33,6 +33,7 @@ from bgfunctions.errors import BgFunctionsError
 from bgfunctions.executor import Executor
 from bgfunctions.invocation import Event, EventKind, State
 from bgfunctions.journal import Journal
+from bgfunctions.logs import InvocationFilter
 from bgfunctions.registry import Registry
 from bgfunctions.retry import Limits, RetryPolicy
 from bgfunctions.views import PREFIX
@@ -189,6 +190,30 @@ def format_event(event: Event, clock: Clock) -> str | None:
     return None
 
 
+class _ServerLog(logging.Filter):
+    """What the dev server shows of the logging system: warnings from anywhere, and INFO from
+    bgfunctions (a failed attempt's traceback) or from code running inside a handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (
+            record.levelno >= logging.WARNING
+            or record.name == "bgfunctions"
+            or record.name.startswith("bgfunctions.")
+            or bool(getattr(record, "bg_request_id", ""))
+        )
+
+
+class _LineFormatter(logging.Formatter):
+    """``[request id] function: message`` inside a handler, as the event lines are; else
+    ``logger: LEVEL: message``. Tracebacks follow on their own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "bg_request_id", "")
+        if request_id:
+            return f"[{request_id}] {getattr(record, 'bg_function', '')}: {record.message}"
+        return f"{record.name}: {record.levelname}: {record.message}"
+
+
 class DevServer:
     """A site served with its functions, static files and reload."""
 
@@ -333,10 +358,26 @@ class DevServer:
         self.print(f"serving {self.site_dir} on http://{self.options.host}:{self.options.port}")
         if self.view_enabled:
             self.print(f"invocations: http://{self.options.host}:{self.options.port}{PREFIX}/")
+        handler = self._show_logs()
         try:
             asyncio.run(self._serve(server))
         finally:
+            logging.getLogger().removeHandler(handler)
             self.app.journal.close()
+
+    def _show_logs(self) -> logging.Handler:
+        """Print log records on the server's output, with the request id of the attempt that
+        wrote them: the handlers' own (``context.log``, any logger) and failed attempts'
+        tracebacks."""
+        handler = logging.StreamHandler(self.out)
+        handler.addFilter(InvocationFilter())
+        handler.addFilter(_ServerLog())
+        handler.setFormatter(_LineFormatter())
+        root = logging.getLogger()
+        root.addHandler(handler)
+        if root.getEffectiveLevel() > logging.INFO:
+            root.setLevel(logging.INFO)  # this process is the dev server: the filter decides
+        return handler
 
     async def _serve(self, server: object) -> None:
         stop = asyncio.Event()

@@ -555,6 +555,8 @@ class Executor(ABC):
             with self._lock:
                 self._live.pop(ended.request_id, None)
             return ended
+        if error is not None and outcome.failed:
+            _log_failure(ended, error)
         self._emit(EventKind.ATTEMPT_ENDED, ended)
         state = ended.state
         if state is State.RETRY_SCHEDULED:
@@ -652,3 +654,37 @@ class Executor(ABC):
         """Await ``handle`` from any event loop, without blocking it."""
         if not handle.done():
             await asyncio.get_running_loop().run_in_executor(None, self._wait, handle, None)
+
+
+def _log_failure(ended: InvocationRecord, error: BaseException) -> None:
+    """Log a failed attempt with its traceback: at INFO while retries are left (a handler may
+    fail and recover), at WARNING when the invocation failed for good."""
+    final = ended.state is State.FAILED
+    level = logging.WARNING if final else logging.INFO
+    if not log.isEnabledFor(level):
+        return  # the common case under test: no formatting, no traceback walk
+    attempt = ended.attempts[-1]
+    if final:
+        what = "no attempts left"
+    elif ended.next_run_at is not None and attempt.ended_at is not None:
+        what = f"retry in {ended.next_run_at - attempt.ended_at:g} s"
+    else:
+        what = str(ended.state)
+    log.log(
+        level,
+        "attempt %d of function %r (request %s) %s: %s: %s; %s",
+        attempt.number,
+        ended.function,
+        ended.request_id,
+        attempt.outcome,
+        attempt.error_type,
+        attempt.error_message,
+        what,
+        exc_info=error if error.__traceback__ is not None else None,
+        # What InvocationFilter adds inside a handler: this is logged just after it.
+        extra={
+            "bg_function": ended.function,
+            "bg_request_id": ended.request_id,
+            "bg_attempt": attempt.number,
+        },
+    )
