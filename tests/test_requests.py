@@ -432,3 +432,29 @@ def test_request_roundtrips_through_json(
     assert again == r
     assert again.headers.raw == r.headers.raw
     assert again.to_dict() == r.to_dict()
+
+
+_HEADER_TEXT = st.text(
+    st.sampled_from([*"aZ9-_!~", " ", ":", "\t", "\r", "\n", "\x00", "\x7f", "é", "Ā", "\u2028"]),
+    max_size=6,
+)
+
+
+@given(st.lists(st.tuples(_HEADER_TEXT, _HEADER_TEXT), max_size=4))
+def test_headers_checked_in_bulk_agree_with_pair_by_pair(pairs: list[tuple[str, str]]) -> None:
+    """A list of pairs (checked in bulk) is accepted or refused exactly as a tuple of the same
+    pairs (checked one by one), with the same error."""
+
+    def build(init: object) -> list[tuple[str, str]] | str:
+        try:
+            return Headers(init).raw  # type: ignore[arg-type]
+        except ValueError as exc:
+            return str(exc)
+
+    assert build(pairs) == build(tuple(pairs))
+
+
+def test_headers_refuse_a_string_among_pairs() -> None:
+    """A two-character string is not a (name, value) pair, in a list as in a tuple."""
+    with pytest.raises(ValueError, match="pairs"):
+        Headers([("a", "b"), "cd"])  # type: ignore[list-item]

@@ -220,6 +220,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
 _DIGITS = re.compile(rb"[0-9]+")
+# A raw path that quote() leaves as it is, and that has no escapes to keep.
+_PLAIN_PATH = re.compile(rb"/[A-Za-z0-9/:@!$&'()*+,;=\-._~]*")
 
 
 def _raw_route_path(scope: Scope, path: str) -> str:
@@ -229,8 +231,15 @@ def _raw_route_path(scope: Scope, path: str) -> str:
     (given decoded, in ``root_path``) is cut at the first ``/`` where the raw text decodes to
     it. When the raw path does not fit the decoded one, the decoded path is encoded again.
     """
-    fallback = quote(path, safe=_PATH_SAFE.replace("%", ""))
     raw = scope.get("raw_path")
+    if (
+        isinstance(raw, bytes)
+        and _PLAIN_PATH.fullmatch(raw)
+        and not scope.get("root_path")
+        and raw.decode("ascii") == path
+    ):
+        return path  # nothing to encode, nothing encoded, no mount: the common case
+    fallback = quote(path, safe=_PATH_SAFE.replace("%", ""))
     if not isinstance(raw, (bytes, bytearray)) or not raw:
         return fallback
     # Quote the bytes themselves: decoding them as Latin-1 first would encode "é" twice.
@@ -254,7 +263,8 @@ def _request(scope: Scope, path: str, method: str, body: bytes) -> Request:
     raw_headers = scope.get("headers", ())
     # Header bytes are Latin-1 (as in Starlette and the Fetch API's ByteString).
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers]
-    query = quote(bytes(scope.get("query_string", b"")), safe=_QUERY_SAFE)
+    query_string = scope.get("query_string", b"")
+    query = quote(bytes(query_string), safe=_QUERY_SAFE) if query_string else ""
     raw_path = _raw_route_path(scope, path)
     url = f"{raw_path}?{query}" if query else raw_path
     client = scope.get("client")
