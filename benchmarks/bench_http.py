@@ -148,6 +148,22 @@ def rss_kib() -> tuple[int, int]:
     return found.get("VmRSS", 0), found.get("VmHWM", 0)
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) of this process's threads: ``loop`` for the main thread
+    (uvicorn's event loop), ``others`` for every other thread (workers, timers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    main_id = threading.main_thread().native_id
+    found = {"loop": 0.0, "others": 0.0}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        found["loop" if int(task.name) == main_id else "others"] += seconds
+    return found
+
+
 def serve(kind: str, port: int, profile: str | None) -> None:
     """Serve ``kind`` on ``port``; answer ``stats`` lines on stdin with a JSON line."""
     import uvicorn
@@ -174,6 +190,7 @@ def serve(kind: str, port: int, profile: str | None) -> None:
                 "backlog": backlog() if backlog is not None else None,
                 "rss_kib": rss,
                 "hwm_kib": hwm,
+                "cpu": thread_cpu(),
             }
             print(json.dumps(reply), flush=True)
 
@@ -341,6 +358,10 @@ class Result:
     backlog_left: int | None
     rss_mib: float
     hwm_mib: float
+    loop_us: float
+    """CPU µs per request of the event loop thread during the load."""
+    others_us: float
+    """CPU µs per request of every other thread (the workers running the attempts)."""
 
 
 def run_one(server: Server, connections: int, seconds: float, generator: Any) -> Result:
@@ -362,6 +383,9 @@ def run_one(server: Server, connections: int, seconds: float, generator: Any) ->
                 break
             time.sleep(0.01)
     final = server.stats()
+    # CPU from the start of the load until the backlog drained: the work each request made.
+    spent = {k: final["cpu"][k] - before["cpu"][k] for k in ("loop", "others")}
+    requests = max(1, load.requests)
     return Result(
         load=load,
         completed_per_s=completed / load.seconds if server.kind != "bare" else None,
@@ -369,6 +393,8 @@ def run_one(server: Server, connections: int, seconds: float, generator: Any) ->
         backlog_left=left,
         rss_mib=final["rss_kib"] / 1024,
         hwm_mib=final["hwm_kib"] / 1024,
+        loop_us=spent["loop"] / requests * 1e6,
+        others_us=spent["others"] / requests * 1e6,
     )
 
 
@@ -441,7 +467,8 @@ def main() -> None:
 def report(results: dict[tuple[str, int], Result]) -> None:
     print(
         f"{'app':<12} {'conc':>4} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'done/s':>9} {'backlog 0':>10} {'RSS MiB':>8} {'peak':>6} errors"
+        f"{'done/s':>9} {'backlog 0':>10} {'RSS MiB':>8} {'peak':>6} errors "
+        f"{'CPU µs/req: loop':>16} {'others':>6}"
     )
     for (kind, connections), r in results.items():
         bare = results["bare", connections].load.rps
@@ -455,7 +482,8 @@ def report(results: dict[tuple[str, int], Result]) -> None:
         print(
             f"{kind:<12} {connections:>4} {r.load.rps:9.0f} {r.load.rps / bare:5.2f}x "
             f"{r.load.p50_ms:8.2f} {r.load.p99_ms:8.2f} {done} {drained:>10} "
-            f"{r.rss_mib:8.1f} {r.hwm_mib:6.1f} {r.load.errors}"
+            f"{r.rss_mib:8.1f} {r.hwm_mib:6.1f} {r.load.errors:6d} "
+            f"{r.loop_us:16.0f} {r.others_us:6.0f}"
         )
     for connections in CONCURRENCY:
         ratio = results["bgfunctions", connections].load.rps / results["bare", connections].load.rps
