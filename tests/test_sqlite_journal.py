@@ -199,6 +199,47 @@ def test_concurrent_accepts_share_transactions(open_journal: Opener, path: Path)
     assert commits < writes
 
 
+def test_a_known_request_id_fails_alone_in_a_shared_transaction(
+    open_journal: Opener, path: Path
+) -> None:
+    """Concurrent accepts, some of ids already recorded: only those raise ValueError; every
+    other row of the transactions they shared is committed, and the old rows are unchanged."""
+    journal = open_journal()
+    for i in range(8):
+        journal.accepted(_record(f"old-{i}", at=1.0))
+    before = journal.stats()
+    barrier = threading.Barrier(32)
+    refused: list[str] = []
+    errors: list[BaseException] = []
+
+    def accept(t: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(12):
+                rid = f"old-{(t + i) % 8}" if i % 3 == 0 else f"{t}-{i}"
+                try:
+                    journal.accepted(_record(rid, at=2.0))
+                except ValueError:
+                    refused.append(rid)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=accept, args=(t,)) for t in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(refused) == 32 * 4
+    new = {f"{t}-{i}" for t in range(32) for i in range(12) if i % 3}
+    assert set(_rows(path)) == new | {f"old-{i}" for i in range(8)}
+    assert [journal.get(f"old-{i}") for i in range(8)] == [
+        _record(f"old-{i}", at=1.0) for i in range(8)
+    ]
+    stats = journal.stats()
+    assert stats["commits"] - before["commits"] < stats["writes"] - before["writes"]
+
+
 # -- claims and leases -----------------------------------------------------------------------
 
 
@@ -225,6 +266,24 @@ def test_only_one_journal_claims_an_attempt(open_journal: Opener, path: Path) ->
     rows = _rows(path)
     for record, won_by_one in zip(records, wins["one"], strict=True):
         assert rows[record.request_id] == ("running", "one" if won_by_one else "two")
+
+
+def test_a_row_another_journal_changed_is_read_as_it_is_now(open_journal: Opener) -> None:
+    """A journal reads what another journal on the file wrote since, not its own last write."""
+    one, two = open_journal(owner="one"), open_journal(owner="two")
+    accepted = _record("a")
+    one.accepted(accepted)
+    assert one.get("a") == accepted
+    assert one.unfinished() == [accepted]
+    started = accepted.start_attempt(1001.0)
+    assert two.attempt_started(started)
+    assert one.get("a") == started
+    assert one.unfinished() == [started]
+    done = started.end_attempt(1002.0, Outcome.SUCCEEDED, RETRY)
+    two.finished(done)
+    assert one.get("a") == done
+    assert one.unfinished() == []
+    assert one.select() == [done]
 
 
 def test_a_stale_or_cancelled_record_is_not_claimed(open_journal: Opener) -> None:
@@ -542,6 +601,38 @@ def test_locked_file_is_unavailable_then_recovers(open_journal: Opener, path: Pa
     journal.accepted(_record("after"))
     assert sorted(_rows(path)) == ["after", "before"]
     assert _integrity(path) == "ok"
+
+
+def test_lease_maintenance_gives_way_to_a_lock_soon(open_journal: Opener, path: Path) -> None:
+    """Under a lock, lease renewal and takeover fail within a moment (they are retried every
+    few seconds anyway), not after busy_timeout: accepts queued behind them are not held."""
+    journal = open_journal(busy_timeout=60.0)
+    journal.accepted(_record("a"))
+    assert journal.attempt_started(_record("a").start_attempt(1001.0))
+    errors: list[JournalUnavailableError] = []
+
+    def maintain() -> None:
+        for call in (lambda: journal.heartbeat(["a"]), journal.expire_leases):
+            try:
+                call()
+            except JournalUnavailableError as exc:
+                errors.append(exc)
+
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        thread = threading.Thread(target=maintain)
+        thread.start()
+        thread.join(20.0)
+        gave_way = not thread.is_alive()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    thread.join()
+    assert gave_way, "lease maintenance waited for the lock as long as busy_timeout"
+    assert len(errors) == 2
+    journal.heartbeat(["a"])  # the lock released, maintenance goes through again
+    assert _rows(path) == {"a": ("running", journal.owner)}
 
 
 def test_read_only_file_is_unavailable_then_recovers(open_journal: Opener, path: Path) -> None:

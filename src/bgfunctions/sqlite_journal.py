@@ -13,6 +13,7 @@ See docs/durability.md for what a 202 promises.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -44,6 +45,12 @@ _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _FINISHED = tuple(s.value for s in State if s.finished)
 _UNFINISHED = tuple(s.value for s in State if not s.finished)
 _WAITING = (State.ACCEPTED.value, State.RETRY_SCHEDULED.value)
+# The parsed records kept (see SQLiteJournal._remember): at most this many, each of at most
+# this much JSON (larger records, those with big bodies, are parsed at every read).
+_PARSED_MAX_ENTRIES = 50_000
+_PARSED_MAX_TEXT = 4096
+_IMPATIENT_BUSY_TIMEOUT = 0.25  # seconds: see SQLiteJournal._write(patient=False)
+_ROWS_PER_INSERT = 99  # 990 parameters: under SQLite's limit before 3.32 (999)
 
 # _MIGRATIONS[n] takes a file from user_version n to n + 1, inside one transaction.
 _MIGRATIONS: tuple[str, ...] = (
@@ -69,16 +76,38 @@ assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 
 class _Write:
-    """One caller's write, waiting for the transaction that holds it to commit."""
+    """One caller's write, waiting for the transaction that holds it to commit.
 
-    __slots__ = ("done", "error", "fn", "raw", "result")
+    Either ``fn`` (run on the writer's connection) or ``row`` (the values of one new invocation,
+    inserted together with the other rows of its batch). ``done`` is held until the write is
+    settled: the caller blocks acquiring it, the writer releases it (cheaper than an Event)."""
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], *, raw: bool = False) -> None:
+    __slots__ = ("done", "error", "fn", "patient", "raw", "result", "row")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any] | None,
+        row: tuple[Any, ...] | None = None,
+        raw: bool = False,
+        patient: bool = True,
+    ) -> None:
         self.fn = fn
+        self.row = row
         self.raw = raw  # run alone, outside any transaction (the test hook)
-        self.done = threading.Event()
+        self.patient = patient  # waits up to busy_timeout for a lock (else briefly)
+        self.done = threading.Lock()
+        self.done.acquire()
         self.result: Any = None
         self.error: BaseException | None = None
+
+    def settle(self) -> None:
+        self.done.release()
+
+    def wait(self) -> Any:
+        self.done.acquire()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 class SQLiteJournal(Journal):
@@ -126,10 +155,14 @@ class SQLiteJournal(Journal):
         self._stats = {"commits": 0, "writes": 0, "failed_commits": 0, "pruned": 0}
         self._queue: list[_Write] = []
         self._cond = threading.Condition(threading.Lock())
+        self._writer_idle = False  # waiting on _cond: the next enqueue must wake it
         self._closed = False
         self._readers: list[sqlite3.Connection] = []  # idle read connections
         self._reader_lock = threading.Lock()
         self._last_prune: float | None = None
+        # request id -> (the row's text, its record) for unfinished rows this journal wrote, so
+        # that the executor's frequent unfinished() polls do not parse JSON they already have.
+        self._parsed: dict[str, tuple[str, InvocationRecord]] = {}
         self._inspect()
         self._conn = self._open_writer()
         self._thread = threading.Thread(
@@ -232,25 +265,37 @@ class SQLiteJournal(Journal):
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=_ROWS_PER_INSERT + 32,  # one INSERT per batch size, and the rest
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         return conn
 
     # -- the writer ----------------------------------------------------------------------------
 
-    def _write(self, fn: Callable[[sqlite3.Connection], Any], *, raw: bool = False) -> Any:
-        """Run ``fn`` in the writer's next transaction; return its result once committed."""
-        write = _Write(fn, raw=raw)
+    def _write(
+        self, fn: Callable[[sqlite3.Connection], Any], *, raw: bool = False, patient: bool = True
+    ) -> Any:
+        """Run ``fn`` in the writer's next transaction; return its result once committed.
+
+        ``patient=False`` for maintenance that is retried every few seconds anyway (lease
+        renewals and takeovers): a transaction of such writes only waits briefly for another
+        connection's lock, so that accepts queued behind it are not held for a whole
+        ``busy_timeout`` before they get their own chance (and their 503 in time)."""
+        return self._enqueue(_Write(fn, None, raw, patient)).wait()
+
+    def _enqueue(self, write: _Write) -> _Write:
         with self._cond:
             if self._closed:
                 raise JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} is closed")
             self._queue.append(write)
-            self._cond.notify()
-        write.done.wait()
-        if write.error is not None:
-            raise write.error
-        return write.result
+            if self._writer_idle:  # otherwise the writer takes it after its current commit
+                self._writer_idle = False
+                self._cond.notify()
+        return write
 
     def _writer_main(self) -> None:
         batch: list[_Write] = []
@@ -258,13 +303,17 @@ class SQLiteJournal(Journal):
             while True:
                 with self._cond:
                     while not self._queue and not self._closed:
+                        self._writer_idle = True
                         self._cond.wait()
+                    self._writer_idle = False
                     if not self._queue:
                         return  # closed and drained
                     batch, self._queue = self._queue, []
-                for write in [w for w in batch if w.raw]:
-                    self._run_raw(write)
-                self._commit([w for w in batch if not w.raw])
+                writes = [w for w in batch if not w.raw]
+                if len(writes) < len(batch):
+                    for write in [w for w in batch if w.raw]:
+                        self._run_raw(write)
+                self._commit(writes)
                 batch = []
                 self._maybe_prune()
         except BaseException as exc:  # a bug: fail every waiter rather than hang them
@@ -274,16 +323,17 @@ class SQLiteJournal(Journal):
                 batch += self._queue
                 self._queue = []
             for write in batch:
-                if not write.done.is_set():
+                if write.done.locked():
                     write.error = JournalUnavailableError(f"journal writer failed: {exc!r}")
-                    write.done.set()
+                    write.settle()
 
     def _run_raw(self, write: _Write) -> None:
+        assert write.fn is not None
         try:
             write.result = write.fn(self._conn)
         except Exception as exc:
             write.error = exc
-        write.done.set()
+        write.settle()
 
     def _commit(self, writes: Sequence[_Write]) -> None:
         """One transaction for ``writes``. A write's own error (a duplicate id) fails only that
@@ -293,13 +343,7 @@ class SQLiteJournal(Journal):
             return
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for write in writes:
-                try:
-                    write.result = write.fn(conn)
-                except (sqlite3.IntegrityError, ValueError) as exc:
-                    write.error = exc
-            conn.execute("COMMIT")
+            self._transact(conn, writes)
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 try:
@@ -314,7 +358,62 @@ class SQLiteJournal(Journal):
             self._stats["commits"] += 1
             self._stats["writes"] += len(writes)
         for write in writes:
-            write.done.set()
+            write.settle()
+
+    def _transact(self, conn: sqlite3.Connection, writes: Sequence[_Write]) -> None:
+        """Run ``writes`` in one transaction and commit it.
+
+        New rows go in one multi-row INSERT per ``_ROWS_PER_INSERT``. A batch of new rows only
+        (the common case under load) is that one statement alone, its own transaction: one call
+        into SQLite, so the writer gives the GIL away once per commit (while SQLite writes and
+        syncs), not once per statement, and does not queue for it again behind the accepting
+        threads between statements."""
+        rows = [w for w in writes if w.row is not None]
+        if len(rows) == len(writes) and len(rows) <= _ROWS_PER_INSERT:
+            try:
+                conn.execute(_insert_sql(len(rows)), _values(rows))
+                return
+            except sqlite3.IntegrityError:
+                pass  # a known request id: nothing was written; again, one row at a time
+        if not any(w.patient for w in writes):
+            self._begin_briefly(conn)
+        else:
+            conn.execute("BEGIN IMMEDIATE")
+        for i in range(0, len(rows), _ROWS_PER_INSERT):
+            self._insert(conn, rows[i : i + _ROWS_PER_INSERT])
+        for write in writes:
+            if write.fn is not None:
+                try:
+                    write.result = write.fn(conn)
+                except (sqlite3.IntegrityError, ValueError) as exc:
+                    write.error = exc
+        conn.execute("COMMIT")
+
+    def _begin_briefly(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting at most ``_IMPATIENT_BUSY_TIMEOUT`` for another lock."""
+        brief = min(self.busy_timeout, _IMPATIENT_BUSY_TIMEOUT)
+        conn.execute(f"PRAGMA busy_timeout = {int(brief * 1000)}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+
+    def _insert(self, conn: sqlite3.Connection, rows: Sequence[_Write]) -> None:
+        """Insert new rows inside the open transaction; a known request id fails its write."""
+        try:
+            conn.execute(_insert_sql(len(rows)), _values(rows))
+            return
+        except sqlite3.IntegrityError:
+            pass  # the statement is rolled back alone; find the row that failed
+        for write in rows:
+            assert write.row is not None
+            try:
+                conn.execute(_insert_sql(1), write.row)
+            except sqlite3.IntegrityError:
+                write.error = ValueError(
+                    f"SQLiteJournal {str(self.path)!r}: request id {write.row[0]!r} is "
+                    "already recorded"
+                )
 
     def _unavailable(self, exc: sqlite3.Error) -> JournalUnavailableError:
         message = str(exc)
@@ -348,6 +447,7 @@ class SQLiteJournal(Journal):
     def accepted(self, record: InvocationRecord) -> None:
         """Insert ``record``; returns once committed. Raises :class:`JournalUnavailableError`
         when the file cannot take it (nothing written), ValueError for a known request id."""
+        text = _dumps(record)
         row = (
             record.request_id,
             record.function,
@@ -356,27 +456,17 @@ class SQLiteJournal(Journal):
             record.accepted_at,
             record.next_run_at,
             record.finished_at,
-            None,
-            None,
-            _dumps(record),
+            text,
         )
-
-        def insert(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute("INSERT INTO invocations VALUES (?,?,?,?,?,?,?,?,?,?)", row)
-            except sqlite3.IntegrityError:
-                raise ValueError(
-                    f"SQLiteJournal {str(self.path)!r}: request id {record.request_id!r} is "
-                    "already recorded"
-                ) from None
-
-        self._write(insert)
+        self._enqueue(_Write(None, row)).wait()
+        self._remember(record, text)
 
     def attempt_started(self, record: InvocationRecord) -> bool:
         """Claim the newest attempt: only a row still waiting for exactly this attempt is
         claimed (leased to this owner); False when another process did, or it was cancelled."""
         attempts = len(record.attempts)
-        args = (record.state.value, attempts, record.next_run_at, _dumps(record), self.owner)
+        text = _dumps(record)
+        args = (record.state.value, attempts, record.next_run_at, text, self.owner)
 
         def claim(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
@@ -387,17 +477,21 @@ class SQLiteJournal(Journal):
             )
             return cursor.rowcount == 1
 
-        return bool(self._write(claim))
+        if not self._write(claim):
+            return False
+        self._remember(record, text)
+        return True
 
     def attempt_ended(self, record: InvocationRecord) -> None:
         """Store ``record`` and release its lease. Ignored (with a warning) when the row is
         finished or leased by another owner (this process lost its lease meanwhile)."""
+        text = _dumps(record)
         args = (
             record.state.value,
             len(record.attempts),
             record.next_run_at,
             record.finished_at,
-            _dumps(record),
+            text,
             record.request_id,
             self.owner,
             *_FINISHED,
@@ -413,7 +507,12 @@ class SQLiteJournal(Journal):
             )
             return cursor.rowcount
 
-        if self._write(update) == 0:
+        updated = self._write(update)
+        if updated and not record.state.finished:
+            self._remember(record, text)
+        else:
+            self._parsed.pop(record.request_id, None)
+        if updated == 0:
             log.warning(
                 "SQLiteJournal %s: %s (%s) not updated to %s: it is finished, unknown, or "
                 "leased by another owner",
@@ -437,7 +536,7 @@ class SQLiteJournal(Journal):
                 [(expires, rid, self.owner, State.RUNNING.value) for rid in ids],
             )
 
-        self._write(renew)
+        self._write(renew, patient=False)
 
     def expire_leases(self) -> list[InvocationRecord]:
         """Claim running rows whose lease expired (their process died or hung): each is leased
@@ -455,7 +554,7 @@ class SQLiteJournal(Journal):
             conn.execute(sql + where, args)
             return [r[0] for r in rows]
 
-        records = [self._loads(text) for text in self._write(take)]
+        records = [self._loads(text) for text in self._write(take, patient=False)]
         records.sort(key=lambda r: r.accepted_at)
         return records
 
@@ -466,8 +565,10 @@ class SQLiteJournal(Journal):
     # -- Journal: reads ------------------------------------------------------------------------
 
     def get(self, request_id: str) -> InvocationRecord | None:
-        rows = self._read("SELECT record FROM invocations WHERE request_id = ?", (request_id,))
-        return self._loads(rows[0][0]) if rows else None
+        rows = self._read(
+            "SELECT request_id, record FROM invocations WHERE request_id = ?", (request_id,)
+        )
+        return self._record(*rows[0]) if rows else None
 
     def select(
         self,
@@ -479,7 +580,12 @@ class SQLiteJournal(Journal):
         return self._select(function, state, limit, newest_first=True)
 
     def unfinished(self) -> list[InvocationRecord]:
-        return self._select(None, [State(s) for s in _UNFINISHED], None, newest_first=False)
+        before = set(self._parsed)  # one step under the GIL, as writers may add meanwhile
+        records = self._select(None, [State(s) for s in _UNFINISHED], None, newest_first=False)
+        # Forget what finished elsewhere (another process); keep what was added meanwhile.
+        for request_id in before.difference(r.request_id for r in records):
+            self._parsed.pop(request_id, None)
+        return records
 
     def _select(
         self,
@@ -499,14 +605,14 @@ class SQLiteJournal(Journal):
             clauses.append(f"state IN ({','.join('?' * len(states))})")
             args.extend(State(s).value for s in states)
         order = "DESC" if newest_first else "ASC"
-        sql = "SELECT record FROM invocations"
+        sql = "SELECT request_id, record FROM invocations"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += f" ORDER BY accepted_at {order}, rowid {order}"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(max(0, int(limit)))
-        return [self._loads(row[0]) for row in self._read(sql, tuple(args))]
+        return [self._record(rid, text) for rid, text in self._read(sql, tuple(args))]
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         with self._reader_lock:
@@ -530,6 +636,22 @@ class SQLiteJournal(Journal):
                 self._readers.append(conn)
                 return
         conn.close()
+
+    def _remember(self, record: InvocationRecord, text: str) -> None:
+        """Keep ``record`` as the parse of ``text``, the row this journal just committed for it
+        (unfinished records only: those that recovery reads every few seconds)."""
+        if len(text) <= _PARSED_MAX_TEXT:
+            if len(self._parsed) >= _PARSED_MAX_ENTRIES:
+                self._parsed.clear()  # bounded even if unfinished() never prunes it
+            self._parsed[record.request_id] = (text, record)
+
+    def _record(self, request_id: str, text: str) -> InvocationRecord:
+        """The record a row holds: the one this journal wrote when the row still holds its
+        very text (compared in full, so a row another process changed is parsed anew)."""
+        known = self._parsed.get(request_id)
+        if known is not None and known[0] == text:
+            return known[1]
+        return self._loads(text)
 
     def _loads(self, text: str) -> InvocationRecord:
         try:
@@ -569,5 +691,18 @@ class SQLiteJournal(Journal):
         self._conn.close()
 
 
+def _values(rows: Sequence[_Write]) -> list[Any]:
+    return [value for write in rows for value in write.row or ()]
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    # No lease yet: lease_owner and lease_expires are NULL.
+    return "INSERT INTO invocations VALUES " + ",".join(["(?,?,?,?,?,?,?,NULL,NULL,?)"] * rows)
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False).encode
+
+
 def _dumps(record: InvocationRecord) -> str:
-    return json.dumps(record.to_json(), separators=(",", ":"), allow_nan=False)
+    return _encode(record.to_json())
