@@ -271,9 +271,11 @@ class Executor(ABC):
     def _heartbeat(self) -> None:
         """Renew the leases of this executor's running attempts (durable journals)."""
         with self._lock:
-            # list() copies in one step under the GIL; submit() adds entries without the lock.
-            live = list(self._live.items())
-        running = [rid for rid, h in live if h.state is State.RUNNING]
+            # submit() adds entries without the lock. dict.copy() is one C call with no
+            # allocation mid-way; list(items()) could grow its list, run the garbage
+            # collector, let another thread in, and fail with "changed size during iteration".
+            live = self._live.copy()
+        running = [rid for rid, h in live.items() if h.state is State.RUNNING]
         if running:
             self.journal.heartbeat(running)
 
