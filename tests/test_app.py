@@ -347,6 +347,30 @@ def test_resolve_reports_function_params_background_limit(registry: Registry, ma
     assert missing.response.status == 404
 
 
+def test_resolve_follows_registry_changes_limits_and_static_files(
+    registry: Registry, make: Any
+) -> None:
+    """A URL resolved before reflects a function added later, new limits, and a static file
+    that appears for a prefer_static route (resolutions are remembered, never stale)."""
+    static: set[str] = set()
+    registry.add("page", _noop, config=Config(path="/page", prefer_static=True))
+    app = make(static_exists=static.__contains__)
+    assert app.resolve("GET", "/.netlify/functions/late").response is not None
+    assert app.resolve("GET", "/page").function is not None
+    registry.add("late", _noop)
+    late = app.resolve("GET", "/.netlify/functions/late")
+    assert late.function is not None
+    assert late.function.name == "late"
+    assert app.resolve("GET", "/.netlify/functions/late") is late  # remembered
+    app.limits = Limits(sync_payload=10)
+    assert app.resolve("GET", "/.netlify/functions/late").body_limit == 10
+    assert app.resolve("GET", "/page").function is not None
+    static.add("/page")
+    assert app.resolve("GET", "/page").function is None  # the file now wins
+    static.clear()
+    assert app.resolve("GET", "/page").function is not None
+
+
 # -- semantics: attempts, retries, timeouts -------------------------------------------------------
 
 

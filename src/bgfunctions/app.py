@@ -32,6 +32,7 @@ from bgfunctions.routing import NoMatch
 __all__ = ["App", "Invocations", "Resolution"]
 
 log = logging.getLogger("bgfunctions.app")
+_RESOLVED_MAX = 1024
 L = TypeVar("L")
 
 
@@ -123,6 +124,9 @@ class App:
         self.method_not_allowed = method_not_allowed
         self.static_exists = static_exists
         self.invocations = Invocations(self.journal)
+        # Matches of (method, path) that did not depend on static files, valid while the
+        # routes, limits and static check they were made with are the App's: (those, matches).
+        self._resolved: tuple[tuple[object, ...], dict[tuple[str, str], Resolution]] = ((), {})
         executor.bind(
             Binding(
                 lookup=self._lookup,
@@ -166,11 +170,37 @@ class App:
         self, method: str, path: str, headers: Mapping[str, str] | None = None
     ) -> Resolution:
         """The function ``method path`` reaches, its params, and the body limit that applies."""
-        found = self.registry.match(method, path, static_exists=self.static_exists)
+        # Every request resolves its URL; most hit the same few. A cached match is valid while
+        # the registry's routes (a new Router on every change), the limits and the static-file
+        # check are the ones it was made with.
+        valid_for = (self.registry.router, self.limits, self.static_exists)
+        made_for, resolved = self._resolved
+        if made_for == valid_for:
+            hit = resolved.get((method, path))
+            if hit is not None:
+                return hit
+        else:
+            resolved = {}
+            self._resolved = (valid_for, resolved)
+        consulted = False
+
+        def static_exists(static_path: str) -> bool:
+            nonlocal consulted
+            consulted = True
+            return self.static_exists is not None and self.static_exists(static_path)
+
+        found = self.registry.match(
+            method, path, static_exists=static_exists if self.static_exists is not None else None
+        )
         if isinstance(found, NoMatch):
             return Resolution(None, self._no_match(found), self.limits.sync_payload)
         limits = found.function.limits or self.limits
-        return Resolution(found, None, limits.payload(background=found.function.background))
+        resolution = Resolution(found, None, limits.payload(background=found.function.background))
+        if not consulted:  # a file may appear or go: never cache what depended on one
+            if len(resolved) >= _RESOLVED_MAX:
+                resolved.clear()  # paths come from clients: keep the table small
+            resolved[method, path] = resolution
+        return resolution
 
     def _no_match(self, found: NoMatch) -> Response:
         if found.reason == "invalid_name":
