@@ -228,7 +228,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per server run")
     parser.add_argument("--python-load", action="store_true", help="do not use wrk")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="alternating SqliteHuey / FULL rounds (median)"
+        "--rounds", type=int, default=5, help="alternating SqliteHuey / FULL rounds (median)"
     )
     args = parser.parse_args()
 
