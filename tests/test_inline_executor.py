@@ -14,6 +14,8 @@ from bgfunctions import (
     Context,
     ExecutorShutdownError,
     InlineExecutor,
+    InvocationRecord,
+    MemoryJournal,
     Outcome,
     Registry,
     Request,
@@ -336,3 +338,33 @@ def test_failed_attempts_are_logged_with_their_traceback(
     for record in failures:
         assert record.exc_info is not None
         assert record.exc_info[0] is ValueError
+
+
+class _FailsOnce(MemoryJournal):
+    """A journal whose first attempt_ended raises: a bug or a broken disk, not a client error."""
+
+    failed = False
+
+    def attempt_ended(self, record: InvocationRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("the journal broke once")
+        super().attempt_ended(record)
+
+
+def test_an_error_in_one_attempt_does_not_drop_the_others_due_with_it() -> None:
+    """Attempts due at the same instant still run when one of them fails inside the
+    executor; that one is reported by the loop's exception handler."""
+    executor = InlineExecutor(journal=_FailsOnce())
+    registry = Registry()
+    registry.add("job", lambda request, context: None, config=BG)
+    app = App(registry, executor=executor)
+    reported: list[object] = []
+    executor.loop.set_exception_handler(lambda loop, context: reported.append(context))
+    try:
+        handles = [app.enqueue("job") for _ in range(3)]
+        executor.drain()
+        assert [h.state for h in handles] == [State.RUNNING, State.SUCCEEDED, State.SUCCEEDED]
+        assert len(reported) == 1
+    finally:
+        app.shutdown()

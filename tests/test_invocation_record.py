@@ -81,3 +81,23 @@ def test_copies_change_only_what_the_transition_changes() -> None:
         b"body",
         {"id": "7"},
     )
+
+
+class _Tagged(InvocationRecord):
+    """A subclass, as an embedder might make to carry its own helpers."""
+
+    def tag(self) -> str:
+        return f"{self.function}#{self.attempt_count}"
+
+
+def test_a_subclass_stays_itself_through_every_transition() -> None:
+    """Records of a subclass keep their class through start, end, cancel and reject."""
+    request = Request("POST", "/.netlify/functions/f")
+    record = _Tagged.of_request(request, request_id="01J", function="f", params={}, accepted_at=1.0)
+    started = record.start_attempt(2.0)
+    ended = started.end_attempt(3.0, Outcome.ERROR, RetryPolicy(delays=(60.0,)))
+    for step in (record, started, ended, ended.cancel(4.0), record.reject(2.0)):
+        assert type(step) is _Tagged
+    assert isinstance(ended, _Tagged)
+    assert ended.tag() == "f#1"
+    assert ended.state is State.RETRY_SCHEDULED

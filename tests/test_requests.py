@@ -437,7 +437,7 @@ def test_request_roundtrips_through_json(
 _HEADER_TEXT = st.text(
     st.sampled_from([*"aZ9-_!~", " ", ":", "\t", "\r", "\n", "\x00", "\x7f", "é", "Ā", "\u2028"]),
     max_size=6,
-)
+) | st.builds(lambda a, b: f"{a}:{b}", st.text("ab-", min_size=1), st.text("ab-", min_size=1))
 
 
 @given(st.lists(st.tuples(_HEADER_TEXT, _HEADER_TEXT), max_size=4))
@@ -452,6 +452,13 @@ def test_headers_checked_in_bulk_agree_with_pair_by_pair(pairs: list[tuple[str, 
             return str(exc)
 
     assert build(pairs) == build(tuple(pairs))
+
+
+@pytest.mark.parametrize("name", ["x-a:b", "a:", ":a", "a::b"])
+def test_headers_refuse_a_colon_in_a_name_in_a_list_too(name: str) -> None:
+    """A name holding the bulk check's own separator is refused, as pair by pair."""
+    with pytest.raises(ValueError, match="invalid header name"):
+        Headers([("ok", "1"), (name, "c")])
 
 
 def test_headers_refuse_a_string_among_pairs() -> None:

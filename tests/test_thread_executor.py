@@ -19,8 +19,11 @@ import pytest
 from bgfunctions import (
     App,
     Context,
+    Event,
+    EventKind,
     InvocationRecord,
     Limits,
+    MemoryJournal,
     Outcome,
     Registry,
     Request,
@@ -196,6 +199,57 @@ def test_every_hung_attempt_times_out_at_its_own_limit(registry: Registry, apps:
         assert (record.state, attempt.outcome) == (State.FAILED, Outcome.TIMED_OUT)
         limit = 0.2 if record.function == "hang-background" else 0.4
         assert attempt.duration == pytest.approx(limit)
+
+
+class _FailsOnceOnTimeout(MemoryJournal):
+    """A journal whose first record of a timed-out attempt raises: a bug, not a client error."""
+
+    failed = False
+
+    def attempt_ended(self, record: InvocationRecord) -> None:
+        attempt = record.last_attempt
+        if not self.failed and attempt is not None and attempt.outcome is Outcome.TIMED_OUT:
+            self.failed = True
+            raise RuntimeError("the journal broke once")
+        super().attempt_ended(record)
+
+
+def test_an_error_ending_one_timed_out_attempt_leaves_the_deadlines_working(
+    registry: Registry, apps: list[App]
+) -> None:
+    """When ending one timed-out attempt fails inside the executor, the attempts of the same
+    limit started with it and after it still time out at their deadlines."""
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def hang(request: Request, context: Context) -> None:
+        started.release()
+        release.wait(WAIT)
+
+    registry.add("hang-background", hang)
+    failed = threading.Semaphore(0)
+
+    def on_event(event: Event) -> None:
+        if event.kind is EventKind.FAILED:
+            failed.release()
+
+    executor = ThreadExecutor(max_workers=8, journal=_FailsOnceOnTimeout())
+    app = _app(
+        registry, apps, executor, limits=SHORT, retry=RetryPolicy(delays=()), on_event=on_event
+    )
+    try:
+        first = [app.enqueue("hang-background") for _ in range(3)]
+        for _ in first:
+            assert started.acquire(timeout=WAIT)
+        # Two end as timed out; the third one's end could not be recorded.
+        assert failed.acquire(timeout=WAIT)
+        assert failed.acquire(timeout=WAIT)
+        later = app.enqueue("hang-background")
+        assert started.acquire(timeout=WAIT)
+        assert later.wait(WAIT).attempts[0].outcome is Outcome.TIMED_OUT
+    finally:
+        release.set()
+    assert sorted(h.state.value for h in first) == ["failed", "failed", "running"]
 
 
 def test_max_pending_gives_503(registry: Registry, apps: list[App]) -> None:

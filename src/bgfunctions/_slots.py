@@ -9,6 +9,7 @@ changed fields, which sets each slot through its own descriptor: several times f
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace as _replace
 from typing import Any, TypeVar
 
 __all__ = ["copier", "evolve"]
@@ -25,9 +26,12 @@ def copier(cls: type[Any], changed: tuple[str, ...]) -> Callable[..., Any]:
     unknown = [name for name in changed if name not in slots]
     if unknown:
         raise TypeError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+    args = ", ".join(f"v_{name}" for name in changed)
     lines = [
-        f"def build(new_, cls, {', '.join(f'set_{name}' for name in slots)}):",
-        f"    def copy(obj, {', '.join(f'v_{name}' for name in changed)}):",
+        f"def build(new_, cls, replace, {', '.join(f'set_{name}' for name in slots)}):",
+        f"    def copy(obj, {args}):",
+        "        if type(obj) is not cls:  # a subclass: its own __init__ and fields",
+        f"            return replace(obj, **dict(zip({changed!r}, ({args},))))",
         "        new = new_(cls)",
     ]
     for name in slots:
@@ -37,13 +41,16 @@ def copier(cls: type[Any], changed: tuple[str, ...]) -> Callable[..., Any]:
     namespace: dict[str, Any] = {}
     exec("\n".join(lines), namespace)  # the class's own field names only
     setters = [cls.__dict__[name].__set__ for name in slots]
-    copy: Callable[..., Any] = namespace["build"](object.__new__, cls, *setters)
+    copy: Callable[..., Any] = namespace["build"](object.__new__, cls, _replace, *setters)
     return copy
 
 
 def evolve(obj: _T, **changes: Any) -> _T:
     """``dataclasses.replace(obj, **changes)`` without ``__init__``, through a cached copier."""
-    key = (type(obj), tuple(changes))
+    cls = type(obj)
+    if "__slots__" not in cls.__dict__:  # a subclass that declares no slots of its own
+        return _replace(obj, **changes)  # type: ignore[type-var]
+    key = (cls, tuple(changes))
     copy = _COPIERS.get(key)
     if copy is None:
         copy = _COPIERS[key] = copier(*key)

@@ -99,7 +99,11 @@ def _checked_in_bulk(items: list[Any]) -> list[tuple[str, str]] | None:
         values = "\t".join([value for _, value in items])
     except (TypeError, ValueError):
         return None
-    if not _TOKENS.fullmatch(names) or _BAD_VALUE.search(values) is not None:
+    if (
+        names.count(":") != len(items) - 1  # no name may hold the separator itself
+        or not _TOKENS.fullmatch(names)
+        or _BAD_VALUE.search(values) is not None
+    ):
         return None
     return [(name.lower(), value) for name, value in items]
 

@@ -358,11 +358,14 @@ class DevServer:
         self.print(f"serving {self.site_dir} on http://{self.options.host}:{self.options.port}")
         if self.view_enabled:
             self.print(f"invocations: http://{self.options.host}:{self.options.port}{PREFIX}/")
+        root = logging.getLogger()
+        level = root.level
         handler = self._show_logs()
         try:
             asyncio.run(self._serve(server))
         finally:
-            logging.getLogger().removeHandler(handler)
+            root.removeHandler(handler)
+            root.setLevel(level)
             self.app.journal.close()
 
     def _show_logs(self) -> logging.Handler:

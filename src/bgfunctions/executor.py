@@ -664,7 +664,7 @@ def _log_failure(ended: InvocationRecord, error: BaseException) -> None:
     final = ended.state is State.FAILED
     level = logging.WARNING if final else logging.INFO
     if not log.isEnabledFor(level):
-        return  # the common case under test: no formatting, no traceback walk
+        return  # failures with retries left, unless INFO is on: no formatting, no traceback
     attempt = ended.attempts[-1]
     if final:
         what = "no attempts left"

@@ -92,8 +92,16 @@ class InlineExecutor(Executor):
             self._loop.call_at(self._loop.time() + (due - now), self._run_due, due)
 
     def _run_due(self, due: float) -> None:
-        for record in self._due.pop(due):
-            self._spawn(record)
+        batch = self._due.pop(due)
+        for index, record in enumerate(batch):
+            try:
+                self._spawn(record)
+            except BaseException:
+                # The loop's exception handler reports this one; the rest of the batch runs in
+                # the next callback, as it would have with a callback per record.
+                for rest in batch[index + 1 :]:
+                    self._dispatch(rest)
+                raise
 
     def _spawn(self, record: InvocationRecord) -> None:
         try:

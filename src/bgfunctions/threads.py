@@ -460,10 +460,15 @@ class ThreadExecutor(Executor):
                 expired.append(token)
             if next_due is None:
                 self._lanes_armed.discard(timeout)
-        for token in expired:
-            self._expire(token)
-        if next_due is not None:
-            self._add_timer(next_due, lambda: self._check_lane(timeout))
+        try:
+            for token in expired:
+                try:
+                    self._expire(token)
+                except Exception:  # a bug or a journal error: the other attempts still expire
+                    log.exception("ending timed-out attempt of %s failed", token.record.request_id)
+        finally:
+            if next_due is not None:  # the lane stays armed: it must keep its timer
+                self._add_timer(next_due, lambda: self._check_lane(timeout))
 
     def _expire(self, token: _Running) -> None:
         """A sync attempt reached its deadline: record it timed out and abandon its thread."""
