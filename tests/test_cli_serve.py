@@ -326,12 +326,15 @@ def test_serve_shows_handler_logs_and_tracebacks_with_the_request_id(
     assert prefix + "attempt 1 starts" in server.lines
     assert prefix + "attempt 2 starts" in server.lines
     assert prefix + "a warning from my own logger" in server.lines
-    failed = server.lines.index(
-        next(line for line in server.lines if line.startswith(prefix + "attempt 1 of function"))
+    ended = next(
+        i for i, line in enumerate(server.lines) if line.startswith(prefix + "attempt 1 error")
     )
-    assert "KeyError: 'missing-key'; retry in 0.2 s" in server.lines[failed]
-    assert server.lines[failed + 1] == "Traceback (most recent call last):"
-    assert "KeyError: 'missing-key'" in server.lines[failed + 2 :]
+    assert server.lines[ended + 1 : ended + 3] == [
+        prefix + "attempt 1 traceback:",
+        "Traceback (most recent call last):",
+    ]
+    assert "KeyError: 'missing-key'" in server.lines[ended + 3 :]
+    assert not any("of function" in line for line in server.lines)  # said once, by the event
     assert not any("uvicorn" in line or "INFO" in line for line in server.lines)
 
 

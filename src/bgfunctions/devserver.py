@@ -195,6 +195,8 @@ class _ServerLog(logging.Filter):
     bgfunctions (a failed attempt's traceback) or from code running inside a handler."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if _is_attempt_failure(record) and not record.exc_info:
+            return False  # the event line already says it (a timeout, a crash)
         return (
             record.levelno >= logging.WARNING
             or record.name == "bgfunctions"
@@ -203,12 +205,20 @@ class _ServerLog(logging.Filter):
         )
 
 
+def _is_attempt_failure(record: logging.LogRecord) -> bool:
+    """A failed attempt as the executor logs it (see ``executor._log_failure``)."""
+    return getattr(record, "bg_failed_attempt", False) is True
+
+
 class _LineFormatter(logging.Formatter):
     """``[request id] function: message`` inside a handler, as the event lines are; else
     ``logger: LEVEL: message``. Tracebacks follow on their own lines."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         request_id = getattr(record, "bg_request_id", "")
+        if _is_attempt_failure(record):
+            # The event line just said how it ended: only the traceback follows.
+            return f"[{request_id}] {record.bg_function}: attempt {record.bg_attempt} traceback:"  # type: ignore[attr-defined]
         if request_id:
             return f"[{request_id}] {getattr(record, 'bg_function', '')}: {record.message}"
         return f"{record.name}: {record.levelname}: {record.message}"

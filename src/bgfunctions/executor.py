@@ -557,9 +557,9 @@ class Executor(ABC):
             with self._lock:
                 self._live.pop(ended.request_id, None)
             return ended
-        if error is not None and outcome.failed:
-            _log_failure(ended, error)
         self._emit(EventKind.ATTEMPT_ENDED, ended)
+        if error is not None and outcome.failed:
+            _log_failure(ended, error)  # after the event: its line, then the traceback
         state = ended.state
         if state is State.RETRY_SCHEDULED:
             self._emit(EventKind.RETRY_SCHEDULED, ended)
@@ -688,5 +688,6 @@ def _log_failure(ended: InvocationRecord, error: BaseException) -> None:
             "bg_function": ended.function,
             "bg_request_id": ended.request_id,
             "bg_attempt": attempt.number,
+            "bg_failed_attempt": True,  # what bgfunctions serve shows as a traceback only
         },
     )
