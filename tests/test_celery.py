@@ -22,7 +22,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import pytest
 from bgfunctions import (
     App,
     InvocationRecord,
+    JournalUnavailableError,
     Limits,
     NotAcceptedError,
     Outcome,
@@ -40,7 +41,9 @@ from bgfunctions import (
     RetryPolicy,
     SQLiteJournal,
     State,
+    SystemClock,
 )
+from bgfunctions.contrib import celery as celery_module
 from bgfunctions.contrib.celery import TASK_NAME, CeleryExecutor, celery_settings, make_celery
 from bgfunctions.ids import new_request_id
 from bgfunctions.journal import Journal
@@ -441,6 +444,94 @@ def test_an_attempt_claimed_after_the_read_does_not_run_again(tmp_path: Path) ->
         assert ended.state is State.SUCCEEDED
     finally:
         other.close()
+        journal.close()
+
+
+class _ClaimOutcomeUnknown(_StaleReads):
+    """``inner``, but the first claim commits and then reports its outcome unknown, as when the
+    connection breaks after the statement was sent."""
+
+    def __init__(self, inner: Journal) -> None:
+        self.inner, self.broke = inner, False
+        self.lease = getattr(inner, "lease", 10.0)  # how long the worker waits to look again
+
+    def attempt_started(self, record: InvocationRecord) -> bool:
+        claimed = self.inner.attempt_started(record)
+        if not self.broke:
+            self.broke = True
+            raise JournalUnavailableError("the connection broke; the claim's outcome is unknown")
+        return claimed
+
+    def get(self, request_id: str) -> InvocationRecord | None:
+        return self.inner.get(request_id)
+
+    def heartbeat(self, request_ids: Iterable[str]) -> None:
+        self.inner.heartbeat(request_ids)
+
+    def expire_leases(self) -> list[InvocationRecord]:
+        return self.inner.expire_leases()
+
+
+def test_a_claim_whose_outcome_is_unknown_is_looked_at_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that committed although the journal said it could not be taken is not left
+    running for ever: a message comes back after a lease, takes the attempt over as crashed,
+    and the retry runs."""
+    journal = SQLiteJournal(tmp_path / "journal.sqlite3", owner="worker", lease=0.05)
+    calls: list[int] = []
+    registry = Registry()
+
+    @registry.function("x-background")
+    def handler(request: object, context: Any) -> None:
+        calls.append(context.attempt)
+
+    record = InvocationRecord(
+        request_id=new_request_id(),
+        function="x-background",
+        method="POST",
+        url="/.netlify/functions/x-background",
+        accepted_at=1000.0,
+        next_run_at=1000.0,
+    )
+    journal.accepted(record)
+    published: list[tuple[int, float, float | None]] = []
+
+    def publish(
+        app: Any, binding: Any, record: InvocationRecord, attempt: int, countdown: float, *,
+        seen: float | None = None,
+    ) -> None:  # fmt: skip
+        published.append((attempt, countdown, seen))
+
+    monkeypatch.setattr(celery_module, "_publish", publish)
+    celery_app = make_celery(
+        broker="memory://",
+        journal=lambda: _ClaimOutcomeUnknown(journal),
+        registry=registry,
+        retry=RetryPolicy(delays=(0.0,)),
+    )
+    try:
+        task = celery_app.tasks[TASK_NAME]
+        task(record.request_id, 1)
+        assert calls == []
+        stuck = journal.get(record.request_id)
+        assert stuck is not None
+        assert stuck.state is State.RUNNING  # the claim did commit
+        ((attempt, countdown, seen),) = published
+        assert (attempt, countdown) == (1, 0.05)
+        SystemClock().sleep(0.1)  # the claim's lease runs out unrenewed (real time: leases)
+        task(record.request_id, attempt, seen)
+        taken = journal.get(record.request_id)
+        assert taken is not None
+        assert [a.outcome for a in taken.attempts] == [Outcome.CRASHED]
+        assert taken.state is State.RETRY_SCHEDULED
+        assert published[-1][0] == 2
+        task(record.request_id, 2)
+        assert calls == [2]
+        done = journal.get(record.request_id)
+        assert done is not None
+        assert done.state is State.SUCCEEDED
+    finally:
         journal.close()
 
 

@@ -460,6 +460,12 @@ class Executor(ABC):
             name,
         )
 
+    def _claim_unavailable(self, started: InvocationRecord) -> None:  # noqa: B027 - optional
+        """The journal could not take the claim of ``started``'s attempt; it may even have
+        committed it (a connection that broke after the statement was sent). Engines that will
+        not see that row again by themselves arrange to look at it later; the embedded ones do:
+        recover() takes up a waiting row, and a committed claim's lease expires unrenewed."""
+
     def _cancel_running(self, request_id: str) -> None:  # noqa: B027 - optional for engines
         """Stop a running attempt if the engine can; by default it runs to its end."""
 
@@ -499,6 +505,7 @@ class Executor(ABC):
                 # in it. Forget it here so that recover() takes it up again once the journal
                 # works, rather than let the exception end this worker.
                 log.warning("cannot start %s (%s) now: %s", rid, current.function, exc)
+                self._claim_unavailable(started)
                 claimed = False
             if not claimed:
                 self._forget(handle)

@@ -594,6 +594,14 @@ class _WorkerSide(Executor):
         if ended is not None and ended.state is State.RETRY_SCHEDULED:
             self._dispatch(ended)
 
+    def _claim_unavailable(self, started: InvocationRecord) -> None:
+        # This message is acked when the task returns. If the claim did commit, the row stays
+        # running under a lease nobody renews, and no message would come for it again: publish
+        # one that looks after a lease. If the row is then running this attempt, it is taken
+        # over (crashed, retried); if the claim never committed, that message runs the attempt.
+        attempt = started.attempt_count
+        self._send(started, attempt, self.recheck, seen=self.clock.now())
+
     def _take_over(self, record: InvocationRecord, attempt: int, seen: float) -> None:
         """A redelivered message of a running attempt: its child died or was killed at the hard
         limit (Celery requeues the message at once, so ``seen`` is about when it ended)."""
