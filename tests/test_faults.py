@@ -285,6 +285,18 @@ def in_flight(journal: Path) -> int:
     return int(row[0])
 
 
+def wait_for_a_running_attempt(journal: Path, timeout: float = 10.0) -> None:
+    """Return once the journal shows an attempt running (polled, up to ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    with contextlib.closing(sqlite3.connect(journal)) as db:
+        while time.monotonic() < deadline:
+            query = "SELECT count(*) FROM invocations WHERE state = 'running'"
+            if db.execute(query).fetchone()[0]:
+                return
+            time.sleep(0.002)  # polling the server's state, not timing a schedule
+    raise AssertionError(f"no attempt was running within {timeout} s")
+
+
 def test_kill_9_during_a_burst_loses_nothing(site: Site, servers: list[Server]) -> None:
     """SIGKILL of `bgfunctions serve` mid-burst, then a restart: everything accepted runs."""
     server = start_server(site)
@@ -292,6 +304,9 @@ def test_kill_9_during_a_burst_loses_nothing(site: Site, servers: list[Server]) 
     at_kill: dict[str, int] = {}
 
     def kill() -> None:
+        # Land while an attempt runs (not in the moment between two): that is what recovery
+        # must take over as interrupted.
+        wait_for_a_running_attempt(site.journal)
         at_kill["in_flight"] = in_flight(site.journal)
         os.kill(server.process.pid, signal.SIGKILL)
 
@@ -354,6 +369,9 @@ def kill_burst_restart(site: Site, servers: list[Server], name: str, *extra: str
     at_kill: dict[str, int] = {}
 
     def kill() -> None:
+        # Land while an attempt runs (not in the moment between two): that is what recovery
+        # must take over as interrupted.
+        wait_for_a_running_attempt(site.journal)
         at_kill["in_flight"] = in_flight(site.journal)
         os.kill(server.process.pid, signal.SIGKILL)
 
