@@ -403,12 +403,8 @@ class _StaleReads(Journal):
         return self.inner.select(**filters)
 
 
-def test_an_attempt_claimed_after_the_read_does_not_run_again(tmp_path: Path) -> None:
-    """A duplicate message whose worker read the record just before another worker claimed
-    the attempt runs nothing and leaves the other worker's claim alone."""
-    path = tmp_path / "journal.sqlite3"
-    journal = SQLiteJournal(path, owner="web")
-    other = SQLiteJournal(path, owner="other-worker")
+def _recording_registry() -> tuple[Registry, list[int]]:
+    """A registry with one background function that records the attempts it runs."""
     calls: list[int] = []
     registry = Registry()
 
@@ -416,6 +412,11 @@ def test_an_attempt_claimed_after_the_read_does_not_run_again(tmp_path: Path) ->
     def handler(request: object, context: Any) -> None:
         calls.append(context.attempt)
 
+    return registry, calls
+
+
+def _accepted_long_ago(journal: Journal) -> InvocationRecord:
+    """A record of x-background accepted in ``journal``, due long ago."""
     record = InvocationRecord(
         request_id=new_request_id(),
         function="x-background",
@@ -425,6 +426,17 @@ def test_an_attempt_claimed_after_the_read_does_not_run_again(tmp_path: Path) ->
         next_run_at=1000.0,
     )
     journal.accepted(record)
+    return record
+
+
+def test_an_attempt_claimed_after_the_read_does_not_run_again(tmp_path: Path) -> None:
+    """A duplicate message whose worker read the record just before another worker claimed
+    the attempt runs nothing and leaves the other worker's claim alone."""
+    path = tmp_path / "journal.sqlite3"
+    journal = SQLiteJournal(path, owner="web")
+    other = SQLiteJournal(path, owner="other-worker")
+    registry, calls = _recording_registry()
+    record = _accepted_long_ago(journal)
     stale = journal.get(record.request_id)
     assert stale is not None
     assert other.attempt_started(stale.start_attempt(1001.0))
@@ -479,22 +491,8 @@ def test_a_claim_whose_outcome_is_unknown_is_looked_at_again(
     running for ever: a message comes back after a lease, takes the attempt over as crashed,
     and the retry runs."""
     journal = SQLiteJournal(tmp_path / "journal.sqlite3", owner="worker", lease=0.05)
-    calls: list[int] = []
-    registry = Registry()
-
-    @registry.function("x-background")
-    def handler(request: object, context: Any) -> None:
-        calls.append(context.attempt)
-
-    record = InvocationRecord(
-        request_id=new_request_id(),
-        function="x-background",
-        method="POST",
-        url="/.netlify/functions/x-background",
-        accepted_at=1000.0,
-        next_run_at=1000.0,
-    )
-    journal.accepted(record)
+    registry, calls = _recording_registry()
+    record = _accepted_long_ago(journal)
     published: list[tuple[int, float, float | None]] = []
 
     def publish(
