@@ -544,15 +544,7 @@ def test_two_apps_in_one_process_run_on_their_own_journals(tmp_path: Path) -> No
 
     first = SQLiteJournal(tmp_path / "first.sqlite3")
     second = SQLiteJournal(tmp_path / "second.sqlite3")
-    record = InvocationRecord(
-        request_id=new_request_id(),
-        function="x-background",
-        method="POST",
-        url="/.netlify/functions/x-background",
-        accepted_at=1000.0,
-        next_run_at=1000.0,
-    )
-    second.accepted(record)
+    record = _accepted_long_ago(second)
     try:
         make_celery(broker="memory://", journal=first, registry=registry).finalize()
         app = make_celery(broker="memory://", journal=second, registry=registry)
