@@ -314,6 +314,7 @@ class _RemoteError(Exception):
 
 def _process_main(conn: multiprocessing.connection.Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    _exit_with_the_parent()
     cache: dict[tuple[str, int], Function] = {}
     clock = SystemClock()
     conn.send_bytes(b'"ready"')
@@ -325,6 +326,26 @@ def _process_main(conn: multiprocessing.connection.Connection) -> None:
         if message is None:
             return
         conn.send_bytes(json.dumps(_run_one(message, cache, clock)).encode())
+
+
+def _exit_with_the_parent() -> None:
+    """Die as soon as the server that spawned this process dies (kill -9 included).
+
+    Its running attempt is then taken over by recovery (``interrupted``) and retried; left
+    alive, the orphan would go on running that attempt next to its retry, for up to the
+    15-minute limit. The spawned child holds a sentinel of its parent that becomes ready
+    when the parent is gone.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="bgfunctions-parent-watch", daemon=True).start()
 
 
 def _load(message: Mapping[str, Any], cache: dict[tuple[str, int], Function]) -> Function:
