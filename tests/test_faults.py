@@ -62,6 +62,8 @@ def _write(line):
 
 def handler(request, context):
     _write(f"start {{context.request_id}} {{context.attempt}} {{os.getpid()}} {{time.time():.6f}}")
+    if request.body == b"hold" and context.attempt == 1:
+        time.sleep(600)  # still running when the test kills the server
     time.sleep(0.02)
     _write(f"end {{context.request_id}} {{context.attempt}} {{os.getpid()}} {{time.time():.6f}}")
 """
@@ -297,6 +299,35 @@ def wait_for_a_running_attempt(journal: Path, timeout: float = 10.0) -> None:
     raise AssertionError(f"no attempt was running within {timeout} s")
 
 
+def hold_an_attempt(site: Site, server: Server, timeout: float = 10.0) -> str:
+    """Send a request whose first attempt runs until the server dies; return its request id
+    once the handler has started (its ledger line is there)."""
+    url = f"http://127.0.0.1:{server.port}/.netlify/functions/work-background"
+    response = httpx.post(url, content="hold", timeout=5.0)
+    assert response.status_code == 202, response
+    request_id = response.headers["x-nf-request-id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (request_id, 1) in Ledger.read(site.ledger).starts:
+            return request_id
+        time.sleep(0.01)  # polling the handler's ledger, not timing a schedule
+    raise AssertionError(f"the held attempt of {request_id} did not start within {timeout} s")
+
+
+def gone_within(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` has exited (or is a zombie) within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+        if "\nState:\tZ" in status:
+            return True
+        time.sleep(0.05)  # polling a process's state, not timing a schedule
+    return False
+
+
 def test_kill_9_during_a_burst_loses_nothing(site: Site, servers: list[Server]) -> None:
     """SIGKILL of `bgfunctions serve` mid-burst, then a restart: everything accepted runs."""
     server = start_server(site)
@@ -367,16 +398,20 @@ def kill_burst_restart(site: Site, servers: list[Server], name: str, *extra: str
     server = start_server(site, *extra)
     servers.append(server)
     at_kill: dict[str, int] = {}
+    # One attempt that is surely running at the kill, whatever the timing of the 20 ms ones:
+    # recovery must take it over as interrupted and retry it on the schedule.
+    held = hold_an_attempt(site, server)
 
     def kill() -> None:
-        # Land while an attempt runs (not in the moment between two): that is what recovery
-        # must take over as interrupted.
-        wait_for_a_running_attempt(site.journal)
         at_kill["in_flight"] = in_flight(site.journal)
         os.kill(server.process.pid, signal.SIGKILL)
 
     result = asyncio.run(burst([server.port], BURST, BURST // 3, kill))
+    result.accepted.append(held)
     server.process.wait(10)
+    [(runner, _at)] = Ledger.read(site.ledger).starts[held, 1]
+    if runner != server.process.pid:  # a worker process: it must not outlive its server
+        assert gone_within(runner, 10.0), f"worker {runner} still runs after its server died"
     restart_at = time.time()
     began = time.monotonic()
     restarted = start_server(site, *extra, port=server.port)
