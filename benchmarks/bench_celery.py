@@ -149,6 +149,54 @@ def purge(broker: str, celery_app: Any, queue: str) -> None:
                     pass
 
 
+def group_cpu(groups: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the live processes of these process groups."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) in groups:  # field 5 of stat: the process group
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def broker_cpu() -> float:
+    """CPU seconds of the local RabbitMQ / Redis servers (0 when they are not local processes)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        if name in ("beam.smp", "redis-server"):
+            fields = text.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+class CPU:
+    """Per-invocation CPU of the sender (this process), the workers and the broker."""
+
+    def __init__(self, workers: list[subprocess.Popen[bytes]]) -> None:
+        self.groups = [w.pid for w in workers]
+        self.start = (time.process_time(), group_cpu(self.groups), broker_cpu())
+
+    def report(self, name: str, count: int) -> None:
+        end = (time.process_time(), group_cpu(self.groups), broker_cpu())
+        per = [(b - a) / count * 1e3 for a, b in zip(self.start, end, strict=True)]
+        sender, workers, broker = per
+        print(
+            f"  {name}: CPU ms/invocation: sender {sender:.2f}  workers {workers:.2f}  "
+            f"broker {broker:.2f}  total {sender + workers + broker:.2f}",
+            flush=True,
+        )
+
+
 def wait_for(what: str, predicate: Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -186,8 +234,11 @@ def run_bgfunctions(broker: str, count: int, journal_kind: str, profile: bool) -
         try:
             app.enqueue("noop-background").wait(60)  # workers up, queue declared
             ids = []
+            cpu = CPU(workers)
+            sending = time.perf_counter()
             for _ in range(count):
                 ids.append(app.enqueue("noop-background").request_id)
+            print(f"  bgfunctions: {count / (time.perf_counter() - sending):8.1f} accepts/s")
             first = journal.get(ids[0])
             assert first is not None
             ends: list[float] = []
@@ -207,6 +258,7 @@ def run_bgfunctions(broker: str, count: int, journal_kind: str, profile: bool) -
                 return True
 
             wait_for("the bgfunctions invocations", finished, 600)
+            cpu.report("bgfunctions", count)
             rate = count / (max(ends) - first.accepted_at)
         finally:
             stop_workers(workers)
@@ -240,14 +292,17 @@ def run_plain(broker: str, count: int) -> float:
             celery_app.send_task("bench.noop", queue=queue)
             wait_for("the warm-up task", lambda: done.exists(), 60)
             done.unlink()
+            cpu = CPU(workers)
             first = time.time()
             for _ in range(count):
                 celery_app.send_task("bench.noop", queue=queue)
+            print(f"  plain:       {count / (time.time() - first):8.1f} sends/s")
 
             def lines() -> int:
                 return len(done.read_text().split()) if done.exists() else 0
 
             wait_for("the plain tasks", lambda: lines() >= count, 600)
+            cpu.report("plain", count)
             rate = count / (max(float(t) for t in done.read_text().split()) - first)
         finally:
             stop_workers(workers)
