@@ -240,6 +240,46 @@ def test_a_known_request_id_fails_alone_in_a_shared_transaction(
     assert stats["commits"] - before["commits"] < stats["writes"] - before["writes"]
 
 
+def test_close_under_concurrent_accepts_keeps_every_answered_one(
+    open_journal: Opener, path: Path
+) -> None:
+    """close() while 16 threads accept: each accept either returned (its row is committed) or
+    raised JournalUnavailableError (no row); none hangs, none is half done."""
+    journal = open_journal()
+    returned: list[str] = []
+    refused: list[str] = []
+    errors: list[BaseException] = []
+    started = threading.Barrier(17)
+
+    def accept(t: int) -> None:
+        started.wait()
+        for i in range(200):
+            rid = f"{t}-{i}"
+            try:
+                journal.accepted(_record(rid))
+            except JournalUnavailableError:
+                refused.append(rid)
+                return
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+                return
+            returned.append(rid)
+
+    threads = [threading.Thread(target=accept, args=(t,)) for t in range(16)]
+    for t in threads:
+        t.start()
+    started.wait()
+    while len(returned) < 100:  # some commits done, others queued or under way
+        threading.Event().wait(0.001)  # polling the threads' progress, not timing a schedule
+    journal.close()
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive(), "an accept hung across close()"
+    assert errors == []
+    assert refused, "close() came after every accept"
+    assert set(_rows(path)) == set(returned)
+
+
 # -- claims and leases -----------------------------------------------------------------------
 
 

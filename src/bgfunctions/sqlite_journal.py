@@ -78,11 +78,12 @@ assert len(_MIGRATIONS) == SCHEMA_VERSION
 class _Write:
     """One caller's write, waiting for the transaction that holds it to commit.
 
-    Either ``fn`` (run on the writer's connection) or ``row`` (the values of one new invocation,
+    Either ``fn`` (run on the write connection) or ``row`` (the values of one new invocation,
     inserted together with the other rows of its batch). ``done`` is held until the write is
-    settled: the caller blocks acquiring it, the writer releases it (cheaper than an Event)."""
+    settled, or until its caller is promoted to commit the next batch: the caller blocks
+    acquiring it, the leader releases it (cheaper than an Event)."""
 
-    __slots__ = ("done", "error", "fn", "patient", "raw", "result", "row")
+    __slots__ = ("done", "error", "fn", "patient", "promoted", "raw", "result", "row", "settled")
 
     def __init__(
         self,
@@ -99,15 +100,12 @@ class _Write:
         self.done.acquire()
         self.result: Any = None
         self.error: BaseException | None = None
+        self.settled = False
+        self.promoted = False  # woken to lead: commit the batch that holds this write
 
     def settle(self) -> None:
+        self.settled = True
         self.done.release()
-
-    def wait(self) -> Any:
-        self.done.acquire()
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 class SQLiteJournal(Journal):
@@ -153,9 +151,13 @@ class SQLiteJournal(Journal):
         self.busy_timeout = float(busy_timeout)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._stats = {"commits": 0, "writes": 0, "failed_commits": 0, "pruned": 0}
+        # Group commit without a writer thread: the first caller to find no commit under way
+        # leads (commits everything queued, its own write included); callers that come
+        # meanwhile queue, and the first of them leads the next batch. An uncontended write
+        # is then committed by its own thread, with no hand-off to another one and back.
         self._queue: list[_Write] = []
         self._cond = threading.Condition(threading.Lock())
-        self._writer_idle = False  # waiting on _cond: the next enqueue must wake it
+        self._leading = False  # a caller is committing; the queue waits for its next batch
         self._closed = False
         self._readers: list[sqlite3.Connection] = []  # idle read connections
         self._reader_lock = threading.Lock()
@@ -165,10 +167,6 @@ class SQLiteJournal(Journal):
         self._parsed: dict[str, tuple[str, InvocationRecord]] = {}
         self._inspect()
         self._conn = self._open_writer()
-        self._thread = threading.Thread(
-            target=self._writer_main, name=f"bgfunctions-journal-{self.path.name}", daemon=True
-        )
-        self._thread.start()
 
     def __repr__(self) -> str:
         return f"<SQLiteJournal {str(self.path)!r} owner={self.owner!r}>"
@@ -279,53 +277,58 @@ class SQLiteJournal(Journal):
     def _write(
         self, fn: Callable[[sqlite3.Connection], Any], *, raw: bool = False, patient: bool = True
     ) -> Any:
-        """Run ``fn`` in the writer's next transaction; return its result once committed.
+        """Run ``fn`` in the next transaction; return its result once committed.
 
         ``patient=False`` for maintenance that is retried every few seconds anyway (lease
         renewals and takeovers): a transaction of such writes only waits briefly for another
         connection's lock, so that accepts queued behind it are not held for a whole
         ``busy_timeout`` before they get their own chance (and their 503 in time)."""
-        return self._enqueue(_Write(fn, None, raw, patient)).wait()
+        return self._commit_one(_Write(fn, None, raw, patient))
 
-    def _enqueue(self, write: _Write) -> _Write:
+    def _commit_one(self, write: _Write) -> Any:
+        """Queue ``write``, lead the commit or wait for the caller that leads it; its result."""
         with self._cond:
             if self._closed:
                 raise JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} is closed")
             self._queue.append(write)
-            if self._writer_idle:  # otherwise the writer takes it after its current commit
-                self._writer_idle = False
-                self._cond.notify()
-        return write
+            lead = not self._leading
+            self._leading = True
+        if lead:
+            self._lead()
+        write.done.acquire()
+        if write.promoted:  # the leader before us is done: commit our batch
+            self._lead()
+            write.done.acquire()
+        if write.error is not None:
+            raise write.error
+        return write.result
 
-    def _writer_main(self) -> None:
-        batch: list[_Write] = []
+    def _lead(self) -> None:
+        """Commit everything queued, then hand the lead to the first write queued meanwhile."""
+        with self._cond:
+            batch, self._queue = self._queue, []
         try:
-            while True:
-                with self._cond:
-                    while not self._queue and not self._closed:
-                        self._writer_idle = True
-                        self._cond.wait()
-                    self._writer_idle = False
-                    if not self._queue:
-                        return  # closed and drained
-                    batch, self._queue = self._queue, []
-                writes = [w for w in batch if not w.raw]
-                if len(writes) < len(batch):
-                    for write in [w for w in batch if w.raw]:
-                        self._run_raw(write)
-                self._commit(writes)
-                batch = []
-                self._maybe_prune()
-        except BaseException as exc:  # a bug: fail every waiter rather than hang them
-            log.exception("SQLiteJournal writer thread died")
-            with self._cond:
-                self._closed = True
-                batch += self._queue
-                self._queue = []
+            writes = [w for w in batch if not w.raw]
+            if len(writes) < len(batch):
+                for write in [w for w in batch if w.raw]:
+                    self._run_raw(write)
+            self._commit(writes)
+            self._maybe_prune()
+        finally:
             for write in batch:
-                if write.done.locked():
-                    write.error = JournalUnavailableError(f"journal writer failed: {exc!r}")
+                if not write.settled:  # only if something above failed unexpectedly
+                    write.error = JournalUnavailableError(
+                        f"SQLiteJournal {str(self.path)!r}: the commit failed unexpectedly"
+                    )
                     write.settle()
+            with self._cond:
+                if self._queue:
+                    successor = self._queue[0]
+                    successor.promoted = True
+                    successor.done.release()
+                else:
+                    self._leading = False
+                    self._cond.notify_all()  # close() waits for the last commit
 
     def _run_raw(self, write: _Write) -> None:
         assert write.fn is not None
@@ -458,7 +461,7 @@ class SQLiteJournal(Journal):
             record.finished_at,
             text,
         )
-        self._enqueue(_Write(None, row)).wait()
+        self._commit_one(_Write(None, row))
         self._remember(record, text)
 
     def attempt_started(self, record: InvocationRecord) -> bool:
@@ -681,9 +684,8 @@ class SQLiteJournal(Journal):
         """Commit what is queued, then close every connection. Idempotent."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+            while self._leading:
+                self._cond.wait()
         with self._reader_lock:  # readers in use close themselves when they are done
             readers, self._readers = self._readers, []
         for conn in readers:
