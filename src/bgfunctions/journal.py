@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from bgfunctions.invocation import InvocationRecord, State
 
@@ -27,6 +27,23 @@ class Journal(ABC):
     @abstractmethod
     def accepted(self, record: InvocationRecord) -> None:
         """A new invocation; once this returns, the record survives what the journal promises."""
+
+    def accept_later(
+        self, record: InvocationRecord, settled: Callable[[Exception | None], None]
+    ) -> None:
+        """:meth:`accepted` without waiting: ``settled(None)`` is called, from any thread, once
+        the record is kept as :meth:`accepted` promises, ``settled(error)`` when it cannot be.
+
+        For async hosts, which await the commit rather than hold a thread for it. By default
+        this is :meth:`accepted`, then ``settled``; a journal that commits in the background
+        (:class:`~bgfunctions.sqlite_journal.SQLiteJournal`) returns at once.
+        """
+        try:
+            self.accepted(record)
+        except Exception as exc:
+            settled(exc)
+        else:
+            settled(None)
 
     @abstractmethod
     def attempt_started(self, record: InvocationRecord) -> bool:

@@ -83,7 +83,18 @@ class _Write:
     settled, or until its caller is promoted to commit the next batch: the caller blocks
     acquiring it, the leader releases it (cheaper than an Event)."""
 
-    __slots__ = ("done", "error", "fn", "patient", "promoted", "raw", "result", "row", "settled")
+    __slots__ = (
+        "done",
+        "error",
+        "fn",
+        "on_settle",
+        "patient",
+        "promoted",
+        "raw",
+        "result",
+        "row",
+        "settled",
+    )
 
     def __init__(
         self,
@@ -102,10 +113,17 @@ class _Write:
         self.error: BaseException | None = None
         self.settled = False
         self.promoted = False  # woken to lead: commit the batch that holds this write
+        self.on_settle: Callable[[], None] | None = None  # no caller waits: call this instead
 
     def settle(self) -> None:
         self.settled = True
-        self.done.release()
+        if self.on_settle is None:
+            self.done.release()
+            return
+        try:
+            self.on_settle()
+        except Exception:
+            log.exception("SQLiteJournal: a write's settle callback raised; ignored")
 
 
 class SQLiteJournal(Journal):
@@ -158,6 +176,9 @@ class SQLiteJournal(Journal):
         self._queue: list[_Write] = []
         self._cond = threading.Condition(threading.Lock())
         self._leading = False  # a caller is committing; the queue waits for its next batch
+        # Writes nobody waits for (accept_later) are led by this thread, made at first use.
+        self._committer: threading.Thread | None = None
+        self._committer_turn = False  # the committer is to lead the next batch
         self._closed = False
         self._readers: list[sqlite3.Connection] = []  # idle read connections
         self._reader_lock = threading.Lock()
@@ -323,9 +344,16 @@ class SQLiteJournal(Journal):
                     write.settle()
             with self._cond:
                 if self._queue:
-                    successor = self._queue[0]
-                    successor.promoted = True
-                    successor.done.release()
+                    # The first caller that waits leads next; if none waits (accept_later
+                    # only), the committer thread does.
+                    successor = next((w for w in self._queue if w.on_settle is None), None)
+                    if successor is not None:
+                        successor.promoted = True
+                        successor.done.release()
+                    else:
+                        self._committer_turn = True
+                        self._start_committer()
+                        self._cond.notify_all()
                 else:
                     self._leading = False
                     self._cond.notify_all()  # close() waits for the last commit
@@ -451,18 +479,59 @@ class SQLiteJournal(Journal):
         """Insert ``record``; returns once committed. Raises :class:`JournalUnavailableError`
         when the file cannot take it (nothing written), ValueError for a known request id."""
         text = _dumps(record)
-        row = (
-            record.request_id,
-            record.function,
-            record.state.value,
-            len(record.attempts),
-            record.accepted_at,
-            record.next_run_at,
-            record.finished_at,
-            text,
-        )
-        self._commit_one(_Write(None, row))
+        self._commit_one(_Write(None, _row(record, text)))
         self._remember(record, text)
+
+    def accept_later(
+        self, record: InvocationRecord, settled: Callable[[Exception | None], None]
+    ) -> None:
+        """Queue ``record`` for the next group commit and return; ``settled`` is called from
+        the thread that committed it. Raises :class:`JournalUnavailableError` when closed."""
+        text = _dumps(record)
+        write = _Write(None, _row(record, text))
+
+        def on_settle() -> None:
+            error = write.error
+            if error is None:
+                self._remember(record, text)
+                settled(None)
+            elif isinstance(error, Exception):
+                settled(error)
+            else:
+                settled(JournalUnavailableError(repr(error)))
+
+        write.on_settle = on_settle
+        with self._cond:
+            if self._closed:
+                raise JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} is closed")
+            self._queue.append(write)
+            if not self._leading:
+                self._leading = True
+                self._committer_turn = True
+                self._start_committer()
+                self._cond.notify_all()
+
+    def _start_committer(self) -> None:
+        if self._committer is None:
+            self._committer = threading.Thread(
+                target=self._committer_main,
+                name=f"bgfunctions-journal-{self.path.name}",
+                daemon=True,
+            )
+            self._committer.start()
+
+    def _committer_main(self) -> None:
+        while True:
+            with self._cond:
+                while not self._committer_turn and not (self._closed and not self._leading):
+                    self._cond.wait()
+                if not self._committer_turn:
+                    return  # closed, and nothing left to commit
+                self._committer_turn = False
+            try:
+                self._lead()
+            except BaseException:  # pragma: no cover - _lead settles and hands over first
+                log.exception("SQLiteJournal %s: commit failed", self.path)
 
     def attempt_started(self, record: InvocationRecord) -> bool:
         """Claim the newest attempt: only a row still waiting for exactly this attempt is
@@ -686,11 +755,29 @@ class SQLiteJournal(Journal):
             self._closed = True
             while self._leading:
                 self._cond.wait()
+            self._cond.notify_all()  # the committer thread, if any, ends
+            committer = self._committer
+        if committer is not None and committer is not threading.current_thread():
+            committer.join()
         with self._reader_lock:  # readers in use close themselves when they are done
             readers, self._readers = self._readers, []
         for conn in readers:
             conn.close()
         self._conn.close()
+
+
+def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
+    """The values of a new invocation's row (``text``: the record's JSON)."""
+    return (
+        record.request_id,
+        record.function,
+        record.state.value,
+        len(record.attempts),
+        record.accepted_at,
+        record.next_run_at,
+        record.finished_at,
+        text,
+    )
 
 
 def _values(rows: Sequence[_Write]) -> list[Any]:
