@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import shutil
@@ -15,7 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from bgfunctions import App, Context, InlineExecutor, Registry, Request, RetryPolicy, VirtualClock
+from bgfunctions import (
+    App,
+    Context,
+    Event,
+    EventKind,
+    InlineExecutor,
+    Registry,
+    Request,
+    RetryPolicy,
+    ThreadExecutor,
+    VirtualClock,
+)
 from bgfunctions.errors import JournalError, JournalUnavailableError, NotAcceptedError
 from bgfunctions.invocation import InvocationRecord, Outcome, State
 from bgfunctions.sqlite_journal import APPLICATION_ID, SCHEMA_VERSION, SQLiteJournal
@@ -790,6 +802,99 @@ def test_unavailable_journal_makes_the_app_answer_503(path: Path, clock: Virtual
     finally:
         app.shutdown()
         journal.close()
+
+
+def _thread_app(
+    path: Path, calls: list[str], on_event: Callable[[Event], None] | None = None
+) -> tuple[App, SQLiteJournal]:
+    registry = Registry()
+    registry.add("job-background", lambda request, context: calls.append(context.request_id))
+    journal = SQLiteJournal(path)
+    executor = ThreadExecutor(journal=journal)
+    return App(registry, executor=executor, on_event=on_event or ()), journal
+
+
+def test_async_accepts_share_commits_and_each_202_is_on_disk(path: Path) -> None:
+    """handle_async on a real loop: 64 concurrent requests, each 202 given once its row is
+    committed; they share transactions (no thread held per accept); every one runs."""
+    calls: list[str] = []
+    app, journal = _thread_app(path, calls)
+    committed_at_202: list[bool] = []
+
+    async def one() -> str:
+        response = await app.handle_async(Request("POST", "/.netlify/functions/job-background"))
+        assert response.status == 202, response
+        rid = response.headers["x-nf-request-id"]
+        committed_at_202.append(rid in _rows(path))
+        return rid
+
+    async def main() -> list[str]:
+        return await asyncio.gather(*(one() for _ in range(64)))
+
+    try:
+        app.start()
+        before = journal.stats()
+        rids = asyncio.run(main())
+        stats = journal.stats()
+        for rid in rids:
+            assert app.executor.get(rid).wait(10).state is State.SUCCEEDED
+    finally:
+        app.shutdown()
+        journal.close()
+    assert committed_at_202 == [True] * 64
+    assert sorted(calls) == sorted(rids)
+    assert stats["commits"] - before["commits"] < stats["writes"] - before["writes"]
+
+
+def test_async_accept_on_an_unavailable_journal_is_a_503(path: Path) -> None:
+    """handle_async with a journal that cannot commit: 503 with Retry-After, nothing kept."""
+    calls: list[str] = []
+    app, journal = _thread_app(path, calls)
+    try:
+        app.start()
+        journal._execute_for_tests("PRAGMA query_only = ON")
+        request = Request("POST", "/.netlify/functions/job-background")
+        response = asyncio.run(app.handle_async(request))
+        assert response.status == 503
+        assert "retry-after" in response.headers
+        assert app.executor.stats().pending == 0
+    finally:
+        app.shutdown()
+        journal.close()
+    assert _rows(path) == {}
+    assert calls == []
+
+
+def test_an_async_accept_whose_caller_is_cancelled_still_runs(path: Path) -> None:
+    """The awaiting task is cancelled after its record went to the journal (a client gone):
+    the invocation is committed and runs all the same; nothing accepted is lost."""
+    calls: list[str] = []
+    succeeded = threading.Event()
+
+    def on_event(event: Event) -> None:
+        if event.kind is EventKind.SUCCEEDED:
+            succeeded.set()
+
+    app, journal = _thread_app(path, calls, on_event)
+
+    async def main() -> None:
+        request = Request("POST", "/.netlify/functions/job-background")
+        task = asyncio.ensure_future(app.handle_async(request))
+        await asyncio.sleep(0)  # the task runs up to its await of the commit
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The loop ends here, maybe before the commit: the dispatch must not need it.
+
+    try:
+        app.start()
+        asyncio.run(main())
+        assert succeeded.wait(10), "the invocation of the cancelled request never ran"
+    finally:
+        app.shutdown()
+        journal.close()
+    assert list(_rows(path)) == calls
+    assert len(calls) == 1
 
 
 def test_a_restarted_app_runs_what_a_dead_one_accepted(path: Path, clock: VirtualClock) -> None:

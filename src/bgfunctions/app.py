@@ -9,7 +9,6 @@ It knows nothing of HTTP servers; the ASGI and WSGI adapters (and the test clien
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -243,9 +242,14 @@ class App:
         if function.background:
             if not self.journal.durable:
                 return self._accept(function, request, params, request_id)
-            # The commit waits for the disk: off the loop, so that concurrent requests reach
-            # the journal together and share one commit (group commit).
-            return await asyncio.to_thread(self._accept, function, request, params, request_id)
+            # The commit waits for the disk: awaited, so that concurrent requests reach the
+            # journal together and share one commit (group commit).
+            record = self._record(function, request, params, request_id)
+            try:
+                await self.executor.submit_async(record, request)
+            except NotAcceptedError as exc:
+                return _unavailable(exc)
+            return Response._trusted(202, [("x-nf-request-id", request_id)])
         try:
             response = await self.executor.call_async(function, request, params, request_id)
         except Exception as exc:
@@ -292,7 +296,19 @@ class App:
         *,
         replay_of: str | None = None,
     ) -> Invocation:
-        record = InvocationRecord.of_request(
+        record = self._record(function, request, params, request_id, replay_of=replay_of)
+        return self.executor.submit(record, request)
+
+    def _record(
+        self,
+        function: Function,
+        request: Request,
+        params: Mapping[str, str],
+        request_id: str,
+        *,
+        replay_of: str | None = None,
+    ) -> InvocationRecord:
+        return InvocationRecord.of_request(
             request,
             request_id=request_id,
             function=function.name,
@@ -300,7 +316,6 @@ class App:
             accepted_at=self.clock.now(),
             replay_of=replay_of,
         )
-        return self.executor.submit(record, request)
 
     def _failed(self, function: Function, request_id: str) -> Response:
         log.exception("function %r failed (request %s)", function.name, request_id)

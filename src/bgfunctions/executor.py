@@ -10,6 +10,7 @@ engine records the same attempts, with the same retry schedule, and fires the sa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bgfunctions._attempt import make_context, record_request, run_on_loop, warn_ignored_return
-from bgfunctions.clock import Clock
+from bgfunctions.clock import Clock, ClockEventLoop
 from bgfunctions.context import Context, Site
 from bgfunctions.errors import (
     ExecutorShutdownError,
@@ -217,6 +218,54 @@ class Executor(ABC):
             raise
         self._emit(EventKind.ACCEPTED, record)
         self._dispatch(record)
+        return handle
+
+    async def submit_async(
+        self, record: InvocationRecord, request: Request | None = None
+    ) -> Invocation:
+        """:meth:`submit` for async hosts: the journal's commit is awaited, and the loop serves
+        other requests meanwhile (their accepts then share the commit). No thread waits for
+        it: that costs two thread hand-offs per accept. The invocation runs even if the
+        awaiting task is cancelled once it was handed to the journal."""
+        loop = asyncio.get_running_loop()
+        if type(self).submit is not Executor.submit or isinstance(loop, ClockEventLoop):
+            # An engine with its own submit (a broker's publish), or a virtual-time loop that
+            # must count the commit as real work: the blocking submit, on a thread.
+            return await loop.run_in_executor(None, self.submit, record, request)
+        self._check_accepting()
+        if record.next_run_at is None:
+            record = dataclasses.replace(record, next_run_at=record.accepted_at)
+        handle = Invocation(self, record, request)
+        self._live[record.request_id] = handle  # as in submit()
+        committed: asyncio.Future[None] = loop.create_future()
+
+        def resolve(error: Exception | None) -> None:  # on the loop
+            if committed.done():
+                return
+            if error is None:
+                committed.set_result(None)
+            else:
+                committed.set_exception(error)
+
+        def settled(error: Exception | None) -> None:  # on the thread that committed
+            # Dispatched here, not on the loop: it runs even if the loop is gone meanwhile.
+            if error is None:
+                try:
+                    self._emit(EventKind.ACCEPTED, record)
+                    self._dispatch(record)
+                except Exception as exc:
+                    error = exc
+            else:
+                self._live.pop(record.request_id, None)
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits
+                loop.call_soon_threadsafe(resolve, error)
+
+        try:
+            self.journal.accept_later(record, settled)
+        except BaseException:
+            self._live.pop(record.request_id, None)
+            raise
+        await asyncio.shield(committed)
         return handle
 
     def resume(self, record: InvocationRecord) -> Invocation:
