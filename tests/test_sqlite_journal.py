@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -290,6 +291,40 @@ def test_close_under_concurrent_accepts_keeps_every_answered_one(
     assert errors == []
     assert refused, "close() came after every accept"
     assert set(_rows(path)) == set(returned)
+
+
+def test_a_caller_interrupted_while_it_waits_leaves_the_journal_working(
+    open_journal: Opener, path: Path
+) -> None:
+    """Ctrl-C in the main thread while its accept waits behind another's commit: that accept
+    raises KeyboardInterrupt, and later accepts and close() still complete."""
+    journal = open_journal(busy_timeout=5.0)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: the next commit waits
+    leader = threading.Thread(target=journal.accepted, args=(_record("leader"),))
+    leader.start()
+    main = threading.main_thread().ident
+    assert main is not None
+    # A real SIGINT (it wakes a blocked wait), once main waits behind the leader.
+    interrupt = threading.Timer(0.3, signal.pthread_kill, args=(main, signal.SIGINT))
+    interrupt.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            journal.accepted(_record("interrupted"))
+    finally:
+        interrupt.cancel()
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    leader.join(10)
+    later = threading.Thread(target=journal.accepted, args=(_record("later"),))
+    later.start()
+    later.join(10)
+    assert not later.is_alive(), "an accept after the interrupt hung"
+    closing = threading.Thread(target=journal.close)
+    closing.start()
+    closing.join(10)
+    assert not closing.is_alive(), "close() hung"
+    assert {"leader", "later"} <= set(_rows(path))
 
 
 # -- claims and leases -----------------------------------------------------------------------
@@ -895,6 +930,66 @@ def test_an_async_accept_whose_caller_is_cancelled_still_runs(path: Path) -> Non
         journal.close()
     assert list(_rows(path)) == calls
     assert len(calls) == 1
+
+
+def test_a_listener_that_writes_to_the_journal_on_accepted_does_not_hang_it(path: Path) -> None:
+    """An on_event listener cancelling on ACCEPTED (a journal write, from the committing
+    thread) under handle_async: the 202 comes, the invocation is cancelled, close() returns."""
+    calls: list[str] = []
+    cancelled = threading.Event()
+    apps: list[App] = []
+
+    def on_event(event: Event) -> None:
+        if event.kind is EventKind.ACCEPTED:
+            apps[0].executor.cancel(event.record.request_id)
+        elif event.kind is EventKind.CANCELLED:
+            cancelled.set()
+
+    app, journal = _thread_app(path, calls, on_event)
+    apps.append(app)
+    registry_request = Request("POST", "/.netlify/functions/job-background")
+    try:
+        app.start()
+        response = asyncio.run(asyncio.wait_for(app.handle_async(registry_request), 10))
+        assert response.status == 202
+        assert cancelled.wait(10)
+        rid = response.headers["x-nf-request-id"]
+        assert app.invocations.get(rid) is not None
+    finally:
+        app.shutdown()
+        closing = threading.Thread(target=journal.close)
+        closing.start()
+        closing.join(10)
+        assert not closing.is_alive(), "close() hung"
+    assert _rows(path)[rid][0] == "cancelled"
+
+
+def test_max_pending_bounds_async_accepts_waiting_for_their_commit(path: Path) -> None:
+    """max_pending counts accepts still waiting for their commit: 50 concurrent handle_async
+    calls against max_pending=5 and a busy worker get 503s, and at most 5 wait."""
+    release = threading.Event()
+    registry = Registry()
+    registry.add("job-background", lambda request, context: release.wait(10))
+    journal = SQLiteJournal(path)
+    app = App(registry, executor=ThreadExecutor(journal=journal, max_workers=1, max_pending=5))
+
+    async def main() -> list[int]:
+        request = Request("POST", "/.netlify/functions/job-background")
+        responses = await asyncio.gather(*(app.handle_async(request) for _ in range(50)))
+        return [r.status for r in responses]
+
+    try:
+        app.start()
+        statuses = asyncio.run(main())
+        waiting = app.executor.stats().pending
+    finally:
+        release.set()
+        app.shutdown()
+        journal.close()
+    assert statuses.count(503) >= 44, statuses
+    assert set(statuses) <= {202, 503}
+    assert waiting <= 5
+    assert len(_rows(path)) == statuses.count(202)
 
 
 def test_a_restarted_app_runs_what_a_dead_one_accepted(path: Path, clock: VirtualClock) -> None:

@@ -13,6 +13,7 @@ See docs/durability.md for what a 202 promises.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -116,10 +117,14 @@ class _Write:
         self.on_settle: Callable[[], None] | None = None  # no caller waits: call this instead
 
     def settle(self) -> None:
+        """Mark it settled and wake its caller; a write with ``on_settle`` is called back
+        later, by the leader once it handed the lead over (see ``SQLiteJournal._lead``)."""
         self.settled = True
         if self.on_settle is None:
             self.done.release()
-            return
+
+    def call_back(self) -> None:
+        assert self.on_settle is not None
         try:
             self.on_settle()
         except Exception:
@@ -176,6 +181,7 @@ class SQLiteJournal(Journal):
         self._queue: list[_Write] = []
         self._cond = threading.Condition(threading.Lock())
         self._leading = False  # a caller is committing; the queue waits for its next batch
+        self._lead_owner: object = None  # who leads: a caller's _Write, or _COMMITTER
         # Writes nobody waits for (accept_later) are led by this thread, made at first use.
         self._committer: threading.Thread | None = None
         self._committer_turn = False  # the committer is to lead the next batch
@@ -313,22 +319,73 @@ class SQLiteJournal(Journal):
                 raise JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} is closed")
             self._queue.append(write)
             lead = not self._leading
-            self._leading = True
-        if lead:
-            self._lead()
-        write.done.acquire()
-        if write.promoted:  # the leader before us is done: commit our batch
-            self._lead()
-            write.done.acquire()
+            if lead:
+                self._leading = True
+                self._lead_owner = write
+        try:
+            if lead:
+                self._lead()
+            while not write.settled:
+                write.done.acquire()
+                if write.promoted and not write.settled:  # the leader before us is done
+                    self._lead()
+        except BaseException:
+            self._abandon(write)
+            raise
         if write.error is not None:
             raise write.error
         return write.result
 
-    def _lead(self) -> None:
-        """Commit everything queued, then hand the lead to the first write queued meanwhile."""
+    def _abandon(self, write: _Write) -> None:
+        """The caller of ``write`` was interrupted (KeyboardInterrupt, a signal's SystemExit)
+        while it waited or before it led: never leave the queue without a leader."""
         with self._cond:
-            batch, self._queue = self._queue, []
+            if write.settled:
+                return  # committed or failed; whoever led handed the lead over
+            # Still queued: committed by a later leader, its result unread. Never chosen to
+            # lead (nobody waits on it any more).
+            write.on_settle = _ignore
+            if self._lead_owner is write:  # the lead is ours and was not passed on: pass it
+                self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        """(``_cond`` held, by the leader that is done) The first caller that waits leads the
+        next batch; if only writes nobody waits for are queued (accept_later), the committer
+        thread does; with nothing queued that anybody waits for, nobody leads."""
+        if not any(w.on_settle is not _ignore for w in self._queue):
+            for write in self._queue:  # abandoned by their callers: never acknowledged
+                write.error = JournalUnavailableError("abandoned by its caller")
+                write.settled = True
+            self._queue = []
+        if not self._queue:
+            self._leading = False
+            self._lead_owner = None
+            self._cond.notify_all()  # close() waits for the last commit
+            return
+        successor = next((w for w in self._queue if w.on_settle is None), None)
+        if successor is not None:
+            self._lead_owner = successor
+            successor.promoted = True
+            successor.done.release()
+        else:
+            self._give_committer_the_lead()
+
+    def _give_committer_the_lead(self) -> None:
+        """(``_cond`` held) The committer thread leads the next batch. It runs: it was started
+        before any write that nobody waits for was queued."""
+        assert self._committer is not None
+        self._lead_owner = _COMMITTER
+        self._committer_turn = True
+        self._cond.notify_all()
+
+    def _lead(self) -> None:
+        """Commit everything queued, then hand the lead to the first write queued meanwhile;
+        then call back the writes nobody waits for (after the hand-over: a callback may write
+        to this journal again)."""
+        batch: list[_Write] = []
         try:
+            with self._cond:
+                batch, self._queue = self._queue, []
             writes = [w for w in batch if not w.raw]
             if len(writes) < len(batch):
                 for write in [w for w in batch if w.raw]:
@@ -343,20 +400,10 @@ class SQLiteJournal(Journal):
                     )
                     write.settle()
             with self._cond:
-                if self._queue:
-                    # The first caller that waits leads next; if none waits (accept_later
-                    # only), the committer thread does.
-                    successor = next((w for w in self._queue if w.on_settle is None), None)
-                    if successor is not None:
-                        successor.promoted = True
-                        successor.done.release()
-                    else:
-                        self._committer_turn = True
-                        self._start_committer()
-                        self._cond.notify_all()
-                else:
-                    self._leading = False
-                    self._cond.notify_all()  # close() waits for the last commit
+                self._pass_lead()
+            for write in batch:
+                if write.on_settle is not None:
+                    write.call_back()
 
     def _run_raw(self, write: _Write) -> None:
         assert write.fn is not None
@@ -375,7 +422,14 @@ class SQLiteJournal(Journal):
         conn = self._conn
         try:
             self._transact(conn, writes)
-        except sqlite3.Error as exc:
+        except BaseException as exc:
+            if not isinstance(exc, sqlite3.Error):
+                # A caller's interrupt (or a bug) mid-transaction: roll back, so that no later
+                # write runs inside this transaction and is acknowledged but never committed.
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
             if conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
@@ -504,21 +558,29 @@ class SQLiteJournal(Journal):
         with self._cond:
             if self._closed:
                 raise JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} is closed")
+            # Before anything is queued: if the thread cannot start, nothing waits for it.
+            self._start_committer()
             self._queue.append(write)
             if not self._leading:
                 self._leading = True
-                self._committer_turn = True
-                self._start_committer()
-                self._cond.notify_all()
+                self._give_committer_the_lead()
 
     def _start_committer(self) -> None:
+        """(``_cond`` held) Start the committer thread unless it runs. The lead is handed to it
+        only once it runs: any journal with a write nobody waits for has it (see _abandon)."""
         if self._committer is None:
-            self._committer = threading.Thread(
+            thread = threading.Thread(
                 target=self._committer_main,
                 name=f"bgfunctions-journal-{self.path.name}",
                 daemon=True,
             )
-            self._committer.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no more threads, or the interpreter is exiting
+                raise JournalUnavailableError(
+                    f"SQLiteJournal {str(self.path)!r}: cannot start its committer thread ({exc})"
+                ) from exc
+            self._committer = thread
 
     def _committer_main(self) -> None:
         while True:
@@ -764,6 +826,14 @@ class SQLiteJournal(Journal):
         for conn in readers:
             conn.close()
         self._conn.close()
+
+
+_COMMITTER = object()
+"""The lead owner while the committer thread leads."""
+
+
+def _ignore() -> None:
+    """The settle callback of a write whose caller gave up waiting."""
 
 
 def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
