@@ -169,6 +169,10 @@ class Executor(ABC):
         self.journal: Journal = journal if journal is not None else MemoryJournal()
         self._binding: Binding | None = None
         self._live: dict[str, Invocation] = {}
+        # Accepts of submit_async handed to the journal and not yet dispatched: they count
+        # against a bound on waiting work (ThreadExecutor.max_pending) like dispatched ones.
+        self._committing = 0
+        self._committing_lock = threading.Lock()
         self._lock = threading.RLock()
         self._finished = threading.Condition(self._lock)
         self._waiters = 0
@@ -238,6 +242,8 @@ class Executor(ABC):
         handle = Invocation(self, record, request)
         self._live[record.request_id] = handle  # as in submit()
         committed: asyncio.Future[None] = loop.create_future()
+        with self._committing_lock:
+            self._committing += 1
 
         def resolve(error: Exception | None) -> None:  # on the loop
             if committed.done():
@@ -249,6 +255,8 @@ class Executor(ABC):
 
         def settled(error: Exception | None) -> None:  # on the thread that committed
             # Dispatched here, not on the loop: it runs even if the loop is gone meanwhile.
+            with self._committing_lock:
+                self._committing -= 1
             if error is None:
                 try:
                     self._emit(EventKind.ACCEPTED, record)
@@ -263,6 +271,8 @@ class Executor(ABC):
         try:
             self.journal.accept_later(record, settled)
         except BaseException:
+            with self._committing_lock:
+                self._committing -= 1
             self._live.pop(record.request_id, None)
             raise
         await asyncio.shield(committed)

@@ -245,10 +245,10 @@ class ThreadExecutor(Executor):
         super()._check_accepting()
         if not self._started:
             self.start()
-        if self.max_pending is not None and self._pending >= self.max_pending:
+        waiting = self._pending + self._committing  # dispatched, and about to be
+        if self.max_pending is not None and waiting >= self.max_pending:
             error = QueueFullError(
-                f"ThreadExecutor has {self._pending} invocations waiting (max_pending="
-                f"{self.max_pending})"
+                f"ThreadExecutor has {waiting} invocations waiting (max_pending={self.max_pending})"
             )
             error.retry_after = 5.0
             raise error
