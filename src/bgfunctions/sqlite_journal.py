@@ -1,9 +1,9 @@
 """The durable journal: invocation records in one SQLite file (WAL), committed before the 202.
 
-Writes go through one writer thread with one connection. Callers enqueue their write and block
-until the transaction holding it has committed; the writer takes everything queued into one
-transaction (group commit), so concurrent accepts share one fsync. Reads use a small pool of
-read-only connections and never wait for the writer (WAL readers see the last commit).
+Writes go through one connection, one transaction at a time. A caller that finds no commit under
+way leads: it commits everything queued (group commit), so concurrent accepts share one fsync;
+callers that come meanwhile wait, and the first of them leads the next transaction. Reads use a
+small pool of read-only connections and never wait for a commit (WAL readers see the last one).
 
 Several processes may share a file: an attempt is *claimed* by a conditional UPDATE that only one
 of them wins, and held by a lease (``lease`` seconds, renewed by :meth:`SQLiteJournal.heartbeat`);
@@ -299,7 +299,7 @@ class SQLiteJournal(Journal):
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         return conn
 
-    # -- the writer ----------------------------------------------------------------------------
+    # -- writes: group commit --------------------------------------------------------------------
 
     def _write(
         self, fn: Callable[[sqlite3.Connection], Any], *, raw: bool = False, patient: bool = True
@@ -450,7 +450,7 @@ class SQLiteJournal(Journal):
 
         New rows go in one multi-row INSERT per ``_ROWS_PER_INSERT``. A batch of new rows only
         (the common case under load) is that one statement alone, its own transaction: one call
-        into SQLite, so the writer gives the GIL away once per commit (while SQLite writes and
+        into SQLite, so the leader gives the GIL away once per commit (while SQLite writes and
         syncs), not once per statement, and does not queue for it again behind the accepting
         threads between statements."""
         rows = [w for w in writes if w.row is not None]
@@ -683,7 +683,7 @@ class SQLiteJournal(Journal):
             sql = "UPDATE invocations SET lease_owner = ?, lease_expires = ? "
             if _RETURNING:
                 return [r[0] for r in conn.execute(sql + where + " RETURNING record", args)]
-            # Older SQLite: the same, in two statements of the writer's IMMEDIATE transaction.
+            # Older SQLite: the same, in two statements of one IMMEDIATE transaction.
             rows = conn.execute("SELECT record FROM invocations " + where, args[2:]).fetchall()
             conn.execute(sql + where, args)
             return [r[0] for r in rows]
@@ -804,10 +804,10 @@ class SQLiteJournal(Journal):
         return dict(self._stats)
 
     def _execute_for_tests(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        """Run one statement on the writer's own connection, outside any transaction.
+        """Run one statement on the write connection, outside any transaction.
 
         For fault injection in tests only (``PRAGMA max_page_count``, ``PRAGMA query_only``):
-        those settings are per connection, so only the writer's connection can carry them.
+        those settings are per connection, so only the write connection can carry them.
         """
         return list(self._write(lambda conn: conn.execute(sql, args).fetchall(), raw=True))
 
