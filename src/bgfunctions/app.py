@@ -282,22 +282,10 @@ class App:
         self, function: Function, request: Request, params: Mapping[str, str], request_id: str
     ) -> Response:
         try:
-            self._submit(function, request, params, request_id)
+            self.executor.submit(self._record(function, request, params, request_id), request)
         except NotAcceptedError as exc:
             return _unavailable(exc)
         return Response._trusted(202, [("x-nf-request-id", request_id)])
-
-    def _submit(
-        self,
-        function: Function,
-        request: Request,
-        params: Mapping[str, str],
-        request_id: str,
-        *,
-        replay_of: str | None = None,
-    ) -> Invocation:
-        record = self._record(function, request, params, request_id, replay_of=replay_of)
-        return self.executor.submit(record, request)
 
     def _record(
         self,
@@ -339,7 +327,8 @@ class App:
             raise PayloadTooLargeError(
                 f"function {name!r} accepts bodies up to {limit} bytes; got {len(request.body)}"
             )
-        return self._submit(function, request, {}, new_request_id(self.clock))
+        record = self._record(function, request, {}, new_request_id(self.clock))
+        return self.executor.submit(record, request)
 
     def get(self, request_id: str) -> Invocation:
         """A handle on an invocation by request id (raises ``InvocationNotFoundError``)."""
@@ -360,9 +349,10 @@ class App:
             body=record.body,
             client=record.client,
         )
-        return self._submit(
+        again = self._record(
             function, request, record.params, new_request_id(self.clock), replay_of=request_id
         )
+        return self.executor.submit(again, request)
 
 
 def _listeners(value: L | Sequence[L]) -> tuple[L, ...]:

@@ -207,14 +207,7 @@ class Executor(ABC):
         Raises :class:`~bgfunctions.errors.NotAcceptedError` (nothing recorded) when the
         executor cannot take it. When this returns, the journal has the record.
         """
-        self._check_accepting()
-        if record.next_run_at is None:
-            record = dataclasses.replace(record, next_run_at=record.accepted_at)
-        handle = Invocation(self, record, request)
-        # Known before it is journaled, so that recover() never takes it for someone else's.
-        # One dict store is atomic; taking self._lock here would make the accepting thread
-        # queue behind workers that hold it (a lock convoy under the GIL).
-        self._live[record.request_id] = handle
+        record, handle = self._admit(record, request)
         try:
             self.journal.accepted(record)
         except BaseException:
@@ -223,6 +216,21 @@ class Executor(ABC):
         self._emit(EventKind.ACCEPTED, record)
         self._dispatch(record)
         return handle
+
+    def _admit(
+        self, record: InvocationRecord, request: Request | None
+    ) -> tuple[InvocationRecord, Invocation]:
+        """Refuse ``record`` now if this executor cannot take it; else its due record and a
+        live handle, registered before it is journaled (so that recover() never takes it for
+        someone else's)."""
+        self._check_accepting()
+        if record.next_run_at is None:
+            record = dataclasses.replace(record, next_run_at=record.accepted_at)
+        handle = Invocation(self, record, request)
+        # One dict store is atomic; taking self._lock here would make the accepting thread
+        # queue behind workers that hold it (a lock convoy under the GIL).
+        self._live[record.request_id] = handle
+        return record, handle
 
     async def submit_async(
         self, record: InvocationRecord, request: Request | None = None
@@ -236,11 +244,7 @@ class Executor(ABC):
             # An engine with its own submit (a broker's publish), or a virtual-time loop that
             # must count the commit as real work: the blocking submit, on a thread.
             return await loop.run_in_executor(None, self.submit, record, request)
-        self._check_accepting()
-        if record.next_run_at is None:
-            record = dataclasses.replace(record, next_run_at=record.accepted_at)
-        handle = Invocation(self, record, request)
-        self._live[record.request_id] = handle  # as in submit()
+        record, handle = self._admit(record, request)
         committed: asyncio.Future[None] = loop.create_future()
         with self._committing_lock:
             self._committing += 1
