@@ -156,7 +156,7 @@ def test_record_to_view_lists_every_attempt_with_its_fields() -> None:
     assert view["state"] == "failed"
     assert view["function"] == "boom-background"
     assert view["method"] == "POST"
-    assert view["url"] == "/.netlify/functions/boom-background?x=1"
+    assert view["url"] == "/.netlify/functions/boom-background?x=[redacted]"
     assert view["finished_at"] == record.finished_at
     assert view["next_run_at"] is None
     assert view["replay_of"] is None
@@ -167,7 +167,9 @@ def test_record_to_view_lists_every_attempt_with_its_fields() -> None:
         assert set(attempt) == {
             "number",
             "started_at",
+            "started_at_iso",
             "ended_at",
+            "ended_at_iso",
             "duration",
             "outcome",
             "error_type",
