@@ -967,3 +967,14 @@ def test_every_time_in_the_json_has_its_utc_iso_8601_form() -> None:
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", iso), (key, iso)
         moment = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
         assert abs(moment.timestamp() - epoch) < 0.001, (key, epoch, iso)
+
+
+def test_docs_state_the_default_rule() -> None:
+    """docs/serving.md's Redaction section lists exactly the default words and header names."""
+    docs = Path(__file__).resolve().parent.parent / "docs" / "serving.md"
+    section = docs.read_text(encoding="utf-8").split("\n### Redaction\n", 1)[1]
+    bullet = section.split("- a header or query parameter whose name contains", 1)[1]
+    listed = set(re.findall(r"`([a-z]+)`", bullet.split("(", 1)[0]))
+    assert listed == set(DEFAULT_WORDS)
+    assert "`Cookie` and `Set-Cookie`" in section
+    assert {"cookie", "set-cookie"} == DEFAULT_HEADER_NAMES
