@@ -55,6 +55,7 @@ EXPORTED = [
     "QueryParams",
     "QueueFullError",
     "RateLimit",
+    "Redaction",
     "Registry",
     "Request",
     "RequestError",

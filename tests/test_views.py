@@ -9,6 +9,7 @@ subprocess (marked ``server`` and ``realtime``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -30,9 +31,11 @@ from bgfunctions.cli import main
 from bgfunctions.clock import SystemClock, VirtualClock
 from bgfunctions.config import Config
 from bgfunctions.devserver import JOURNAL_FILE, DevServer, ServeOptions
+from bgfunctions.errors import ConfigError
 from bgfunctions.inline import InlineExecutor
 from bgfunctions.invocation import InvocationRecord, Outcome, State
 from bgfunctions.journal import MemoryJournal
+from bgfunctions.redaction import DEFAULT_HEADER_NAMES, DEFAULT_WORDS, Redaction
 from bgfunctions.registry import Registry
 from bgfunctions.requests import Request
 from bgfunctions.sqlite_journal import SQLiteJournal
@@ -156,7 +159,7 @@ def test_record_to_view_lists_every_attempt_with_its_fields() -> None:
     assert view["state"] == "failed"
     assert view["function"] == "boom-background"
     assert view["method"] == "POST"
-    assert view["url"] == "/.netlify/functions/boom-background?x=1"
+    assert view["url"] == "/.netlify/functions/boom-background?x=[redacted]"
     assert view["finished_at"] == record.finished_at
     assert view["next_run_at"] is None
     assert view["replay_of"] is None
@@ -167,7 +170,9 @@ def test_record_to_view_lists_every_attempt_with_its_fields() -> None:
         assert set(attempt) == {
             "number",
             "started_at",
+            "started_at_iso",
             "ended_at",
+            "ended_at_iso",
             "duration",
             "outcome",
             "error_type",
@@ -670,3 +675,306 @@ def test_serve_records_in_the_site_journal_that_the_cli_and_view_read(
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+# -- redaction (issue 10 item 6) -----------------------------------------------------------------
+
+# The headers the issue found shown in full, with a value each that must never reach the view.
+ISSUE_HEADERS = {
+    "cf-access-jwt-assertion": "eyJ-cf-s3cret",
+    "x-goog-iap-jwt-assertion": "eyJ-iap-s3cret",
+    "x-amzn-oidc-data": "eyJ-alb-s3cret",
+    "x-shopify-hmac-sha256": "hmac-s3cret",
+    "x-credential": "cred-s3cret",
+    "x-passwd": "passwd-s3cret",
+}
+ISSUE_QUERY = "access_token=tok-s3cret&code=code-s3cret"
+
+
+def recording_app(seen: list[Request]) -> App:
+    """An App whose ``keep-background`` handler appends each request it gets to ``seen``."""
+    functions = registry()
+    functions.add("keep-background", lambda request, context: seen.append(request))
+    return App(functions, executor=InlineExecutor(clock=VirtualClock(START)))
+
+
+def test_the_issue_headers_and_query_are_redacted_but_the_handler_and_journal_get_them() -> None:
+    """Over HTTP, the view's JSON hides the issue's headers and query values; the handler, the
+    journal and a replay get the real request."""
+    seen: list[Request] = []
+    app = recording_app(seen)
+    try:
+        asgi = ASGIApp(app, invocations_view=True)
+        headers = {**ISSUE_HEADERS, "x-trace": "visible"}
+        url = f"/.netlify/functions/keep-background?{ISSUE_QUERY}"
+        request_id = call(asgi, "POST", url, headers=headers).headers["x-nf-request-id"]
+        assert isinstance(app.executor, InlineExecutor)
+        app.executor.drain()
+        listing = call(asgi, "GET", "/.bgfunctions/invocations")
+        single = call(asgi, "GET", f"/.bgfunctions/invocations/{request_id}")
+        for response in (listing, single):
+            assert "s3cret" not in response.text
+        view = single.json()["invocation"]
+        assert view["url"] == (
+            "/.netlify/functions/keep-background?access_token=[redacted]&code=[redacted]"
+        )
+        shown = dict(view["headers"])
+        assert {name: shown[name] for name in ISSUE_HEADERS} == dict.fromkeys(
+            ISSUE_HEADERS, REDACTED
+        )
+        assert shown["x-trace"] == "visible"
+        # What the handler got, what the journal keeps and what a replay sends: the real thing.
+        record = app.invocations.get(request_id)
+        assert record is not None
+        assert record.url == url
+        replayed = app.replay(request_id).request_id
+        app.executor.drain()
+        assert len(seen) == 2
+        assert dict(record.headers)["x-credential"] == "cred-s3cret"
+        for got in seen:
+            assert got.query_string == ISSUE_QUERY
+            assert {name: got.headers[name] for name in ISSUE_HEADERS} == ISSUE_HEADERS
+        assert (
+            call(asgi, "GET", f"/.bgfunctions/invocations/{replayed}")
+            .json()["invocation"]["url"]
+            .endswith("?access_token=[redacted]&code=[redacted]")
+        )
+    finally:
+        app.shutdown()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *ISSUE_HEADERS,
+        "Authorization",
+        "Proxy-Authorization",
+        "COOKIE",
+        "Set-Cookie",
+        "X-Api-Key",
+        "X-Auth-Token",
+        "X-CSRF-Token",
+        "Stripe-Signature",
+        "X-Hub-Signature-256",
+        "X-Session-Id",
+        "X-Client-Secret",
+        "X-Password",
+    ],
+)
+def test_the_default_rule_hides_credential_header_names(name: str) -> None:
+    """A header named for a credential, in any case, or a cookie, has its value hidden."""
+    assert Redaction().headers([(name, "v"), ("x-trace", "t")]) == [
+        (name, REDACTED),
+        ("x-trace", "t"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "name", ["Content-Type", "User-Agent", "Accept", "Host", "X-Forwarded-For", "X-Trace"]
+)
+def test_the_default_rule_shows_ordinary_header_names(name: str) -> None:
+    """Headers that are not named for a credential are shown as they came."""
+    assert Redaction().hides_header(name) is False
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("/f", "/f"),
+        ("/f?", "/f?"),
+        (f"/f?{ISSUE_QUERY}", "/f?access_token=[redacted]&code=[redacted]"),
+        ("/f?page=2&q=a+b", "/f?page=[redacted]&q=[redacted]"),
+        ("/f?empty=&&eyJhbGciOi", "/f?empty=&&[redacted]"),
+        ("/f?a=1=2", "/f?a=[redacted]"),
+        ("https://ada:pw@example.com/f?x=1", "https://[redacted]@example.com/f?x=[redacted]"),
+        ("/f#access_token=t&state=s", "/f#access_token=[redacted]&state=[redacted]"),
+        ("/f/http://ada:pw@x", "/f/http://ada:pw@x"),
+    ],
+)
+def test_the_default_rule_hides_every_query_value_and_url_user_info(url: str, shown: str) -> None:
+    """By default every query (and fragment) value, a bare query item and URL user info are
+    hidden; names, the path and empty values stay."""
+    assert Redaction().url(url) == shown
+
+
+def test_a_host_can_show_query_values_but_credential_names_stay_hidden() -> None:
+    """query_values=False shows ordinary values; credential names (even percent-encoded) are
+    still hidden."""
+    rule = Redaction(query_values=False)
+    url = "/f?page=2&access%5Ftoken=t&ApiKey=k&debug&token"
+    assert rule.url(url) == "/f?page=2&access%5Ftoken=[redacted]&ApiKey=[redacted]&debug&[redacted]"
+
+
+def test_a_host_widens_and_narrows_the_rule_over_asgi() -> None:
+    """ASGIApp(redaction=...) applies the host's rule: more words hidden, some names shown."""
+    rule = Redaction(
+        words=DEFAULT_WORDS | {"otp"},
+        header_names=DEFAULT_HEADER_NAMES | {"x-tenant"},
+        shown={"x-api-key", "code"},
+        query_values=False,
+    )
+    app = make_app()
+    try:
+        asgi = ASGIApp(app, invocations_view=True, redaction=rule)
+        call(
+            asgi,
+            "POST",
+            "/.netlify/functions/ok-background?code=c0de&page=3&access_token=t0k",
+            headers={"x-api-key": "k3y", "x-otp": "123456", "x-tenant": "acme", "cookie": "c=1"},
+        )
+        (view,) = call(asgi, "GET", "/.bgfunctions/invocations").json()["invocations"]
+    finally:
+        app.shutdown()
+    assert (
+        view["url"] == "/.netlify/functions/ok-background?code=c0de&page=3&access_token=[redacted]"
+    )
+    headers = dict(view["headers"])
+    assert (headers["x-api-key"], headers["x-otp"]) == ("k3y", REDACTED)
+    assert (headers["x-tenant"], headers["cookie"]) == (REDACTED, REDACTED)
+
+
+def test_wsgi_and_the_dev_server_take_the_hosts_rule(site: Path) -> None:
+    """WSGIApp(redaction=...) and ServeOptions(redaction=...) apply the host's rule to the view."""
+    from werkzeug.test import Client
+
+    from bgfunctions.wsgi import WSGIApp
+
+    rule = Redaction(query_values=False, shown={"x-api-key"})
+    url = "/.netlify/functions/boom-background?page=3&token=t0k"
+    expected = "/.netlify/functions/boom-background?page=3&token=[redacted]"
+    app = make_app()
+    wsgi = WSGIApp(app, invocations_view=True, redaction=rule)
+    try:
+        client = Client(wsgi)
+        assert client.post(url, headers={"x-api-key": "k3y"}).status_code == 202
+        (view,) = client.get("/.bgfunctions/invocations").get_json()["invocations"]
+        assert (view["url"], dict(view["headers"])["x-api-key"]) == (expected, "k3y")
+        # the default rule, for contrast
+        (plain,) = (
+            Client(WSGIApp(app, invocations_view=True))
+            .get("/.bgfunctions/invocations")
+            .get_json()["invocations"]
+        )
+        assert plain["url"].endswith("?page=[redacted]&token=[redacted]")
+    finally:
+        wsgi.close()
+    server = dev_server(site, redaction=rule)
+    try:
+        call(server.asgi, "POST", url, headers={"x-api-key": "k3y"})
+        (view,) = call(server.asgi, "GET", "/.bgfunctions/invocations").json()["invocations"]
+        assert (view["url"], dict(view["headers"])["x-api-key"]) == (expected, "k3y")
+    finally:
+        server.app.shutdown()
+
+
+def test_xss_in_a_secret_value_is_hidden_and_in_a_shown_one_stays_inert_data(
+    served: tuple[ASGIApp, str, str],
+) -> None:
+    """A script in a hidden value never reaches the view; in a shown one it is a JSON string,
+    served as nosniff JSON (the page writes it as text, never as HTML)."""
+    asgi, _, _ = served
+    app = asgi.app
+    request = Request(
+        "POST",
+        f"/.netlify/functions/ok-background?q={XSS.replace(' ', '%20')}",
+        headers={"x-auth-token": XSS, "x-note": XSS},
+    )
+    request_id = app.enqueue("ok-background", request).request_id
+    response = call(asgi, "GET", f"/.bgfunctions/invocations/{request_id}")
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["x-content-type-options"] == "nosniff"
+    view = response.json()["invocation"]
+    assert view["url"] == "/.netlify/functions/ok-background?q=[redacted]"
+    headers = dict(view["headers"])
+    assert (headers["x-auth-token"], headers["x-note"]) == (REDACTED, XSS)
+    assert json.dumps(view).count("document.title") == 1  # x-note's, as data
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"words": "token"}, "Redaction.words: expected a collection of names"),
+        ({"words": {""}}, "Redaction.words: expected non-empty strings; got ''"),
+        ({"shown": [1]}, "Redaction.shown: expected non-empty strings; got 1"),
+        ({"header_names": None}, "Redaction.header_names: expected a collection"),
+        ({"query_values": "no"}, "Redaction.query_values: expected True or False; got 'no'"),
+    ],
+)
+def test_a_bad_rule_is_a_config_error_naming_the_field(
+    options: dict[str, Any], message: str
+) -> None:
+    """Redaction refuses a malformed field with a ConfigError naming it and the value."""
+    with pytest.raises(ConfigError) as caught:
+        Redaction(**options)
+    assert message in str(caught.value)
+
+
+def test_a_rule_is_frozen_and_normalised() -> None:
+    """A Redaction cannot change after it is built; its names are kept lower-case."""
+    rule = Redaction(words=["OTP"], shown=("X-Api-Key",))
+    assert (rule.words, rule.shown) == (frozenset({"otp"}), frozenset({"x-api-key"}))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rule.query_values = False  # type: ignore[misc]
+
+
+# -- times in the JSON (issue 11 item 16) --------------------------------------------------------
+
+
+def _every_time(data: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, epoch, iso)`` for each ``*_at`` key (and ``now``) in a JSON answer."""
+    found = []
+    objects: list[dict[str, Any]] = [data]
+    for invocation in data.get("invocations", [data.get("invocation", {})]):
+        objects += [invocation, *invocation["attempts"]]
+    for obj in objects:
+        for key, value in obj.items():
+            if key == "now" or key.endswith("_at"):
+                found.append((key, value, obj[key + "_iso"]))
+    return found
+
+
+def test_every_time_in_the_json_has_its_utc_iso_8601_form() -> None:
+    """Each epoch time (now, accepted/next_run/finished, attempts' started/ended) has an
+    ``_iso`` twin in UTC ISO 8601 naming the same millisecond, or None with it."""
+    app = make_app()
+    try:
+        asgi = ASGIApp(app, invocations_view=True)
+        good, bad = run_two(app)
+        retrying = app.enqueue("boom-background").request_id
+        assert isinstance(app.executor, InlineExecutor)
+        app.executor.run_until(app.clock.now() + 0.25)  # attempt 1 failed, attempt 2 due
+        answers = [call(asgi, "GET", "/.bgfunctions/invocations").json()]
+        answers += [
+            call(asgi, "GET", f"/.bgfunctions/invocations/{i}").json()
+            for i in (good, bad, retrying)
+        ]
+    finally:
+        app.shutdown()
+    times = [t for answer in answers for t in _every_time(answer)]
+    assert {key for key, _, _ in times} == {
+        "now",
+        "accepted_at",
+        "next_run_at",
+        "finished_at",
+        "started_at",
+        "ended_at",
+    }
+    assert any(key == "next_run_at" and epoch is not None for key, epoch, _ in times)
+    for key, epoch, iso in times:
+        if epoch is None:
+            assert iso is None, key
+            continue
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", iso), (key, iso)
+        moment = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        assert abs(moment.timestamp() - epoch) < 0.001, (key, epoch, iso)
+
+
+def test_docs_state_the_default_rule() -> None:
+    """docs/serving.md's Redaction section lists exactly the default words and header names."""
+    docs = Path(__file__).resolve().parent.parent / "docs" / "serving.md"
+    section = docs.read_text(encoding="utf-8").split("\n### Redaction\n", 1)[1]
+    bullet = section.split("- a header or query parameter whose name contains", 1)[1]
+    listed = set(re.findall(r"`([a-z]+)`", bullet.split("(", 1)[0]))
+    assert listed == set(DEFAULT_WORDS)
+    assert "`Cookie` and `Set-Cookie`" in section
+    assert {"cookie", "set-cookie"} == DEFAULT_HEADER_NAMES

@@ -4,7 +4,7 @@ Layers (a lower layer never imports a higher one; ``tests/test_layers.py`` check
 
     L0  errors, ids*, _slots              (* ids reads time only through a Clock)
     L1  clock, config, _cron, datastructures, requests, responses, context, retry, invocation,
-        logs, _urlpattern
+        logs, _urlpattern, redaction
     L2  routing, _loader, _netlify_toml, journal, sqlite_journal
     L3  registry, _attempt, executor, inline, threads, processes
     L4  app
@@ -68,6 +68,7 @@ from bgfunctions.invocation import (
 )
 from bgfunctions.journal import Journal, MemoryJournal
 from bgfunctions.logs import InvocationFilter
+from bgfunctions.redaction import Redaction
 from bgfunctions.registry import Function, FunctionMatch, Registry, discover, resolve_background
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
@@ -128,6 +129,7 @@ __all__ = [
     "QueryParams",
     "QueueFullError",
     "RateLimit",
+    "Redaction",
     "Registry",
     "Request",
     "RequestError",

@@ -38,6 +38,7 @@ from urllib.parse import quote, unquote
 
 from bgfunctions.app import App, Resolution
 from bgfunctions.errors import RequestError
+from bgfunctions.redaction import Redaction
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
 from bgfunctions.views import InvocationsView
@@ -62,15 +63,17 @@ class ASGIApp:
         grace: float = 30.0,
         fallback: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
         invocations_view: bool = False,
+        redaction: Redaction | None = None,
     ) -> None:
         """``grace``: seconds running attempts get to finish at shutdown. ``fallback``: an ASGI
         app that gets the requests no function matched (static files, say) instead of a 404.
         ``invocations_view``: serve the read-only invocation record under ``/.bgfunctions/``
-        (off by default; it shows request URLs and headers, credentials redacted)."""
+        (off by default; it shows request URLs and headers, credentials redacted).
+        ``redaction``: what the view hides (None: the default :class:`~bgfunctions.Redaction`)."""
         self.app = app
         self.grace = grace
         self.fallback = fallback
-        self.view = InvocationsView(app) if invocations_view else None
+        self.view = InvocationsView(app, redaction=redaction) if invocations_view else None
         """The invocations view, or None when it is off."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -34,6 +34,7 @@ from bgfunctions.executor import Executor
 from bgfunctions.invocation import Event, EventKind, State
 from bgfunctions.journal import Journal
 from bgfunctions.logs import InvocationFilter
+from bgfunctions.redaction import Redaction
 from bgfunctions.registry import Registry
 from bgfunctions.retry import Limits, RetryPolicy
 from bgfunctions.views import PREFIX
@@ -76,6 +77,8 @@ class ServeOptions:
     """The SQLite journal file (its directory is created); None keeps records in memory."""
     invocations_view: bool | None = None
     """Serve ``/.bgfunctions/``; None: only when ``host`` is a loopback address."""
+    redaction: Redaction | None = None
+    """What the view hides; None: the default :class:`~bgfunctions.Redaction`."""
 
 
 def is_loopback(host: str) -> bool:
@@ -257,7 +260,12 @@ class DevServer:
         view = self.options.invocations_view
         self.view_enabled = is_loopback(self.options.host) if view is None else view
         """Whether ``/.bgfunctions/`` is served."""
-        self.asgi = ASGIApp(self.app, fallback=self.static, invocations_view=self.view_enabled)
+        self.asgi = ASGIApp(
+            self.app,
+            fallback=self.static,
+            invocations_view=self.view_enabled,
+            redaction=self.options.redaction,
+        )
 
     def _executor(self, journal: Journal | None) -> Executor:
         if self.options.executor == "process":

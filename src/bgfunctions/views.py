@@ -7,8 +7,10 @@
     GET /.bgfunctions/invocations/REQUEST_ID    one invocation, or 404 JSON
 
 It is off unless a host turns it on (``ASGIApp(app, invocations_view=True)``; the dev server does
-on a loopback address): records hold request headers and URLs. Even then the values of
-credential headers are replaced by ``[redacted]`` and bodies are shown by size only. Only GET and
+on a loopback address): records hold request headers and URLs. Even then it shows them through a
+:class:`~bgfunctions.redaction.Redaction` rule (by default: credential headers, cookies and every
+query value are replaced by ``[redacted]``), and bodies by size only. Every time is given twice:
+as epoch seconds (``accepted_at``) and as UTC ISO 8601 (``accepted_at_iso``). Only GET and
 HEAD are answered; anything else is 405. The page loads nothing from elsewhere: its CSS and
 JavaScript are inline, pinned by hash in its Content-Security-Policy, and it writes every value
 as text (never as HTML), so an error message holding ``<script>`` shows as those characters.
@@ -25,6 +27,7 @@ from urllib.parse import parse_qs, quote
 
 from bgfunctions.app import App
 from bgfunctions.invocation import Attempt, InvocationRecord, State
+from bgfunctions.redaction import REDACTED, Redaction
 from bgfunctions.responses import Response
 
 __all__ = [
@@ -32,7 +35,6 @@ __all__ = [
     "MAX_LIMIT",
     "PREFIX",
     "REDACTED",
-    "SECRET_HEADERS",
     "InvocationsView",
     "iso_utc",
     "record_to_view",
@@ -41,12 +43,7 @@ __all__ = [
 
 PREFIX = "/.bgfunctions"
 """Where the view lives, below the adapter's mount point."""
-REDACTED = "[redacted]"
-"""What a secret header's value is shown as."""
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
-"""Header names (lower case) whose values are never shown."""
-_SECRET_WORDS = ("auth", "token", "secret", "key", "session", "password", "signature", "cookie")
-"""Nor are those of headers whose names contain one of these (``x-api-key``, ``x-auth-token``)."""
+_DEFAULT_REDACTION = Redaction()
 DEFAULT_LIMIT = 50
 """Invocations listed when ``limit`` is not given."""
 MAX_LIMIT = 1000
@@ -64,22 +61,20 @@ def iso_utc(seconds: float | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def redact_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
-    """``[[name, value], ...]`` with the values of :data:`SECRET_HEADERS`, and of headers
-    whose names suggest a credential (``x-api-key``, ``x-auth-token``), replaced."""
-    return [[name, REDACTED if _secret(name) else value] for name, value in headers]
-
-
-def _secret(name: str) -> bool:
-    lower = name.lower()
-    return lower in SECRET_HEADERS or any(word in lower for word in _SECRET_WORDS)
+def redact_headers(
+    headers: Iterable[tuple[str, str]], redaction: Redaction = _DEFAULT_REDACTION
+) -> list[list[str]]:
+    """``[[name, value], ...]`` with the values ``redaction`` hides replaced by ``[redacted]``."""
+    return [[name, value] for name, value in redaction.headers(headers)]
 
 
 def _attempt_to_view(attempt: Attempt) -> dict[str, Any]:
     return {
         "number": attempt.number,
         "started_at": attempt.started_at,
+        "started_at_iso": iso_utc(attempt.started_at),
         "ended_at": attempt.ended_at,
+        "ended_at_iso": iso_utc(attempt.ended_at),
         "duration": attempt.duration,
         "outcome": None if attempt.outcome is None else attempt.outcome.value,
         "error_type": attempt.error_type,
@@ -87,24 +82,29 @@ def _attempt_to_view(attempt: Attempt) -> dict[str, Any]:
     }
 
 
-def record_to_view(record: InvocationRecord) -> dict[str, Any]:
-    """What the view shows of ``record``: JSON-able, secret headers redacted, no body.
+def record_to_view(
+    record: InvocationRecord, redaction: Redaction = _DEFAULT_REDACTION
+) -> dict[str, Any]:
+    """What the view shows of ``record``: JSON-able, the URL and headers through ``redaction``,
+    no body.
 
-    Times are epoch seconds (as in the record); ``accepted_at_iso`` repeats ``accepted_at`` in
-    UTC ISO 8601 for people reading the JSON.
+    Times are epoch seconds (as in the record, which the page computes with); each ``X_at`` has
+    an ``X_at_iso`` beside it, the same moment in UTC ISO 8601 (None when ``X_at`` is).
     """
     return {
         "request_id": record.request_id,
         "function": record.function,
         "state": record.state.value,
         "method": record.method,
-        "url": record.url,
-        "headers": redact_headers(record.headers),
+        "url": redaction.url(record.url),
+        "headers": redact_headers(record.headers, redaction),
         "body_size": len(record.body),
         "accepted_at": record.accepted_at,
         "accepted_at_iso": iso_utc(record.accepted_at),
         "next_run_at": record.next_run_at,
+        "next_run_at_iso": iso_utc(record.next_run_at),
         "finished_at": record.finished_at,
+        "finished_at_iso": iso_utc(record.finished_at),
         "replay_of": record.replay_of,
         "attempts": [_attempt_to_view(a) for a in record.attempts],
     }
@@ -164,8 +164,10 @@ class InvocationsView:
     a worker thread.
     """
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, *, redaction: Redaction | None = None) -> None:
+        """``redaction``: what the view hides (None: the default :class:`Redaction`)."""
         self.app = app
+        self.redaction = _DEFAULT_REDACTION if redaction is None else redaction
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -198,8 +200,8 @@ class InvocationsView:
             records = self.app.invocations.list(function=function, state=states, limit=limit)
             return _json(
                 {
-                    "now": self.app.clock.now(),
-                    "invocations": [record_to_view(r) for r in records],
+                    **self._now(),
+                    "invocations": [record_to_view(r, self.redaction) for r in records],
                 }
             )
         if rest.startswith("/invocations/") and "/" not in rest[len("/invocations/") :]:
@@ -207,12 +209,16 @@ class InvocationsView:
             record = self.app.invocations.get(request_id)
             if record is None:
                 return _error(404, f"no invocation with request id {request_id!r}")
-            return _json({"now": self.app.clock.now(), "invocation": record_to_view(record)})
+            return _json({**self._now(), "invocation": record_to_view(record, self.redaction)})
         return _error(
             404,
             f"nothing at {PREFIX}{rest}; expected {PREFIX}/, {PREFIX}/invocations or "
             f"{PREFIX}/invocations/REQUEST_ID",
         )
+
+    def _now(self) -> dict[str, Any]:
+        now = self.app.clock.now()
+        return {"now": now, "now_iso": iso_utc(now)}
 
 
 def _page() -> Response:

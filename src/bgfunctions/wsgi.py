@@ -36,6 +36,7 @@ from urllib.parse import quote
 
 from bgfunctions.app import App, Resolution
 from bgfunctions.errors import RequestError
+from bgfunctions.redaction import Redaction
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
 from bgfunctions.views import InvocationsView
@@ -57,15 +58,17 @@ class WSGIApp:
         grace: float = 30.0,
         fallback: Callable[[Environ, StartResponse], Iterable[bytes]] | None = None,
         invocations_view: bool = False,
+        redaction: Redaction | None = None,
     ) -> None:
         """``grace``: seconds running attempts get at interpreter exit. ``fallback``: a WSGI app
         for requests no function matched, instead of a 404. ``invocations_view``: serve the
         read-only invocation record under ``/.bgfunctions/`` (off by default: records hold
-        request URLs and headers)."""
+        request URLs and headers). ``redaction``: what the view hides (None: the default
+        :class:`~bgfunctions.Redaction`)."""
         self.app = app
         self.grace = grace
         self.fallback = fallback
-        self.view = InvocationsView(app) if invocations_view else None
+        self.view = InvocationsView(app, redaction=redaction) if invocations_view else None
         self._registered = False
         self._register_lock = threading.Lock()
 
