@@ -8,6 +8,7 @@ by hand: it is the ASGI layer's, tested in tests/test_views.py.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import logging
@@ -15,9 +16,12 @@ import os
 import re
 import shlex
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -30,12 +34,18 @@ from bgfunctions.registry import Registry
 from bgfunctions.retry import RetryPolicy
 from bgfunctions.testing import TestClient, drain, make_app
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "examples" / "site"
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 REQUEST_ID = re.compile(r"\b01[0-9A-HJKMNP-TV-Z]{24}\b")  # a ULID, as the library makes them
 DEMO_RETRY = RetryPolicy(delays=(5.0, 10.0))  # scripts/demo's --retry-delays 5,10
 _FENCE = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+_LINK = re.compile(r"(?<!!)\[([^\]\n]+)\]\(([^)\s]+)\)")
 
 
 def blocks(language: str, text: str = README) -> list[str]:
@@ -336,6 +346,75 @@ def test_readme_says_what_scripts_test_installs() -> None:
     for variable in re.findall(r"`(BGFUNCTIONS_TEST_\w+)`", text):
         assert variable in services
     assert len(re.findall(r"`(BGFUNCTIONS_TEST_\w+)`", text)) == 3
+
+
+# -- the README as a package's long description ----------------------------------------------
+
+
+def _hook() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("hatch_build", ROOT / "hatch_build.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _relative_links(markdown: str) -> list[str]:
+    prose = _FENCE.sub("", markdown)
+    return [t for _, t in _LINK.findall(prose) if not re.match(r"[a-zA-Z][\w+.-]*:|/|#", t)]
+
+
+def test_readme_relative_links_name_files_of_the_repository() -> None:
+    """Each relative link of the README names a file or folder that exists."""
+    links = _relative_links(README)
+    assert links
+    assert [t for t in links if not (ROOT / t.partition("#")[0]).exists()] == []
+
+
+def test_the_long_description_is_built_by_the_link_resolving_hook() -> None:
+    """pyproject.toml builds the readme with hatch_build.py instead of shipping README.md as is."""
+    pyproject = _pyproject()
+    assert "readme" not in pyproject["project"]
+    assert "readme" in pyproject["project"]["dynamic"]
+    assert "custom" in pyproject["tool"]["hatch"]["metadata"]["hooks"]
+    assert hasattr(_hook(), "LongDescriptionHook")
+
+
+def test_the_long_description_has_no_relative_links() -> None:
+    """With the project's own [project.urls], the long description has no relative link left,
+    and still names every path the README links to."""
+    hook = _hook()
+    urls = _pyproject()["project"].get("urls")
+    text = hook.resolve_links(README, hook.repository_url(urls), ROOT)
+    assert _relative_links(text) == []
+    for target in _relative_links(README):
+        assert target in text
+
+
+def test_the_long_description_links_resolve_against_the_repository_url() -> None:
+    """Given a Repository URL, a file link goes to blob/HEAD, a folder to tree/HEAD, and code
+    blocks and absolute links stay as they are."""
+    hook = _hook()
+    base = hook.repository_url(
+        {"Homepage": "https://a.example", "Repository": "https://r.example/x/"}
+    )
+    assert base == "https://r.example/x"
+    text = hook.resolve_links(README, base, ROOT)
+    assert "[docs/serving.md](https://r.example/x/blob/HEAD/docs/serving.md)" in text
+    assert "[`examples/site`](https://r.example/x/tree/HEAD/examples/site)" in text
+    assert _relative_links(text) == []
+    assert blocks("sh", text) == blocks("sh")
+    assert blocks("python", text) == blocks("python")
+    kept = "[a](https://b.example/c) [top](#install)\n```\n[x](y)\n```\n"
+    assert hook.resolve_links(kept, base, ROOT) == kept
+    assert hook.resolve_links("[Routing](docs/routing.md#trailing-slash)", None, ROOT) == (
+        "Routing (`docs/routing.md`)"
+    )
 
 
 # -- the README's own python blocks ----------------------------------------------------------
