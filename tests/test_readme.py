@@ -318,6 +318,9 @@ def test_readme_replay_prints_a_new_request_id_that_a_server_then_runs(
         restarted.shutdown()
         journal.close()
     assert replayed is not None
+    assert masked(command.output[-1]) == masked(
+        f"[{out[0]}] send-email-background: succeeded after {len(replayed.attempts)} attempt(s)"
+    )
     assert (replayed.replay_of, replayed.state, len(replayed.attempts)) == (
         original,
         State.SUCCEEDED,
