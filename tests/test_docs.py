@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,3 +45,37 @@ def test_doc_example_runs(
         if key.startswith("test_") and inspect.isfunction(value):
             fixtures = inspect.signature(value).parameters
             value(**{p: request.getfixturevalue(p) for p in fixtures})
+
+
+def _block(doc: str, containing: str) -> str:
+    """The one python block of docs/DOC whose source contains ``containing``."""
+    found = [s for n, s in BLOCKS if n.startswith(f"{doc}:") and containing in s]
+    assert len(found) == 1, f"expected one block of docs/{doc} with {containing!r}; got {found}"
+    return found[0]
+
+
+def test_fastapi_example_greets_by_the_query_string(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/serving.md's FastAPI example answers `?name=ada` with ada, and world without it."""
+    import asyncio
+
+    import httpx
+
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": f"docs_fastapi_{os.getpid()}"}
+    exec(compile(_block("serving.md", "FastAPI("), "serving.md", "exec"), namespace)
+    api = namespace["api"]
+    url = "/fn/.netlify/functions/hello"
+
+    async def get_both() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=api)
+        async with (
+            api.router.lifespan_context(api),
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+        ):
+            return await client.get(url, params={"name": "ada"}), await client.get(url)
+
+    named, anonymous = asyncio.run(get_both())
+    assert (named.status_code, named.json()) == (200, {"hello": "ada"})
+    assert (anonymous.status_code, anonymous.json()) == (200, {"hello": "world"})
