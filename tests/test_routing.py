@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from bgfunctions import App, Config, InlineExecutor, Registry, Request
 from bgfunctions.errors import DuplicateFunctionError, PatternError
 from bgfunctions.routing import (
     FUNCTION_NOT_FOUND,
     INVALID_NAME,
+    MAX_PATH_LENGTH,
     Match,
     NoMatch,
     Router,
@@ -86,11 +90,11 @@ def test_catch_all_never_hides_the_default_prefix() -> None:
     assert served_by(r.match("GET", "/anything/else")) == "all"
 
 
-@pytest.mark.parametrize("name", ["bad.name", "with space", "caf\u00e9"])
-def test_name_breaking_the_rule_under_prefix_is_invalid_name(name: str) -> None:
-    """A name under the prefix that breaks ^[A-Za-z0-9_-]+$ answers invalid_name."""
+@pytest.mark.parametrize("name", ["bad.name", "with space", "caf\u00e9", ".secret", "foo.js"])
+def test_unknown_name_breaking_the_rule_is_function_not_found(name: str) -> None:
+    """An unknown name under the prefix is 404 Function not found, whatever characters it holds."""
     result = router().match("GET", f"/.netlify/functions/{name}")
-    assert result == NoMatch(reason="invalid_name", message=INVALID_NAME, function=name)
+    assert result == NoMatch(reason="function_not_found", message=FUNCTION_NOT_FOUND, function=name)
     assert INVALID_NAME == (
         "Function name should consist only of alphanumeric characters, hyphen & underscores."
     )
@@ -347,3 +351,69 @@ def test_many_literal_routes_are_looked_up_not_scanned() -> None:
     specs = [RouteSpec(function=f"f{i}", paths=(f"/page/{i}",)) for i in range(5000)]
     r = Router(specs)
     assert served_by(r.match("GET", "/page/4321")) == "f4321"
+
+
+# --- through the App: request ids, the custom-paths log line, the path bound ---------------
+
+
+def _app(*functions: tuple[str, Config | None]) -> App:
+    registry = Registry()
+    for name, config in functions:
+        registry.add(name, lambda request, context: "ok", config=config)
+    return App(registry, executor=InlineExecutor())
+
+
+@pytest.mark.parametrize(
+    "path", ["/nowhere", "/.netlify/functions/nope", "/.netlify/functions/.secret"]
+)
+def test_every_404_carries_a_real_request_id(path: str) -> None:
+    """A 404 has a fresh x-nf-request-id, and the plain 404 body names it, never "none"."""
+    with _app(("hello", None)) as app:
+        first, second = app.handle(Request("GET", path)), app.handle(Request("GET", path))
+    assert first.status == second.status == 404
+    ids = [r.headers["x-nf-request-id"] for r in (first, second)]
+    assert len(ids[0]) == 26
+    assert ids[0] != ids[1]
+    if path == "/nowhere":
+        assert first.body.decode() == f"Not Found - Request ID: {ids[0]}\n"
+
+
+def test_existing_function_with_a_bad_name_is_400_with_a_request_id() -> None:
+    """Only an existing function with an invalid name gets the 400 (with its request id)."""
+    registry = Registry()
+    registry.add("bad.name", None)
+    with App(registry, executor=InlineExecutor()) as app:
+        response = app.handle(Request("GET", "/.netlify/functions/bad.name"))
+    assert response.status == 400
+    assert response.body.decode() == INVALID_NAME
+    assert len(response.headers["x-nf-request-id"]) == 26
+
+
+def test_default_url_of_a_function_with_paths_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The "has paths defined" line goes to bgfunctions.app once per function and process."""
+    with caplog.at_level(logging.INFO, logger="bgfunctions.app"):
+        for _ in range(2):  # two Apps in one process: still one line
+            with _app(("logged-once", Config(path="/logged"))) as app:
+                for _ in range(3):
+                    response = app.handle(Request("GET", "/.netlify/functions/logged-once"))
+                    assert response.status == 404
+    lines = [r for r in caplog.records if "custom paths defined" in r.getMessage()]
+    assert [r.name for r in lines] == ["bgfunctions.app"]
+    assert "'logged-once'" in lines[0].getMessage()
+    assert "'/logged'" in lines[0].getMessage()
+
+
+def test_paths_over_the_bound_are_414_before_any_pattern() -> None:
+    """A path longer than MAX_PATH_LENGTH is path_too_long (414); at the bound it is routed."""
+    r = router(RouteSpec(function="all", paths=("/*",)))
+    at_bound = "/" + "a" * (MAX_PATH_LENGTH - 1)
+    assert served_by(r.match("GET", at_bound)) == "all"
+    over = r.match("GET", at_bound + "a")
+    assert isinstance(over, NoMatch)
+    assert over.reason == "path_too_long"
+    with _app(("all", Config(path="/*"))) as app:
+        response = app.handle(Request("GET", at_bound + "a"))
+    assert response.status == 414
+    assert response.body.decode().startswith("URI Too Long - Request ID: ")

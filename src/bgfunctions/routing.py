@@ -10,7 +10,6 @@ patterns' fixed text is compared with it as written (URLPattern would percent-en
 
 from __future__ import annotations
 
-import re
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ __all__ = [
     "FUNCTION_NOT_FOUND",
     "INVALID_NAME",
     "LEGACY_PREFIX",
+    "MAX_PATH_LENGTH",
     "Match",
     "NoMatch",
     "RouteSpec",
@@ -39,9 +39,13 @@ FUNCTION_NOT_FOUND = "Function not found..."
 INVALID_NAME = "Function name should consist only of alphanumeric characters, hyphen & underscores."
 """Netlify's 400 body for a function whose name breaks the naming rule."""
 
-_VALID_NAME = re.compile(r"[A-Za-z0-9_-]+")
+MAX_PATH_LENGTH = 8192
+"""The longest path (in characters, after percent-decoding) that routing considers; a longer
+one is ``path_too_long`` (414) without any pattern being tried."""
 
-Reason = Literal["no_route", "method_not_allowed", "invalid_name", "function_not_found"]
+Reason = Literal[
+    "no_route", "method_not_allowed", "invalid_name", "function_not_found", "path_too_long"
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,17 +86,21 @@ class NoMatch:
     - ``method_not_allowed`` (404 like Netlify, or 405 with ``Allow`` if the host opts in).
     - ``invalid_name`` (400): the function's name breaks Netlify's naming rule.
     - ``function_not_found`` (404, body ``Function not found...``): unknown name under the
-      default prefix.
+      default prefix, whatever characters it holds.
+    - ``path_too_long`` (414): the path is longer than :data:`MAX_PATH_LENGTH`.
     """
 
     reason: Reason
-    """One of the four reasons above."""
+    """One of the five reasons above."""
     message: str
     """A sentence for the response body (400 and ``function_not_found``) or the log."""
     allowed: tuple[str, ...] = ()
     """For ``method_not_allowed``: the sorted methods the matching routes accept."""
     function: str | None = None
     """The function concerned, when there is one."""
+    has_custom_paths: bool = False
+    """True when ``function`` was requested at its default URL but has custom paths (the App
+    logs ``message`` once per function and process)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +210,7 @@ class Router:
         """Find the function serving ``method path``; ``path`` is the decoded URL path.
 
         Order:
+        0. A path longer than :data:`MAX_PATH_LENGTH` is ``path_too_long``.
         1. Under the default prefix (``/.netlify/functions/NAME[/...]``, or the legacy
            ``/.netlify/builders/...``): the function NAME, for any method, unless it has custom
            paths. An unknown name is ``function_not_found``; a name breaking the naming rule is
@@ -211,6 +220,13 @@ class Router:
            methods do not include ``method`` (collected for ``method_not_allowed``), or when it
            prefers static files and ``static_exists(path)`` is true.
         """
+        if len(path) > MAX_PATH_LENGTH:
+            # Matching is linear in the path's length; the bound keeps that line short.
+            return NoMatch(
+                reason="path_too_long",
+                message=f"the path has {len(path)} characters; routing considers at most "
+                f"{MAX_PATH_LENGTH}",
+            )
         method = method.upper()
         for prefix in self._prefixes:
             if path == prefix or path.startswith(prefix + "/"):
@@ -258,8 +274,8 @@ class Router:
         name = path[len(prefix) + 1 :].split("/", 1)[0]
         spec = self._specs.get(name)
         if spec is None:
-            if name and not _VALID_NAME.fullmatch(name):
-                return NoMatch(reason="invalid_name", message=INVALID_NAME, function=name)
+            # Netlify's CLI looks the name up first: only an existing function with a bad name
+            # gets the 400; an unknown name is 404 whatever characters it holds.
             return NoMatch(
                 reason="function_not_found", message=FUNCTION_NOT_FOUND, function=name or None
             )
@@ -273,5 +289,6 @@ class Router:
                     f"paths defined: {', '.join(map(repr, spec.paths))}"
                 ),
                 function=name,
+                has_custom_paths=True,
             )
         return Match(name, types.MappingProxyType({}), f"{prefix}/{name}")
