@@ -1,6 +1,8 @@
 """The router: which function serves ``METHOD /path``, with which params, or why none does.
 
 Every pattern is compiled once, when the :class:`Router` is built; literal paths go in a dict.
+Patterns are matched in time linear in the path's length (see ``_pathmatch``), and paths longer
+than :data:`MAX_PATH_LENGTH` are refused before any pattern is tried.
 The rules, and the order they are applied in, are those of :meth:`Router.match`; the user's view
 is docs/routing.md.
 
@@ -154,8 +156,11 @@ class Router:
             self._specs[spec.function] = spec
             excluded = tuple(self._compile(spec, p, "excluded_paths") for p in spec.excluded_paths)
             methods = frozenset(m.upper() for m in spec.methods)
+            for pattern in excluded:
+                warnings.extend(f"function {spec.function!r}: {w}" for w in pattern.warnings)
             for path in dict.fromkeys(spec.paths):
                 route = _Route(spec, self._compile(spec, path, "paths"), excluded, methods)
+                warnings.extend(f"function {spec.function!r}: {w}" for w in route.compiled.warnings)
                 if route.compiled.is_literal:
                     key = self._literal_key(path)
                     self._literals.setdefault(key, []).append(route)
