@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
-from bgfunctions import App, Config, InlineExecutor, Registry, Request
+from bgfunctions import App, Config, InlineExecutor, Registry, Request, SystemClock
+from bgfunctions.asgi import ASGIApp
 from bgfunctions.errors import DuplicateFunctionError, PatternError
 from bgfunctions.routing import (
     FUNCTION_NOT_FOUND,
@@ -417,3 +422,69 @@ def test_paths_over_the_bound_are_414_before_any_pattern() -> None:
         response = app.handle(Request("GET", at_bound + "a"))
     assert response.status == 414
     assert response.body.decode().startswith("URI Too Long - Request ID: ")
+
+
+@pytest.mark.parametrize("path", ["/((?:a+)+)b", "/x/(a+)+", "/((?:a|b)*)*"])
+def test_custom_group_with_nested_quantifiers_warns_at_load(path: str) -> None:
+    """A custom group whose quantifiers nest gets a warning naming the function and pattern."""
+    r = router(RouteSpec(function="risky", paths=(path,)))
+    [warning] = r.warnings
+    assert warning.startswith(f"function 'risky': the path '{path}' has the custom group")
+    assert "quantifiers nest" in warning
+
+
+@pytest.mark.parametrize("path", ["/(a+)", "/:a+/:b*", "/*/*/*.json", "/(\\d+)/(x{2,3})"])
+def test_unambiguous_patterns_do_not_warn(path: str) -> None:
+    """Our own repeats (:name+, *) and plain custom groups get no ambiguity warning."""
+    assert router(RouteSpec(function="fine", paths=(path,))).warnings == ()
+
+
+# --- over real HTTP ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_a_long_path_does_not_stop_other_requests_over_http() -> None:
+    """On uvicorn, requests to /*/*/*.json with 2,000-segment paths leave the server answering
+    others (tolerance: 10 s to start, 30 s per answer; before the fix each took ~15 s)."""
+    import uvicorn
+
+    registry = Registry()
+    registry.add("json", lambda request, context: "json", config=Config(path="/*/*/*.json"))
+    registry.add("hello", lambda request, context: "hello")
+    app = App(registry)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(ASGIApp(app), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
+    thread.start()
+    clock = SystemClock()
+    deadline = clock.monotonic() + 10
+    while not server.started:
+        assert clock.monotonic() < deadline, "uvicorn did not start within 10 s"
+        clock.sleep(0.01)
+    base = f"http://127.0.0.1:{port}"
+    long_path = "/a" * 2000
+    try:
+        with (
+            httpx.Client(base_url=base, timeout=30) as client,
+            ThreadPoolExecutor(4) as pool,
+        ):
+            slow = [pool.submit(client.get, long_path) for _ in range(3)]
+            hello = client.get("/.netlify/functions/hello")
+            assert (hello.status_code, hello.text) == (200, "hello")
+            assert [f.result().status_code for f in slow] == [404, 404, 404]
+            assert client.get(long_path + ".json").text == "json"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        app.shutdown()
+    assert not thread.is_alive()

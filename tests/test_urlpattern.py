@@ -323,3 +323,90 @@ def test_ignore_case_keeps_the_case_of_params() -> None:
 def test_ignore_trailing_slash(pattern: str, path: str, params: dict[str, str] | None) -> None:
     """With ignore_trailing_slash one '/' at the end is optional on either side, not two."""
     assert compile_pathname(pattern, ignore_trailing_slash=True).match(path) == params
+
+
+# --- linear matching ------------------------------------------------------------------------
+
+# The issue's cases (each on a path that does not match, the slowest input for backtracking).
+ADVERSARIAL = [
+    ("/*/*/*.json", "/a" * 2000),
+    ("/:a+/:b+/:c+/x", "/a" * 1024),
+    ("/*" * 9 + ".json", "/a" * 60),
+    ("/((?:a+)+)b", "/" + "a" * 2047),
+    ("/:a:b:c/x", "/" + "a" * 2047),
+]
+
+
+def steps_bound(pattern: str, path: str) -> int:
+    """Each (instruction, position) pair is tried once per try; a trailing slash adds a try."""
+    compiled = compile_pathname(pattern, ignore_trailing_slash=True)
+    assert compiled.program is not None
+    return 2 * len(compiled.program.ops) * (len(path) + 1)
+
+
+@pytest.mark.parametrize(("pattern", "path"), ADVERSARIAL)
+def test_issue_cases_match_in_steps_linear_in_the_path(pattern: str, path: str) -> None:
+    """The issue's freezing cases take at most len(program) * (len(path) + 1) steps, and
+    doubling the path at most doubles the steps (Python's re takes seconds to hours)."""
+    compiled = compile_pathname(pattern, ignore_trailing_slash=True)
+    result, steps = compiled.match_counting(path)
+    assert result is None
+    assert steps <= steps_bound(pattern, path)
+    _, doubled = compiled.match_counting(path + path[1:] if path.count("/") == 1 else path * 2)
+    assert doubled <= 2.2 * steps
+
+
+adversarial_unit = st.sampled_from(["/a", "a", "/", "a/", "//", "/a.", ".json", "aab", "/x/"])
+
+
+@st.composite
+def adversarial_path(draw: st.DrawFn) -> str:
+    """A unit repeated up to 64 KB, maybe with a short tail: the inputs that make
+    backtracking engines try every way to split the path."""
+    unit = draw(adversarial_unit)
+    size = draw(st.sampled_from([16, 500, 4096, 65536]))
+    tail = draw(st.sampled_from(["", "/x", ".json", "b", "/"]))
+    return "/" + (unit * (size // len(unit) + 1))[: size - 1 - len(tail)] + tail
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pattern_and_path(), adversarial_path())
+@example(("/*/*/*.json", ""), "/a" * 32767)
+@example(("/:a+/:b+/:c+/x", ""), "/a" * 32767)
+def test_random_patterns_match_adversarial_paths_within_the_step_bound(
+    case: tuple[str, str], path: str
+) -> None:
+    """For grammar-generated patterns and paths up to 64 KB, matching never takes more than
+    len(program) * (len(path) + 1) steps per try: the work is linear in the path."""
+    pattern = case[0]
+    try:
+        compiled = compile_pathname(pattern, ignore_trailing_slash=True)
+    except PatternError:
+        return
+    _, steps = compiled.match_counting(path)
+    assert steps <= steps_bound(pattern, path)
+
+
+def test_linear_matcher_gives_the_same_params_as_re() -> None:
+    """On ordinary paths the linear matcher and re.fullmatch find the same groups."""
+    cases = [
+        ("/users/:id", "/users/42"),
+        ("/files/*/(\\d+)", "/files/a/b/42"),
+        ("/:a+/:b", "/x/y/z"),
+        ("/book{s}?/:id?", "/books/7"),
+        ("/(a|ab)(c|bcd)(d*)", "/abcd"),
+        ("/:x(\\w+?)(\\w*)", "/abc"),
+    ]
+    for pattern, path in cases:
+        compiled = compile_pathname(pattern)
+        found = compiled.regex.fullmatch(path)
+        assert found is not None, pattern
+        expected = dict(zip(compiled.group_names, found.groups(), strict=True))
+        assert compiled.match(path) == {k: v for k, v in expected.items() if v is not None}
+
+
+def test_a_counted_repeat_too_large_to_spell_out_is_refused() -> None:
+    """A custom group needing more than MAX_PROGRAM instructions is a PatternError at load."""
+    with pytest.raises(PatternError, match="too large to match in linear time"):
+        compile_pathname("/([ab]{20000})")
+    assert compile_pathname("/(a{20000})").match("/" + "a" * 20000) == {"0": "a" * 20000}

@@ -253,6 +253,7 @@ def _run(
     n = len(text)
     width = n + 1
     caps = [-1] * program.slots
+    # A set, not a table of len(ops) * width: it holds only the pairs visited (the steps).
     seen: set[int] = set()
     # Entries are (pc, pos) to resume at, or (~slot, value) to restore a group boundary.
     stack: list[tuple[int, int]] = [(0, start)]
