@@ -488,3 +488,53 @@ def test_a_long_path_does_not_stop_other_requests_over_http() -> None:
         thread.join(15)
         app.shutdown()
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("path", "served", "params"),
+    [
+        ("/foo/./bar", "bar", {}),
+        ("/foo/baz/../bar", "bar", {}),
+        ("/x/../foo/bar", "bar", {}),
+        ("/items/a/./b/../7", "item", {"0": "a/7"}),
+        ("/../../foo/bar/.", "bar", {}),
+    ],
+)
+def test_dot_segments_of_a_request_are_resolved_before_routing(
+    path: str, served: str, params: dict[str, str]
+) -> None:
+    """`.` and `..` segments are resolved as a browser and URLPattern resolve them."""
+    r = router(
+        RouteSpec(function="bar", paths=("/foo/bar",)),
+        RouteSpec(function="item", paths=("/items/*",)),
+    )
+    found = r.match("GET", path)
+    assert isinstance(found, Match)
+    assert (found.function, dict(found.params)) == (served, params)
+
+
+def test_excluded_paths_cannot_be_dodged_with_dot_segments() -> None:
+    """`/x/../admin/secret` is the excluded `/admin/secret`, not a page of `/*`."""
+    r = router(RouteSpec(function="pages", paths=("/*",), excluded_paths=("/admin/*",)))
+    found = r.match("GET", "/x/../admin/secret")
+    assert isinstance(found, NoMatch)
+    assert found.reason == "no_route"
+
+
+def test_literal_paths_with_dot_segments_are_resolved_at_load() -> None:
+    """A literal path `/foo/../bar` is the route `/bar`, as URLPattern resolves it."""
+    assert served_by(router(RouteSpec(function="f", paths=("/foo/../bar",))).match("GET", "/bar"))
+
+
+@pytest.mark.parametrize(
+    ("path", "warning"),
+    [
+        ("/foo/../:bar", "has a '.' or '..' segment"),
+        ("/caf%C3%A9/:x", "has a %XX escape"),
+        ("/caf%C3%A9", "has a %XX escape"),
+    ],
+)
+def test_patterns_that_can_never_match_warn(path: str, warning: str) -> None:
+    """A pattern with dot segments or %XX escapes never matches a request: a load warning."""
+    r = router(RouteSpec(function="f", paths=(path,)))
+    assert [w for w in r.warnings if warning in w and repr(path) in w]

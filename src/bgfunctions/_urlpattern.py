@@ -107,6 +107,9 @@ class CompiledPattern:
     """True when Netlify treats the path as plain text (no ``* { [ (`` and no ``:`` segment)."""
     ignore_trailing_slash: bool = False
     """When True, :meth:`match` also accepts the path without one trailing ``/``."""
+    omit_if_empty: tuple[bool, ...] = ()
+    """Per group: True for an optional group with nothing around it (``(.*)?``, ``*?``), which
+    JavaScript leaves undefined rather than ``""`` when it matches nothing."""
     program: Program | None = None
     """``regex`` compiled for the linear matcher (see :mod:`bgfunctions._pathmatch`)."""
     warnings: tuple[str, ...] = ()
@@ -140,9 +143,12 @@ class CompiledPattern:
         if found is None:
             return None, steps
         params = {}
+        omit = self.omit_if_empty or (False,) * len(self.group_names)
         for index, name in enumerate(self.group_names):
             start, end = found[2 * index], found[2 * index + 1]
-            if start >= 0 and end >= 0:
+            # JavaScript refuses an optional iteration that matches nothing and skips the
+            # group instead: same match, group undefined (URLPattern's answer).
+            if start >= 0 and end >= 0 and not (omit[index] and start == end):
                 params[name] = text[start:end]
         return params, steps
 
@@ -190,6 +196,9 @@ def compile_pathname(
         group_names=tuple(names),
         is_literal=literal,
         ignore_trailing_slash=ignore_trailing_slash,
+        omit_if_empty=tuple(
+            p.modifier == "?" and not p.prefix and not p.suffix for p in parts if p.kind != "fixed"
+        ),
         program=program,
         warnings=_ambiguity_warnings(pattern, parts, flags),
     )

@@ -12,12 +12,13 @@ patterns' fixed text is compared with it as written (URLPattern would percent-en
 
 from __future__ import annotations
 
+import re
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from bgfunctions._urlpattern import CompiledPattern, compile_pathname
+from bgfunctions._urlpattern import CompiledPattern, compile_pathname, is_literal_path
 from bgfunctions.errors import DuplicateFunctionError, PatternError
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "NoMatch",
     "RouteSpec",
     "Router",
+    "resolve_dot_segments",
 ]
 
 DEFAULT_PREFIX = "/.netlify/functions"
@@ -113,6 +115,46 @@ class _Route:
     methods: frozenset[str]
 
 
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def resolve_dot_segments(path: str) -> str:
+    """``path`` with its ``.`` and ``..`` segments resolved, as a browser and URLPattern do
+    (RFC 3986, "remove dot segments"): ``/a/./b/../c`` is ``/a/c``; ``..`` never climbs
+    above ``/``; a final ``.`` or ``..`` leaves a trailing ``/``."""
+    if "/." not in path:
+        return path
+    segments = path.split("/")[1:]
+    kept: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment != ".":
+            kept.append(segment)
+    resolved = "/" + "/".join(kept)
+    if segments[-1] in (".", "..") and not resolved.endswith("/"):
+        resolved += "/"
+    return resolved
+
+
+def _unreachable(function: str, path: str) -> list[str]:
+    """Warnings for a pattern that no (decoded, resolved) request path can match."""
+    found = []
+    if not is_literal_path(path) and _DOT_SEGMENT.search(path):
+        found.append(
+            f"function {function!r}: the path {path!r} has a '.' or '..' segment, which "
+            f"request paths never have (they are resolved first); it never matches"
+        )
+    if _PERCENT_ESCAPE.search(path):
+        found.append(
+            f"function {function!r}: the path {path!r} has a %XX escape, but requests are "
+            f"matched decoded; write the character itself (it matches only a literal '%')"
+        )
+    return found
+
+
 def _strip_slash(path: str) -> str:
     """Remove one trailing ``/`` except from ``/`` itself."""
     return path[:-1] if len(path) > 1 and path.endswith("/") else path
@@ -158,6 +200,8 @@ class Router:
             methods = frozenset(m.upper() for m in spec.methods)
             for pattern in excluded:
                 warnings.extend(f"function {spec.function!r}: {w}" for w in pattern.warnings)
+            for path in (*spec.paths, *spec.excluded_paths):
+                warnings.extend(_unreachable(spec.function, path))
             for path in dict.fromkeys(spec.paths):
                 route = _Route(spec, self._compile(spec, path, "paths"), excluded, methods)
                 warnings.extend(f"function {spec.function!r}: {w}" for w in route.compiled.warnings)
@@ -206,7 +250,7 @@ class Router:
             raise PatternError(f"function {spec.function!r}: {exc}") from exc
 
     def _literal_key(self, path: str) -> str:
-        path = _strip_slash(path)
+        path = _strip_slash(resolve_dot_segments(path))
         return path.casefold() if self._case_insensitive else path
 
     def match(
@@ -215,7 +259,8 @@ class Router:
         """Find the function serving ``method path``; ``path`` is the decoded URL path.
 
         Order:
-        0. A path longer than :data:`MAX_PATH_LENGTH` is ``path_too_long``.
+        0. A path longer than :data:`MAX_PATH_LENGTH` is ``path_too_long``. Dot segments
+           are resolved (:func:`resolve_dot_segments`); the rest sees the resolved path.
         1. Under the default prefix (``/.netlify/functions/NAME[/...]``, or the legacy
            ``/.netlify/builders/...``): the function NAME, for any method, unless it has custom
            paths. An unknown name is ``function_not_found``; a name breaking the naming rule is
@@ -232,6 +277,7 @@ class Router:
                 message=f"the path has {len(path)} characters; routing considers at most "
                 f"{MAX_PATH_LENGTH}",
             )
+        path = resolve_dot_segments(path)
         method = method.upper()
         for prefix in self._prefixes:
             if path == prefix or path.startswith(prefix + "/"):
