@@ -6,6 +6,7 @@ import logging
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -538,3 +539,34 @@ def test_patterns_that_can_never_match_warn(path: str, warning: str) -> None:
     """A pattern with dot segments or %XX escapes never matches a request: a load warning."""
     r = router(RouteSpec(function="f", paths=(path,)))
     assert [w for w in r.warnings if warning in w and repr(path) in w]
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_dev_server_shows_the_custom_paths_line(tmp_path: Path) -> None:
+    """`bgfunctions serve` prints the "has paths defined" line of bgfunctions.app, and its 404s
+    carry a real request id (tolerance: 15 s to start and to print)."""
+    from test_cli_serve import Server
+
+    functions = tmp_path / "netlify" / "functions"
+    functions.mkdir(parents=True)
+    (functions / "process.py").write_text(
+        "def handler(request, context):\n    return 'ok'\n\nconfig = {'path': '/process'}\n",
+        encoding="utf-8",
+    )
+    server = Server(tmp_path, "--no-reload")
+    try:
+        server.wait_until_listening()
+        response = httpx.get(f"{server.base}/.netlify/functions/process", timeout=10)
+        assert response.status_code == 404
+        assert response.text == f"Not Found - Request ID: {response.headers['x-nf-request-id']}\n"
+        page = httpx.get(f"{server.base}/no/such/page", timeout=10)  # the static 404
+        assert page.status_code == 404
+        assert page.text == f"Not Found - Request ID: {page.headers['x-nf-request-id']}\n"
+        line = server.wait_for_line(lambda text: "custom paths defined" in text)
+        assert line == (
+            "bgfunctions.app: INFO: function 'process' cannot be invoked on "
+            "'/.netlify/functions/process' because it has custom paths defined: '/process'"
+        )
+    finally:
+        server.stop()
