@@ -64,6 +64,8 @@ class Program:
     ops: tuple[int, ...]
     args: tuple[Any, ...]
     slots: int
+    nexts: tuple[int, ...] = ()
+    """Where each instruction goes on, jumps followed at compile time (no JMP ever runs)."""
 
     def fullmatch(self, text: str) -> tuple[list[int] | None, int]:
         """The group boundaries of the first full match (``-1`` where a group did not take
@@ -77,7 +79,7 @@ def compile_program(source: str, flags: int) -> Program:
     builder = _Builder()
     builder.emit(parsed.data, flags)
     builder.add(_MATCH, None)
-    return Program(tuple(builder.ops), tuple(builder.args), 2 * (parsed.state.groups - 1))
+    return builder.program(2 * (parsed.state.groups - 1))
 
 
 def nested_quantifier(source: str, flags: int) -> bool:
@@ -128,6 +130,24 @@ class _Builder:
         self.args.append(arg)
         self.open_text = op == _STR
         return len(self.ops) - 1
+
+    def program(self, slots: int) -> Program:
+        """The instructions with every jump followed: a split goes straight to its targets'
+        first real instructions, and so does the instruction before a jump."""
+
+        def follow(pc: int) -> int:
+            for _ in range(len(self.ops)):  # a cycle of jumps alone cannot be built; bounded
+                if pc >= len(self.ops) or self.ops[pc] != _JMP:
+                    return pc
+                pc = self.args[pc]
+            raise ProgramTooLarge("a cycle of jumps")
+
+        args = list(self.args)
+        for pc, op in enumerate(self.ops):
+            if op == _SPLIT:
+                args[pc] = (follow(args[pc][0]), follow(args[pc][1]))
+        nexts = tuple(follow(pc + 1) for pc in range(len(self.ops)))
+        return Program(tuple(self.ops), tuple(args), slots, nexts)
 
     def here(self) -> int:
         """The next instruction's index, taken as a jump target."""
@@ -186,7 +206,7 @@ class _Builder:
             sub = _Builder()
             sub.emit(body.data, flags)
             sub.add(_MATCH, None)
-            program = Program(tuple(sub.ops), tuple(sub.args), 0)
+            program = sub.program(0)
             width = None if direction == 1 else body.getwidth()[0]
             self.add(_LOOK, (program, width, op is _C.ASSERT_NOT))
         else:
@@ -249,7 +269,7 @@ def _run(
     program: Program, text: str, start: int, target: int | None
 ) -> tuple[list[int] | None, int]:
     """Search from ``start`` for a path to MATCH at ``target`` (anywhere when None)."""
-    ops, args = program.ops, program.args
+    ops, args, nexts = program.ops, program.args, program.nexts
     n = len(text)
     width = n + 1
     caps = [-1] * program.slots
@@ -292,9 +312,6 @@ def _run(
                 stack.append((second, pos))
                 pc = first
                 continue
-            elif op == _JMP:
-                pc = args[pc]
-                continue
             elif op == _SAVE:
                 slot = args[pc]
                 stack.append((~slot, caps[slot]))
@@ -320,5 +337,5 @@ def _run(
                 if target is None or pos == target:
                     return caps, steps
                 break
-            pc += 1
+            pc = nexts[pc]
     return None, steps
