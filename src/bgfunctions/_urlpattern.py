@@ -19,6 +19,11 @@ Deliberate deviations, all documented in docs/routing.md:
   modifiers, nested classes and class set operations.
 - ``.`` and the ``*`` wildcard match any character, newlines included: in the standard the
   tested URL is canonical and cannot contain a raw newline, while a decoded path can.
+
+The expression is the standard's, but :meth:`CompiledPattern.match` does not hand it to Python's
+backtracking ``re``: :mod:`bgfunctions._pathmatch` runs it in time linear in the path, with the
+same match and groups. An optional group with nothing around it that matches nothing is left
+out, as JavaScript leaves it undefined (Python would give ``""``).
 """
 
 from __future__ import annotations
