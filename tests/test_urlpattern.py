@@ -446,3 +446,25 @@ def test_empty_optional_groups_are_left_out_as_in_javascript(
 ) -> None:
     """An optional group with nothing around it that matches nothing is left out (undefined)."""
     assert compile_pathname(pattern).match(path) == params
+
+
+@settings(max_examples=3000)
+@given(
+    st.text(alphabet=REGEX_ALPHABET, max_size=16),
+    st.text(alphabet="aAz019/-\n_ ", max_size=8),
+    st.booleans(),
+)
+@example("(?<=a)b|\\bz", "/z", False)
+@example("(?!a)\\w+$", "/Az", True)
+@example("(?:a*)*b", "/aab", False)
+def test_linear_matcher_agrees_with_re_on_custom_groups(
+    body: str, path: str, ignore_case: bool
+) -> None:
+    """For any custom group (lookarounds, \\b, classes, lazy and counted repeats), the linear
+    matcher matches exactly the paths re.fullmatch matches, with the same params."""
+    try:
+        compiled = compile_pathname("/:g(" + body + ")", ignore_case=ignore_case)
+    except PatternError:
+        return
+    found = compiled.regex.fullmatch(path)
+    assert compiled.match(path) == (None if found is None else {"g": found.group(1)})
