@@ -264,7 +264,8 @@ class Router:
         1. Under the default prefix (``/.netlify/functions/NAME[/...]``, or the legacy
            ``/.netlify/builders/...``): the function NAME, for any method, unless it has custom
            paths. An unknown name is ``function_not_found``, whatever its characters; an
-           existing function whose name breaks the naming rule is ``invalid_name``. Custom paths are never consulted for these URLs.
+           existing function whose name breaks the naming rule is ``invalid_name``. Custom
+           paths are never consulted for these URLs.
         2. Custom paths: literal routes, then patterns by decreasing length, then by function
            name. A candidate is skipped when one of its excluded paths matches, when its
            methods do not include ``method`` (collected for ``method_not_allowed``), or when it
