@@ -35,9 +35,10 @@ _NEW = sys.version_info >= (3, 11)
 _P: Any = importlib.import_module("re._parser" if _NEW else "sre_parse")
 _C: Any = importlib.import_module("re._constants" if _NEW else "sre_constants")
 
-MAX_PROGRAM = 10_000
-"""The most instructions a pattern compiles to (a counted repeat such as ``a{5000}`` is
-spelled out); a larger pattern is refused when it is loaded."""
+MAX_PROGRAM = 1_000
+"""The most instructions a pattern compiles to (a counted repeat such as ``[ab]{5000}`` is
+spelled out); a larger pattern is refused when it is loaded. The matcher's work is at most
+this times the path's length: the cap keeps that product, and its memory, small."""
 
 _STR, _CHAR, _ANY, _NOT_SLASH, _SPLIT, _JMP, _SAVE, _BEGIN, _END, _LOOK, _MATCH = range(11)
 _SLASH = ord("/")
