@@ -517,6 +517,7 @@ def test_the_default_prefix_answers_for_itself(make_server: Callable[..., DevSer
     unknown = request(server, "GET", "/.netlify/functions/nope")
     assert unknown.status_code == 404
     assert unknown.text.startswith("Function not found")
+    # An unknown name is 404 whatever its characters (issue 11, item 1).
     invalid = request(server, "GET", "/.netlify/functions/bad.name")
-    assert invalid.status_code == 400
-    assert "alphanumeric" in invalid.text
+    assert invalid.status_code == 404
+    assert invalid.text.startswith("Function not found")

@@ -114,8 +114,8 @@ def test_directory_without_an_entry_file_is_not_a_function(tmp_path: Path) -> No
         "_private/_private.py",
         ".hidden.py",
         ".hidden/index.py",
-        "___netlify-entry-point.py",
-        "___netlify-entry-point/index.py",
+        # ___netlify-entry-point is no longer skipped but refused (issue 11, item 3): see
+        # test_netlify_reserved_name_is_refused_by_discovery.
     ],
 )
 def test_entries_starting_with_dot_or_underscore_are_ignored(tmp_path: Path, entry: str) -> None:
@@ -615,3 +615,20 @@ def test_example_site_handlers_answer() -> None:
     asyncio.run(
         send(request, Context(request_id="r3", function="send-email-background", attempt=2))
     )
+
+
+def test_netlify_reserved_name_is_refused_by_add() -> None:
+    """Registry.add refuses Netlify's reserved ___netlify-entry-point with a clear error."""
+    with pytest.raises(ConfigError, match="'___netlify-entry-point' is reserved by Netlify"):
+        Registry().add("___netlify-entry-point", lambda request, context: "ok")
+
+
+@pytest.mark.parametrize("entry", ["___netlify-entry-point.py", "___netlify-entry-point/index.py"])
+def test_netlify_reserved_name_is_refused_by_discovery(tmp_path: Path, entry: str) -> None:
+    """A file or directory named ___netlify-entry-point is an error naming it, not skipped."""
+    path = tmp_path / entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("def handler(request, context):\n    return 'ok'\n", encoding="utf-8")
+    with pytest.raises(DiscoveryError, match="reserved by Netlify") as info:
+        discover(tmp_path)
+    assert str(tmp_path / entry.split("/")[0]) in str(info.value)

@@ -15,6 +15,7 @@ from bgfunctions import (
     TomlError,
     discover,
 )
+from bgfunctions._netlify_toml import MAX_BRACE_EXPANSION, NetlifyToml
 
 HANDLER = "def handler(request, context):\n    return 'ok'\n"
 
@@ -242,3 +243,38 @@ def test_blocks_of_equal_weight_merge_in_file_order(
     toml = f'[functions."{first}"]\nname = "first"\n[functions."{second}"]\nname = "second"\n'
     site(tmp_path, toml, {"netlify/functions/hello.py": HANDLER})
     assert Registry.from_site(tmp_path)["hello"].display_name == "second"
+
+
+# -- brace globs ----------------------------------------------------------------------------------
+
+
+def test_brace_alternatives_match_each_name(tmp_path: Path) -> None:
+    """`[functions."{a,b}-{x,y}"]` applies to each of the four names it spells."""
+    toml = '[functions."{a,b}-{x,y}"]\nbackground = true\n'
+    names = ("a-x", "a-y", "b-x", "b-y", "c-x")
+    site(tmp_path, toml, {f"netlify/functions/{n}.py": HANDLER for n in names})
+    registry = Registry.from_site(tmp_path)
+    assert [f.name for f in registry if f.background] == ["a-x", "a-y", "b-x", "b-y"]
+
+
+def test_brace_expansion_past_the_cap_is_an_error_naming_file_key_and_limit(
+    tmp_path: Path,
+) -> None:
+    """`{a,b}` written 18 times (2**18 globs) is refused at once, naming file, key and limit."""
+    key = "{a,b}" * 18
+    site(tmp_path, f'[functions."{key}"]\nbackground = true\n', {})
+    with pytest.raises(ConfigError) as info:
+        Registry.from_site(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "netlify.toml") in message
+    assert f'[functions."{key}"]' in message
+    assert str(MAX_BRACE_EXPANSION) in message
+
+
+def test_brace_expansion_at_the_cap_is_accepted(tmp_path: Path) -> None:
+    """Exactly MAX_BRACE_EXPANSION globs (`{a,b}` ten times) still load and match."""
+    assert MAX_BRACE_EXPANSION == 2**10
+    site(tmp_path, '[functions."{a,b}' * 1 + "{a,b}" * 9 + '"]\nbackground = true\n', {})
+    toml = NetlifyToml.load(tmp_path / "netlify.toml")
+    assert toml.config_for("ab" * 5)[0] == Config(background=True)
+    assert toml.config_for("abc")[0] is None

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+from pathlib import Path
+
+import httpx
 import pytest
 
+from bgfunctions import App, Config, InlineExecutor, Registry, Request
 from bgfunctions.errors import DuplicateFunctionError, PatternError
 from bgfunctions.routing import (
     FUNCTION_NOT_FOUND,
     INVALID_NAME,
+    MAX_PATH_LENGTH,
     Match,
     NoMatch,
     Router,
@@ -86,11 +93,11 @@ def test_catch_all_never_hides_the_default_prefix() -> None:
     assert served_by(r.match("GET", "/anything/else")) == "all"
 
 
-@pytest.mark.parametrize("name", ["bad.name", "with space", "caf\u00e9"])
-def test_name_breaking_the_rule_under_prefix_is_invalid_name(name: str) -> None:
-    """A name under the prefix that breaks ^[A-Za-z0-9_-]+$ answers invalid_name."""
+@pytest.mark.parametrize("name", ["bad.name", "with space", "caf\u00e9", ".secret", "foo.js"])
+def test_unknown_name_breaking_the_rule_is_function_not_found(name: str) -> None:
+    """An unknown name under the prefix is 404 Function not found, whatever characters it holds."""
     result = router().match("GET", f"/.netlify/functions/{name}")
-    assert result == NoMatch(reason="invalid_name", message=INVALID_NAME, function=name)
+    assert result == NoMatch(reason="function_not_found", message=FUNCTION_NOT_FOUND, function=name)
     assert INVALID_NAME == (
         "Function name should consist only of alphanumeric characters, hyphen & underscores."
     )
@@ -347,3 +354,212 @@ def test_many_literal_routes_are_looked_up_not_scanned() -> None:
     specs = [RouteSpec(function=f"f{i}", paths=(f"/page/{i}",)) for i in range(5000)]
     r = Router(specs)
     assert served_by(r.match("GET", "/page/4321")) == "f4321"
+
+
+# --- through the App: request ids, the custom-paths log line, the path bound ---------------
+
+
+def _app(*functions: tuple[str, Config | None]) -> App:
+    registry = Registry()
+    for name, config in functions:
+        registry.add(name, lambda request, context: "ok", config=config)
+    return App(registry, executor=InlineExecutor())
+
+
+@pytest.mark.parametrize(
+    "path", ["/nowhere", "/.netlify/functions/nope", "/.netlify/functions/.secret"]
+)
+def test_every_404_carries_a_real_request_id(path: str) -> None:
+    """A 404 has a fresh x-nf-request-id, and the plain 404 body names it, never "none"."""
+    with _app(("hello", None)) as app:
+        first, second = app.handle(Request("GET", path)), app.handle(Request("GET", path))
+    assert first.status == second.status == 404
+    ids = [r.headers["x-nf-request-id"] for r in (first, second)]
+    assert len(ids[0]) == 26
+    assert ids[0] != ids[1]
+    if path == "/nowhere":
+        assert first.body.decode() == f"Not Found - Request ID: {ids[0]}\n"
+
+
+def test_existing_function_with_a_bad_name_is_400_with_a_request_id() -> None:
+    """Only an existing function with an invalid name gets the 400 (with its request id)."""
+    registry = Registry()
+    registry.add("bad.name", None)
+    with App(registry, executor=InlineExecutor()) as app:
+        response = app.handle(Request("GET", "/.netlify/functions/bad.name"))
+    assert response.status == 400
+    assert response.body.decode() == INVALID_NAME
+    assert len(response.headers["x-nf-request-id"]) == 26
+
+
+def test_default_url_of_a_function_with_paths_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The "has paths defined" line goes to bgfunctions.app once per function and process."""
+    with caplog.at_level(logging.INFO, logger="bgfunctions.app"):
+        for _ in range(2):  # two Apps in one process: still one line
+            with _app(("logged-once", Config(path="/logged"))) as app:
+                for _ in range(3):
+                    response = app.handle(Request("GET", "/.netlify/functions/logged-once"))
+                    assert response.status == 404
+    lines = [r for r in caplog.records if "custom paths defined" in r.getMessage()]
+    assert [r.name for r in lines] == ["bgfunctions.app"]
+    assert "'logged-once'" in lines[0].getMessage()
+    assert "'/logged'" in lines[0].getMessage()
+
+
+def test_paths_over_the_bound_are_414_before_any_pattern() -> None:
+    """A path longer than MAX_PATH_LENGTH is path_too_long (414); at the bound it is routed."""
+    r = router(RouteSpec(function="all", paths=("/*",)))
+    at_bound = "/" + "a" * (MAX_PATH_LENGTH - 1)
+    assert served_by(r.match("GET", at_bound)) == "all"
+    over = r.match("GET", at_bound + "a")
+    assert isinstance(over, NoMatch)
+    assert over.reason == "path_too_long"
+    with _app(("all", Config(path="/*"))) as app:
+        response = app.handle(Request("GET", at_bound + "a"))
+    assert response.status == 414
+    assert response.body.decode().startswith("URI Too Long - Request ID: ")
+
+
+@pytest.mark.parametrize("path", ["/((?:a+)+)b", "/x/(a+)+", "/((?:a|b)*)*"])
+def test_custom_group_with_nested_quantifiers_warns_at_load(path: str) -> None:
+    """A custom group whose quantifiers nest gets a warning naming the function and pattern."""
+    r = router(RouteSpec(function="risky", paths=(path,)))
+    [warning] = r.warnings
+    assert warning.startswith(f"function 'risky': the path '{path}' has the custom group")
+    assert "quantifiers nest" in warning
+
+
+@pytest.mark.parametrize("path", ["/(a+)", "/:a+/:b*", "/*/*/*.json", "/(\\d+)/(x{2,3})"])
+def test_unambiguous_patterns_do_not_warn(path: str) -> None:
+    """Our own repeats (:name+, *) and plain custom groups get no ambiguity warning."""
+    assert router(RouteSpec(function="fine", paths=(path,))).warnings == ()
+
+
+# --- over real HTTP ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_a_long_path_does_not_stop_other_requests_over_http(tmp_path: Path) -> None:
+    """`bgfunctions serve` (ASGIApp on uvicorn, in its own process) keeps answering while
+    requests to /*/*/*.json with 2,000-segment paths are routed (tolerance: 15 s to start,
+    10 s per answer; before the fix each long path held the event loop for 15-25 s)."""
+    from test_cli_serve import Server
+
+    functions = tmp_path / "netlify" / "functions"
+    functions.mkdir(parents=True)
+    (functions / "data.py").write_text(
+        "def handler(request, context):\n    return 'json'\n\nconfig = {'path': '/*/*/*.json'}\n",
+        encoding="utf-8",
+    )
+    (functions / "hello.py").write_text(
+        "def handler(request, context):\n    return 'hello'\n", encoding="utf-8"
+    )
+    long_path = "/a" * 2000
+    request = f"GET {long_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    server = Server(tmp_path, "--no-reload")
+    try:
+        server.wait_until_listening()
+        # The long requests reach the server's sockets before the short one is sent.
+        slow = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(3)]
+        for sock in slow:
+            sock.sendall(request.encode())
+        with httpx.Client(base_url=server.base, timeout=10) as client:
+            hello = client.get("/.netlify/functions/hello")
+            assert (hello.status_code, hello.text) == (200, "hello")
+            assert client.get(long_path + ".json").text == "json"
+        for sock in slow:
+            with sock:
+                assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 404 ")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "served", "params"),
+    [
+        ("/foo/./bar", "bar", {}),
+        ("/foo/baz/../bar", "bar", {}),
+        ("/x/../foo/bar", "bar", {}),
+        ("/items/a/./b/../7", "item", {"0": "a/7"}),
+        ("/../../foo/bar/.", "bar", {}),
+    ],
+)
+def test_dot_segments_of_a_request_are_resolved_before_routing(
+    path: str, served: str, params: dict[str, str]
+) -> None:
+    """`.` and `..` segments are resolved as a browser and URLPattern resolve them."""
+    r = router(
+        RouteSpec(function="bar", paths=("/foo/bar",)),
+        RouteSpec(function="item", paths=("/items/*",)),
+    )
+    found = r.match("GET", path)
+    assert isinstance(found, Match)
+    assert (found.function, dict(found.params)) == (served, params)
+
+
+def test_excluded_paths_cannot_be_dodged_with_dot_segments() -> None:
+    """`/x/../admin/secret` is the excluded `/admin/secret`, not a page of `/*`."""
+    r = router(RouteSpec(function="pages", paths=("/*",), excluded_paths=("/admin/*",)))
+    found = r.match("GET", "/x/../admin/secret")
+    assert isinstance(found, NoMatch)
+    assert found.reason == "no_route"
+
+
+def test_literal_paths_with_dot_segments_are_resolved_at_load() -> None:
+    """A literal path `/foo/../bar` is the route `/bar`, as URLPattern resolves it."""
+    assert served_by(router(RouteSpec(function="f", paths=("/foo/../bar",))).match("GET", "/bar"))
+
+
+@pytest.mark.parametrize(
+    ("path", "warning"),
+    [
+        ("/foo/../:bar", "has a '.' or '..' segment"),
+        ("/caf%C3%A9/:x", "has a %XX escape"),
+        ("/caf%C3%A9", "has a %XX escape"),
+    ],
+)
+def test_patterns_that_can_never_match_warn(path: str, warning: str) -> None:
+    """A pattern with dot segments or %XX escapes never matches a request: a load warning."""
+    r = router(RouteSpec(function="f", paths=(path,)))
+    assert [w for w in r.warnings if warning in w and repr(path) in w]
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_dev_server_shows_the_custom_paths_line(tmp_path: Path) -> None:
+    """`bgfunctions serve` prints the "has paths defined" line of bgfunctions.app, and its 404s
+    carry a real request id (tolerance: 15 s to start and to print)."""
+    from test_cli_serve import Server
+
+    functions = tmp_path / "netlify" / "functions"
+    functions.mkdir(parents=True)
+    (functions / "process.py").write_text(
+        "def handler(request, context):\n    return 'ok'\n\nconfig = {'path': '/process'}\n",
+        encoding="utf-8",
+    )
+    server = Server(tmp_path, "--no-reload")
+    try:
+        server.wait_until_listening()
+        response = httpx.get(f"{server.base}/.netlify/functions/process", timeout=10)
+        assert response.status_code == 404
+        assert response.text == f"Not Found - Request ID: {response.headers['x-nf-request-id']}\n"
+        page = httpx.get(f"{server.base}/no/such/page", timeout=10)  # the static 404
+        assert page.status_code == 404
+        assert page.text == f"Not Found - Request ID: {page.headers['x-nf-request-id']}\n"
+        line = server.wait_for_line(lambda text: "custom paths defined" in text)
+        assert line == (
+            "bgfunctions.app: INFO: function 'process' cannot be invoked on "
+            "'/.netlify/functions/process' because it has custom paths defined: '/process'"
+        )
+    finally:
+        server.stop()

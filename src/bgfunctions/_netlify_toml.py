@@ -47,15 +47,35 @@ def pattern_weight(pattern: str) -> int:
     return len(pattern) - stars - (1 if stars else 0)
 
 
+MAX_BRACE_EXPANSION = 1024
+"""The most globs that a key's ``{a,b}`` alternatives may expand to; more is a ConfigError."""
+
+
+class _TooMany(Exception):
+    pass
+
+
 def _expand_braces(pattern: str) -> list[str]:
-    """minimatch's ``{a,b}`` alternatives, which ``fnmatch`` lacks."""
-    match = re.search(r"\{([^{}]*)\}", pattern)
-    if match is None:
-        return [pattern]
-    head, tail = pattern[: match.start()], pattern[match.end() :]
+    """minimatch's ``{a,b}`` alternatives, which ``fnmatch`` lacks.
+
+    Expansion multiplies (``{a,b}`` written n times is 2**n globs), so it stops, raising
+    ``_TooMany``, past :data:`MAX_BRACE_EXPANSION`: the work is bounded by that limit times
+    the key's length, not exponential in it.
+    """
     out: list[str] = []
-    for alt in match.group(1).split(","):
-        out.extend(_expand_braces(head + alt + tail))
+    pending = [pattern]
+    while pending:
+        current = pending.pop()
+        match = re.search(r"\{([^{}]*)\}", current)
+        if match is None:
+            out.append(current)
+            if len(out) > MAX_BRACE_EXPANSION:
+                raise _TooMany
+            continue
+        head, tail = current[: match.start()], current[match.end() :]
+        pending.extend(head + alt + tail for alt in reversed(match.group(1).split(",")))
+        if len(out) + len(pending) > MAX_BRACE_EXPANSION:
+            raise _TooMany  # every pending glob yields at least one
     return out
 
 
@@ -66,9 +86,12 @@ class FunctionBlock:
     pattern: str
     config: Config
     warnings: tuple[str, ...] = ()
+    globs: tuple[str, ...] = ()
+    """``pattern`` with its braces expanded (once, when the block is read)."""
 
     def matches(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, p) for p in _expand_braces(self.pattern))
+        globs = self.globs or (self.pattern,)
+        return any(fnmatch.fnmatchcase(name, p) for p in globs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +187,15 @@ class NetlifyToml:
 def _block(pattern: str, value: Mapping[str, Any], where: str) -> FunctionBlock:
     block_where = f'{where} [functions."{pattern}"]'
     config, warnings = Config.parse(value, where=block_where)
-    return FunctionBlock(pattern, config, warnings)
+    try:
+        globs = _expand_braces(pattern)
+    except _TooMany:
+        raise ConfigError(
+            f"{block_where}: the {{a,b}} alternatives of this key expand to more than "
+            f"{MAX_BRACE_EXPANSION} globs; expected at most {MAX_BRACE_EXPANSION} (use '*' "
+            f"or fewer braces)"
+        ) from None
+    return FunctionBlock(pattern, config, warnings, tuple(globs))
 
 
 def _table(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:

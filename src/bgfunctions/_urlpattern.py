@@ -19,6 +19,11 @@ Deliberate deviations, all documented in docs/routing.md:
   modifiers, nested classes and class set operations.
 - ``.`` and the ``*`` wildcard match any character, newlines included: in the standard the
   tested URL is canonical and cannot contain a raw newline, while a decoded path can.
+
+The expression is the standard's, but :meth:`CompiledPattern.match` does not hand it to Python's
+backtracking ``re``: :mod:`bgfunctions._pathmatch` runs it in time linear in the path, with the
+same match and groups. An optional group with nothing around it that matches nothing is left
+out, as JavaScript leaves it undefined (Python would give ``""``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from bgfunctions._pathmatch import Program, ProgramTooLarge, compile_program, nested_quantifier
 from bgfunctions.errors import PatternError
 
 __all__ = ["CompiledPattern", "compile_pathname", "is_literal_path"]
@@ -98,13 +104,21 @@ class CompiledPattern:
     pattern: str
     """The pattern as declared, e.g. ``"/travel-guide/:city/:country"``."""
     regex: re.Pattern[str]
-    """The compiled expression; ``regex.fullmatch(path)`` decides whether ``path`` matches."""
+    """The standard's expression in Python syntax. :meth:`match` runs it in linear time;
+    ``regex.fullmatch`` gives the same answer but can backtrack for minutes."""
     group_names: tuple[str, ...]
     """The name of each capturing group in order; unnamed groups are ``"0"``, ``"1"``, ..."""
     is_literal: bool
     """True when Netlify treats the path as plain text (no ``* { [ (`` and no ``:`` segment)."""
     ignore_trailing_slash: bool = False
     """When True, :meth:`match` also accepts the path without one trailing ``/``."""
+    omit_if_empty: tuple[bool, ...] = ()
+    """Per group: True for an optional group with nothing around it (``(.*)?``, ``*?``), which
+    JavaScript leaves undefined rather than ``""`` when it matches nothing."""
+    program: Program | None = None
+    """``regex`` compiled for the linear matcher (see :mod:`bgfunctions._pathmatch`)."""
+    warnings: tuple[str, ...] = ()
+    """Problems that are not errors, such as a custom group with nested quantifiers."""
 
     def match(self, path: str) -> dict[str, str] | None:
         """Return the params of ``path``, or None when it does not match.
@@ -112,20 +126,36 @@ class CompiledPattern:
         A group that did not take part in the match (an optional ``:name?``) is left out.
         With ``ignore_trailing_slash``, the path without its trailing ``/`` is tried first (so
         a ``*`` does not capture that slash), then the path as given (so ``/a/*`` still matches
-        ``/a/``).
+        ``/a/``). The work is linear in the path's length (see :meth:`match_counting`).
         """
+        return self.match_counting(path)[0]
+
+    def match_counting(self, path: str) -> tuple[dict[str, str] | None, int]:
+        """:meth:`match`, and the number of matcher steps it took: at most
+        ``len(program.ops) * (len(path) + 1)`` per try, whatever the pattern and the path."""
+        program = self.program
+        if program is None:  # built by hand, not by compile_pathname
+            program = compile_program(self.regex.pattern, self.regex.flags)
+        steps = 0
         found = None
         if self.ignore_trailing_slash and len(path) > 1 and path.endswith("/"):
-            found = self.regex.fullmatch(path[:-1])
+            found, steps = program.fullmatch(path[:-1])
+            text = path[:-1]
         if found is None:
-            found = self.regex.fullmatch(path)
+            found, more = program.fullmatch(path)
+            steps += more
+            text = path
         if found is None:
-            return None
-        return {
-            name: value
-            for name, value in zip(self.group_names, found.groups(), strict=True)
-            if value is not None
-        }
+            return None, steps
+        params = {}
+        omit = self.omit_if_empty or (False,) * len(self.group_names)
+        for index, name in enumerate(self.group_names):
+            start, end = found[2 * index], found[2 * index + 1]
+            # JavaScript refuses an optional iteration that matches nothing and skips the
+            # group instead: same match, group undefined (URLPattern's answer).
+            if start >= 0 and end >= 0 and not (omit[index] and start == end):
+                params[name] = text[start:end]
+        return params, steps
 
 
 def is_literal_path(pattern: str) -> bool:
@@ -161,13 +191,39 @@ def compile_pathname(
         raise PatternError(
             f"'{pattern}' is not a valid path according to the URLPattern specification"
         ) from exc
+    try:
+        program = compile_program(source, flags)
+    except ProgramTooLarge as exc:
+        raise PatternError(f"'{pattern}' is too large to match in linear time: {exc}") from exc
     return CompiledPattern(
         pattern=pattern,
         regex=regex,
         group_names=tuple(names),
         is_literal=literal,
         ignore_trailing_slash=ignore_trailing_slash,
+        omit_if_empty=tuple(
+            p.modifier == "?" and not p.prefix and not p.suffix for p in parts if p.kind != "fixed"
+        ),
+        program=program,
+        warnings=_ambiguity_warnings(pattern, parts, flags),
     )
+
+
+def _ambiguity_warnings(pattern: str, parts: list[_Part], flags: int) -> tuple[str, ...]:
+    """A warning per custom group whose quantifiers nest (``((?:a+)+)``, or ``(a+)+``)."""
+    warnings = []
+    for part in parts:
+        if part.kind != "regexp":
+            continue
+        group = f"({part.value}){part.modifier}"
+        if nested_quantifier(f"(?:{_translate_regexp(part.value)}){part.modifier}", flags):
+            warnings.append(
+                f"the path '{pattern}' has the custom group '{group}', whose quantifiers nest: "
+                f"it can match a path in exponentially many ways. bgfunctions matches it in "
+                f"linear time, but backtracking engines (JavaScript's, on Netlify) can take "
+                f"minutes on one request; write it without a repeat inside a repeat"
+            )
+    return tuple(warnings)
 
 
 # --- tokenizer ------------------------------------------------------------------------------

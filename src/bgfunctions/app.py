@@ -32,6 +32,8 @@ __all__ = ["App", "Invocations", "Resolution"]
 
 log = logging.getLogger("bgfunctions.app")
 _RESOLVED_MAX = 1024
+# Functions whose "has custom paths" line was logged: once per function and process.
+_LOGGED_CUSTOM_PATHS: set[str | None] = set()
 L = TypeVar("L")
 
 
@@ -202,15 +204,25 @@ class App:
         return resolution
 
     def _no_match(self, found: NoMatch) -> Response:
+        # Never cached (see resolve): each refused request gets its own id, as every request
+        # does, in the header and in the 404 body that Netlify's CLI writes.
+        request_id = new_request_id(self.clock)
+        headers = {"x-nf-request-id": request_id}
+        if found.has_custom_paths and found.function not in _LOGGED_CUSTOM_PATHS:
+            _LOGGED_CUSTOM_PATHS.add(found.function)
+            log.info("%s", found.message)
         if found.reason == "invalid_name":
-            return Response.text(found.message, status=400)
-        if found.reason == "method_not_allowed" and self.method_not_allowed:
+            return Response.text(found.message, status=400, headers=headers)
+        if found.reason == "path_too_long":
             return Response.text(
-                "Method Not Allowed", status=405, headers={"allow": ", ".join(found.allowed)}
+                f"URI Too Long - Request ID: {request_id}\n", status=414, headers=headers
             )
+        if found.reason == "method_not_allowed" and self.method_not_allowed:
+            headers["allow"] = ", ".join(found.allowed)
+            return Response.text("Method Not Allowed", status=405, headers=headers)
         if found.reason == "function_not_found":
-            return Response.text(found.message, status=404)
-        return Response.text("Not Found", status=404)
+            return Response.text(found.message, status=404, headers=headers)
+        return Response.text(f"Not Found - Request ID: {request_id}\n", status=404, headers=headers)
 
     def handle(self, request: Request, *, resolution: Resolution | None = None) -> Response:
         """Answer ``request``: 202 for a background function once it is accepted, else the

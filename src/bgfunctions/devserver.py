@@ -31,6 +31,7 @@ from bgfunctions.asgi import ASGIApp, Receive, Scope, Send
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import BgFunctionsError
 from bgfunctions.executor import Executor
+from bgfunctions.ids import new_request_id
 from bgfunctions.invocation import Event, EventKind, State
 from bgfunctions.journal import Journal
 from bgfunctions.logs import InvocationFilter
@@ -155,8 +156,9 @@ class StaticFiles:
             return
         found = self.find(scope["path"]) if scope["method"] in ("GET", "HEAD") else None
         if found is None:
-            body = b"Not Found - Request ID: none\n"
-            await _plain(send, 404, body, b"text/plain; charset=utf-8")
+            request_id = new_request_id()  # every answer carries a real one (issue 11, 14)
+            body = f"Not Found - Request ID: {request_id}\n".encode()
+            await _plain(send, 404, body, b"text/plain; charset=utf-8", request_id=request_id)
             return
         data = await asyncio.to_thread(found.read_bytes)
         kind = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
@@ -164,10 +166,18 @@ class StaticFiles:
 
 
 async def _plain(
-    send: Send, status: int, body: bytes, content_type: bytes, *, head: bool = False
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    *,
+    head: bool = False,
+    request_id: str | None = None,
 ) -> None:
     # HEAD gets the headers GET would get, content-length included, and no body.
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if request_id is not None:
+        headers.append((b"x-nf-request-id", request_id.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})
 

@@ -37,6 +37,8 @@ __all__ = [
 
 DEFAULT_PREFIX = "/.netlify/functions"
 BACKGROUND_SUFFIX = "-background"
+RESERVED_NAME = "___netlify-entry-point"
+"""Netlify's bundler names its own entry point so; no function may take the name."""
 _VALID_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _INVALID_NAME_WARNING = (
     "Function name should consist only of alphanumeric characters, hyphen & underscores."
@@ -172,6 +174,11 @@ class Registry:
         if name in self._functions:
             raise DuplicateFunctionError(f"a function named {name!r} is already registered")
         where = str(file) if file is not None else f"function {name!r}"
+        if name == RESERVED_NAME:
+            raise ConfigError(
+                f"{where}: {name!r} is reserved by Netlify for its own entry point; "
+                f"expected any other function name"
+            )
         notes = list(warnings)
         if not _VALID_NAME.fullmatch(name):
             if self.strict:
@@ -324,6 +331,11 @@ def _candidates(functions_dir: Path) -> dict[str, tuple[Path, bool, list[str]]]:
     found: dict[str, tuple[Path, bool, list[str]]] = {}
     entries = sorted(functions_dir.iterdir(), key=lambda p: p.name)
     for entry in entries:
+        if entry.name in (RESERVED_NAME, f"{RESERVED_NAME}.py"):
+            raise DiscoveryError(
+                f"{entry}: {RESERVED_NAME!r} is reserved by Netlify for its own entry point; "
+                f"rename it (a name starting with '_' is a helper, never a function)"
+            )
         if entry.name.startswith((".", "_")):
             continue
         if entry.is_file() and entry.suffix == ".py":

@@ -1,6 +1,8 @@
 """The router: which function serves ``METHOD /path``, with which params, or why none does.
 
 Every pattern is compiled once, when the :class:`Router` is built; literal paths go in a dict.
+Patterns are matched in time linear in the path's length (see ``_pathmatch``), and paths longer
+than :data:`MAX_PATH_LENGTH` are refused before any pattern is tried.
 The rules, and the order they are applied in, are those of :meth:`Router.match`; the user's view
 is docs/routing.md.
 
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from bgfunctions._urlpattern import CompiledPattern, compile_pathname
+from bgfunctions._urlpattern import CompiledPattern, compile_pathname, is_literal_path
 from bgfunctions.errors import DuplicateFunctionError, PatternError
 
 __all__ = [
@@ -24,10 +26,12 @@ __all__ = [
     "FUNCTION_NOT_FOUND",
     "INVALID_NAME",
     "LEGACY_PREFIX",
+    "MAX_PATH_LENGTH",
     "Match",
     "NoMatch",
     "RouteSpec",
     "Router",
+    "resolve_dot_segments",
 ]
 
 DEFAULT_PREFIX = "/.netlify/functions"
@@ -39,9 +43,13 @@ FUNCTION_NOT_FOUND = "Function not found..."
 INVALID_NAME = "Function name should consist only of alphanumeric characters, hyphen & underscores."
 """Netlify's 400 body for a function whose name breaks the naming rule."""
 
-_VALID_NAME = re.compile(r"[A-Za-z0-9_-]+")
+MAX_PATH_LENGTH = 8192
+"""The longest path (in characters, after percent-decoding) that routing considers; a longer
+one is ``path_too_long`` (414) without any pattern being tried."""
 
-Reason = Literal["no_route", "method_not_allowed", "invalid_name", "function_not_found"]
+Reason = Literal[
+    "no_route", "method_not_allowed", "invalid_name", "function_not_found", "path_too_long"
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,17 +90,21 @@ class NoMatch:
     - ``method_not_allowed`` (404 like Netlify, or 405 with ``Allow`` if the host opts in).
     - ``invalid_name`` (400): the function's name breaks Netlify's naming rule.
     - ``function_not_found`` (404, body ``Function not found...``): unknown name under the
-      default prefix.
+      default prefix, whatever characters it holds.
+    - ``path_too_long`` (414): the path is longer than :data:`MAX_PATH_LENGTH`.
     """
 
     reason: Reason
-    """One of the four reasons above."""
+    """One of the five reasons above."""
     message: str
     """A sentence for the response body (400 and ``function_not_found``) or the log."""
     allowed: tuple[str, ...] = ()
     """For ``method_not_allowed``: the sorted methods the matching routes accept."""
     function: str | None = None
     """The function concerned, when there is one."""
+    has_custom_paths: bool = False
+    """True when ``function`` was requested at its default URL but has custom paths (the App
+    logs ``message`` once per function and process)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +113,46 @@ class _Route:
     compiled: CompiledPattern
     excluded: tuple[CompiledPattern, ...]
     methods: frozenset[str]
+
+
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def resolve_dot_segments(path: str) -> str:
+    """``path`` with its ``.`` and ``..`` segments resolved, as a browser and URLPattern do
+    (RFC 3986, "remove dot segments"): ``/a/./b/../c`` is ``/a/c``; ``..`` never climbs
+    above ``/``; a final ``.`` or ``..`` leaves a trailing ``/``."""
+    if "/." not in path:
+        return path
+    segments = path.split("/")[1:]
+    kept: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment != ".":
+            kept.append(segment)
+    resolved = "/" + "/".join(kept)
+    if segments[-1] in (".", "..") and not resolved.endswith("/"):
+        resolved += "/"
+    return resolved
+
+
+def _unreachable(function: str, path: str) -> list[str]:
+    """Warnings for a pattern that no (decoded, resolved) request path can match."""
+    found = []
+    if not is_literal_path(path) and _DOT_SEGMENT.search(path):
+        found.append(
+            f"function {function!r}: the path {path!r} has a '.' or '..' segment, which "
+            f"request paths never have (they are resolved first); it never matches"
+        )
+    if _PERCENT_ESCAPE.search(path):
+        found.append(
+            f"function {function!r}: the path {path!r} has a %XX escape, but requests are "
+            f"matched decoded; write the character itself (it matches only a literal '%')"
+        )
+    return found
 
 
 def _strip_slash(path: str) -> str:
@@ -146,8 +198,13 @@ class Router:
             self._specs[spec.function] = spec
             excluded = tuple(self._compile(spec, p, "excluded_paths") for p in spec.excluded_paths)
             methods = frozenset(m.upper() for m in spec.methods)
+            for pattern in excluded:
+                warnings.extend(f"function {spec.function!r}: {w}" for w in pattern.warnings)
+            for path in (*spec.paths, *spec.excluded_paths):
+                warnings.extend(_unreachable(spec.function, path))
             for path in dict.fromkeys(spec.paths):
                 route = _Route(spec, self._compile(spec, path, "paths"), excluded, methods)
+                warnings.extend(f"function {spec.function!r}: {w}" for w in route.compiled.warnings)
                 if route.compiled.is_literal:
                     key = self._literal_key(path)
                     self._literals.setdefault(key, []).append(route)
@@ -193,7 +250,7 @@ class Router:
             raise PatternError(f"function {spec.function!r}: {exc}") from exc
 
     def _literal_key(self, path: str) -> str:
-        path = _strip_slash(path)
+        path = _strip_slash(resolve_dot_segments(path))
         return path.casefold() if self._case_insensitive else path
 
     def match(
@@ -202,15 +259,26 @@ class Router:
         """Find the function serving ``method path``; ``path`` is the decoded URL path.
 
         Order:
+        0. A path longer than :data:`MAX_PATH_LENGTH` is ``path_too_long``. Dot segments
+           are resolved (:func:`resolve_dot_segments`); the rest sees the resolved path.
         1. Under the default prefix (``/.netlify/functions/NAME[/...]``, or the legacy
            ``/.netlify/builders/...``): the function NAME, for any method, unless it has custom
-           paths. An unknown name is ``function_not_found``; a name breaking the naming rule is
-           ``invalid_name``. Custom paths are never consulted for these URLs.
+           paths. An unknown name is ``function_not_found``, whatever its characters; an
+           existing function whose name breaks the naming rule is ``invalid_name``. Custom
+           paths are never consulted for these URLs.
         2. Custom paths: literal routes, then patterns by decreasing length, then by function
            name. A candidate is skipped when one of its excluded paths matches, when its
            methods do not include ``method`` (collected for ``method_not_allowed``), or when it
            prefers static files and ``static_exists(path)`` is true.
         """
+        if len(path) > MAX_PATH_LENGTH:
+            # Matching is linear in the path's length; the bound keeps that line short.
+            return NoMatch(
+                reason="path_too_long",
+                message=f"the path has {len(path)} characters; routing considers at most "
+                f"{MAX_PATH_LENGTH}",
+            )
+        path = resolve_dot_segments(path)
         method = method.upper()
         for prefix in self._prefixes:
             if path == prefix or path.startswith(prefix + "/"):
@@ -258,8 +326,8 @@ class Router:
         name = path[len(prefix) + 1 :].split("/", 1)[0]
         spec = self._specs.get(name)
         if spec is None:
-            if name and not _VALID_NAME.fullmatch(name):
-                return NoMatch(reason="invalid_name", message=INVALID_NAME, function=name)
+            # Netlify's CLI looks the name up first: only an existing function with a bad name
+            # gets the 400; an unknown name is 404 whatever characters it holds.
             return NoMatch(
                 reason="function_not_found", message=FUNCTION_NOT_FOUND, function=name or None
             )
@@ -273,5 +341,6 @@ class Router:
                     f"paths defined: {', '.join(map(repr, spec.paths))}"
                 ),
                 function=name,
+                has_custom_paths=True,
             )
         return Match(name, types.MappingProxyType({}), f"{prefix}/{name}")
