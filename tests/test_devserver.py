@@ -116,7 +116,7 @@ def request(server: DevServer, method: str, url: str, **kwargs: object) -> httpx
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=server.asgi)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             return await client.request(method, url, **kwargs)  # type: ignore[arg-type]
 
     return asyncio.run(go())

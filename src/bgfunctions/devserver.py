@@ -11,34 +11,48 @@ Invocations are kept in a journal: in memory by default, in a SQLite file when
 ``SITE_DIR/.bgfunctions/journal.sqlite3``), so that ``bgfunctions invocations`` and ``bgfunctions
 replay`` can read and add to it. The invocations view (``/.bgfunctions/``) is on when the server
 binds a loopback address and off otherwise, unless ``ServeOptions.invocations_view`` says.
+
+Facing the world (docs/serving.md, "Security"): every request must name an allowed ``Host``
+(loopback names, the bound address, ``ServeOptions.allowed_hosts``), so that a web page cannot
+reach the server through DNS rebinding; ``X-Forwarded-For`` counts only with
+``ServeOptions.trust_proxy``; waiting work is bounded by ``ServeOptions.max_pending``; static
+files stream from disk with ``Range`` and conditional requests (Starlette's ``FileResponse``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import ipaddress
 import logging
-import mimetypes
 import os
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bgfunctions.app import App
 from bgfunctions.asgi import ASGIApp, Receive, Scope, Send
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import BgFunctionsError
 from bgfunctions.executor import Executor
-from bgfunctions.invocation import Event, EventKind, State
+from bgfunctions.hosts import AllowedHosts
+from bgfunctions.invocation import Event, EventKind, InvocationRecord, State
 from bgfunctions.journal import Journal
 from bgfunctions.logs import InvocationFilter
 from bgfunctions.registry import Registry
+from bgfunctions.responses import Response
 from bgfunctions.retry import Limits, RetryPolicy
 from bgfunctions.views import PREFIX
 
+if TYPE_CHECKING:
+    from starlette.staticfiles import StaticFiles as StarletteStaticFiles
+
 __all__ = [
+    "DEFAULT_MAX_PENDING",
     "JOURNAL_FILE",
     "DevServer",
     "ServeOptions",
@@ -50,6 +64,9 @@ __all__ = [
 
 JOURNAL_FILE = Path(".bgfunctions") / "journal.sqlite3"
 """Where ``bgfunctions serve`` keeps a site's journal, relative to the site directory."""
+DEFAULT_MAX_PENDING = 1000
+"""Background invocations that may wait (queued or between attempts) before the server answers
+503: about 256 MB of bodies at worst, where an unbounded queue grew without limit."""
 
 log = logging.getLogger("bgfunctions.devserver")
 
@@ -76,6 +93,22 @@ class ServeOptions:
     """The SQLite journal file (its directory is created); None keeps records in memory."""
     invocations_view: bool | None = None
     """Serve ``/.bgfunctions/``; None: only when ``host`` is a loopback address."""
+    allowed_hosts: tuple[str, ...] = ()
+    """``Host`` patterns answered besides loopback names and ``host`` (see
+    :mod:`bgfunctions.hosts`); ``("*",)`` turns the check off."""
+    max_pending: int = DEFAULT_MAX_PENDING
+    """Background invocations that may wait before requests get 503 with ``Retry-After``."""
+    trust_proxy: bool = False
+    """Believe ``X-Forwarded-For`` (and ``x-nf-*`` headers) from a proxy on this machine."""
+
+
+def _bound_host(host: str) -> list[str]:
+    """The bind address as an allowed ``Host``, unless it is a wildcard (``0.0.0.0``, ``::``)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return [host]
+    return [] if address.is_unspecified else [str(address)]
 
 
 def is_loopback(host: str) -> bool:
@@ -115,6 +148,7 @@ class StaticFiles:
 
     def __init__(self, root: Path | None) -> None:
         self.root = root.resolve() if root is not None and root.is_dir() else None
+        self._files: StarletteStaticFiles | None = None
 
     def find(self, path: str) -> Path | None:
         """The file a URL path names (``/a/`` → ``a/index.html``, ``/a`` → ``a.html``), or None."""
@@ -124,9 +158,7 @@ class StaticFiles:
             candidate = (self.root / path.lstrip("/")).resolve()
             if not self._inside(candidate):
                 return None  # .. or a symlink out of the publish directory
-            if any(part.startswith(".") for part in candidate.relative_to(self.root).parts):
-                # Hidden files are never published: the journal lives in .bgfunctions/ (with
-                # request headers and bodies), and .git or .env may sit in a publish dir of ".".
+            if _hidden(candidate.relative_to(self.root).parts):
                 return None
             if candidate.is_dir():
                 candidate = candidate / "index.html"
@@ -151,13 +183,42 @@ class StaticFiles:
         if scope["type"] != "http":
             return
         found = self.find(scope["path"]) if scope["method"] in ("GET", "HEAD") else None
-        if found is None:
+        stat = None
+        if found is not None:
+            with contextlib.suppress(OSError):  # removed since find(): as if never there
+                stat = await asyncio.to_thread(os.stat, found)
+        if found is None or stat is None:
             body = b"Not Found - Request ID: none\n"
             await _plain(send, 404, body, b"text/plain; charset=utf-8")
             return
-        data = await asyncio.to_thread(found.read_bytes)
-        kind = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
-        await _plain(send, 200, data, kind.encode(), head=scope["method"] == "HEAD")
+        # Starlette's: streamed in 64 KiB chunks, Range (206/416), ETag and Last-Modified with
+        # If-None-Match / If-Modified-Since (304). Our find() has already refused what the
+        # publish directory must not show.
+        response = self._starlette().file_response(found, stat, scope)
+        await response(scope, receive, send)
+
+    def _starlette(self) -> StarletteStaticFiles:
+        if self._files is None:
+            try:
+                from starlette.staticfiles import StaticFiles as StarletteStaticFiles
+            except ImportError:  # pragma: no cover - the [serve] extra brings it
+                raise BgFunctionsError(
+                    "static files need starlette: pip install 'bgfunctions[serve]'"
+                ) from None
+            self._files = StarletteStaticFiles(directory=self.root, check_dir=False)
+        return self._files
+
+
+WELL_KNOWN = ".well-known"
+"""The one hidden directory a publish directory publishes, at its top (as Netlify does)."""
+
+
+def _hidden(parts: tuple[str, ...]) -> bool:
+    """Hidden files are never published: the journal lives in .bgfunctions/ (with request
+    headers and bodies), and .git or .env may sit in a publish dir of ".". Only a top-level
+    ``.well-known/`` is (ACME challenges, security.txt), and no dotfile inside it."""
+    start = 1 if parts and parts[0] == WELL_KNOWN else 0
+    return any(part.startswith(".") for part in parts[start:])
 
 
 async def _plain(
@@ -169,13 +230,18 @@ async def _plain(
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
+def queued(record: InvocationRecord) -> str:
+    """``queued``, saying which invocation a replay replays."""
+    return f"queued (replay of {record.replay_of})" if record.replay_of else "queued"
+
+
 def format_event(event: Event, clock: Clock) -> str | None:
     """One line per invocation event, each with the request id; None for events not shown."""
     r = event.record
     head = f"[{r.request_id}] {r.function}"
     attempt = r.last_attempt
     if event.kind is EventKind.ACCEPTED:
-        return f"{head}: queued"
+        return f"{head}: {queued(r)}"
     if event.kind is EventKind.ATTEMPT_STARTED and attempt is not None:
         return f"{head}: attempt {attempt.number} started"
     if event.kind is EventKind.ATTEMPT_ENDED and attempt is not None and attempt.outcome:
@@ -224,6 +290,47 @@ class _LineFormatter(logging.Formatter):
         return f"{record.name}: {record.levelname}: {record.message}"
 
 
+def _ignore_in_git(folder: Path) -> None:
+    """Give the server's state folder a ``.gitignore`` that ignores all of it (as
+    ``.pytest_cache`` has), so that a journal of request headers is never committed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ignore = folder / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# Created by bgfunctions serve.\n*\n", encoding="utf-8")
+
+
+class _HostCheckedApp(ASGIApp):
+    """The dev server's ASGI app: every request, to a function, a static file or the view,
+    must name an allowed ``Host``. A mounted ASGIApp checks the view only: its functions are
+    the site's public API, reached under names only its host knows."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            hosts = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"]
+            if not self.view_hosts.allows(hosts):
+                if scope["type"] == "http":
+                    refused = self.view_hosts.refusal(hosts, self.app.clock, hint=_HOSTS_HINT)
+                    log.warning(
+                        "refused a request for Host %r (request %s): %s",
+                        hosts[0][:100] if hosts else "",
+                        refused.headers["x-nf-request-id"],
+                        _HOSTS_HINT,
+                    )
+                    await _send_response(send, refused)
+                return  # a websocket closes unanswered
+        await super().__call__(scope, receive, send)
+
+
+_HOSTS_HINT = "bgfunctions serve --allowed-hosts NAME,... adds more"
+
+
+async def _send_response(send: Send, response: Response) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.raw]
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
 class DevServer:
     """A site served with its functions, static files and reload."""
 
@@ -240,12 +347,19 @@ class DevServer:
         self.clock: Clock = SystemClock()
         self.registry = Registry.from_site(self.site_dir)
         self.static = StaticFiles(self.registry.publish_dir)
-        journal = (
-            open_sqlite_journal(self.options.journal) if self.options.journal is not None else None
-        )
+        self.hosts = AllowedHosts((*_bound_host(self.options.host), *self.options.allowed_hosts))
+        """The ``Host`` names every request must give."""
+        journal = None
+        if self.options.journal is not None:
+            if self.options.journal.parent == self.site_dir / JOURNAL_FILE.parent:
+                _ignore_in_git(self.options.journal.parent)
+            journal = open_sqlite_journal(self.options.journal)
+        # Replays another process added to the journal and this one took up, announced once.
+        self._replays: set[str] = set()
         self.app = App(
             self.registry,
             executor=self._executor(journal),
+            trust_proxy=self.options.trust_proxy,
             limits=Limits(
                 background_timeout=self.options.background_timeout,
                 sync_timeout=self.options.sync_timeout,
@@ -257,25 +371,50 @@ class DevServer:
         view = self.options.invocations_view
         self.view_enabled = is_loopback(self.options.host) if view is None else view
         """Whether ``/.bgfunctions/`` is served."""
-        self.asgi = ASGIApp(self.app, fallback=self.static, invocations_view=self.view_enabled)
+        self.asgi: ASGIApp = _HostCheckedApp(
+            self.app,
+            fallback=self.static,
+            invocations_view=self.view_enabled,
+            allowed_hosts=self.hosts.patterns,
+        )
 
     def _executor(self, journal: Journal | None) -> Executor:
         if self.options.executor == "process":
             from bgfunctions.processes import ProcessExecutor
 
-            return ProcessExecutor(clock=self.clock, journal=journal)
+            return ProcessExecutor(
+                clock=self.clock, journal=journal, max_pending=self.options.max_pending
+            )
         if self.options.executor != "thread":
             raise BgFunctionsError(
                 f"--executor: expected 'thread' or 'process'; got {self.options.executor!r}"
             )
         from bgfunctions.threads import ThreadExecutor
 
-        return ThreadExecutor(clock=self.clock, journal=journal)
+        return ThreadExecutor(
+            clock=self.clock, journal=journal, max_pending=self.options.max_pending
+        )
 
     def _print_event(self, event: Event) -> None:
+        record = event.record
+        if record.replay_of:
+            self._announce_replay(event)
         line = format_event(event, self.clock)
         if line is not None:
             print(line, file=self.out, flush=True)
+
+    def _announce_replay(self, event: Event) -> None:
+        # `bgfunctions replay` adds a row to the journal from another process: this server
+        # hears of it first when its attempt starts. Say "queued" then, as for any request;
+        # only replays in flight are remembered.
+        record = event.record
+        if event.kind is EventKind.ACCEPTED:
+            self._replays.add(record.request_id)
+        elif event.kind is EventKind.ATTEMPT_STARTED and record.request_id not in self._replays:
+            self._replays.add(record.request_id)
+            self.print(f"[{record.request_id}] {record.function}: {queued(record)}")
+        elif record.state.finished:
+            self._replays.discard(record.request_id)
 
     def print(self, text: str) -> None:
         """Write one line to the server's output."""
@@ -354,29 +493,66 @@ class DevServer:
                     "reloading needs watchfiles: pip install 'bgfunctions[serve]', or pass "
                     "--no-reload"
                 ) from None
-        if table is not None:
-            self.print(table(self.registry))
-        self.warn_if_public()
-        config = uvicorn.Config(
-            self.asgi,
-            host=self.options.host,
-            port=self.options.port,
-            log_level="warning",
-            lifespan="on",
-        )
-        server = uvicorn.Server(config)
-        self.print(f"serving {self.site_dir} on http://{self.options.host}:{self.options.port}")
-        if self.view_enabled:
-            self.print(f"invocations: http://{self.options.host}:{self.options.port}{PREFIX}/")
-        root = logging.getLogger()
-        level = root.level
-        handler = self._show_logs()
+        self.static._starlette()  # a missing starlette is one line now, not a 500 later
+        sock = self.bind()
         try:
-            asyncio.run(self._serve(server))
+            if table is not None:
+                self.print(table(self.registry))
+            self.warn_if_public()
+            config = uvicorn.Config(
+                self.asgi,
+                host=self.options.host,
+                port=self.options.port,
+                log_level="warning",
+                lifespan="on",
+                # uvicorn believes X-Forwarded-For from loopback clients by default: any local
+                # process (or a page through a local proxy) could then name the client.
+                proxy_headers=self.options.trust_proxy,
+            )
+            server = uvicorn.Server(config)
+            base = self.url(sock)
+            self.print(f"serving {self.site_dir} on {base}")
+            if self.view_enabled:
+                self.print(f"invocations: {base}{PREFIX}/")
+            root = logging.getLogger()
+            level = root.level
+            handler = self._show_logs()
+            try:
+                asyncio.run(self._serve(server, sock))
+            finally:
+                root.removeHandler(handler)
+                root.setLevel(level)
         finally:
-            root.removeHandler(handler)
-            root.setLevel(level)
+            sock.close()
             self.app.journal.close()
+
+    def bind(self) -> socket.socket:
+        """A listening socket on the options' host and port (uvicorn's way of binding), or a
+        BgFunctionsError that names the port."""
+        host, port = self.options.host, self.options.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(2048)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise BgFunctionsError(
+                    f"port {port} on {host} is in use: stop what listens there, or pass --port"
+                ) from None
+            raise BgFunctionsError(
+                f"cannot listen on {host} port {port}: {exc.strerror or exc}"
+            ) from None
+        sock.set_inheritable(True)
+        return sock
+
+    def url(self, sock: socket.socket) -> str:
+        """``http://HOST:PORT`` of a bound socket (its real port when ``port`` was 0)."""
+        host = self.options.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{sock.getsockname()[1]}"
 
     def _show_logs(self) -> logging.Handler:
         """Print log records on the server's output, with the request id of the attempt that
@@ -392,11 +568,11 @@ class DevServer:
             root.setLevel(logging.INFO)  # this process is the dev server: the filter decides
         return handler
 
-    async def _serve(self, server: object) -> None:
+    async def _serve(self, server: object, sock: socket.socket) -> None:
         stop = asyncio.Event()
         watcher = asyncio.create_task(self.watch(stop)) if self.options.reload else None
         try:
-            await server.serve()  # type: ignore[attr-defined]
+            await server.serve(sockets=[sock])  # type: ignore[attr-defined]
         finally:
             stop.set()
             if watcher is not None:
