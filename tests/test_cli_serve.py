@@ -485,3 +485,33 @@ def test_serve_announces_a_replay_from_the_cli(
     assert re.split(r"\s{2,}", out.splitlines()[0])[5] == "REPLAY OF"
     row = next(line for line in out.splitlines() if line.startswith(new))
     assert re.split(r"\s{2,}", row)[5] == old
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_serve_says_serving_only_once_bound_with_the_real_port(site: Path) -> None:
+    """--port 0: the "serving" line names the port the OS gave, and it accepts at once."""
+    argv = [sys.executable, "-m", "bgfunctions", "serve", str(site), "--port", "0", "--no-reload"]
+    process = subprocess.Popen(
+        [*argv, "--journal", "memory"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        line = next(line for line in process.stdout if line.startswith("serving "))
+        found = re.fullmatch(r"serving .* on http://127\.0\.0\.1:(\d+)\n", line)
+        assert found is not None, line
+        port = int(found.group(1))
+        assert port != 0
+        # No retry loop: the socket listened before the line was printed.
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        hello = httpx.get(f"http://127.0.0.1:{port}/.netlify/functions/hello", timeout=10)
+        assert hello.text == "Hello, world!"
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+        process.stdout.close()  # type: ignore[union-attr]

@@ -22,7 +22,6 @@ files stream from disk with ``Range`` and conditional requests (Starlette's ``Fi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import ipaddress
 import logging
@@ -32,7 +31,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from bgfunctions.app import App
 from bgfunctions.asgi import ASGIApp, Receive, Scope, Send
@@ -40,16 +39,15 @@ from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import BgFunctionsError
 from bgfunctions.executor import Executor
 from bgfunctions.hosts import AllowedHosts
-from bgfunctions.invocation import Event, EventKind, InvocationRecord, State
+from bgfunctions.invocation import Event, EventKind, State
 from bgfunctions.journal import Journal
 from bgfunctions.logs import InvocationFilter
 from bgfunctions.registry import Registry
 from bgfunctions.responses import Response
 from bgfunctions.retry import Limits, RetryPolicy
+from bgfunctions.serverlog import LineFormatter, ServerLog, format_event, queued
+from bgfunctions.staticfiles import StaticFiles
 from bgfunctions.views import PREFIX
-
-if TYPE_CHECKING:
-    from starlette.staticfiles import StaticFiles as StarletteStaticFiles
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
@@ -141,153 +139,6 @@ def open_sqlite_journal(path: Path) -> Journal:
     if pages:
         journal._execute_for_tests(f"PRAGMA max_page_count = {int(pages)}")
     return journal
-
-
-class StaticFiles:
-    """Files of a publish directory; never serves anything outside it."""
-
-    def __init__(self, root: Path | None) -> None:
-        self.root = root.resolve() if root is not None and root.is_dir() else None
-        self._files: StarletteStaticFiles | None = None
-
-    def find(self, path: str) -> Path | None:
-        """The file a URL path names (``/a/`` → ``a/index.html``, ``/a`` → ``a.html``), or None."""
-        if self.root is None or "\x00" in path:
-            return None
-        try:
-            candidate = (self.root / path.lstrip("/")).resolve()
-            if not self._inside(candidate):
-                return None  # .. or a symlink out of the publish directory
-            if _hidden(candidate.relative_to(self.root).parts):
-                return None
-            if candidate.is_dir():
-                candidate = candidate / "index.html"
-            elif not candidate.is_file():
-                candidate = candidate.with_name(candidate.name + ".html")
-            # index.html or NAME.html may itself be a symlink out of the publish directory.
-            candidate = candidate.resolve()
-            return candidate if self._inside(candidate) and candidate.is_file() else None
-        except (OSError, RuntimeError, ValueError):
-            # A name too long for the file system, a symlink loop: nothing to serve.
-            return None
-
-    def _inside(self, candidate: Path) -> bool:
-        assert self.root is not None
-        return candidate == self.root or self.root in candidate.parents
-
-    def exists(self, path: str) -> bool:
-        """Whether :meth:`find` names a file (what ``prefer_static`` asks)."""
-        return self.find(path) is not None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        found = self.find(scope["path"]) if scope["method"] in ("GET", "HEAD") else None
-        stat = None
-        if found is not None:
-            with contextlib.suppress(OSError):  # removed since find(): as if never there
-                stat = await asyncio.to_thread(os.stat, found)
-        if found is None or stat is None:
-            body = b"Not Found - Request ID: none\n"
-            await _plain(send, 404, body, b"text/plain; charset=utf-8")
-            return
-        # Starlette's: streamed in 64 KiB chunks, Range (206/416), ETag and Last-Modified with
-        # If-None-Match / If-Modified-Since (304). Our find() has already refused what the
-        # publish directory must not show.
-        response = self._starlette().file_response(found, stat, scope)
-        await response(scope, receive, send)
-
-    def _starlette(self) -> StarletteStaticFiles:
-        if self._files is None:
-            try:
-                from starlette.staticfiles import StaticFiles as StarletteStaticFiles
-            except ImportError:  # pragma: no cover - the [serve] extra brings it
-                raise BgFunctionsError(
-                    "static files need starlette: pip install 'bgfunctions[serve]'"
-                ) from None
-            self._files = StarletteStaticFiles(directory=self.root, check_dir=False)
-        return self._files
-
-
-WELL_KNOWN = ".well-known"
-"""The one hidden directory a publish directory publishes, at its top (as Netlify does)."""
-
-
-def _hidden(parts: tuple[str, ...]) -> bool:
-    """Hidden files are never published: the journal lives in .bgfunctions/ (with request
-    headers and bodies), and .git or .env may sit in a publish dir of ".". Only a top-level
-    ``.well-known/`` is (ACME challenges, security.txt), and no dotfile inside it."""
-    start = 1 if parts and parts[0] == WELL_KNOWN else 0
-    return any(part.startswith(".") for part in parts[start:])
-
-
-async def _plain(
-    send: Send, status: int, body: bytes, content_type: bytes, *, head: bool = False
-) -> None:
-    # HEAD gets the headers GET would get, content-length included, and no body.
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
-
-
-def queued(record: InvocationRecord) -> str:
-    """``queued``, saying which invocation a replay replays."""
-    return f"queued (replay of {record.replay_of})" if record.replay_of else "queued"
-
-
-def format_event(event: Event, clock: Clock) -> str | None:
-    """One line per invocation event, each with the request id; None for events not shown."""
-    r = event.record
-    head = f"[{r.request_id}] {r.function}"
-    attempt = r.last_attempt
-    if event.kind is EventKind.ACCEPTED:
-        return f"{head}: {queued(r)}"
-    if event.kind is EventKind.ATTEMPT_STARTED and attempt is not None:
-        return f"{head}: attempt {attempt.number} started"
-    if event.kind is EventKind.ATTEMPT_ENDED and attempt is not None and attempt.outcome:
-        took = f"{attempt.duration:.3f} s" if attempt.duration is not None else "?"
-        error = f" ({attempt.error_type}: {attempt.error_message})" if attempt.error_type else ""
-        return f"{head}: attempt {attempt.number} {attempt.outcome.value} in {took}{error}"
-    if event.kind is EventKind.RETRY_SCHEDULED and r.next_run_at is not None:
-        delay = r.next_run_at - clock.now()
-        return f"{head}: retry scheduled in {max(0.0, delay):.1f} s"
-    if event.kind in (EventKind.SUCCEEDED, EventKind.FAILED, EventKind.CANCELLED):
-        return f"{head}: {event.kind.value} after {len(r.attempts)} attempt(s)"
-    return None
-
-
-class _ServerLog(logging.Filter):
-    """What the dev server shows of the logging system: warnings from anywhere, and INFO from
-    bgfunctions (a failed attempt's traceback) or from code running inside a handler."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if _is_attempt_failure(record) and not record.exc_info:
-            return False  # the event line already says it (a timeout, a crash)
-        return (
-            record.levelno >= logging.WARNING
-            or record.name == "bgfunctions"
-            or record.name.startswith("bgfunctions.")
-            or bool(getattr(record, "bg_request_id", ""))
-        )
-
-
-def _is_attempt_failure(record: logging.LogRecord) -> bool:
-    """A failed attempt as the executor logs it (see ``executor._log_failure``)."""
-    return getattr(record, "bg_failed_attempt", False) is True
-
-
-class _LineFormatter(logging.Formatter):
-    """``[request id] function: message`` inside a handler, as the event lines are; else
-    ``logger: LEVEL: message``. Tracebacks follow on their own lines."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        request_id = getattr(record, "bg_request_id", "")
-        if _is_attempt_failure(record):
-            # The event line just said how it ended: only the traceback follows.
-            return f"[{request_id}] {record.bg_function}: attempt {record.bg_attempt} traceback:"  # type: ignore[attr-defined]
-        if request_id:
-            return f"[{request_id}] {getattr(record, 'bg_function', '')}: {record.message}"
-        return f"{record.name}: {record.levelname}: {record.message}"
 
 
 def _ignore_in_git(folder: Path) -> None:
@@ -560,8 +411,8 @@ class DevServer:
         tracebacks."""
         handler = logging.StreamHandler(self.out)
         handler.addFilter(InvocationFilter())
-        handler.addFilter(_ServerLog())
-        handler.setFormatter(_LineFormatter())
+        handler.addFilter(ServerLog())
+        handler.setFormatter(LineFormatter())
         root = logging.getLogger()
         root.addHandler(handler)
         if root.getEffectiveLevel() > logging.INFO:
