@@ -620,6 +620,19 @@ def test_allowed_hosts_and_the_bound_address_widen_the_rule(
     assert asgi_get(anyone, "/style.css", [(b"host", b"attacker.example")])[0] == 200
 
 
+def test_a_wildcard_address_says_how_to_allow_this_machines_name(site: Path) -> None:
+    """--host 0.0.0.0 without --allowed-hosts: a note says which Host names are answered."""
+    server = DevServer(site, ServeOptions(host="0.0.0.0"), out=io.StringIO())
+    try:
+        server.warn_if_public()
+        assert "note: requests must name one of localhost, 127.0.0.1, [::1] as their Host" in (
+            output(server)
+        )
+        assert "--allowed-hosts" in output(server)
+    finally:
+        server.app.shutdown()
+
+
 def test_waiting_work_is_bounded_and_answers_503_past_it(
     make_server: Callable[..., DevServer],
 ) -> None:

@@ -326,6 +326,11 @@ class DevServer:
                 f"warning: --invocations-view on {self.options.host}: anyone who can reach this "
                 f"machine can read every invocation's URL and headers at {PREFIX}/"
             )
+        if not _bound_host(self.options.host) and not self.options.allowed_hosts:
+            self.print(
+                f"note: requests must name one of {', '.join(self.hosts.patterns)} as their "
+                "Host; to be reached by this machine's name or address, pass --allowed-hosts"
+            )
 
     def run(self, *, table: Callable[[Registry], str] | None = None) -> None:
         """Serve until interrupted."""
@@ -344,7 +349,7 @@ class DevServer:
                     "reloading needs watchfiles: pip install 'bgfunctions[serve]', or pass "
                     "--no-reload"
                 ) from None
-        self.static._starlette()  # a missing starlette is one line now, not a 500 later
+        self.static.starlette_files()  # a missing starlette is one line now, not a 500 later
         sock = self.bind()
         try:
             if table is not None:

@@ -75,10 +75,11 @@ class StaticFiles:
         # Starlette's: streamed in 64 KiB chunks, Range (206/416), ETag and Last-Modified with
         # If-None-Match / If-Modified-Since (304). Our find() has already refused what the
         # publish directory must not show.
-        response = self._starlette().file_response(found, stat, scope)
+        response = self.starlette_files().file_response(found, stat, scope)
         await response(scope, receive, send)
 
-    def _starlette(self) -> StarletteStaticFiles:
+    def starlette_files(self) -> StarletteStaticFiles:
+        """Starlette's StaticFiles, for its file responses; a one-line error without it."""
         if self._files is None:
             try:
                 from starlette.staticfiles import StaticFiles as StarletteStaticFiles
