@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import bgfunctions
 from bgfunctions.cli import main
 
 EXAMPLE_SITE = Path(__file__).resolve().parents[1] / "examples" / "site"
@@ -301,3 +302,22 @@ def test_python_dash_m_reports_errors_with_status_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert_one_error_line(result.stderr, "does not exist")
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`bgfunctions --version` prints "bgfunctions X.Y.Z" and exits 0."""
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"bgfunctions {bgfunctions.__version__}\n"
+
+
+@pytest.mark.parametrize("command", ["list", "serve", "invocations"])
+def test_help_describes_site_dir_and_its_default(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """serve, invocations (and list) --help say what SITE_DIR is and its default."""
+    assert main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "SITE_DIR the site's directory, holding netlify.toml (default: the current directory)"
+        in (text)
+    )

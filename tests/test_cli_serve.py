@@ -135,6 +135,8 @@ def test_invoke_a_malformed_header_is_a_one_line_error(
         ["--background-timeout", "nan"],
         ["--executor", "fork"],
         ["--port", "http"],
+        ["--allowed-hosts", "example.com:80"],
+        ["--max-pending", "0"],
     ],
 )
 def test_serve_refuses_bad_options(
@@ -377,3 +379,139 @@ def test_serve_reloads_when_a_function_file_changes(
         text = httpx.get(url, timeout=10).text
     assert text == "v2", server.lines
     server.wait_for_line(lambda line: line.startswith("reloaded "))
+
+
+# -- serve: facing the world --------------------------------------------------------------------
+
+WHOAMI = "def handler(request, context):\n    return context.ip or 'none'\n"
+DOOMED = "def handler(request, context):\n    raise RuntimeError('always')\n"
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(site: Path) -> None:
+    """A taken port: exit 2, one stderr line naming the port, and no "serving" line."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "bgfunctions", "serve", str(site), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"bgfunctions: error: port {port} on 127.0.0.1 is in use: stop what listens there, "
+        "or pass --port"
+    ]
+    assert "serving" not in done.stdout
+    assert "NAME" not in done.stdout  # nothing printed before the bind failed
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_serve_refuses_a_foreign_host_and_creates_the_gitignore(
+    site: Path, serve: Callable[..., Server]
+) -> None:
+    """Host: attacker.example gets 400 (not the invocations JSON); .bgfunctions/ is git-ignored."""
+    server = serve("--no-reload")
+    view = f"{server.base}/.bgfunctions/invocations"
+    refused = httpx.get(view, headers={"host": "attacker.example:8888"}, timeout=10)
+    assert refused.status_code == 400
+    assert refused.headers["x-nf-request-id"] in refused.text
+    assert "invocations" not in refused.text
+    assert httpx.get(view, timeout=10).status_code == 200
+    assert (site / ".bgfunctions" / ".gitignore").read_text(encoding="utf-8").endswith("*\n")
+    allowing = serve("--no-reload", "--journal", "memory", "--allowed-hosts", ".example.com")
+    url = f"{allowing.base}/.netlify/functions/hello"
+    assert httpx.get(url, headers={"host": "app.example.com"}, timeout=10).status_code == 200
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_serve_ignores_x_forwarded_for_unless_the_proxy_is_trusted(
+    site: Path, serve: Callable[..., Server]
+) -> None:
+    """X-Forwarded-For does not set context.ip, unless --trust-proxy says a proxy is in front."""
+    write(site, "netlify/functions/whoami.py", WHOAMI)
+    forged = {"x-forwarded-for": "203.0.113.9"}
+    plain = serve("--no-reload", "--journal", "memory")
+    url = f"{plain.base}/.netlify/functions/whoami"
+    assert httpx.get(url, headers=forged, timeout=10).text == "127.0.0.1"
+    trusting = serve("--no-reload", "--journal", "memory", "--trust-proxy")
+    url = f"{trusting.base}/.netlify/functions/whoami"
+    assert httpx.get(url, headers=forged, timeout=10).text == "203.0.113.9"
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_serve_max_pending_answers_503_with_retry_after(
+    site: Path, serve: Callable[..., Server]
+) -> None:
+    """--max-pending 1: with one retry waiting, the next background request gets 503."""
+    write(site, "netlify/functions/doomed-background.py", DOOMED)
+    server = serve("--no-reload", "--max-pending", "1", "--retry-delays", "3600")
+    url = f"{server.base}/.netlify/functions/doomed-background"
+    first = httpx.post(url, timeout=10)
+    assert first.status_code == 202
+    prefix = f"[{first.headers['x-nf-request-id']}] doomed-background: "
+    server.wait_for_line(lambda line: line.startswith(prefix + "retry scheduled"))
+    refused = httpx.post(url, timeout=10)
+    assert refused.status_code == 503
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_serve_announces_a_replay_from_the_cli(
+    site: Path, serve: Callable[..., Server], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bgfunctions replay ID` while serving: the server prints "queued (replay of ID)"."""
+    server = serve("--no-reload", "--retry-delays", "")
+    response = httpx.post(f"{server.base}/.netlify/functions/flaky-background", timeout=10)
+    old = response.headers["x-nf-request-id"]
+    server.wait_for_line(
+        lambda line: line == f"[{old}] flaky-background: failed after 1 attempt(s)"
+    )
+    status, out, _ = run(capsys, "replay", old, "--site", str(site))
+    assert status == 0
+    new = out.strip()
+    server.wait_for_line(lambda line: line == f"[{new}] flaky-background: queued (replay of {old})")
+    server.wait_for_line(lambda line: line.startswith(f"[{new}] flaky-background: failed after"))
+    status, out, _ = run(capsys, "invocations", str(site))
+    assert re.split(r"\s{2,}", out.splitlines()[0])[5] == "REPLAY OF"
+    row = next(line for line in out.splitlines() if line.startswith(new))
+    assert re.split(r"\s{2,}", row)[5] == old
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_serve_says_serving_only_once_bound_with_the_real_port(site: Path) -> None:
+    """--port 0: the "serving" line names the port the OS gave, and it accepts at once."""
+    argv = [sys.executable, "-m", "bgfunctions", "serve", str(site), "--port", "0", "--no-reload"]
+    process = subprocess.Popen(
+        [*argv, "--journal", "memory"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        line = next(line for line in process.stdout if line.startswith("serving "))
+        found = re.fullmatch(r"serving .* on http://127\.0\.0\.1:(\d+)\n", line)
+        assert found is not None, line
+        port = int(found.group(1))
+        assert port != 0
+        # No retry loop: the socket listened before the line was printed.
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        hello = httpx.get(f"http://127.0.0.1:{port}/.netlify/functions/hello", timeout=10)
+        assert hello.text == "Hello, world!"
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+        process.stdout.close()  # type: ignore[union-attr]

@@ -11,6 +11,7 @@ import io
 import os
 import re
 import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -18,7 +19,14 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from bgfunctions.devserver import DevServer, ServeOptions, StaticFiles
+from bgfunctions.cli import main
+from bgfunctions.devserver import (
+    DEFAULT_MAX_PENDING,
+    JOURNAL_FILE,
+    DevServer,
+    ServeOptions,
+    StaticFiles,
+)
 from bgfunctions.errors import BgFunctionsError
 
 NETLIFY_TOML = """\
@@ -116,7 +124,7 @@ def request(server: DevServer, method: str, url: str, **kwargs: object) -> httpx
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=server.asgi)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             return await client.request(method, url, **kwargs)  # type: ignore[arg-type]
 
     return asyncio.run(go())
@@ -141,7 +149,13 @@ def raw_request(server: DevServer, method: str, raw_path: str) -> tuple[int, byt
     }
     sent: list[dict[str, object]] = []
 
+    requested: list[bool] = []
+
     async def receive() -> dict[str, object]:
+        # As a server does: the request once, then nothing until the client goes away.
+        if requested:
+            await asyncio.Event().wait()
+        requested.append(True)
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message: dict[str, object]) -> None:
@@ -521,3 +535,220 @@ def test_the_default_prefix_answers_for_itself(make_server: Callable[..., DevSer
     invalid = request(server, "GET", "/.netlify/functions/bad.name")
     assert invalid.status_code == 404
     assert invalid.text.startswith("Function not found")
+
+
+# -- facing the world: hosts, limits, streaming ---------------------------------------------
+
+
+def asgi_get(
+    server: DevServer, path: str, headers: list[tuple[bytes, bytes]]
+) -> tuple[int, dict[bytes, bytes], list[bytes]]:
+    """A GET sent to the server's ASGI app as uvicorn would: status, headers, body chunks."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8888),
+    }
+    sent: list[dict[str, object]] = []
+
+    requested: list[bool] = []
+
+    async def receive() -> dict[str, object]:
+        # As a server does: the request once, then nothing until the client goes away.
+        if requested:
+            await asyncio.Event().wait()
+        requested.append(True)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    asyncio.run(server.asgi(scope, receive, send))  # type: ignore[arg-type]
+    status = sent[0]["status"]
+    assert isinstance(status, int)
+    head = dict(sent[0]["headers"])  # type: ignore[call-overload]
+    chunks = [m["body"] for m in sent[1:] if m.get("body")]
+    return status, head, chunks  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    "path", ["/.netlify/functions/hello", "/style.css", "/.bgfunctions/invocations"]
+)
+def test_a_foreign_host_gets_400_with_a_request_id_everywhere(
+    make_server: Callable[..., DevServer], path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Host: attacker.example gets 400 and a request id for functions, static files, the view."""
+    server = make_server()
+    status, headers, chunks = asgi_get(server, path, [(b"host", b"attacker.example:8888")])
+    assert status == 400
+    body = b"".join(chunks).decode()
+    request_id = headers[b"x-nf-request-id"].decode()
+    assert body.startswith("Bad Request: Host 'attacker.example:8888' is not allowed here")
+    assert "--allowed-hosts" in body
+    assert body.endswith(f"Request ID: {request_id}\n")
+    assert f"refused a request for Host 'attacker.example:8888' (request {request_id})" in (
+        caplog.text
+    )
+
+
+@pytest.mark.parametrize("host", [b"localhost:8888", b"127.0.0.1:8888", b"[::1]:8888"])
+def test_loopback_hosts_are_served(make_server: Callable[..., DevServer], host: bytes) -> None:
+    """localhost, 127.0.0.1 and [::1], with a port, reach the functions."""
+    status, _, chunks = asgi_get(make_server(), "/.netlify/functions/hello", [(b"host", host)])
+    assert (status, b"".join(chunks)) == (200, b"hello v1")
+
+
+def test_allowed_hosts_and_the_bound_address_widen_the_rule(
+    make_server: Callable[..., DevServer],
+) -> None:
+    """allowed_hosts adds names; a specific --host address is allowed; 0.0.0.0 adds nothing."""
+    server = make_server(host="192.168.1.10", allowed_hosts=(".dev.test",))
+    for host in (b"192.168.1.10:8888", b"app.dev.test", b"localhost"):
+        assert asgi_get(server, "/style.css", [(b"host", host)])[0] == 200
+    assert asgi_get(server, "/style.css", [(b"host", b"other.test")])[0] == 400
+    wildcard = make_server(host="0.0.0.0")
+    assert asgi_get(wildcard, "/style.css", [(b"host", b"0.0.0.0:8888")])[0] == 400
+    anyone = make_server(allowed_hosts=("*",))
+    assert asgi_get(anyone, "/style.css", [(b"host", b"attacker.example")])[0] == 200
+
+
+def test_a_wildcard_address_says_how_to_allow_this_machines_name(site: Path) -> None:
+    """--host 0.0.0.0 without --allowed-hosts: a note says which Host names are answered."""
+    server = DevServer(site, ServeOptions(host="0.0.0.0"), out=io.StringIO())
+    try:
+        server.warn_if_public()
+        assert "note: requests must name one of localhost, 127.0.0.1, [::1] as their Host" in (
+            output(server)
+        )
+        assert "--allowed-hosts" in output(server)
+    finally:
+        server.app.shutdown()
+
+
+def test_waiting_work_is_bounded_and_answers_503_past_it(
+    make_server: Callable[..., DevServer],
+) -> None:
+    """The default bound is set; past max_pending a background request gets 503 + Retry-After."""
+    assert make_server().app.executor.max_pending == DEFAULT_MAX_PENDING  # type: ignore[attr-defined]
+    server = make_server(max_pending=1, retry_delays=(3600.0,))
+    first = request(server, "POST", "/.netlify/functions/doomed-background")
+    assert first.status_code == 202
+    record = server.app.get(first.headers["x-nf-request-id"])
+    wait_until(lambda: record.state.value == "retry_scheduled")  # its retry waits for an hour
+    refused = request(server, "POST", "/.netlify/functions/doomed-background")
+    assert refused.status_code == 503
+    assert int(refused.headers["retry-after"]) >= 1
+    assert request(server, "GET", "/.netlify/functions/hello").status_code == 200
+
+
+def test_static_files_honour_range_requests(make_server: Callable[..., DevServer]) -> None:
+    """Range: bytes=2-4 gets 206 with those bytes; a range past the end gets 416."""
+    server = make_server()
+    part = request(server, "GET", "/style.css", headers={"range": "bytes=2-4"})
+    assert (part.status_code, part.content) == (206, b"dy ")
+    assert part.headers["content-range"] == "bytes 2-4/7"
+    assert request(server, "GET", "/style.css", headers={"range": "bytes=50-60"}).status_code == 416
+
+
+def test_static_files_answer_conditional_requests_with_304(
+    make_server: Callable[..., DevServer],
+) -> None:
+    """If-None-Match with the ETag, or If-Modified-Since its Last-Modified, gets an empty 304."""
+    server = make_server()
+    full = request(server, "GET", "/style.css")
+    etag, modified = full.headers["etag"], full.headers["last-modified"]
+    again = request(server, "GET", "/style.css", headers={"if-none-match": etag})
+    assert (again.status_code, again.content) == (304, b"")
+    since = request(server, "GET", "/style.css", headers={"if-modified-since": modified})
+    assert since.status_code == 304
+    stale = request(server, "GET", "/style.css", headers={"if-none-match": '"other"'})
+    assert (stale.status_code, stale.text) == (200, "body {}")
+
+
+def test_a_large_static_file_streams_in_bounded_chunks(
+    site: Path, make_server: Callable[..., DevServer]
+) -> None:
+    """A 16 MiB file goes out in 64 KiB chunks, never read whole (peak allocation < 2 MiB)."""
+    size = 16 * 1024 * 1024
+    with (site / "public" / "big.bin").open("wb") as big:
+        big.truncate(size)  # sparse: no 16 MiB written by the test either
+    server = make_server()
+    tracemalloc.start()
+    try:
+        status, headers, chunks = asgi_get(server, "/big.bin", [(b"host", b"localhost")])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert status == 200
+    assert headers[b"content-length"] == str(size).encode()
+    assert sum(len(c) for c in chunks) == size
+    assert max(len(c) for c in chunks) <= 64 * 1024
+    assert len(chunks) == size // (64 * 1024)
+    # The chunks list the test keeps holds the file; what the server held is the peak minus it.
+    assert peak - size < 2 * 1024 * 1024
+
+
+def test_well_known_is_published_but_other_dotfiles_are_not(
+    site: Path, make_server: Callable[..., DevServer]
+) -> None:
+    """/.well-known/* is served (as Netlify does); .env and dotfiles inside .well-known are not."""
+    write(site, "public/.well-known/security.txt", "Contact: mailto:sec@example.com")
+    write(site, "public/.well-known/.secret", SECRET)
+    write(site, "public/.env", SECRET)
+    server = make_server()
+    found = request(server, "GET", "/.well-known/security.txt")
+    assert (found.status_code, found.text) == (200, "Contact: mailto:sec@example.com")
+    assert request(server, "GET", "/.well-known/.secret").status_code == 404
+    assert request(server, "GET", "/.env").status_code == 404
+    assert request(server, "GET", "/docs/.well-known/security.txt").status_code == 404
+
+
+def test_the_journal_folder_gets_a_gitignore(site: Path, tmp_path: Path) -> None:
+    """With the site's journal, .bgfunctions/.gitignore ignores all; a user's own is kept."""
+    DevServer(site, ServeOptions(journal=site / JOURNAL_FILE), out=io.StringIO()).app.shutdown()
+    ignore = site / ".bgfunctions" / ".gitignore"
+    assert ignore.read_text(encoding="utf-8").splitlines()[-1] == "*"
+    ignore.write_text("journal.sqlite3\n", encoding="utf-8")
+    DevServer(site, ServeOptions(journal=site / JOURNAL_FILE), out=io.StringIO()).app.shutdown()
+    assert ignore.read_text(encoding="utf-8") == "journal.sqlite3\n"
+    elsewhere = tmp_path / "journals" / "j.sqlite3"
+    DevServer(site, ServeOptions(journal=elsewhere), out=io.StringIO()).app.shutdown()
+    assert not (elsewhere.parent / ".gitignore").exists()
+
+
+def test_a_replay_added_by_the_cli_is_announced_as_queued(
+    site: Path, make_server: Callable[..., DevServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bgfunctions replay` from another process: the server prints "queued (replay of ID)"."""
+    server = make_server(journal=site / JOURNAL_FILE, retry_delays=())
+    first = request(server, "POST", "/.netlify/functions/doomed-background")
+    old = first.headers["x-nf-request-id"]
+    assert server.app.get(old).wait(10).state.value == "failed"
+    assert main(["replay", old, "--site", str(site)]) == 0
+    new = capsys.readouterr().out.strip()
+    line = f"[{new}] doomed-background: queued (replay of {old})"
+    wait_until(lambda: f"[{new}] doomed-background: failed" in output(server))
+    lines = output(server).splitlines()
+    assert lines.count(line) == 1
+    assert lines.index(line) < lines.index(f"[{new}] doomed-background: attempt 1 started")
+
+
+def test_an_in_process_replay_is_queued_once(make_server: Callable[..., DevServer]) -> None:
+    """App.replay: one "queued (replay of ID)" line, from its accepted event."""
+    server = make_server(retry_delays=())
+    old = request(server, "POST", "/.netlify/functions/doomed-background")
+    old_id = old.headers["x-nf-request-id"]
+    server.app.get(old_id).wait(10)
+    new = server.app.replay(old_id)
+    new.wait(10)
+    line = f"[{new.request_id}] doomed-background: queued (replay of {old_id})"
+    assert output(server).splitlines().count(line) == 1

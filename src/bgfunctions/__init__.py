@@ -8,7 +8,8 @@ Layers (a lower layer never imports a higher one; ``tests/test_layers.py`` check
     L2  routing, _loader, _netlify_toml, journal, sqlite_journal
     L3  registry, _attempt, executor, inline, threads, processes
     L4  app
-    L5  asgi, wsgi, devserver, views, testing, pytest_plugin, cli, __main__, contrib.*
+    L5  asgi, wsgi, hosts, staticfiles, devserver, serverlog, views, testing, pytest_plugin,
+        cli, __main__, contrib.*
 
 This module only re-exports.
 """

@@ -32,12 +32,13 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import quote, unquote
 
 from bgfunctions.app import App, Resolution
 from bgfunctions.errors import RequestError
+from bgfunctions.hosts import AllowedHosts
 from bgfunctions.redaction import Redaction
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
@@ -51,6 +52,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("bgfunctions.asgi")
+_HOSTS_HINT = "ASGIApp(allowed_hosts=[...]) adds more"
 
 
 class ASGIApp:
@@ -64,13 +66,17 @@ class ASGIApp:
         fallback: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
         invocations_view: bool = False,
         redaction: Redaction | None = None,
+        allowed_hosts: Iterable[str] = (),
     ) -> None:
         """``grace``: seconds running attempts get to finish at shutdown. ``fallback``: an ASGI
         app that gets the requests no function matched (static files, say) instead of a 404.
         ``invocations_view``: serve the read-only invocation record under ``/.bgfunctions/``
         (off by default; it shows request URLs and headers, credentials redacted).
-        ``redaction``: what the view hides (None: the default :class:`~bgfunctions.Redaction`)."""
+        ``redaction``: what the view hides (None: the default :class:`~bgfunctions.Redaction`).
+        ``allowed_hosts``: ``Host`` patterns the view answers besides loopback names (see
+        :mod:`bgfunctions.hosts`); functions answer any host, as the site's public API."""
         self.app = app
+        self.view_hosts = AllowedHosts(allowed_hosts)
         self.grace = grace
         self.fallback = fallback
         self.view = InvocationsView(app, redaction=redaction) if invocations_view else None
@@ -119,6 +125,11 @@ class ASGIApp:
         path = _route_path(scope)
         method = scope["method"]
         if self.view is not None and self.view.handles(path):
+            hosts = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"]
+            if not self.view_hosts.allows(hosts):
+                refused = self.view_hosts.refusal(hosts, self.app.clock, hint=_HOSTS_HINT)
+                await _send(send, refused)
+                return
             await _view_http(self.view, scope, send, path, method)
             return
         resolution = self.app.resolve(method, path)

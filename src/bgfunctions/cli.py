@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=_PROG,
         description="Netlify functions, and their background functions, for Python.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     commands.required = True
     _add_list(commands)
@@ -62,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay(commands)
     _add_worker(commands)
     return parser
+
+
+def _version() -> str:
+    # The installed distribution's: the package itself is above every module (test_layers).
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bgfunctions")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree, not installed
+        return "(not installed)"
+
+
+_SITE_HELP = "the site's directory, holding netlify.toml (default: the current directory)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,7 +133,7 @@ def _add_list(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         nargs="?",
         default=".",
         metavar="SITE_DIR",
-        help="the site's directory, holding netlify.toml (default: the current directory)",
+        help=_SITE_HELP,
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead")
     _add_strict(parser)
@@ -237,7 +251,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "directory behind them, and reload when the functions or netlify.toml change."
         ),
     )
-    parser.add_argument("site_dir", nargs="?", default=".", metavar="SITE_DIR")
+    parser.add_argument("site_dir", nargs="?", default=".", metavar="SITE_DIR", help=_SITE_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8888, help="port (default 8888)")
     parser.add_argument(
@@ -269,7 +283,42 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="serve the invocation record at /.bgfunctions/ (default: on for a loopback "
         "--host only; on another address it shows every request's URL and headers)",
     )
+    parser.add_argument(
+        "--allowed-hosts",
+        type=_host_patterns,
+        action="extend",
+        default=[],
+        metavar="NAME,...",
+        help="Host names answered besides localhost, 127.0.0.1, [::1] and --host: "
+        "example.com, .example.com (and below), *.example.com (below only), * (any); "
+        "others get 400, against DNS rebinding",
+    )
+    parser.add_argument(
+        "--max-pending",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="background invocations that may wait before requests get 503 with Retry-After "
+        "(default 1000)",
+    )
+    parser.add_argument(
+        "--trust-proxy",
+        action="store_true",
+        help="believe X-Forwarded-For and x-nf-* headers from a proxy on this machine "
+        "(default: they are ignored)",
+    )
     parser.set_defaults(run=_cmd_serve)
+
+
+def _host_patterns(text: str) -> list[str]:
+    from bgfunctions.hosts import AllowedHosts
+
+    patterns = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        AllowedHosts(patterns)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("allowed_hosts: ")) from None
+    return patterns
 
 
 def _add_schedule_options(parser: argparse.ArgumentParser) -> None:
@@ -310,7 +359,7 @@ def _seconds(text: str) -> float:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from bgfunctions.devserver import DevServer, ServeOptions
+    from bgfunctions.devserver import DEFAULT_MAX_PENDING, DevServer, ServeOptions
 
     site = Path(args.site_dir)
     _load_site(site)  # a broken site is one clear line before anything starts
@@ -328,6 +377,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             reload=not args.no_reload,
             journal=_journal_path(args.journal, site),
             invocations_view=args.invocations_view,
+            allowed_hosts=tuple(args.allowed_hosts),
+            max_pending=DEFAULT_MAX_PENDING if args.max_pending is None else args.max_pending,
+            trust_proxy=args.trust_proxy,
         ),
     )
 
@@ -465,7 +517,7 @@ def _add_invocations(commands: argparse._SubParsersAction[argparse.ArgumentParse
             "(UTC) and its last error. Secret headers are redacted in --json; bodies are omitted."
         ),
     )
-    parser.add_argument("site_dir", nargs="?", default=".", metavar="SITE_DIR")
+    parser.add_argument("site_dir", nargs="?", default=".", metavar="SITE_DIR", help=_SITE_HELP)
     parser.add_argument("--function", default=None, metavar="NAME", help="only this function")
     parser.add_argument(
         "--state",
@@ -502,22 +554,26 @@ def _cmd_invocations(args: argparse.Namespace) -> int:
     if not records:
         print("no invocations")
         return EXIT_OK
-    rows = [("REQUEST ID", "FUNCTION", "STATE", "ATTEMPTS", "ACCEPTED AT (UTC)", "LAST ERROR")]
+    # A REPLAY OF column only when a listed invocation is a replay: the usual table stays narrow.
+    replays = any(record.replay_of for record in records)
+    head = ["REQUEST ID", "FUNCTION", "STATE", "ATTEMPTS", "ACCEPTED AT (UTC)"]
+    rows = [[*head, "REPLAY OF", "LAST ERROR"] if replays else [*head, "LAST ERROR"]]
     for record in records:
-        rows.append(
-            (
-                record.request_id,
-                record.function,
-                record.state.value,
-                str(record.attempt_count),
-                iso_utc(record.accepted_at) or "",
-                _last_error(record),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        row = [
+            record.request_id,
+            record.function,
+            record.state.value,
+            str(record.attempt_count),
+            iso_utc(record.accepted_at) or "",
+        ]
+        if replays:
+            row.append(record.replay_of or "-")
+        rows.append([*row, _last_error(record)])
+    columns = len(rows[0]) - 1
+    widths = [max(len(row[i]) for row in rows) for i in range(columns)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        print("  ".join([*cells, row[5]]).rstrip())
+        print("  ".join([*cells, row[-1]]).rstrip())
     return EXIT_OK
 
 

@@ -11,15 +11,22 @@ Invocations are kept in a journal: in memory by default, in a SQLite file when
 ``SITE_DIR/.bgfunctions/journal.sqlite3``), so that ``bgfunctions invocations`` and ``bgfunctions
 replay`` can read and add to it. The invocations view (``/.bgfunctions/``) is on when the server
 binds a loopback address and off otherwise, unless ``ServeOptions.invocations_view`` says.
+
+Facing the world (docs/serving.md, "Security"): every request must name an allowed ``Host``
+(loopback names, the bound address, ``ServeOptions.allowed_hosts``), so that a web page cannot
+reach the server through DNS rebinding; ``X-Forwarded-For`` counts only with
+``ServeOptions.trust_proxy``; waiting work is bounded by ``ServeOptions.max_pending``; static
+files stream from disk with ``Range`` and conditional requests (Starlette's ``FileResponse``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
-import mimetypes
 import os
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,16 +38,20 @@ from bgfunctions.asgi import ASGIApp, Receive, Scope, Send
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import BgFunctionsError
 from bgfunctions.executor import Executor
-from bgfunctions.ids import new_request_id
+from bgfunctions.hosts import AllowedHosts
 from bgfunctions.invocation import Event, EventKind, State
 from bgfunctions.journal import Journal
 from bgfunctions.logs import InvocationFilter
 from bgfunctions.redaction import Redaction
 from bgfunctions.registry import Registry
+from bgfunctions.responses import Response
 from bgfunctions.retry import Limits, RetryPolicy
+from bgfunctions.serverlog import LineFormatter, ServerLog, format_event, queued
+from bgfunctions.staticfiles import StaticFiles
 from bgfunctions.views import PREFIX
 
 __all__ = [
+    "DEFAULT_MAX_PENDING",
     "JOURNAL_FILE",
     "DevServer",
     "ServeOptions",
@@ -52,6 +63,9 @@ __all__ = [
 
 JOURNAL_FILE = Path(".bgfunctions") / "journal.sqlite3"
 """Where ``bgfunctions serve`` keeps a site's journal, relative to the site directory."""
+DEFAULT_MAX_PENDING = 1000
+"""Background invocations that may wait (queued or between attempts) before the server answers
+503: about 256 MB of bodies at worst, where an unbounded queue grew without limit."""
 
 log = logging.getLogger("bgfunctions.devserver")
 
@@ -80,6 +94,22 @@ class ServeOptions:
     """Serve ``/.bgfunctions/``; None: only when ``host`` is a loopback address."""
     redaction: Redaction | None = None
     """What the view hides; None: the default :class:`~bgfunctions.Redaction`."""
+    allowed_hosts: tuple[str, ...] = ()
+    """``Host`` patterns answered besides loopback names and ``host`` (see
+    :mod:`bgfunctions.hosts`); ``("*",)`` turns the check off."""
+    max_pending: int = DEFAULT_MAX_PENDING
+    """Background invocations that may wait before requests get 503 with ``Retry-After``."""
+    trust_proxy: bool = False
+    """Believe ``X-Forwarded-For`` (and ``x-nf-*`` headers) from a proxy on this machine."""
+
+
+def _bound_host(host: str) -> list[str]:
+    """The bind address as an allowed ``Host``, unless it is a wildcard (``0.0.0.0``, ``::``)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return [host]
+    return [] if address.is_unspecified else [str(address)]
 
 
 def is_loopback(host: str) -> bool:
@@ -114,127 +144,45 @@ def open_sqlite_journal(path: Path) -> Journal:
     return journal
 
 
-class StaticFiles:
-    """Files of a publish directory; never serves anything outside it."""
+def _ignore_in_git(folder: Path) -> None:
+    """Give the server's state folder a ``.gitignore`` that ignores all of it (as
+    ``.pytest_cache`` has), so that a journal of request headers is never committed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ignore = folder / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# Created by bgfunctions serve.\n*\n", encoding="utf-8")
 
-    def __init__(self, root: Path | None) -> None:
-        self.root = root.resolve() if root is not None and root.is_dir() else None
 
-    def find(self, path: str) -> Path | None:
-        """The file a URL path names (``/a/`` → ``a/index.html``, ``/a`` → ``a.html``), or None."""
-        if self.root is None or "\x00" in path:
-            return None
-        try:
-            candidate = (self.root / path.lstrip("/")).resolve()
-            if not self._inside(candidate):
-                return None  # .. or a symlink out of the publish directory
-            if any(part.startswith(".") for part in candidate.relative_to(self.root).parts):
-                # Hidden files are never published: the journal lives in .bgfunctions/ (with
-                # request headers and bodies), and .git or .env may sit in a publish dir of ".".
-                return None
-            if candidate.is_dir():
-                candidate = candidate / "index.html"
-            elif not candidate.is_file():
-                candidate = candidate.with_name(candidate.name + ".html")
-            # index.html or NAME.html may itself be a symlink out of the publish directory.
-            candidate = candidate.resolve()
-            return candidate if self._inside(candidate) and candidate.is_file() else None
-        except (OSError, RuntimeError, ValueError):
-            # A name too long for the file system, a symlink loop: nothing to serve.
-            return None
-
-    def _inside(self, candidate: Path) -> bool:
-        assert self.root is not None
-        return candidate == self.root or self.root in candidate.parents
-
-    def exists(self, path: str) -> bool:
-        """Whether :meth:`find` names a file (what ``prefer_static`` asks)."""
-        return self.find(path) is not None
+class _HostCheckedApp(ASGIApp):
+    """The dev server's ASGI app: every request, to a function, a static file or the view,
+    must name an allowed ``Host``. A mounted ASGIApp checks the view only: its functions are
+    the site's public API, reached under names only its host knows."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        found = self.find(scope["path"]) if scope["method"] in ("GET", "HEAD") else None
-        if found is None:
-            request_id = new_request_id()  # every answer carries a real one (issue 11, 14)
-            body = f"Not Found - Request ID: {request_id}\n".encode()
-            await _plain(send, 404, body, b"text/plain; charset=utf-8", request_id=request_id)
-            return
-        data = await asyncio.to_thread(found.read_bytes)
-        kind = mimetypes.guess_type(found.name)[0] or "application/octet-stream"
-        await _plain(send, 200, data, kind.encode(), head=scope["method"] == "HEAD")
+        if scope["type"] in ("http", "websocket"):
+            hosts = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"]
+            if not self.view_hosts.allows(hosts):
+                if scope["type"] == "http":
+                    refused = self.view_hosts.refusal(hosts, self.app.clock, hint=_HOSTS_HINT)
+                    log.warning(
+                        "refused a request for Host %r (request %s): %s",
+                        hosts[0][:100] if hosts else "",
+                        refused.headers["x-nf-request-id"],
+                        _HOSTS_HINT,
+                    )
+                    await _send_response(send, refused)
+                return  # a websocket closes unanswered
+        await super().__call__(scope, receive, send)
 
 
-async def _plain(
-    send: Send,
-    status: int,
-    body: bytes,
-    content_type: bytes,
-    *,
-    head: bool = False,
-    request_id: str | None = None,
-) -> None:
-    # HEAD gets the headers GET would get, content-length included, and no body.
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    if request_id is not None:
-        headers.append((b"x-nf-request-id", request_id.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
+_HOSTS_HINT = "bgfunctions serve --allowed-hosts NAME,... adds more"
 
 
-def format_event(event: Event, clock: Clock) -> str | None:
-    """One line per invocation event, each with the request id; None for events not shown."""
-    r = event.record
-    head = f"[{r.request_id}] {r.function}"
-    attempt = r.last_attempt
-    if event.kind is EventKind.ACCEPTED:
-        return f"{head}: queued"
-    if event.kind is EventKind.ATTEMPT_STARTED and attempt is not None:
-        return f"{head}: attempt {attempt.number} started"
-    if event.kind is EventKind.ATTEMPT_ENDED and attempt is not None and attempt.outcome:
-        took = f"{attempt.duration:.3f} s" if attempt.duration is not None else "?"
-        error = f" ({attempt.error_type}: {attempt.error_message})" if attempt.error_type else ""
-        return f"{head}: attempt {attempt.number} {attempt.outcome.value} in {took}{error}"
-    if event.kind is EventKind.RETRY_SCHEDULED and r.next_run_at is not None:
-        delay = r.next_run_at - clock.now()
-        return f"{head}: retry scheduled in {max(0.0, delay):.1f} s"
-    if event.kind in (EventKind.SUCCEEDED, EventKind.FAILED, EventKind.CANCELLED):
-        return f"{head}: {event.kind.value} after {len(r.attempts)} attempt(s)"
-    return None
-
-
-class _ServerLog(logging.Filter):
-    """What the dev server shows of the logging system: warnings from anywhere, and INFO from
-    bgfunctions (a failed attempt's traceback) or from code running inside a handler."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if _is_attempt_failure(record) and not record.exc_info:
-            return False  # the event line already says it (a timeout, a crash)
-        return (
-            record.levelno >= logging.WARNING
-            or record.name == "bgfunctions"
-            or record.name.startswith("bgfunctions.")
-            or bool(getattr(record, "bg_request_id", ""))
-        )
-
-
-def _is_attempt_failure(record: logging.LogRecord) -> bool:
-    """A failed attempt as the executor logs it (see ``executor._log_failure``)."""
-    return getattr(record, "bg_failed_attempt", False) is True
-
-
-class _LineFormatter(logging.Formatter):
-    """``[request id] function: message`` inside a handler, as the event lines are; else
-    ``logger: LEVEL: message``. Tracebacks follow on their own lines."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        request_id = getattr(record, "bg_request_id", "")
-        if _is_attempt_failure(record):
-            # The event line just said how it ended: only the traceback follows.
-            return f"[{request_id}] {record.bg_function}: attempt {record.bg_attempt} traceback:"  # type: ignore[attr-defined]
-        if request_id:
-            return f"[{request_id}] {getattr(record, 'bg_function', '')}: {record.message}"
-        return f"{record.name}: {record.levelname}: {record.message}"
+async def _send_response(send: Send, response: Response) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.raw]
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
 
 
 class DevServer:
@@ -253,12 +201,19 @@ class DevServer:
         self.clock: Clock = SystemClock()
         self.registry = Registry.from_site(self.site_dir)
         self.static = StaticFiles(self.registry.publish_dir)
-        journal = (
-            open_sqlite_journal(self.options.journal) if self.options.journal is not None else None
-        )
+        self.hosts = AllowedHosts((*_bound_host(self.options.host), *self.options.allowed_hosts))
+        """The ``Host`` names every request must give."""
+        journal = None
+        if self.options.journal is not None:
+            if self.options.journal.parent == self.site_dir / JOURNAL_FILE.parent:
+                _ignore_in_git(self.options.journal.parent)
+            journal = open_sqlite_journal(self.options.journal)
+        # Replays another process added to the journal and this one took up, announced once.
+        self._replays: set[str] = set()
         self.app = App(
             self.registry,
             executor=self._executor(journal),
+            trust_proxy=self.options.trust_proxy,
             limits=Limits(
                 background_timeout=self.options.background_timeout,
                 sync_timeout=self.options.sync_timeout,
@@ -270,10 +225,11 @@ class DevServer:
         view = self.options.invocations_view
         self.view_enabled = is_loopback(self.options.host) if view is None else view
         """Whether ``/.bgfunctions/`` is served."""
-        self.asgi = ASGIApp(
+        self.asgi: ASGIApp = _HostCheckedApp(
             self.app,
             fallback=self.static,
             invocations_view=self.view_enabled,
+            allowed_hosts=self.hosts.patterns,
             redaction=self.options.redaction,
         )
 
@@ -281,19 +237,39 @@ class DevServer:
         if self.options.executor == "process":
             from bgfunctions.processes import ProcessExecutor
 
-            return ProcessExecutor(clock=self.clock, journal=journal)
+            return ProcessExecutor(
+                clock=self.clock, journal=journal, max_pending=self.options.max_pending
+            )
         if self.options.executor != "thread":
             raise BgFunctionsError(
                 f"--executor: expected 'thread' or 'process'; got {self.options.executor!r}"
             )
         from bgfunctions.threads import ThreadExecutor
 
-        return ThreadExecutor(clock=self.clock, journal=journal)
+        return ThreadExecutor(
+            clock=self.clock, journal=journal, max_pending=self.options.max_pending
+        )
 
     def _print_event(self, event: Event) -> None:
+        record = event.record
+        if record.replay_of:
+            self._announce_replay(event)
         line = format_event(event, self.clock)
         if line is not None:
             print(line, file=self.out, flush=True)
+
+    def _announce_replay(self, event: Event) -> None:
+        # `bgfunctions replay` adds a row to the journal from another process: this server
+        # hears of it first when its attempt starts. Say "queued" then, as for any request;
+        # only replays in flight are remembered.
+        record = event.record
+        if event.kind is EventKind.ACCEPTED:
+            self._replays.add(record.request_id)
+        elif event.kind is EventKind.ATTEMPT_STARTED and record.request_id not in self._replays:
+            self._replays.add(record.request_id)
+            self.print(f"[{record.request_id}] {record.function}: {queued(record)}")
+        elif record.state.finished:
+            self._replays.discard(record.request_id)
 
     def print(self, text: str) -> None:
         """Write one line to the server's output."""
@@ -354,6 +330,11 @@ class DevServer:
                 f"warning: --invocations-view on {self.options.host}: anyone who can reach this "
                 f"machine can read every invocation's URL and headers at {PREFIX}/"
             )
+        if not _bound_host(self.options.host) and not self.options.allowed_hosts:
+            self.print(
+                f"note: requests must name one of {', '.join(self.hosts.patterns)} as their "
+                "Host; to be reached by this machine's name or address, pass --allowed-hosts"
+            )
 
     def run(self, *, table: Callable[[Registry], str] | None = None) -> None:
         """Serve until interrupted."""
@@ -372,29 +353,66 @@ class DevServer:
                     "reloading needs watchfiles: pip install 'bgfunctions[serve]', or pass "
                     "--no-reload"
                 ) from None
-        if table is not None:
-            self.print(table(self.registry))
-        self.warn_if_public()
-        config = uvicorn.Config(
-            self.asgi,
-            host=self.options.host,
-            port=self.options.port,
-            log_level="warning",
-            lifespan="on",
-        )
-        server = uvicorn.Server(config)
-        self.print(f"serving {self.site_dir} on http://{self.options.host}:{self.options.port}")
-        if self.view_enabled:
-            self.print(f"invocations: http://{self.options.host}:{self.options.port}{PREFIX}/")
-        root = logging.getLogger()
-        level = root.level
-        handler = self._show_logs()
+        self.static.starlette_files()  # a missing starlette is one line now, not a 500 later
+        sock = self.bind()
         try:
-            asyncio.run(self._serve(server))
+            if table is not None:
+                self.print(table(self.registry))
+            self.warn_if_public()
+            config = uvicorn.Config(
+                self.asgi,
+                host=self.options.host,
+                port=self.options.port,
+                log_level="warning",
+                lifespan="on",
+                # uvicorn believes X-Forwarded-For from loopback clients by default: any local
+                # process (or a page through a local proxy) could then name the client.
+                proxy_headers=self.options.trust_proxy,
+            )
+            server = uvicorn.Server(config)
+            base = self.url(sock)
+            self.print(f"serving {self.site_dir} on {base}")
+            if self.view_enabled:
+                self.print(f"invocations: {base}{PREFIX}/")
+            root = logging.getLogger()
+            level = root.level
+            handler = self._show_logs()
+            try:
+                asyncio.run(self._serve(server, sock))
+            finally:
+                root.removeHandler(handler)
+                root.setLevel(level)
         finally:
-            root.removeHandler(handler)
-            root.setLevel(level)
+            sock.close()
             self.app.journal.close()
+
+    def bind(self) -> socket.socket:
+        """A listening socket on the options' host and port (uvicorn's way of binding), or a
+        BgFunctionsError that names the port."""
+        host, port = self.options.host, self.options.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(2048)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise BgFunctionsError(
+                    f"port {port} on {host} is in use: stop what listens there, or pass --port"
+                ) from None
+            raise BgFunctionsError(
+                f"cannot listen on {host} port {port}: {exc.strerror or exc}"
+            ) from None
+        sock.set_inheritable(True)
+        return sock
+
+    def url(self, sock: socket.socket) -> str:
+        """``http://HOST:PORT`` of a bound socket (its real port when ``port`` was 0)."""
+        host = self.options.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{sock.getsockname()[1]}"
 
     def _show_logs(self) -> logging.Handler:
         """Print log records on the server's output, with the request id of the attempt that
@@ -402,19 +420,19 @@ class DevServer:
         tracebacks."""
         handler = logging.StreamHandler(self.out)
         handler.addFilter(InvocationFilter())
-        handler.addFilter(_ServerLog())
-        handler.setFormatter(_LineFormatter())
+        handler.addFilter(ServerLog())
+        handler.setFormatter(LineFormatter())
         root = logging.getLogger()
         root.addHandler(handler)
         if root.getEffectiveLevel() > logging.INFO:
             root.setLevel(logging.INFO)  # this process is the dev server: the filter decides
         return handler
 
-    async def _serve(self, server: object) -> None:
+    async def _serve(self, server: object, sock: socket.socket) -> None:
         stop = asyncio.Event()
         watcher = asyncio.create_task(self.watch(stop)) if self.options.reload else None
         try:
-            await server.serve()  # type: ignore[attr-defined]
+            await server.serve(sockets=[sock])  # type: ignore[attr-defined]
         finally:
             stop.set()
             if watcher is not None:

@@ -36,6 +36,7 @@ from urllib.parse import quote
 
 from bgfunctions.app import App, Resolution
 from bgfunctions.errors import RequestError
+from bgfunctions.hosts import AllowedHosts
 from bgfunctions.redaction import Redaction
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
@@ -46,6 +47,7 @@ __all__ = ["WSGIApp"]
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 _CHUNK = 64 * 1024
+_HOSTS_HINT = "WSGIApp(allowed_hosts=[...]) adds more"
 
 
 class WSGIApp:
@@ -59,13 +61,16 @@ class WSGIApp:
         fallback: Callable[[Environ, StartResponse], Iterable[bytes]] | None = None,
         invocations_view: bool = False,
         redaction: Redaction | None = None,
+        allowed_hosts: Iterable[str] = (),
     ) -> None:
         """``grace``: seconds running attempts get at interpreter exit. ``fallback``: a WSGI app
         for requests no function matched, instead of a 404. ``invocations_view``: serve the
         read-only invocation record under ``/.bgfunctions/`` (off by default: records hold
         request URLs and headers). ``redaction``: what the view hides (None: the default
-        :class:`~bgfunctions.Redaction`)."""
+        :class:`~bgfunctions.Redaction`). ``allowed_hosts``: ``Host`` patterns the view answers
+        besides loopback names (see :mod:`bgfunctions.hosts`); functions answer any host."""
         self.app = app
+        self.view_hosts = AllowedHosts(allowed_hosts)
         self.grace = grace
         self.fallback = fallback
         self.view = InvocationsView(app, redaction=redaction) if invocations_view else None
@@ -88,6 +93,10 @@ class WSGIApp:
         method = _text(environ.get("REQUEST_METHOD")) or "GET"
         path = _decode(_text(environ.get("PATH_INFO"))) or "/"
         if self.view is not None and self.view.handles(path):
+            hosts = [environ["HTTP_HOST"]] if isinstance(environ.get("HTTP_HOST"), str) else []
+            if not self.view_hosts.allows(hosts):
+                refused = self.view_hosts.refusal(hosts, self.app.clock, hint=_HOSTS_HINT)
+                return _respond(start_response, refused)
             query = _text(environ.get("QUERY_STRING"))
             root = _decode(_text(environ.get("SCRIPT_NAME")))
             response = self.view.respond(method, path, query, root)
