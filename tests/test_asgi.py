@@ -554,3 +554,37 @@ def test_a_cancelled_request_is_not_answered(inline: App) -> None:
 
     asyncio.run(go())
     assert sent == []
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_the_dev_server_answers_our_500_for_a_base_exception(tmp_path: Any) -> None:
+    """The dev server's ASGI app (what `bgfunctions serve` runs on uvicorn) answers a handler's
+    custom BaseException with a 500 that carries x-nf-request-id and no traceback."""
+    import io
+    import textwrap
+
+    from bgfunctions.devserver import DevServer, ServeOptions
+
+    functions = tmp_path / "netlify" / "functions"
+    functions.mkdir(parents=True)
+    (functions / "panic.py").write_text(
+        textwrap.dedent(
+            """
+            class Panic(BaseException):
+                pass
+
+            def handler(request, context):
+                raise Panic("secret-token-1234")
+            """
+        )
+    )
+    server = DevServer(tmp_path, ServeOptions(reload=False), out=io.StringIO())
+    for base in _serve(server.asgi):
+        with httpx.Client(base_url=base, timeout=10) as client:
+            response = client.get("/.netlify/functions/panic")
+            assert response.status_code == 500
+            assert response.headers["x-nf-request-id"] in response.text
+            assert "secret" not in response.text
+            assert "Traceback" not in response.text
+    server.app.journal.close()
