@@ -21,6 +21,10 @@ The executor starts lazily in the process that serves (safe with forking servers
 with the lifespan: running attempts get ``grace`` seconds, and attempts not yet due stay
 scheduled in the journal, their attempt count unchanged.
 
+Every response carries ``x-nf-request-id``. Whatever escapes the App (``BaseException``
+included) is answered with a generic 500 that names the request id, and logged with its
+traceback under that id on the ``bgfunctions.asgi`` logger; nothing internal reaches the client.
+
 ``ASGIApp(app, invocations_view=True)`` also answers ``GET /.bgfunctions/`` (a live page of
 recent invocations) and ``/.bgfunctions/invocations[/REQUEST_ID]`` (JSON), read-only; see
 :mod:`bgfunctions.views`. It is off by default: the records hold request URLs and headers.

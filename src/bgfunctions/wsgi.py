@@ -18,6 +18,10 @@ URL routing never sees ``/fn/...``; the functions see the path below ``/fn``)::
         get_wsgi_application(), {"/fn": WSGIApp(App(Registry.from_site(BASE_DIR)))}
     )
 
+Every response carries ``x-nf-request-id``. Whatever escapes the App (``BaseException``
+included) is answered with a generic 500 that names the request id, and logged with its
+traceback under that id on the ``bgfunctions.wsgi`` logger; nothing internal reaches the client.
+
 A body over the function's limit is refused with 413 from its ``Content-Length`` before it is
 read, or, for a chunked body (``wsgi.input_terminated``), as soon as it passes the limit. The
 executor starts lazily on the first request, in the process that serves it (safe with
