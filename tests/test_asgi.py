@@ -4,6 +4,7 @@ behind a real uvicorn server."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
@@ -20,7 +21,9 @@ from bgfunctions import (
     App,
     Context,
     InlineExecutor,
+    InvocationRecord,
     Limits,
+    MemoryJournal,
     Registry,
     Request,
     Response,
@@ -423,3 +426,167 @@ def test_real_uvicorn_server(seen: Seen) -> None:
             assert big.status_code == 413
     assert seen[0][1].ip == "127.0.0.1"
     assert set(_bgthreads()) <= before
+
+
+# -- the last line of defence: what escapes the App ----------------------------------------------
+
+
+class Panic(BaseException):
+    """A BaseException of the handler's own, outside the Exception tree."""
+
+
+def _raising_registry() -> Registry:
+    registry = Registry()
+
+    def interrupt(request: Request, context: Context) -> Response:
+        raise KeyboardInterrupt("secret-token-1234")
+
+    def exit_(request: Request, context: Context) -> Response:
+        raise SystemExit("secret-token-1234")
+
+    def panic(request: Request, context: Context) -> Response:
+        raise Panic("secret-token-1234")
+
+    def hello(request: Request, context: Context) -> Response:
+        return Response.text("hello")
+
+    registry.add("interrupt", interrupt)
+    registry.add("exit", exit_)
+    registry.add("panic", panic)
+    registry.add("hello", hello)
+    registry.add("job-background", lambda request, context: None)
+    return registry
+
+
+class BrokenJournal(MemoryJournal):
+    """A journal that fails as a full disk might, naming a path the client must never see."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+    def accepted(self, record: InvocationRecord) -> None:
+        raise self.error
+
+
+def _assert_generic_500(response: httpx.Response) -> str:
+    request_id = response.headers["x-nf-request-id"]
+    assert response.status_code == 500
+    assert request_id in response.text
+    for leak in ("secret", "Traceback", "/var/db", "Panic", "Interrupt", "SystemExit"):
+        assert leak not in response.text
+    return request_id
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+@pytest.mark.parametrize("name", ["interrupt", "exit", "panic"])
+def test_a_base_exception_from_a_handler_is_a_500_with_a_request_id_over_uvicorn(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """KeyboardInterrupt, SystemExit or a custom BaseException from a handler answers a 500
+    with x-nf-request-id and a generic body, and the server goes on serving."""
+    functions = ASGIApp(App(_raising_registry(), executor=ThreadExecutor(max_workers=2)), grace=5)
+    for base in _serve(functions):
+        with httpx.Client(base_url=base, timeout=10) as client:
+            for _ in range(2):
+                _assert_generic_500(client.get(f"/.netlify/functions/{name}"))
+            hello = client.get("/.netlify/functions/hello")
+            assert (hello.status_code, hello.text) == (200, "hello")
+            assert hello.headers["x-nf-request-id"]
+    assert not [r for r in caplog.records if r.name.startswith("uvicorn")]
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+@pytest.mark.parametrize("error", [RuntimeError("disk full at /var/db/x"), Panic("/var/db/x")])
+def test_what_escapes_the_app_itself_is_our_500_over_uvicorn(
+    error: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An App whose own journal raises answers our 500: a generic body with the request id,
+    which the log line names along with the traceback."""
+    executor = ThreadExecutor(max_workers=1, journal=BrokenJournal(error))
+    functions = ASGIApp(App(_raising_registry(), executor=executor), grace=5)
+    with caplog.at_level(logging.ERROR, logger="bgfunctions.asgi"):
+        for base in _serve(functions):
+            with httpx.Client(base_url=base, timeout=10) as client:
+                response = client.post(BG, content=b"x")
+                assert response.text == (
+                    f"Internal Server Error - Request ID: {_assert_generic_500(response)}\n"
+                )
+                assert client.get("/.netlify/functions/hello").status_code == 200
+    request_id = response.headers["x-nf-request-id"]
+    logged = [r for r in caplog.records if r.name == "bgfunctions.asgi"]
+    assert len(logged) == 1
+    assert request_id in logged[0].getMessage()
+    assert logged[0].exc_info is not None
+    assert logged[0].exc_info[1] is error
+    assert not [r for r in caplog.records if r.name.startswith("uvicorn")]
+
+
+def test_every_response_of_the_adapter_carries_a_request_id(inline: App) -> None:
+    """The adapter's own answers (413, 400) and the App's 404 carry x-nf-request-id too."""
+    asgi = ASGIApp(inline)
+    for response in (
+        _call(asgi, "POST", BG, content=b"x" * 500),
+        _call(asgi, "GET", "/.netlify/functions/nothing-here"),
+        _call(asgi, "GET", "/.netlify/functions/.secret"),
+    ):
+        assert response.status_code in (400, 404, 413)
+        assert response.headers["x-nf-request-id"]
+
+
+def test_a_cancelled_request_is_not_answered(inline: App) -> None:
+    """When the server cancels a request's task, the cancellation goes on; no 500 is sent."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        await asyncio.sleep(60)  # the client's body never comes
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def go() -> None:
+        task = asyncio.ensure_future(ASGIApp(inline)(_scope(BG), receive, send))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert sent == []
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_the_dev_server_answers_our_500_for_a_base_exception(tmp_path: Any) -> None:
+    """The dev server's ASGI app (what `bgfunctions serve` runs on uvicorn) answers a handler's
+    custom BaseException with a 500 that carries x-nf-request-id and no traceback."""
+    import io
+    import textwrap
+
+    from bgfunctions.devserver import DevServer, ServeOptions
+
+    functions = tmp_path / "netlify" / "functions"
+    functions.mkdir(parents=True)
+    (functions / "panic.py").write_text(
+        textwrap.dedent(
+            """
+            class Panic(BaseException):
+                pass
+
+            def handler(request, context):
+                raise Panic("secret-token-1234")
+            """
+        )
+    )
+    server = DevServer(tmp_path, ServeOptions(reload=False), out=io.StringIO())
+    for base in _serve(server.asgi):
+        with httpx.Client(base_url=base, timeout=10) as client:
+            response = client.get("/.netlify/functions/panic")
+            assert response.status_code == 500
+            assert response.headers["x-nf-request-id"] in response.text
+            assert "secret" not in response.text
+            assert "Traceback" not in response.text
+    server.app.journal.close()

@@ -621,3 +621,53 @@ def test_cli_worker_refuses_a_missing_site(
     assert (
         capsys.readouterr().err == f"bgfunctions: error: site directory {missing} does not exist\n"
     )
+
+
+CLOSE_SCRIPT = """
+import gc
+import sys
+from pathlib import Path
+
+from bgfunctions import App, Registry, SQLiteJournal
+from bgfunctions.contrib.celery import CeleryExecutor, make_celery
+
+broker, site, queue, journal_path = sys.argv[1:5]
+journal = SQLiteJournal(journal_path)
+celery_app = make_celery(broker=broker, journal=journal, queue=queue)
+app = App(Registry.from_site(site), executor=CeleryExecutor(celery_app, journal=journal))
+app.start()
+app.enqueue("ok-background")  # a publish: the broker connection is opened
+with celery_app.connection_for_write() as conn:  # no worker here: leave nothing queued
+    channel = conn.default_channel
+    for name in (queue, queue + ".dead"):
+        try:
+            channel.queue_delete(name)
+        except Exception:
+            channel = conn.channel()
+app.shutdown()
+journal.close()
+celery_app.close()
+gc.collect()
+print("closed")
+"""
+
+
+@pytest.mark.parametrize("broker", sorted(BROKERS))
+def test_shutdown_closes_the_broker_connections(broker: str, tmp_path: Path) -> None:
+    """After app.shutdown(), journal.close() and celery_app.close(), no socket is left open:
+    the process runs clean under ``python -W error``."""
+    url = _need(broker)
+    site = _write_site(tmp_path)
+    script = tmp_path / "close.py"
+    script.write_text(CLOSE_SCRIPT)
+    queue = f"bgf-test-{uuid.uuid4().hex[:10]}"
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(script), url, str(site), queue, str(tmp_path / "j")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "closed\n"), done.stderr
+    assert "ResourceWarning" not in done.stderr
+    assert "unclosed" not in done.stderr

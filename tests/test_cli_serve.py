@@ -71,7 +71,11 @@ def test_invoke_a_failing_function_shows_three_attempts_at_0_60_180(
         '{"fail_attempts": 9}',
     )
     assert status == 1
-    assert err == ""
+    # The last attempt's traceback follows on stderr, in the library's format (issue 11, 13).
+    request_id = re.search(r"request (\w+)", out)
+    assert request_id is not None
+    assert err.startswith(f"[{request_id[1]}] send-email-background: attempt 3 traceback:\n")
+    assert err.rstrip().endswith("RuntimeError: mail server unavailable (attempt 3)")
     attempts = re.findall(r"t=\s*([\d.]+)s\s+attempt (\d)\s+(\w+)", out)
     assert attempts == [
         ("0.000", "1", "error"),

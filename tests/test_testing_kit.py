@@ -187,8 +187,8 @@ def test_invoke_without_drain_runs_when_the_clock_moves() -> None:
     clock.advance(20)
     assert (calls, invocation.state) == ([1], State.SUCCEEDED)
     # invoke() keeps no App to shut down when it does not drain; close its loop by hand.
-    drain(invocation._executor)
-    invocation._executor.shutdown()
+    drain(invocation.app)
+    invocation.app.shutdown()
 
 
 # -- drain, TestClient, make_app ------------------------------------------------------------------
@@ -315,3 +315,108 @@ def test_functions_app_fixture(
     record = app.get(response.headers["x-nf-request-id"]).wait()
     assert _offsets(record) == [0, 60, 180]
     assert [a.outcome for a in record.attempts] == [Outcome.ERROR, Outcome.ERROR, Outcome.SUCCEEDED]
+
+
+# -- tracebacks stay on the record ---------------------------------------------------------------
+
+
+def test_invoke_keeps_each_attempts_error_and_traceback() -> None:
+    """invoke() keeps what each failed attempt raised, and its traceback, on the attempt."""
+
+    def handler(request: Request, context: Context) -> None:
+        if context.attempt < 3:
+            raise ValueError(f"attempt {context.attempt} is down")
+
+    invocation = invoke(handler)
+    first, second, third = invocation.attempts
+    assert isinstance(first.error, ValueError)
+    assert str(first.error) == "attempt 1 is down"
+    assert str(second.error) == "attempt 2 is down"
+    assert first.traceback is not None
+    assert first.traceback.startswith("Traceback (most recent call last):")
+    assert "in handler" in first.traceback
+    assert first.traceback.rstrip().endswith("ValueError: attempt 1 is down")
+    assert (third.outcome, third.error, third.traceback) == (Outcome.SUCCEEDED, None, None)
+    assert first.number == 1
+    assert first.error_type == "ValueError"
+
+
+def test_a_timed_out_attempt_has_no_handler_error() -> None:
+    """An attempt the runner ended at its deadline records no error of the handler's."""
+
+    async def handler(request: Request, context: Context) -> None:
+        await asyncio.sleep(10_000)
+
+    invocation = invoke(handler, retry=RetryPolicy(delays=()))
+    (attempt,) = invocation.attempts
+    assert attempt.outcome is Outcome.TIMED_OUT
+    assert (attempt.error, attempt.traceback) == (None, None)
+
+
+def test_print_tracebacks_uses_the_library_format() -> None:
+    """print_tracebacks() prints each failed attempt's traceback under its request id."""
+    import io
+
+    def handler(request: Request, context: Context) -> None:
+        raise RuntimeError("the mail server is down")
+
+    invocation = invoke(handler, retry=RetryPolicy(delays=(60,)))
+    out = io.StringIO()
+    invocation.print_tracebacks(out)
+    text = out.getvalue()
+    for number in (1, 2):
+        assert f"[{invocation.request_id}] handler: attempt {number} traceback:\n" in text
+    assert text.count("RuntimeError: the mail server is down") == 2
+
+
+SNIPPET = """
+from bgfunctions.testing import invoke
+
+def handler(request, context):
+    raise RuntimeError("the mail server is down")
+
+invocation = invoke(handler)
+starts = [a.started_at - invocation.record.accepted_at for a in invocation.attempts]
+assert starts == [0, 60, 180]
+assert invocation.state.value == "failed"
+print("ok")
+"""
+
+
+def test_the_readme_snippet_prints_nothing_but_its_own_output(tmp_path: Path) -> None:
+    """The README's invoke() snippet, with logging left unconfigured, prints no traceback."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SNIPPET], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ok\n", "")
+
+
+def test_cli_invoke_prints_the_traceback_in_the_library_format(tmp_path: Path) -> None:
+    """`bgfunctions invoke` prints its timeline, then the last attempt's traceback under its
+    request id, in the library's format (not Python's last-resort logger)."""
+    import subprocess
+    import sys
+
+    functions = tmp_path / "netlify" / "functions"
+    functions.mkdir(parents=True)
+    (functions / "mail-background.py").write_text(
+        "def handler(request, context):\n    raise RuntimeError('the mail server is down')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "bgfunctions", "invoke", "mail-background", "--site", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    first = done.stdout.splitlines()[0]
+    request_id = first.split("request ")[1].split()[0]
+    assert done.stdout.rstrip().endswith("failed after 3 attempt(s)")
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"[{request_id}] mail-background: attempt 3 traceback:"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "RuntimeError: the mail server is down"

@@ -3,12 +3,17 @@ Django project with DispatcherMiddleware."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import sys
 import threading
 import types
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 from flask import Flask
@@ -19,7 +24,9 @@ from bgfunctions import (
     App,
     Context,
     InlineExecutor,
+    InvocationRecord,
     Limits,
+    MemoryJournal,
     Registry,
     Request,
     Response,
@@ -323,3 +330,151 @@ def test_invocations_view_is_opt_in_over_wsgi() -> None:
         assert _Client(WSGIApp(app)).get("/.bgfunctions/invocations").status_code == 404
     finally:
         app.shutdown()
+
+
+# -- the last line of defence: what escapes the App ----------------------------------------------
+
+
+class Panic(BaseException):
+    """A BaseException of the handler's own, outside the Exception tree."""
+
+
+def _raising_registry() -> Registry:
+    registry = Registry()
+
+    def interrupt(request: Request, context: Context) -> Response:
+        raise KeyboardInterrupt("secret-token-1234")
+
+    def exit_(request: Request, context: Context) -> Response:
+        raise SystemExit("secret-token-1234")
+
+    def panic(request: Request, context: Context) -> Response:
+        raise Panic("secret-token-1234")
+
+    def hello(request: Request, context: Context) -> Response:
+        return Response.text("hello")
+
+    registry.add("interrupt", interrupt)
+    registry.add("exit", exit_)
+    registry.add("panic", panic)
+    registry.add("hello", hello)
+    registry.add("job-background", lambda request, context: None)
+    return registry
+
+
+class BrokenJournal(MemoryJournal):
+    """A journal that fails as a full disk might, naming a path the client must never see."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+    def accepted(self, record: InvocationRecord) -> None:
+        raise self.error
+
+
+@contextlib.contextmanager
+def _wsgiref(app: Any) -> Iterator[str]:
+    """A real wsgiref server on a free loopback port, serving from a thread of its own."""
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, name="test-wsgiref", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def _get(url: str, data: bytes | None = None) -> tuple[int, dict[str, str], str]:
+    request = urllib.request.Request(url, data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read().decode()
+
+
+def _assert_generic_500(status: int, headers: dict[str, str], body: str) -> str:
+    request_id = headers["x-nf-request-id"]
+    assert status == 500
+    assert body == f"Internal Server Error - Request ID: {request_id}\n"
+    return request_id
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+@pytest.mark.parametrize("name", ["interrupt", "exit", "panic"])
+def test_a_base_exception_from_a_handler_is_a_500_with_a_request_id(name: str) -> None:
+    """Over a real wsgiref server, KeyboardInterrupt, SystemExit or a custom BaseException from a
+    handler answers our 500 with x-nf-request-id, and the server goes on serving."""
+    wsgi = WSGIApp(App(_raising_registry(), executor=ThreadExecutor(max_workers=2)), grace=5)
+    try:
+        with _wsgiref(wsgi) as base:
+            status, headers, body = _get(f"{base}/.netlify/functions/{name}")
+            assert status == 500
+            assert headers["x-nf-request-id"] in body
+            assert "secret" not in body
+            assert "Traceback" not in body
+            assert _get(f"{base}/.netlify/functions/hello")[::2] == (200, "hello")
+    finally:
+        wsgi.close()
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+@pytest.mark.parametrize("error", [RuntimeError("disk full at /var/db/x"), Panic("/var/db/x")])
+def test_what_escapes_the_app_itself_is_our_500(
+    error: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An App whose own journal raises answers our 500 (generic body, request id); the log
+    line names the request id and holds the traceback."""
+    executor = ThreadExecutor(max_workers=1, journal=BrokenJournal(error))
+    wsgi = WSGIApp(App(_raising_registry(), executor=executor), grace=5)
+    try:
+        with caplog.at_level(logging.ERROR, logger="bgfunctions.wsgi"), _wsgiref(wsgi) as base:
+            request_id = _assert_generic_500(*_get(f"{base}{BG}", data=b"x"))
+            assert _get(f"{base}/.netlify/functions/hello")[0] == 200
+    finally:
+        wsgi.close()
+    logged = [r for r in caplog.records if r.name == "bgfunctions.wsgi"]
+    assert len(logged) == 1
+    assert request_id in logged[0].getMessage()
+    assert logged[0].exc_info is not None
+    assert logged[0].exc_info[1] is error
+
+
+def test_ctrl_c_in_the_main_thread_still_stops_the_server() -> None:
+    """A KeyboardInterrupt in the main thread, under Python's own SIGINT handler, goes on: it
+    may be the operator's Ctrl-C."""
+    wsgi = WSGIApp(App(_raising_registry(), executor=InlineExecutor()))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _client(wsgi).get("/.netlify/functions/interrupt")
+    finally:
+        wsgi.close()
+
+
+def test_every_response_of_the_adapter_carries_a_request_id(inline: App) -> None:
+    """The adapter's own answers (413, 400) and the App's 404 carry x-nf-request-id too."""
+    wsgi = WSGIApp(inline)
+    for path, length, expected in (
+        (BG, "101", "413"),
+        (BG, "abc", "400"),
+        ("/.netlify/functions/nothing-here", "", "404"),
+    ):
+        sent: list[tuple[str, dict[str, str]]] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc: Any = None) -> None:
+            sent.append((status, dict(headers)))  # noqa: B023 - used before the loop moves on
+
+        environ = _environ(path, CONTENT_LENGTH=length, **{"wsgi.input": _Untouchable()})
+        list(wsgi(environ, start_response))
+        assert sent[0][0].startswith(expected)
+        assert sent[0][1]["x-nf-request-id"]

@@ -21,6 +21,10 @@ The executor starts lazily in the process that serves (safe with forking servers
 with the lifespan: running attempts get ``grace`` seconds, and attempts not yet due stay
 scheduled in the journal, their attempt count unchanged.
 
+Every response carries ``x-nf-request-id``. Whatever escapes the App (``BaseException``
+included) is answered with a generic 500 that names the request id, and logged with its
+traceback under that id on the ``bgfunctions.asgi`` logger; nothing internal reaches the client.
+
 ``ASGIApp(app, invocations_view=True)`` also answers ``GET /.bgfunctions/`` (a live page of
 recent invocations) and ``/.bgfunctions/invocations[/REQUEST_ID]`` (JSON), read-only; see
 :mod:`bgfunctions.views`. It is off by default: the records hold request URLs and headers.
@@ -32,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import quote, unquote
@@ -39,6 +44,7 @@ from urllib.parse import quote, unquote
 from bgfunctions.app import App, Resolution
 from bgfunctions.errors import RequestError
 from bgfunctions.hosts import AllowedHosts
+from bgfunctions.ids import new_request_id
 from bgfunctions.redaction import Redaction
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
@@ -85,7 +91,10 @@ class ASGIApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            try:
+                await self._http(scope, receive, send)
+            except BaseException as exc:  # the last line of defence
+                await self._escaped(exc, scope, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif self.fallback is not None:
@@ -120,6 +129,32 @@ class ASGIApp:
                     return
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _escaped(self, exc: BaseException, scope: Scope, send: Send) -> None:
+        """Whatever escaped the App (or the fallback), ``BaseException`` included, becomes our
+        own 500 with a request id and a generic body; the traceback goes to the log only.
+
+        Only a cancellation of this request's task from outside (the server stopping it) goes
+        on: there is nobody left to answer. Python 3.10 cannot tell it from a handler that
+        raised ``CancelledError`` itself, so there both go on."""
+        if isinstance(exc, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if sys.version_info < (3, 11) or task is None or task.cancelling():
+                raise exc
+        request_id = new_request_id(self.app.clock)
+        log.error(
+            "%s %s: %s escaped the App; answered 500 (request %s)",
+            scope.get("method"),
+            scope.get("path"),
+            type(exc).__name__,
+            request_id,
+            exc_info=exc,
+            extra={"bg_request_id": request_id},
+        )
+        try:
+            await _send(send, _internal_error(request_id))
+        except Exception:  # the response had started: the server closes it
+            log.warning("request %s: the response had started; it ends unfinished", request_id)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = _route_path(scope)
@@ -295,9 +330,21 @@ def _too_large(resolution: Resolution) -> Response:
     )
 
 
+def _internal_error(request_id: str) -> Response:
+    return Response.text(
+        f"Internal Server Error - Request ID: {request_id}\n",
+        status=500,
+        headers={"x-nf-request-id": request_id},
+    )
+
+
 async def _send(send: Send, response: Response, *, head: bool = False) -> None:
-    """Send ``response``; for ``head``, its headers (content-length included) and no body."""
+    """Send ``response``; for ``head``, its headers (content-length included) and no body.
+
+    A response made before any request id (a 400 or 413 of the adapter's) gets one."""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.raw]
+    if "x-nf-request-id" not in response.headers:
+        headers.append((b"x-nf-request-id", new_request_id().encode("ascii")))
     body = response.body
     if response.status not in (204, 304) and "content-length" not in response.headers:
         headers.append((b"content-length", str(len(body)).encode("ascii")))

@@ -440,18 +440,48 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
         body=args.data,
     )
     app = make_app(registry)
+    with _logs_after_the_output():
+        try:
+            if not function.background:
+                response = app.handle(request)
+                print(f"{response.status}  {function.name} (synchronous)")
+                sys.stdout.write(response.body.decode("utf-8", "replace"))
+                if response.body and not response.body.endswith(b"\n"):
+                    sys.stdout.write("\n")
+                return EXIT_OK if response.status < 500 else 1
+            invocation = app.enqueue(function.name, request)
+            record = invocation.wait()
+        finally:
+            app.shutdown()
+        _print_timeline(record)
+    return EXIT_OK if record.state.value == "succeeded" else 1
+
+
+@contextlib.contextmanager
+def _logs_after_the_output() -> Iterator[None]:
+    """Hold what is logged while the invocation runs (a failed attempt's traceback, the
+    handler's own lines), then print it on stderr in the library's format, with request ids,
+    once the timeline is out."""
+    import logging
+    from logging.handlers import MemoryHandler
+
+    from bgfunctions.logs import InvocationFilter, LineFormatter
+
+    out = logging.StreamHandler(sys.stderr)
+    out.setFormatter(LineFormatter())
+    held = MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1, target=out)
+    held.addFilter(InvocationFilter())  # now, while the attempt's request id is known
+    root = logging.getLogger()
+    root.addHandler(held)
     try:
-        if not function.background:
-            response = app.handle(request)
-            print(f"{response.status}  {function.name} (synchronous)")
-            sys.stdout.write(response.body.decode("utf-8", "replace"))
-            if response.body and not response.body.endswith(b"\n"):
-                sys.stdout.write("\n")
-            return EXIT_OK if response.status < 500 else 1
-        invocation = app.enqueue(function.name, request)
-        record = invocation.wait()
+        yield
     finally:
-        app.shutdown()
+        root.removeHandler(held)
+        sys.stdout.flush()
+        held.close()  # flushes to stderr
+
+
+def _print_timeline(record: InvocationRecord) -> None:
     start = record.accepted_at
     print(f"{record.function}  request {record.request_id}  (virtual time)")
     for attempt in record.attempts:
@@ -463,7 +493,6 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
             f"{outcome:<10} ran {took:.3f}s{error}"
         )
     print(f"  {record.state.value} after {len(record.attempts)} attempt(s)")
-    return EXIT_OK if record.state.value == "succeeded" else 1
 
 
 # -- journal: invocations, replay ------------------------------------------------------------------

@@ -11,6 +11,10 @@ strings outside a handler), so users can put them in their own format::
     )
 
 It works for sync handlers in worker threads and for async handlers and the tasks they start.
+
+:class:`LineFormatter` is the library's own line format (``bgfunctions invoke`` prints with it):
+``[request id] function: message``, and for a failed attempt ``[request id] function: attempt N
+traceback:`` followed by the traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ import contextvars
 import logging
 from typing import NamedTuple
 
-__all__ = ["InvocationFilter", "InvocationInfo", "current_invocation", "invocation_scope", "logger"]
+__all__ = [
+    "InvocationFilter",
+    "InvocationInfo",
+    "LineFormatter",
+    "current_invocation",
+    "invocation_scope",
+    "logger",
+]
 
 logger = logging.getLogger("bgfunctions")
 """The library's own logger; attempt outcomes are logged on ``bgfunctions.executor``."""
@@ -76,3 +87,25 @@ class InvocationFilter(logging.Filter):
             record.bg_request_id = info.request_id if info else ""
             record.bg_attempt = info.attempt if info else ""
         return True
+
+
+def is_attempt_failure(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is a failed attempt as the executor logs it (its traceback attached)."""
+    return getattr(record, "bg_failed_attempt", False) is True
+
+
+class LineFormatter(logging.Formatter):
+    """``[request id] function: message`` for records about an attempt, else ``logger: LEVEL:
+    message``. A failed attempt's record (whose summary a table or an event line already
+    showed) reads ``[request id] function: attempt N traceback:``; tracebacks follow on their
+    own lines. Use it with :class:`InvocationFilter`, which fills in the request id."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "bg_request_id", "")
+        function = getattr(record, "bg_function", "")
+        if is_attempt_failure(record):
+            attempt = getattr(record, "bg_attempt", "")
+            return f"[{request_id}] {function}: attempt {attempt} traceback:"
+        if request_id:
+            return f"[{request_id}] {function}: {record.message}"
+        return f"{record.name}: {record.levelname}: {record.message}"

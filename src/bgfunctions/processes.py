@@ -7,6 +7,13 @@ attempt is recorded ``timed_out``, and a fresh process takes its place; a proces
 own (``os._exit``, a signal, out of memory) records the attempt ``crashed``. Either way the
 normal retry schedule follows and the pool keeps its full capacity.
 
+Each worker process leads its own process group, so whatever a handler starts (``subprocess``,
+``multiprocessing``) is in that group: a process that is still running when its attempt ends,
+times out or crashes, or when the executor shuts down, is killed with the whole group, and the
+worker is replaced. On Linux the worker is also a child subreaper, so a daemon that forked twice
+is still seen. Only a process that leaves the group on purpose (``start_new_session=True``,
+``setsid``) is out of reach.
+
 Choose it when handlers may hang in code that cannot be interrupted (C extensions, blocking
 I/O without timeouts), or must not share memory with the server. It costs a process per worker
 and a JSON round trip per attempt; the thread executor is lighter for well-behaved handlers.
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
 import inspect
 import json
 import logging
@@ -24,6 +32,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 from collections.abc import Mapping
 from multiprocessing.process import BaseProcess
@@ -56,7 +65,7 @@ _CONTEXT = multiprocessing.get_context("spawn")
 
 
 class _Worker:
-    """One worker process and the pipe to it."""
+    """One worker process (the leader of its own process group) and the pipe to it."""
 
     def __init__(self) -> None:
         parent, child = _CONTEXT.Pipe()
@@ -67,6 +76,7 @@ class _Worker:
         self.process.start()
         child.close()
         self.timed_out = False
+        self.closed = False
         # Wait until it is ready, so that its start-up never eats into an attempt's time.
         ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], 60)
         if self.conn not in ready:
@@ -77,23 +87,22 @@ class _Worker:
         self.conn.recv_bytes()
 
     def run(self, message: Mapping[str, Any], timeout: float) -> dict[str, Any] | None:
-        """Send one attempt; its reply, or None when the process died or ran out of time (then
-        it is dead: killed if it had to be)."""
+        """Send one attempt; its reply, or None when the process died or ran out of time. Then,
+        or when the handler left processes running, the worker and its group are killed."""
         try:
             self.conn.send_bytes(json.dumps(message).encode())
         except (BrokenPipeError, OSError):
+            self.kill()
             return None
         ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], timeout)
         self.timed_out = not ready
+        reply: dict[str, Any] | None = None
         if self.conn in ready:
-            try:
-                reply: dict[str, Any] = json.loads(self.conn.recv_bytes())
-                return reply
-            except (EOFError, OSError):
-                pass
-        if not ready:
+            with contextlib.suppress(EOFError, OSError):
+                reply = json.loads(self.conn.recv_bytes())
+        if reply is None or reply.get("leftover"):
             self.kill()
-        return None
+        return reply
 
     @property
     def exit_description(self) -> str:
@@ -108,16 +117,33 @@ class _Worker:
                 return f"the worker process was killed by signal {-code}"
         return f"the worker process exited with code {code}"
 
+    def kill_group(self) -> None:
+        """SIGKILL the worker and everything in its process group.
+
+        The group's id is the worker's pid, which no new process can take while the worker is
+        unreaped or any member of its group is alive; so this is safe even after a reap."""
+        pid = self.process.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
     def kill(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.kill_group()
         if self.process.is_alive():
             self.process.kill()
         self.process.join()
         self.conn.close()
 
     def stop(self) -> None:
+        if self.closed:
+            return
         with contextlib.suppress(BrokenPipeError, OSError):
             self.conn.send_bytes(b"null")
-        self.process.join(2)
+        # Wait on the sentinel, not join(): the group is killed before the leader is reaped.
+        multiprocessing.connection.wait([self.process.sentinel], 2)
         self.kill()
 
 
@@ -181,7 +207,7 @@ class ProcessExecutor(ThreadExecutor):
                 finally:
                     with self._lock:
                         self._running_count -= 1
-                if outcome in (Outcome.TIMED_OUT, Outcome.CRASHED):
+                if worker.closed:  # timed out, crashed, or killed with what the handler left
                     self._drop_process(worker)
                     worker = None
                 ended_at = deadline if outcome is Outcome.TIMED_OUT else None
@@ -236,6 +262,13 @@ class ProcessExecutor(ThreadExecutor):
                 Outcome.CRASHED,
                 RuntimeError(f"function {function.name!r}: {worker.exit_description}"),
                 None,
+            )
+        if reply.get("leftover"):
+            log.warning(
+                "function %r (request %s) left processes running after its attempt; they were "
+                "killed with its worker process's group",
+                function.name,
+                record.request_id,
             )
         outcome = Outcome(reply["outcome"])
         error = None
@@ -297,8 +330,7 @@ class ProcessExecutor(ThreadExecutor):
         with self._lock:
             workers = list(self._processes)
         for worker in workers:
-            if worker.process.is_alive():
-                worker.process.kill()
+            worker.kill_group()
 
 
 class _RemoteError(Exception):
@@ -314,6 +346,9 @@ class _RemoteError(Exception):
 
 def _process_main(conn: multiprocessing.connection.Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    # Lead a process group of our own: what a handler starts joins it, and dies with it.
+    os.setpgid(0, 0)
+    _adopt_orphans()
     _exit_with_the_parent()
     cache: dict[tuple[str, int], Function] = {}
     clock = SystemClock()
@@ -325,7 +360,35 @@ def _process_main(conn: multiprocessing.connection.Connection) -> None:
             return
         if message is None:
             return
-        conn.send_bytes(json.dumps(_run_one(message, cache, clock)).encode())
+        reply = _run_one(message, cache, clock)
+        if _has_children():
+            # The parent kills this process's group, and with it what the handler left running.
+            reply["leftover"] = True
+        conn.send_bytes(json.dumps(reply).encode())
+
+
+def _adopt_orphans() -> None:
+    """On Linux, become a child subreaper: a process that the handler's children leave behind
+    (a daemon that forked twice) is re-parented here, where ``_has_children`` sees it."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _has_children() -> bool:
+    """Whether a child of this process is still running; finished ones are reaped."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
 
 
 def _exit_with_the_parent() -> None:
@@ -343,6 +406,8 @@ def _exit_with_the_parent() -> None:
 
     def watch() -> None:
         multiprocessing.connection.wait([sentinel])
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)  # what the handler started goes too
         os._exit(1)
 
     threading.Thread(target=watch, name="bgfunctions-parent-watch", daemon=True).start()

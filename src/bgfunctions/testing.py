@@ -10,6 +10,11 @@
     invocation = invoke(handler)
     accepted = invocation.record.accepted_at
     assert [a.started_at - accepted for a in invocation.attempts] == [0, 60, 180]
+    assert isinstance(invocation.attempts[0].error, RuntimeError)
+    invocation.print_tracebacks()      # prints nothing unless asked
+
+``invoke`` keeps what each failed attempt raised on its attempts (``error``, ``traceback``)
+and prints nothing; ``print_tracebacks()`` shows them in the library's log format.
 
 Everything here is a real implementation (the inline executor, the in-memory journal, a
 virtual clock), not a mock: what passes here behaves the same on the thread executor.
@@ -17,10 +22,18 @@ virtual clock), not a mock: what passes here behaves the same on the thread exec
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import dataclasses
+import functools
+import inspect
+import logging
+import sys
+import traceback as tb
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from bgfunctions._loader import is_async_handler
 from bgfunctions.app import App
 from bgfunctions.clock import Clock, VirtualClock
 from bgfunctions.config import Config
@@ -29,15 +42,25 @@ from bgfunctions.datastructures import HeadersInit
 from bgfunctions.executor import Executor, Invocation
 from bgfunctions.ids import new_request_id
 from bgfunctions.inline import InlineExecutor
-from bgfunctions.invocation import OnEvent, OnFailure
+from bgfunctions.invocation import (
+    Attempt,
+    InvocationRecord,
+    OnEvent,
+    OnFailure,
+    State,
+    error_type_name,
+)
 from bgfunctions.journal import Journal
+from bgfunctions.logs import InvocationFilter, LineFormatter
 from bgfunctions.registry import Function, Registry
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
 from bgfunctions.retry import Limits, RetryPolicy
 
 __all__ = [
+    "TestAttempt",
     "TestClient",
+    "TestInvocation",
     "drain",
     "invoke",
     "make_app",
@@ -127,18 +150,27 @@ def invoke(
     on_event: OnEvent | Sequence[OnEvent] = (),
     on_failure: OnFailure | Sequence[OnFailure] = (),
     drain: bool = True,
-) -> Invocation:
-    """Run ``handler`` as a background invocation on virtual time and return its Invocation.
+) -> TestInvocation:
+    """Run ``handler`` as a background invocation on virtual time and return its invocation.
 
     With ``drain=True`` (the default) every attempt has run when it returns (the story of a
     handler that always fails, tried at 0, 60 and 180 s, takes milliseconds). With
     ``drain=False`` nothing has run yet: advance ``clock`` to run what is due.
+    What each attempt raised stays on ``invocation.attempts[i].error`` and ``.traceback``;
+    nothing is printed unless asked (:meth:`TestInvocation.print_tracebacks`).
     """
+    errors: dict[int, BaseException] = {}
     registry = Registry()
     if isinstance(handler, Function):
         fn = handler
         assert fn.handler is not None
-        registry.add(fn.name, fn.handler, config=fn.config, limits=fn.limits, retry=fn.retry)
+        registry.add(
+            fn.name,
+            _recording(fn.handler, errors),
+            config=fn.config,
+            limits=fn.limits,
+            retry=fn.retry,
+        )
         fname = fn.name
     else:
         fname = name if name is not None else getattr(handler, "__name__", "handler")
@@ -148,7 +180,7 @@ def invoke(
         # It runs as a background invocation, so its Context says so unless config says otherwise.
         if config is None:
             config = Config(background=True)
-        registry.add(fname, handler, config=config)
+        registry.add(fname, _recording(handler, errors), config=config)
     app = App(
         registry,
         executor=InlineExecutor(clock=clock),
@@ -157,13 +189,168 @@ def invoke(
         on_event=on_event,
         on_failure=on_failure,
     )
-    invocation = app.enqueue(fname, request if request is not None else make_request())
+    invocation = TestInvocation(
+        app.enqueue(fname, request if request is not None else make_request()), errors, app
+    )
     if drain:
         executor = app.executor
         assert isinstance(executor, InlineExecutor)
-        executor.drain()
+        with _kept_quiet():
+            executor.drain()
         app.shutdown()  # everything ran; close the loop (and its watchdog thread)
     return invocation
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TestAttempt(Attempt):
+    """An :class:`~bgfunctions.Attempt` as the test kit saw it run."""
+
+    __test__ = False  # not a pytest test class
+
+    error: BaseException | None = None
+    """What the handler raised in this attempt; None when it did not raise (it succeeded, or
+    the runner ended it at its deadline)."""
+    traceback: str | None = None
+    """``error``'s traceback, formatted; None without an error."""
+
+
+class TestInvocation:
+    """What :func:`invoke` returns: the invocation's state and attempts, each failed attempt
+    with the exception its handler raised and its traceback."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, handle: Invocation, errors: Mapping[int, BaseException], app: App) -> None:
+        self.handle = handle
+        """The executor's handle on the invocation."""
+        self.app = app
+        """The App it ran in (with ``drain=False``, shut it down when done)."""
+        self._errors = errors
+
+    @property
+    def record(self) -> InvocationRecord:
+        return self.handle.record
+
+    @property
+    def request_id(self) -> str:
+        return self.handle.request_id
+
+    @property
+    def function(self) -> str:
+        return self.handle.function
+
+    @property
+    def state(self) -> State:
+        return self.handle.state
+
+    @property
+    def attempts(self) -> tuple[TestAttempt, ...]:
+        """Every attempt so far, with what it raised."""
+        kept = []
+        for attempt in self.handle.attempts:
+            error = self._errors.get(attempt.number)
+            failed = attempt.outcome is not None and attempt.outcome.failed
+            if error is None or not failed or error_type_name(error) != attempt.error_type:
+                error = None  # e.g. the CancelledError of a handler cancelled at its deadline
+            fields = {f.name: getattr(attempt, f.name) for f in dataclasses.fields(attempt)}
+            kept.append(
+                TestAttempt(
+                    **fields,
+                    error=error,
+                    traceback=None if error is None else "".join(tb.format_exception(error)),
+                )
+            )
+        return tuple(kept)
+
+    def done(self) -> bool:
+        return self.handle.done()
+
+    def wait(self, timeout: float | None = None) -> InvocationRecord:
+        """Run virtual time until it is finished (see :meth:`Invocation.wait`)."""
+        with _kept_quiet():
+            return self.handle.wait(timeout)
+
+    def print_tracebacks(self, file: TextIO | None = None) -> None:
+        """Print each failed attempt's traceback in the library's log format (stderr by
+        default): ``[request id] function: attempt N traceback:`` and the traceback."""
+        handler = logging.StreamHandler(file if file is not None else sys.stderr)
+        handler.addFilter(InvocationFilter())
+        handler.setFormatter(LineFormatter())
+        for attempt in self.attempts:
+            if attempt.error is None:
+                continue
+            record = logging.LogRecord(
+                "bgfunctions.testing",
+                logging.WARNING,
+                __file__,
+                0,
+                "attempt %d failed",
+                (attempt.number,),
+                (type(attempt.error), attempt.error, attempt.error.__traceback__),
+            )
+            record.bg_function = self.function
+            record.bg_request_id = self.request_id
+            record.bg_attempt = attempt.number
+            record.bg_failed_attempt = True
+            handler.handle(record)
+        handler.flush()
+
+    def __repr__(self) -> str:
+        return repr(self.handle).replace("<Invocation", "<TestInvocation", 1)
+
+
+def _recording(handler: Callable[..., Any], errors: dict[int, BaseException]) -> Any:
+    """``handler``, keeping what each attempt raised in ``errors`` (by attempt number)."""
+
+    def keep(exc: BaseException, context: Context) -> None:
+        # Drop this wrapper's frame: the traceback starts in the handler.
+        if exc.__traceback__ is not None and exc.__traceback__.tb_next is not None:
+            exc.__traceback__ = exc.__traceback__.tb_next
+        errors[context.attempt] = exc
+
+    async def finish(value: Awaitable[Any], context: Context) -> Any:
+        try:
+            return await value
+        except BaseException as exc:
+            keep(exc, context)
+            raise
+
+    if is_async_handler(handler):
+
+        @functools.wraps(handler)
+        async def recording_async(request: Request, context: Context) -> Any:
+            try:
+                return await handler(request, context)
+            except BaseException as exc:
+                keep(exc, context)
+                raise
+
+        return recording_async
+
+    @functools.wraps(handler)
+    def recording(request: Request, context: Context) -> Any:
+        try:
+            value = handler(request, context)
+        except BaseException as exc:
+            keep(exc, context)
+            raise
+        # A sync handler may return a coroutine: what it raises is the attempt's error too.
+        return finish(value, context) if inspect.isawaitable(value) else value
+
+    return recording
+
+
+@contextlib.contextmanager
+def _kept_quiet() -> Iterator[None]:
+    """Keep the executor's failure lines off Python's last-resort printer while the kit runs
+    attempts: the errors are on the attempts. Configured handlers still get every line."""
+    quiet = logging.NullHandler()
+    executor_log = logging.getLogger("bgfunctions.executor")
+    executor_log.addHandler(quiet)
+    try:
+        yield
+    finally:
+        executor_log.removeHandler(quiet)
 
 
 def drain(target: App | Executor) -> None:

@@ -18,6 +18,10 @@ URL routing never sees ``/fn/...``; the functions see the path below ``/fn``)::
         get_wsgi_application(), {"/fn": WSGIApp(App(Registry.from_site(BASE_DIR)))}
     )
 
+Every response carries ``x-nf-request-id``. Whatever escapes the App (``BaseException``
+included) is answered with a generic 500 that names the request id, and logged with its
+traceback under that id on the ``bgfunctions.wsgi`` logger; nothing internal reaches the client.
+
 A body over the function's limit is refused with 413 from its ``Content-Length`` before it is
 read, or, for a chunked body (``wsgi.input_terminated``), as soon as it passes the limit. The
 executor starts lazily on the first request, in the process that serves it (safe with
@@ -27,7 +31,10 @@ gunicorn's ``--preload``), and stops at interpreter exit or on :meth:`WSGIApp.cl
 from __future__ import annotations
 
 import atexit
+import logging
 import re
+import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -37,6 +44,7 @@ from urllib.parse import quote
 from bgfunctions.app import App, Resolution
 from bgfunctions.errors import RequestError
 from bgfunctions.hosts import AllowedHosts
+from bgfunctions.ids import new_request_id
 from bgfunctions.redaction import Redaction
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
@@ -48,6 +56,8 @@ StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 _CHUNK = 64 * 1024
 _HOSTS_HINT = "WSGIApp(allowed_hosts=[...]) adds more"
+
+log = logging.getLogger("bgfunctions.wsgi")
 
 
 class WSGIApp:
@@ -84,6 +94,39 @@ class WSGIApp:
         self.app.shutdown(True, grace=self.grace)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            return self._serve(environ, start_response)
+        except KeyboardInterrupt:
+            if _ctrl_c_reaches_us():
+                raise  # most likely the operator's Ctrl-C: the server is meant to stop
+            return self._escaped(environ, start_response)
+        except BaseException:  # the last line of defence
+            return self._escaped(environ, start_response)
+
+    def _escaped(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        """Whatever escaped the App (or the fallback), ``BaseException`` included, becomes our
+        own 500 with a request id and a generic body; the traceback goes to the log only."""
+        exc_info = sys.exc_info()
+        request_id = new_request_id(self.app.clock)
+        log.error(
+            "%s %s: %s escaped the App; answered 500 (request %s)",
+            environ.get("REQUEST_METHOD"),
+            environ.get("PATH_INFO"),
+            type(exc_info[1]).__name__,
+            request_id,
+            exc_info=exc_info,
+            extra={"bg_request_id": request_id},
+        )
+        response = Response.text(
+            f"Internal Server Error - Request ID: {request_id}\n",
+            status=500,
+            headers={"x-nf-request-id": request_id},
+        )
+        # With exc_info, a start_response already called replaces its headers (PEP 3333); if
+        # they were sent, it raises, and the server closes the connection.
+        return _respond(start_response, response, exc_info)
+
+    def _serve(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if not self._registered:
             with self._register_lock:
                 if not self._registered:
@@ -220,7 +263,10 @@ _HOP_BY_HOP = frozenset(
 )
 
 
-def _respond(start_response: StartResponse, response: Response) -> list[bytes]:
+def _respond(
+    start_response: StartResponse, response: Response, exc_info: Any = None
+) -> list[bytes]:
+    """Start ``response``; one made before any request id (the adapter's 400 or 413) gets one."""
     status = response.status
     try:
         reason = HTTPStatus(status).phrase
@@ -229,5 +275,19 @@ def _respond(start_response: StartResponse, response: Response) -> list[bytes]:
     headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
     if status not in (204, 304) and "content-length" not in response.headers:
         headers.append(("content-length", str(len(response.body))))
-    start_response(f"{status} {reason}", headers)
+    if "x-nf-request-id" not in response.headers:
+        headers.append(("x-nf-request-id", new_request_id()))
+    if exc_info is None:
+        start_response(f"{status} {reason}", headers)
+    else:
+        start_response(f"{status} {reason}", headers, exc_info)
     return [response.body]
+
+
+def _ctrl_c_reaches_us() -> bool:
+    """Whether a KeyboardInterrupt here may be SIGINT's: Python raises it in the main thread,
+    when nobody installed a handler of their own. In any other thread it is a handler's."""
+    return (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )

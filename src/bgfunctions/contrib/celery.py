@@ -273,11 +273,13 @@ def _publish(
     countdown: float,
     *,
     seen: float | None = None,
+    connection: Any = None,
 ) -> None:
     """Send ``run_attempt(record, attempt)``; returns once the broker confirmed it.
 
     ``seen``: when a worker first saw the attempt's process gone (carried while it waits for
-    the attempt's lease to expire)."""
+    the attempt's lease to expire). ``connection``: the broker connection to publish on
+    (default: one from Celery's process-wide pool)."""
     options = _options(app)
     limits = options.limits
     if binding is not None:
@@ -292,6 +294,7 @@ def _publish(
         countdown=countdown if countdown > 0 else None,
         queue=options.queue,
         time_limit=limits.background_timeout + options.kill_margin,
+        connection=connection,
     )
 
 
@@ -329,6 +332,12 @@ class CeleryExecutor(Executor):
         self._republished: dict[str, float] = {}
         _options(celery_app)  # refuse a foreign app now, not at the first request
         self._local = ThreadExecutor(clock=self.clock, journal=MemoryJournal(max_finished=0))
+        # Our own broker connections (opened on first use), so that shutdown closes exactly
+        # them: Celery's pool is shared by every app of the process on the same broker, and
+        # Celery.close() leaves its sockets open.
+        self._connections: Any = celery_app.connection_for_write().Pool(
+            limit=celery_app.conf.broker_pool_limit
+        )
 
     def bind(self, binding: Binding) -> None:
         super().bind(binding)
@@ -381,7 +390,7 @@ class CeleryExecutor(Executor):
                 record.function,
                 now - due,
             )
-            _publish(self.celery_app, self._binding, record, record.attempt_count + 1, 0.0)
+            self._publish(record, record.attempt_count + 1, 0.0)
             self._republished[record.request_id] = now
             published += 1
         if len(self._republished) > 10_000:
@@ -396,7 +405,7 @@ class CeleryExecutor(Executor):
             record = dataclasses.replace(record, next_run_at=record.accepted_at)
         self.journal.accepted(record)
         try:
-            _publish(self.celery_app, self._binding, record, 1, 0.0)
+            self._publish(record, 1, 0.0)
         except Exception as exc:
             rejected = record.reject(self.clock.now())
             self.journal.finished(rejected)
@@ -412,7 +421,13 @@ class CeleryExecutor(Executor):
 
     def _dispatch(self, record: InvocationRecord) -> None:
         countdown = 0.0 if record.next_run_at is None else record.next_run_at - self.clock.now()
-        _publish(self.celery_app, self._binding, record, record.attempt_count + 1, countdown)
+        self._publish(record, record.attempt_count + 1, countdown)
+
+    def _publish(self, record: InvocationRecord, attempt: int, countdown: float) -> None:
+        with self._connections.acquire(block=True) as connection:
+            _publish(
+                self.celery_app, self._binding, record, attempt, countdown, connection=connection
+            )
 
     def cancel(self, request_id: str) -> InvocationRecord:
         """A waiting invocation is cancelled in the journal (its message is then dropped by the
@@ -468,6 +483,7 @@ class CeleryExecutor(Executor):
         if self._sweeper is not None:
             self._sweeper.join()
         self._local.shutdown(wait, grace=grace)
+        self._connections.force_close_all()  # what this executor opened, and only that
 
 
 def declare_queues(app: celery.Celery) -> None:
