@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -224,15 +225,11 @@ async def run_on_loop(
 
     timer = loop.call_later(timeout, expire)
     try:
-        # Not ``await task``: that would not tell the handler's own CancelledError from a
-        # cancellation of this caller (both cancel the task).
-        await asyncio.wait((task,))
-    except asyncio.CancelledError:
-        task.cancel()  # the caller is cancelled (a shutdown): the attempt goes with it
-        await asyncio.wait((task,))
-        raise
+        error = await _until_done(task)
     finally:
         timer.cancel()
+    if error is None:
+        return judge_return(function, context, timeout, task.result())
     if task.cancelled():
         if expired:
             return AttemptResult(
@@ -242,16 +239,41 @@ async def run_on_loop(
             )
         if cancelled is not None and context.request_id in cancelled:
             return AttemptResult(Outcome.CANCELLED)
-        try:
-            task.result()
-        except asyncio.CancelledError as exc:  # raised by the handler, not asked for by us
-            return AttemptResult(Outcome.ERROR, as_failure(exc))
-    error = task.exception()
-    if error is None:
-        return judge_return(function, context, timeout, task.result())
-    if isinstance(error, DeadlineExceeded):
+        # A CancelledError nobody here asked for: the handler raised it itself.
+    elif isinstance(error, DeadlineExceeded):
         return AttemptResult(Outcome.TIMED_OUT, error, ended_at=context.deadline)
     return AttemptResult(Outcome.ERROR, as_failure(error))
+
+
+async def _until_done(task: asyncio.Task[object]) -> BaseException | None:
+    """Wait until ``task`` is done; what it raised, if anything. Raise ``CancelledError`` only
+    when the caller itself is cancelled (a shutdown); ``task`` is then cancelled with it.
+
+    A handler's own ``CancelledError`` and a cancellation of the caller both end ``task`` as
+    cancelled: only the caller's pending cancellation requests tell them apart.
+    """
+    if sys.version_info >= (3, 11):  # Task.cancelling() counts them
+        try:
+            await task  # the cheap way: no extra future or loop iteration per attempt
+        except BaseException as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            return exc  # the exception itself: a cancelled task's result() makes a new one
+        return None
+    else:  # noqa: RET505 - Python 3.10, where a task does not count cancellations asked of it
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.wait((task,))
+            raise
+        if task.cancelled():
+            try:
+                task.result()
+            except asyncio.CancelledError as exc:
+                return exc
+        return task.exception()
 
 
 def judge_return(
