@@ -390,15 +390,19 @@ def _served_site(root: Path) -> Path:
 
 @pytest.mark.server
 @pytest.mark.realtime
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("executor", "stop"),
+    [("thread", signal.SIGINT), ("thread", signal.SIGTERM), ("process", signal.SIGINT)],
+    ids=["thread-SIGINT", "thread-SIGTERM", "process-SIGINT"],
+)
 def test_serve_survives_base_exceptions_and_still_stops_on_a_signal(
-    tmp_path: Path, stop: signal.Signals
+    tmp_path: Path, executor: str, stop: signal.Signals
 ) -> None:
     """`bgfunctions serve`: each BaseException is a 500 with a request id (sync functions) or
     three error attempts with its type (background ones); the server answers on, and SIGINT
     or SIGTERM still stops it."""
     site = _served_site(tmp_path / "site")
-    server = Server(site, "--retry-delays", "0.01,0.01", "--no-reload")
+    server = Server(site, "--retry-delays", "0.01,0.01", "--no-reload", "--executor", executor)
     try:
         server.wait_until_listening()
         with httpx.Client(base_url=server.base, timeout=WAIT) as client:

@@ -5,6 +5,11 @@ A sync handler in a thread cannot be killed. At its deadline its attempt is reco
 and a warning names the function; the thread is abandoned (it stops counting against
 ``max_workers``, a replacement is started, and ``stats().abandoned_threads`` counts it until it
 returns), and its late result is ignored. Use the process executor to kill hung handlers for real.
+
+Synchronous functions: sync handlers run on a :class:`~bgfunctions._callpool.CallPool`, which
+abandons a call's thread at ``sync_timeout`` the same way; async handlers run on the loop thread,
+never on the caller's loop, so a blocking call in one holds that loop and not the server's, and
+the caller enforces the time-out from its side of the hand-off.
 """
 
 from __future__ import annotations
