@@ -242,6 +242,39 @@ def test_sync_functions_answer_after_20_hung_calls(apps: list[App]) -> None:
 
 
 @pytest.mark.realtime
+def test_shutdown_does_not_wait_for_a_hung_sync_call() -> None:
+    """shutdown(wait=True) during a hung sync call returns once the call's caller gave up on it
+    (its 500 at sync_timeout), not when the handler returns."""
+    release, entered, returned = threading.Event(), threading.Event(), threading.Event()
+
+    def hang(request: Request, context: Context) -> str:
+        entered.set()
+        release.wait(WAIT)
+        returned.set()
+        return "too late"
+
+    registry = Registry()
+    registry.add("hang", hang)
+    app = App(registry, executor=ThreadExecutor(), limits=Limits(sync_timeout=0.2))
+    statuses: list[int] = []
+    caller = threading.Thread(
+        target=lambda: statuses.append(
+            app.handle(Request("GET", "/.netlify/functions/hang")).status
+        )
+    )
+    try:
+        caller.start()
+        assert entered.wait(WAIT)
+        app.shutdown(wait=True)
+        stopped_first = not returned.is_set()
+    finally:
+        release.set()
+        caller.join(WAIT)
+    assert stopped_first
+    assert statuses == [500]
+
+
+@pytest.mark.realtime
 @pytest.mark.server
 def test_sync_functions_answer_after_20_hung_calls_over_http() -> None:
     """On real uvicorn: 20 concurrent hung calls each get a 500 with a request id, then /hello

@@ -36,6 +36,7 @@ class CallPool:
         self._name = name
         self._queue: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._left = threading.Condition(self._lock)  # a thread left the pool (ended, abandoned)
         self._threads: set[threading.Thread] = set()
         self._abandoned: set[threading.Thread] = set()
         self._running: dict[concurrent.futures.Future[Any], threading.Thread] = {}
@@ -72,19 +73,22 @@ class CallPool:
             self._threads.discard(thread)
             self._abandoned.add(thread)
             self._fill()
+            self._left.notify_all()
         return True
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop the threads once they finish their calls (abandoned ones are not waited for)."""
+        """Stop the threads once they finish their calls. Abandoned threads are not waited
+        for, nor is a call that its caller abandons while this waits."""
         with self._lock:
             self._closed = True
             threads = list(self._threads)
         for _ in threads:
             self._queue.put(None)
         if wait:
-            for thread in threads:
-                if thread is not threading.current_thread():
-                    thread.join()
+            me = threading.current_thread()
+            with self._left:
+                while self._threads - {me}:
+                    self._left.wait()
 
     def _fill(self) -> None:
         """Start threads for the calls no idle thread will take (lock held)."""
@@ -107,6 +111,7 @@ class CallPool:
                 self._idle -= 1
                 if call is None:
                     self._threads.discard(me)
+                    self._left.notify_all()
                     return
                 self._waiting -= 1
                 future = call.future
