@@ -57,6 +57,40 @@ HANDLERS = {
         async def handler(request, context):
             await asyncio.sleep(60)
     """,
+    "interrupt-background": """
+        def handler(request, context):
+            raise KeyboardInterrupt
+    """,
+    "sys-exit-background": """
+        import sys
+
+        def handler(request, context):
+            sys.exit(3)
+    """,
+    "custom-background": """
+        class Custom(BaseException):
+            pass
+
+        def handler(request, context):
+            raise Custom("its own")
+    """,
+    "async-interrupt-background": """
+        import asyncio
+
+        async def handler(request, context):
+            await asyncio.sleep(0)
+            raise KeyboardInterrupt
+    """,
+    "async-cancelled-background": """
+        import asyncio
+
+        async def handler(request, context):
+            raise asyncio.CancelledError()
+    """,
+    "interrupt": """
+        async def handler(request, context):
+            raise KeyboardInterrupt
+    """,
     "hello": """
         import os
 
@@ -132,6 +166,41 @@ def test_a_process_that_dies_is_a_crashed_attempt(app: App, name: str) -> None:
     assert [a.outcome for a in record.attempts] == [Outcome.CRASHED] * 3
     assert record.attempts[0].error_message is not None
     assert "worker process" in record.attempts[0].error_message
+
+
+@pytest.mark.parametrize(
+    ("name", "error_type"),
+    [
+        ("interrupt-background", "KeyboardInterrupt"),
+        ("sys-exit-background", "SystemExit"),
+        ("custom-background", "Custom"),
+        ("async-interrupt-background", "KeyboardInterrupt"),
+        ("async-cancelled-background", "asyncio.exceptions.CancelledError"),
+    ],
+)
+def test_a_base_exception_is_an_error_and_its_process_lives_on(
+    app: App, name: str, error_type: str
+) -> None:
+    """KeyboardInterrupt, sys.exit(), a CancelledError or a custom BaseException of a handler is
+    an error attempt with its type (not a crash), retried, and the worker process survives."""
+    record = app.enqueue(name).wait(30)
+    assert record.state is State.FAILED
+    assert [a.outcome for a in record.attempts] == [Outcome.ERROR] * 3
+    for attempt in record.attempts:
+        assert attempt.error_type is not None
+        assert attempt.error_type.endswith(error_type)
+        assert attempt.error_message
+    executor = app.executor
+    assert isinstance(executor, ProcessExecutor)
+    assert executor.processes_spawned <= 2  # the pool's first processes, never replaced
+
+
+def test_a_base_exception_in_a_sync_function_answers_500(app: App) -> None:
+    """A sync function's KeyboardInterrupt in its process answers 500 with the request id."""
+    response = app.handle(Request("GET", "/.netlify/functions/interrupt"))
+    assert response.status == 500
+    assert response.headers["x-nf-request-id"]
+    assert app.handle(Request("GET", "/.netlify/functions/hello")).status == 200
 
 
 def test_pool_keeps_capacity_and_others_are_undisturbed(app: App) -> None:

@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Coroutine, Mapping
+import sys
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from bgfunctions.clock import Clock
 from bgfunctions.context import Context, Site
 from bgfunctions.errors import DeadlineExceeded
-from bgfunctions.invocation import InvocationRecord, Outcome
+from bgfunctions.invocation import InvocationRecord, Outcome, error_type_name
 from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
@@ -24,6 +25,9 @@ from bgfunctions.responses import Response
 
 __all__ = [
     "AttemptResult",
+    "HandlerBaseException",
+    "as_failure",
+    "contained",
     "make_context",
     "record_request",
     "run_on_loop",
@@ -33,6 +37,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("bgfunctions.executor")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -110,13 +115,46 @@ async def settle_pending(context: Context) -> None:
                 )
 
 
-class HandlerExit(Exception):
-    """A handler called ``sys.exit()``: a failed attempt, recorded as ``SystemExit``."""
+class HandlerBaseException(Exception):
+    """A handler raised a ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
+    ``SystemExit``, its own ``asyncio.CancelledError``, a custom subclass): its attempt's error,
+    recorded under the original type's name.
 
-    remote_type = "SystemExit"  # the name error_type_name() records
+    Carried as an ``Exception`` because, left as it is, it would end whatever ran the handler:
+    ``KeyboardInterrupt`` and ``SystemExit`` escape an asyncio task and stop its event loop (the
+    server's, or the executor's loop thread), and any of them ends a worker thread.
+    """
 
-    def __init__(self, exit: SystemExit) -> None:
-        super().__init__(f"the handler called sys.exit({exit.code!r})")
+    def __init__(self, error: BaseException) -> None:
+        self.remote_type = error_type_name(error)  # the name error_type_name() records
+        if isinstance(error, SystemExit):
+            text = f"the handler called sys.exit({error.code!r})"
+        else:
+            text = str(error) or f"the handler raised {type(error).__name__}"
+        super().__init__(text)
+
+
+def as_failure(error: BaseException) -> Exception:
+    """``error`` as an attempt's error: an ``Exception`` as it is, anything else wrapped."""
+    if isinstance(error, Exception):
+        return error
+    wrapped = HandlerBaseException(error)
+    wrapped.__cause__ = error
+    return wrapped
+
+
+async def contained(awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` (a handler's work) on an event loop that must outlive it: a
+    ``BaseException`` it raises comes out as :class:`HandlerBaseException`. A cancellation
+    passes as it is: whoever awaits decides whether it was asked for."""
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise HandlerBaseException(exc) from exc
 
 
 async def _body(
@@ -128,13 +166,6 @@ async def _body(
         value = handler(request, context)
         if inspect.isawaitable(value):
             value = await value
-    except SystemExit as exc:
-        if not exit_is_failure:
-            raise  # the process is meant to end (a Celery child at its hard limit)
-        # Out of a task, SystemExit would stop the whole event loop: make it this attempt's
-        # error instead, recorded under its own name.
-        await settle_pending(context)
-        raise HandlerExit(exc) from exc
     except asyncio.CancelledError:
         for pending in context._take_pending():
             if isinstance(pending, asyncio.Future):
@@ -142,9 +173,13 @@ async def _body(
             elif inspect.iscoroutine(pending):
                 pending.close()
         raise
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) and not exit_is_failure:
+            raise  # the process is meant to end (a Celery child at its hard limit)
         await settle_pending(context)
-        raise
+        if isinstance(exc, Exception):
+            raise
+        raise HandlerBaseException(exc) from exc
     await settle_pending(context)
     return value
 
@@ -165,12 +200,20 @@ async def run_on_loop(
     The attempt is cancelled at its deadline (``timeout`` seconds of loop time from now); a
     sync handler cannot be interrupted, so it is judged on return: past its deadline it timed
     out, at exactly the deadline.
+
+    How it ended: a cancellation at the deadline is ``timed_out``; one asked for by
+    ``cancel()`` (its request id in ``cancelled``) is ``cancelled``; a cancellation of the
+    caller's own task (a shutdown) cancels the attempt and propagates. Any other exception,
+    ``BaseException`` included, is the attempt's ``error``: that includes a ``CancelledError``
+    nobody here asked for, which the handler raised itself.
     """
     loop = asyncio.get_running_loop()
     with invocation_scope(function.name, context.request_id, context.attempt):
         # The task copies the context now, so the handler's log lines carry the invocation.
         task = loop.create_task(
-            body if body is not None else _body(function, request, context, exit_is_failure),
+            contained(body)
+            if body is not None
+            else _body(function, request, context, exit_is_failure),
             name=f"{function.name}:{context.request_id}:{context.attempt}",
         )
     expired = False
@@ -182,8 +225,12 @@ async def run_on_loop(
 
     timer = loop.call_later(timeout, expire)
     try:
-        value = await task
-    except asyncio.CancelledError:
+        error = await _until_done(task)
+    finally:
+        timer.cancel()
+    if error is None:
+        return judge_return(function, context, timeout, task.result())
+    if task.cancelled():
         if expired:
             return AttemptResult(
                 Outcome.TIMED_OUT,
@@ -192,14 +239,41 @@ async def run_on_loop(
             )
         if cancelled is not None and context.request_id in cancelled:
             return AttemptResult(Outcome.CANCELLED)
-        raise
-    except DeadlineExceeded as exc:
-        return AttemptResult(Outcome.TIMED_OUT, exc, ended_at=context.deadline)
-    except (Exception, SystemExit) as exc:  # sys.exit() in a handler is its failure
-        return AttemptResult(Outcome.ERROR, exc)
-    finally:
-        timer.cancel()
-    return judge_return(function, context, timeout, value)
+        # A CancelledError nobody here asked for: the handler raised it itself.
+    elif isinstance(error, DeadlineExceeded):
+        return AttemptResult(Outcome.TIMED_OUT, error, ended_at=context.deadline)
+    return AttemptResult(Outcome.ERROR, as_failure(error))
+
+
+async def _until_done(task: asyncio.Task[object]) -> BaseException | None:
+    """Wait until ``task`` is done; what it raised, if anything. Raise ``CancelledError`` only
+    when the caller itself is cancelled (a shutdown); ``task`` is then cancelled with it.
+
+    A handler's own ``CancelledError`` and a cancellation of the caller both end ``task`` as
+    cancelled: only the caller's pending cancellation requests tell them apart.
+    """
+    if sys.version_info >= (3, 11):  # Task.cancelling() counts them
+        try:
+            await task  # the cheap way: no extra future or loop iteration per attempt
+        except BaseException as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            return exc  # the exception itself: a cancelled task's result() makes a new one
+        return None
+    else:  # noqa: RET505 - Python 3.10, where a task does not count cancellations asked of it
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.wait((task,))
+            raise
+        if task.cancelled():
+            try:
+                task.result()
+            except asyncio.CancelledError as exc:
+                return exc
+        return task.exception()
 
 
 def judge_return(

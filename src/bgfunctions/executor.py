@@ -79,7 +79,8 @@ class ExecutorStats:
     running: int
     """Attempts running now."""
     abandoned_threads: int = 0
-    """Threads still running a sync handler whose attempt already timed out."""
+    """Threads still running a sync handler whose attempt or synchronous call already timed
+    out: abandoned, each replaced by a fresh thread, and ended when the handler returns."""
     workers: int = 0
     """Worker threads or processes (not counting abandoned ones)."""
     spawned: int = 0

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from bgfunctions._attempt import (
     AttemptResult,
+    as_failure,
     finish_async,
     judge_return,
     run_on_loop,
@@ -127,8 +128,8 @@ class InlineExecutor(Executor):
                 value = handler(request, context)
             except DeadlineExceeded as exc:
                 result = AttemptResult(Outcome.TIMED_OUT, exc, ended_at=context.deadline)
-            except (Exception, SystemExit) as exc:  # sys.exit() in a handler is its failure
-                result = AttemptResult(Outcome.ERROR, exc)
+            except BaseException as exc:  # KeyboardInterrupt, sys.exit(): its failure too
+                result = AttemptResult(Outcome.ERROR, as_failure(exc))
             else:
                 if inspect.isawaitable(value) or context._pending:
                     # It left work to await: finish the attempt as a task, within its deadline.

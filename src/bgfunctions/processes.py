@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from bgfunctions._attempt import (
+    as_failure,
+    contained,
     make_context,
     record_request,
     settle_pending,
@@ -464,8 +466,12 @@ def _run_one(
                 value = asyncio.run(_finish(value, context))
         except DeadlineExceeded as exc:
             return _failure(Outcome.TIMED_OUT, exc)
-        except Exception as exc:
-            return _failure(Outcome.ERROR, exc)
+        except BaseException as exc:
+            # KeyboardInterrupt, sys.exit(), a CancelledError of its own (nothing here cancels
+            # an attempt: the parent kills the process at the deadline): the handler's
+            # failure, reported by this process, which lives on. Only a process that really
+            # died is "crashed".
+            return _failure(Outcome.ERROR, as_failure(exc))
     reply: dict[str, Any] = {"outcome": Outcome.SUCCEEDED.value}
     if message["sync_call"]:
         try:
@@ -482,7 +488,7 @@ def _run_one(
 
 async def _finish(value: object, context: Any) -> object:
     if inspect.isawaitable(value):
-        value = await value
+        value = await contained(value)  # KeyboardInterrupt would escape asyncio.run's task
     await settle_pending(context)
     return value
 

@@ -5,6 +5,11 @@ A sync handler in a thread cannot be killed. At its deadline its attempt is reco
 and a warning names the function; the thread is abandoned (it stops counting against
 ``max_workers``, a replacement is started, and ``stats().abandoned_threads`` counts it until it
 returns), and its late result is ignored. Use the process executor to kill hung handlers for real.
+
+Synchronous functions: sync handlers run on a :class:`~bgfunctions._callpool.CallPool`, which
+abandons a call's thread at ``sync_timeout`` the same way; async handlers run on the loop thread,
+never on the caller's loop, so a blocking call in one holds that loop and not the server's, and
+the caller enforces the time-out from its side of the hand-off.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ from typing import Any, TypeVar
 
 from bgfunctions._attempt import (
     AttemptResult,
+    as_failure,
+    contained,
     run_on_loop,
     settle_pending,
     timeout_error,
     to_response,
     warn_ignored_return,
 )
+from bgfunctions._callpool import CallPool
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.context import Context
 from bgfunctions.errors import (
@@ -142,7 +150,7 @@ class ThreadExecutor(Executor):
         self._timer_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
-        self._call_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._call_pool: CallPool | None = None
         self._started = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -234,7 +242,8 @@ class ThreadExecutor(Executor):
             return ExecutorStats(
                 pending=self._pending,
                 running=len(self._sync_running) + self._running_count,
-                abandoned_threads=sum(1 for t in self._abandoned if t.is_alive()),
+                abandoned_threads=sum(1 for t in self._abandoned if t.is_alive())
+                + (self._call_pool.abandoned if self._call_pool is not None else 0),
                 workers=len(self._workers),
                 spawned=self._spawned,
             )
@@ -515,8 +524,9 @@ class ThreadExecutor(Executor):
                     value = self._on_loop(_await_and_settle(value, context))
             except DeadlineExceeded as exc:
                 return AttemptResult(Outcome.TIMED_OUT, exc, ended_at=context.deadline)
-            except (Exception, SystemExit) as exc:  # sys.exit() in a handler is its failure
-                return AttemptResult(Outcome.ERROR, exc)
+            except BaseException as exc:  # KeyboardInterrupt, sys.exit(): its failure too
+                # Signals reach only the main thread: in this worker, it is the handler's.
+                return AttemptResult(Outcome.ERROR, as_failure(exc))
         return AttemptResult(Outcome.SUCCEEDED, value=value)
 
     def _on_loop(self, coro: Any) -> Any:
@@ -571,16 +581,17 @@ class ThreadExecutor(Executor):
         timeout = self.binding.limits_for(function).sync_timeout
         context = self._sync_context(function, request, params, request_id, timeout)
         if function.is_async:
-            result: AttemptResult = self._on_loop(
-                run_on_loop(function, request, context, timeout=timeout)
+            future = asyncio.run_coroutine_threadsafe(
+                run_on_loop(function, request, context, timeout=timeout), self._ensure_loop()
             )
         else:
             future = self._pool().submit(self._call_sync, function, request, context)
-            try:
-                result = self._wait_future(future, timeout)
-            except concurrent.futures.TimeoutError:
-                future.cancel()  # still queued: it must not run after the client got its 500
-                raise timeout_error(function, timeout, 1) from None
+        try:
+            # Enforced here too, not only on the loop: a handler that blocks the loop thread
+            # cannot be cancelled there, and the caller must still get its answer on time.
+            result: AttemptResult = self._wait_future(future, timeout)
+        except concurrent.futures.TimeoutError:
+            raise self._gave_up(function, future, request_id, timeout) from None
         return _response(result, function, context)
 
     async def call_async(
@@ -590,26 +601,48 @@ class ThreadExecutor(Executor):
         timeout = self.binding.limits_for(function).sync_timeout
         context = self._sync_context(function, request, params, request_id, timeout)
         if function.is_async:
-            result = await run_on_loop(function, request, context, timeout=timeout)
+            # On the executor's loop, not the caller's: a handler that blocks (time.sleep)
+            # then holds that loop, not the server's, and the time-out below still answers.
+            future = asyncio.run_coroutine_threadsafe(
+                run_on_loop(function, request, context, timeout=timeout), self._ensure_loop()
+            )
         else:
             future = self._pool().submit(self._call_sync, function, request, context)
-            try:
-                result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-            except asyncio.TimeoutError:
-                raise timeout_error(function, timeout, 1) from None
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError:
+            raise self._gave_up(function, future, request_id, timeout) from None
         return _response(result, function, context)
+
+    def _gave_up(
+        self,
+        function: Function,
+        future: concurrent.futures.Future[AttemptResult],
+        request_id: str,
+        timeout: float,
+    ) -> TimeoutError:
+        """A synchronous call ran out of time: stop waiting for it, and free its thread."""
+        future.cancel()  # still queued: it must not run after the client got its 500
+        if not function.is_async and self._pool().abandon(future):
+            log.warning(
+                "function %r (request %s) timed out after %g s; its thread cannot be stopped "
+                "and keeps running, another takes its place, and whatever it returns will be "
+                "ignored",
+                function.name,
+                request_id,
+                timeout,
+            )
+        return timeout_error(function, timeout, 1)
 
     def _check_open(self) -> None:
         super()._check_accepting()
         if not self._started:
             self.start()
 
-    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _pool(self) -> CallPool:
         with self._lock:
             if self._call_pool is None:
-                self._call_pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=max(self.max_workers, 8), thread_name_prefix="bgfunctions-call"
-                )
+                self._call_pool = CallPool(max(self.max_workers, 8), "bgfunctions-call")
             return self._call_pool
 
 
@@ -620,7 +653,7 @@ def _notify(condition: threading.Condition) -> None:
 
 async def _await_and_settle(value: object, context: Context) -> object:
     if inspect.isawaitable(value):
-        value = await value
+        value = await contained(value)  # on the loop thread, which must outlive it
     await settle_pending(context)
     return value
 

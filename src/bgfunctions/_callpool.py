@@ -1,0 +1,136 @@
+"""The threads that run synchronous functions' calls, which a caller may give up on.
+
+``concurrent.futures.ThreadPoolExecutor`` never gets back a thread whose call hangs: once all
+its threads hold hung calls, every later call waits in its queue, times out and answers 500,
+until a restart. Here a caller that gives up on a call (its time-out) *abandons* the call's
+thread: the thread leaves the pool, ends when its call returns (its result is ignored), and
+another thread may take its place. The background workers of the thread executor do the same.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+__all__ = ["CallPool"]
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Call(Generic[T]):
+    future: concurrent.futures.Future[T]
+    fn: Callable[..., T]
+    args: tuple[Any, ...]
+
+
+class CallPool:
+    """Up to ``max_workers`` threads (not counting abandoned ones), started as calls wait."""
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self.max_workers = max_workers
+        self._name = name
+        self._queue: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._left = threading.Condition(self._lock)  # a thread left the pool (ended, abandoned)
+        self._threads: set[threading.Thread] = set()
+        self._abandoned: set[threading.Thread] = set()
+        self._running: dict[concurrent.futures.Future[Any], threading.Thread] = {}
+        self._waiting = 0  # calls queued, not yet taken by a thread
+        self._idle = 0  # threads waiting for a call (or just started, about to)
+        self._spawned = 0
+        self._closed = False
+
+    @property
+    def abandoned(self) -> int:
+        """Abandoned threads whose call has not returned yet."""
+        with self._lock:
+            return len(self._abandoned)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the call pool is shut down")
+            self._waiting += 1
+            self._queue.put(_Call(future, fn, args))
+            self._fill()
+        return future
+
+    def abandon(self, future: concurrent.futures.Future[Any]) -> bool:
+        """Give up on ``future``'s call: cancel it if it has not started; else abandon its
+        thread. True when a thread was abandoned."""
+        if future.cancel():
+            return False  # the thread that takes it skips it
+        with self._lock:
+            thread = self._running.pop(future, None)
+            if thread is None:
+                return False  # it returned meanwhile
+            self._threads.discard(thread)
+            self._abandoned.add(thread)
+            self._fill()
+            self._left.notify_all()
+        return True
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the threads once they finish their calls. Abandoned threads are not waited
+        for, nor is a call that its caller abandons while this waits."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        if wait:
+            me = threading.current_thread()
+            with self._left:
+                while self._threads - {me}:
+                    self._left.wait()
+
+    def _fill(self) -> None:
+        """Start threads for the calls no idle thread will take (lock held)."""
+        while self._waiting > self._idle and len(self._threads) < self.max_workers:
+            if self._closed:
+                return
+            self._spawned += 1
+            thread = threading.Thread(
+                target=self._main, name=f"{self._name}-{self._spawned}", daemon=True
+            )
+            self._threads.add(thread)
+            self._idle += 1
+            thread.start()
+
+    def _main(self) -> None:
+        me = threading.current_thread()
+        while True:
+            call = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+                if call is None:
+                    self._threads.discard(me)
+                    self._left.notify_all()
+                    return
+                self._waiting -= 1
+                future = call.future
+                started = future.set_running_or_notify_cancel()
+                if started:
+                    self._running[future] = me
+            if started:
+                try:
+                    result = call.fn(*call.args)
+                except BaseException as exc:  # a call's failure is its caller's to read
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+                    del result
+            del call  # nothing of the call stays referenced while this thread is idle
+            with self._lock:
+                self._running.pop(future, None)
+                if me in self._abandoned:
+                    self._abandoned.discard(me)
+                    return  # a replacement took this thread's place
+                self._idle += 1
+            del future
