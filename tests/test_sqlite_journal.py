@@ -839,6 +839,35 @@ def test_unavailable_journal_makes_the_app_answer_503(path: Path, clock: Virtual
         journal.close()
 
 
+def test_a_503_shows_the_client_no_path_or_sqlite_error_and_logs_them(
+    path: Path, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 503 body is a generic text with the request id; the path and SQLite's error are logged."""
+    registry = Registry()
+    registry.add("job-background", lambda request, context: None)
+    journal = SQLiteJournal(path, clock=clock)
+    app = App(registry, executor=InlineExecutor(clock=clock, journal=journal))
+    try:
+        journal._execute_for_tests("PRAGMA query_only = ON")
+        with caplog.at_level("WARNING", logger="bgfunctions.app"):
+            response = app.handle(Request("POST", "/.netlify/functions/job-background"))
+            async_response = asyncio.run(
+                app.handle_async(Request("POST", "/.netlify/functions/job-background"))
+            )
+    finally:
+        app.shutdown()
+        journal.close()
+    for answer in (response, async_response):
+        assert answer.status == 503
+        text = answer.body.decode()
+        rid = answer.headers["x-nf-request-id"]
+        assert rid in text
+        assert str(path) not in text and path.name not in text
+        assert "readonly" not in text and "SQLite" not in text and "query_only" not in text
+        logged = [r.getMessage() for r in caplog.records if rid in r.getMessage()]
+        assert len(logged) == 1 and str(path) in logged[0] and "readonly" in logged[0]
+
+
 def _thread_app(
     path: Path, calls: list[str], on_event: Callable[[Event], None] | None = None
 ) -> tuple[App, SQLiteJournal]:
