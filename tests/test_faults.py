@@ -590,7 +590,8 @@ def test_a_full_journal_answers_503_without_a_row_and_every_202_runs(
         assert int(response.headers["retry-after"]) >= 1
         # The client learns nothing internal: no path, no SQLite error; the log has them.
         assert rid in response.text, response.text
-        assert str(site.journal) not in response.text and "full" not in response.text
+        assert str(site.journal) not in response.text
+        assert "full" not in response.text
         refused.append(rid)
         if len(refused) >= 10:
             break

@@ -862,10 +862,15 @@ def test_a_503_shows_the_client_no_path_or_sqlite_error_and_logs_them(
         text = answer.body.decode()
         rid = answer.headers["x-nf-request-id"]
         assert rid in text
-        assert str(path) not in text and path.name not in text
-        assert "readonly" not in text and "SQLite" not in text and "query_only" not in text
+        assert str(path) not in text
+        assert path.name not in text
+        assert "readonly" not in text
+        assert "SQLite" not in text
+        assert "query_only" not in text
         logged = [r.getMessage() for r in caplog.records if rid in r.getMessage()]
-        assert len(logged) == 1 and str(path) in logged[0] and "readonly" in logged[0]
+        assert len(logged) == 1
+        assert str(path) in logged[0]
+        assert "readonly" in logged[0]
 
 
 def _thread_app(
