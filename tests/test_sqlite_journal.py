@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import gc
+import json
 import os
 import shutil
 import signal
@@ -12,6 +15,7 @@ import stat
 import subprocess
 import sys
 import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,6 +36,7 @@ from bgfunctions import (
 from bgfunctions.errors import JournalError, JournalUnavailableError, NotAcceptedError
 from bgfunctions.invocation import InvocationRecord, Outcome, State
 from bgfunctions.sqlite_journal import APPLICATION_ID, SCHEMA_VERSION, SQLiteJournal
+from bgfunctions.views import record_to_view
 
 RETRY = RetryPolicy()
 Opener = Callable[..., SQLiteJournal]
@@ -125,10 +130,13 @@ def test_records_round_trip_through_the_file(open_journal: Opener, path: Path) -
     assert reopened.get("missing") is None
     assert failed.body == bytes(range(256))
     assert [r.request_id for r in reopened.select()] == ["b", "a"]
-    assert reopened.select(function="other") == [done]
-    assert reopened.select(state=State.RETRY_SCHEDULED) == [failed]
-    assert reopened.select(state=[State.SUCCEEDED, State.RETRY_SCHEDULED], limit=1) == [done]
-    assert reopened.unfinished() == [failed]
+    # Listings leave bodies out (their size stays); get() has the whole record.
+    assert reopened.select(function="other") == [done.without_body()]
+    assert reopened.select(state=State.RETRY_SCHEDULED) == [failed.without_body()]
+    both = [State.SUCCEEDED, State.RETRY_SCHEDULED]
+    assert reopened.select(state=both, limit=1) == [done.without_body()]
+    assert reopened.unfinished() == [failed.without_body()]
+    assert reopened.unfinished()[0].body_size == 256
 
 
 def test_select_newest_first_and_unfinished_oldest_first(
@@ -361,16 +369,16 @@ def test_a_row_another_journal_changed_is_read_as_it_is_now(open_journal: Opener
     accepted = _record("a")
     one.accepted(accepted)
     assert one.get("a") == accepted
-    assert one.unfinished() == [accepted]
+    assert one.unfinished() == [accepted.without_body()]
     started = accepted.start_attempt(1001.0)
     assert two.attempt_started(started)
     assert one.get("a") == started
-    assert one.unfinished() == [started]
+    assert one.unfinished() == [started.without_body()]
     done = started.end_attempt(1002.0, Outcome.SUCCEEDED, RETRY)
     two.finished(done)
     assert one.get("a") == done
     assert one.unfinished() == []
-    assert one.select() == [done]
+    assert one.select() == [done.without_body()]
 
 
 def test_a_stale_or_cancelled_record_is_not_claimed(open_journal: Opener) -> None:
@@ -403,7 +411,7 @@ def test_expired_lease_is_taken_over_once(open_journal: Opener, clock: VirtualCl
     assert two.expire_leases() == []
     clock.advance(2.0)
     taken = two.expire_leases()
-    assert taken == [started]
+    assert taken == [started.without_body()]
     assert taken[0].state is State.RUNNING
     assert three.expire_leases() == []  # two holds a fresh lease now
     one.attempt_ended(started.end_attempt(clock.now(), Outcome.SUCCEEDED, RETRY))
@@ -660,7 +668,7 @@ def test_disk_full_is_unavailable_then_recovers(open_journal: Opener, path: Path
     journal.accepted(_record("before"))
     pages = journal._execute_for_tests("PRAGMA page_count")[0][0]
     journal._execute_for_tests(f"PRAGMA max_page_count = {pages}")
-    big = dataclasses.replace(_record("big"), body=os.urandom(200_000))
+    big = dataclasses.replace(_record("big"), body=os.urandom(200_000), body_size=200_000)
     with pytest.raises(JournalUnavailableError, match="full") as info:
         journal.accepted(big)
     assert isinstance(info.value, NotAcceptedError)
@@ -1055,3 +1063,135 @@ def test_a_restarted_app_runs_what_a_dead_one_accepted(path: Path, clock: Virtua
     finally:
         app.shutdown()
         journal.close()
+
+
+# -- bodies of waiting work stay on disk ---------------------------------------------------------
+
+BIG = 250_000  # a body near the background limit (262,144 bytes)
+WAITING = 40  # 10 MB of bodies
+BOUND = WAITING * BIG // 10  # what may be retained: a tenth of the bodies, far above the records
+
+
+def _retained(baseline: int) -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0] - baseline
+
+
+def test_waiting_bodies_stay_in_the_journal_and_each_attempt_loads_its_own(
+    path: Path, clock: VirtualClock
+) -> None:
+    """40 waiting 250 KB invocations hold under a tenth of their bodies in memory, after a
+    restart and between retries too; every attempt gets its whole body."""
+    seen: list[tuple[int, int]] = []
+
+    def handler(request: Request, context: Context) -> None:
+        seen.append((context.attempt, len(request.body)))
+        if context.attempt == 1:
+            raise RuntimeError("the first attempt fails")
+
+    registry = Registry()
+    registry.add("job-background", handler)
+    url = "/.netlify/functions/job-background"
+    tracemalloc.start()
+    try:
+        baseline = _retained(0)
+        journal = SQLiteJournal(path, clock=clock)
+        app = App(registry, executor=InlineExecutor(clock=clock, journal=journal))
+        for i in range(WAITING):
+            response = app.handle(Request("POST", url, body=bytes([i]) * BIG))
+            assert response.status == 202
+        accepted = _retained(baseline)
+        app.shutdown()
+        journal.close()
+
+        # A restart takes the backlog over without reading its bodies.
+        journal = SQLiteJournal(path, clock=clock, owner="restarted")
+        executor = InlineExecutor(clock=clock, journal=journal)
+        app = App(registry, executor=executor)
+        baseline = _retained(0)
+        app.start()
+        assert executor.stats().pending == WAITING
+        recovered = _retained(baseline)
+        executor.run_until(clock.now() + 1.0)  # attempt 1 of each: it fails, a retry waits
+        assert len(seen) == WAITING
+        assert {r.state for r in journal.select()} == {State.RETRY_SCHEDULED}
+        retrying = _retained(baseline)
+        executor.drain()
+        app.shutdown()
+        journal.close()
+    finally:
+        tracemalloc.stop()
+    assert accepted < BOUND, f"{accepted} bytes retained by {WAITING} waiting invocations"
+    assert recovered < BOUND, f"{recovered} bytes retained after recovering {WAITING}"
+    assert retrying < BOUND, f"{retrying} bytes retained by {WAITING} scheduled retries"
+    assert sorted(seen) == [(1, BIG)] * WAITING + [(2, BIG)] * WAITING
+
+
+def test_listing_records_reads_no_body(open_journal: Opener) -> None:
+    """select() and unfinished() return body_size without the body, and never hold the bodies
+    in memory; get() and with_body() return it whole; the view shows the stored size."""
+    journal = open_journal()
+    for i in range(WAITING):
+        record = _record(f"r{i}", at=1000.0 + i)
+        journal.accepted(dataclasses.replace(record, body=bytes([i]) * BIG, body_size=BIG))
+    tracemalloc.start()
+    try:
+        listed = journal.select(limit=WAITING)
+        waiting = journal.unfinished()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < BOUND, f"listing {WAITING} records peaked at {peak} bytes"
+    assert len(listed) == len(waiting) == WAITING
+    for record in listed + waiting:
+        assert record.body == b""
+        assert record.body_size == BIG
+        assert not record.body_loaded
+        assert record_to_view(record)["body_size"] == BIG
+    whole = journal.get("r3")
+    assert whole is not None
+    assert whole.body == bytes([3]) * BIG
+    assert journal.with_body(waiting[3]) == whole
+    assert journal.body("r3") == whole.body
+    assert journal.body("missing") is None
+
+
+def test_a_schema_1_file_moves_its_bodies_out_of_the_json(path: Path) -> None:
+    """A file of schema 1 (bodies inside the JSON) is migrated on open: bodies move to their
+    own column, listings carry body_size, get() returns the same body."""
+    old = _record("old")
+    data = old.to_json()
+    del data["body_size"]  # schema 1's records had no body_size
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE invocations (
+                request_id TEXT PRIMARY KEY NOT NULL, function TEXT NOT NULL,
+                state TEXT NOT NULL, attempts INTEGER NOT NULL, accepted_at REAL NOT NULL,
+                next_run_at REAL, finished_at REAL, lease_owner TEXT, lease_expires REAL,
+                record TEXT NOT NULL
+            );
+            """
+        )
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute(
+            "INSERT INTO invocations VALUES (?, ?, 'accepted', 0, ?, ?, NULL, NULL, NULL, ?)",
+            ("old", old.function, old.accepted_at, old.next_run_at, json.dumps(data)),
+        )
+    journal = SQLiteJournal(path)
+    try:
+        assert journal.get("old") == old
+        assert journal.unfinished() == [old.without_body()]
+        assert journal.unfinished()[0].body_size == len(old.body)
+        journal.accepted(_record("new"))
+        assert journal.get("new") == _record("new")
+    finally:
+        journal.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        text, body = conn.execute(
+            "SELECT record, body FROM invocations WHERE request_id = 'old'"
+        ).fetchone()
+    assert "body" not in json.loads(text)
+    assert body == old.body

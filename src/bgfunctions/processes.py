@@ -215,7 +215,7 @@ class ProcessExecutor(ThreadExecutor):
             "package": function.file.parent.name == function.name,
             "name": function.name,
             "background": function.background,
-            "record": record.to_json(),
+            "record": self.journal.with_body(record).to_json(),
             "attempt": record.attempts[-1].number if record.attempts else 1,
             "deadline": deadline,
             "trust_proxy": self.binding.trust_proxy,

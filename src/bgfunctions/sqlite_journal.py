@@ -13,6 +13,7 @@ See docs/durability.md for what a 202 promises.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
@@ -37,8 +38,12 @@ log = logging.getLogger("bgfunctions.journal")
 
 APPLICATION_ID = 0x62676631
 """``PRAGMA application_id`` of a journal file (ASCII ``bgf1``)."""
-SCHEMA_VERSION = 1
-"""``PRAGMA user_version`` this code writes; older files are migrated forward on open."""
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version`` this code writes; older files are migrated forward on open.
+
+1: one row per invocation, the whole record (body included, base64) as JSON.
+2: the body in a BLOB column of its own, the JSON without it (with ``body_size``): listing
+and recovery never read a body; an attempt loads its own when it starts."""
 
 _MAGIC = b"SQLite format 3\x00"
 _PRUNE_EVERY = 60.0  # seconds between automatic prunes
@@ -51,10 +56,35 @@ _WAITING = (State.ACCEPTED.value, State.RETRY_SCHEDULED.value)
 _PARSED_MAX_ENTRIES = 50_000
 _PARSED_MAX_TEXT = 4096
 _IMPATIENT_BUSY_TIMEOUT = 0.25  # seconds: see SQLiteJournal._write(patient=False)
-_ROWS_PER_INSERT = 99  # 990 parameters: under SQLite's limit before 3.32 (999)
+_ROWS_PER_INSERT = 90  # 990 parameters: under SQLite's limit before 3.32 (999)
 
-# _MIGRATIONS[n] takes a file from user_version n to n + 1, inside one transaction.
-_MIGRATIONS: tuple[str, ...] = (
+
+def _move_bodies(conn: sqlite3.Connection) -> None:
+    """Schema 2: each row's body moves from its JSON to the ``body`` column, a few rows at a
+    time (a backlog's bodies are never all in memory at once)."""
+    conn.execute("ALTER TABLE invocations ADD COLUMN body BLOB")
+    last = -1
+    while True:
+        rows = conn.execute(
+            "SELECT rowid, record FROM invocations WHERE rowid > ? ORDER BY rowid LIMIT 64",
+            (last,),
+        ).fetchall()
+        if not rows:
+            return
+        for rowid, text in rows:
+            data = json.loads(text)
+            body = base64.b64decode(data.pop("body", ""))
+            data["body_size"] = len(body)
+            conn.execute(
+                "UPDATE invocations SET record = ?, body = ? WHERE rowid = ?",
+                (_encode(data), body, rowid),
+            )
+        last = rows[-1][0]
+
+
+# _MIGRATIONS[n] takes a file from user_version n to n + 1, inside one transaction: SQL
+# statements separated by semicolons, or a function of the connection.
+_MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """
     CREATE TABLE invocations (
         request_id    TEXT PRIMARY KEY NOT NULL,
@@ -72,6 +102,7 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX invocations_function_accepted ON invocations (function, accepted_at);
     CREATE INDEX invocations_finished ON invocations (finished_at);
     """,
+    _move_bodies,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -267,7 +298,11 @@ class SQLiteJournal(Journal):
                 objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
                 self._check_identity(app_id, version, objects)
                 for step in range(version, SCHEMA_VERSION):
-                    for statement in _MIGRATIONS[step].split(";"):
+                    migration = _MIGRATIONS[step]
+                    if callable(migration):
+                        migration(conn)
+                        continue
+                    for statement in migration.split(";"):
                         if statement.strip():
                             conn.execute(statement)
                 if version < SCHEMA_VERSION or app_id != APPLICATION_ID:
@@ -531,7 +566,8 @@ class SQLiteJournal(Journal):
 
     def accepted(self, record: InvocationRecord) -> None:
         """Insert ``record``; returns once committed. Raises :class:`JournalUnavailableError`
-        when the file cannot take it (nothing written), ValueError for a known request id."""
+        when the file cannot take it (nothing written), ValueError for a known request id or
+        a record without its body."""
         text = _dumps(record)
         self._commit_one(_Write(None, _row(record, text)))
         self._remember(record, text)
@@ -699,10 +735,25 @@ class SQLiteJournal(Journal):
     # -- Journal: reads ------------------------------------------------------------------------
 
     def get(self, request_id: str) -> InvocationRecord | None:
+        """The whole record, body included (``select`` and ``unfinished`` leave bodies out)."""
         rows = self._read(
-            "SELECT request_id, record FROM invocations WHERE request_id = ?", (request_id,)
+            "SELECT request_id, record, body FROM invocations WHERE request_id = ?",
+            (request_id,),
         )
-        return self._record(*rows[0]) if rows else None
+        if not rows:
+            return None
+        rid, text, body = rows[0]
+        record = self._record(rid, text)
+        if not body:
+            return record
+        try:
+            return record.with_body(bytes(body))
+        except ValueError as exc:
+            raise JournalError(f"SQLiteJournal {str(self.path)!r}: {exc}") from None
+
+    def body(self, request_id: str) -> bytes | None:
+        rows = self._read("SELECT body FROM invocations WHERE request_id = ?", (request_id,))
+        return None if not rows else bytes(rows[0][0] or b"")
 
     def select(
         self,
@@ -773,11 +824,12 @@ class SQLiteJournal(Journal):
 
     def _remember(self, record: InvocationRecord, text: str) -> None:
         """Keep ``record`` as the parse of ``text``, the row this journal just committed for it
-        (unfinished records only: those that recovery reads every few seconds)."""
+        (unfinished records only: those that recovery reads every few seconds). Without its
+        body, as the row's JSON: the bodies of waiting work stay on disk."""
         if len(text) <= _PARSED_MAX_TEXT:
             if len(self._parsed) >= _PARSED_MAX_ENTRIES:
                 self._parsed.clear()  # bounded even if unfinished() never prunes it
-            self._parsed[record.request_id] = (text, record)
+            self._parsed[record.request_id] = (text, record.without_body())
 
     def _record(self, request_id: str, text: str) -> InvocationRecord:
         """The record a row holds: the one this journal wrote when the row still holds its
@@ -837,7 +889,12 @@ def _ignore() -> None:
 
 
 def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
-    """The values of a new invocation's row (``text``: the record's JSON)."""
+    """The values of a new invocation's row (``text``: the record's JSON, without the body)."""
+    if not record.body_loaded:
+        raise ValueError(
+            f"SQLiteJournal.accepted: expected invocation {record.request_id} with its body "
+            f"({record.body_size} bytes); got a record without it"
+        )
     return (
         record.request_id,
         record.function,
@@ -847,6 +904,7 @@ def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
         record.next_run_at,
         record.finished_at,
         text,
+        record.body,
     )
 
 
@@ -857,11 +915,11 @@ def _values(rows: Sequence[_Write]) -> list[Any]:
 @functools.cache
 def _insert_sql(rows: int) -> str:
     # No lease yet: lease_owner and lease_expires are NULL.
-    return "INSERT INTO invocations VALUES " + ",".join(["(?,?,?,?,?,?,?,NULL,NULL,?)"] * rows)
+    return "INSERT INTO invocations VALUES " + ",".join(["(?,?,?,?,?,?,?,NULL,NULL,?,?)"] * rows)
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False).encode
 
 
 def _dumps(record: InvocationRecord) -> str:
-    return _encode(record.to_json())
+    return _encode(record.to_json(body=False))
