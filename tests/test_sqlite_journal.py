@@ -1195,3 +1195,45 @@ def test_a_schema_1_file_moves_its_bodies_out_of_the_json(path: Path) -> None:
         ).fetchone()
     assert "body" not in json.loads(text)
     assert body == old.body
+
+
+def test_async_accepts_on_threads_keep_waiting_bodies_on_disk(path: Path) -> None:
+    """handle_async on a ThreadExecutor (as `bgfunctions serve` runs): 40 waiting 250 KB
+    accepts hold under a tenth of their bodies; each attempt then gets its whole body."""
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def handler(request: Request, context: Context) -> None:
+        sizes.append(len(request.body))
+        release.wait(30)
+
+    registry = Registry()
+    registry.add("job-background", handler)
+    journal = SQLiteJournal(path)
+    app = App(registry, executor=ThreadExecutor(journal=journal, max_workers=1))
+    url = "/.netlify/functions/job-background"
+
+    async def accept_all() -> list[str]:
+        rids = []
+        for i in range(WAITING):
+            response = await app.handle_async(Request("POST", url, body=bytes([i]) * BIG))
+            assert response.status == 202
+            rids.append(response.headers["x-nf-request-id"])
+        return rids
+
+    tracemalloc.start()
+    try:
+        app.start()
+        baseline = _retained(0)
+        rids = asyncio.run(accept_all())
+        held = _retained(baseline)
+        release.set()
+        for rid in rids:
+            assert app.executor.get(rid).wait(30).state is State.SUCCEEDED
+    finally:
+        release.set()
+        tracemalloc.stop()
+        app.shutdown()
+        journal.close()
+    assert held < BOUND, f"{held} bytes retained by {WAITING} waiting async accepts"
+    assert sizes == [BIG] * WAITING
