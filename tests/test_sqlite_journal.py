@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import io
 import json
 import os
 import shutil
@@ -14,8 +15,10 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import tracemalloc
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -1237,3 +1240,118 @@ def test_async_accepts_on_threads_keep_waiting_bodies_on_disk(path: Path) -> Non
         journal.close()
     assert held < BOUND, f"{held} bytes retained by {WAITING} waiting async accepts"
     assert sizes == [BIG] * WAITING
+
+
+# -- read-only files ------------------------------------------------------------------------------
+
+
+def _where_permissions_apply(fn: Callable[[], str]) -> str:
+    """``fn()`` where file permissions bind: here, or (root ignores them) in a forked child
+    that becomes ``nobody``; what it returned, or the exception it raised, as text."""
+    if os.geteuid() != 0:
+        try:
+            return fn()
+        except Exception as exc:
+            return f"raised {type(exc).__name__}: {exc}"
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the child
+        pid = os.fork()  # only opens a file and exits
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read_end)
+            os.setgid(65534)
+            os.setuid(65534)
+            out = fn()
+        except BaseException as exc:
+            out = f"raised {type(exc).__name__}: {exc}"
+        os.write(write_end, out.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return data.decode()
+
+
+@pytest.fixture
+def read_only_site() -> Iterator[Path]:
+    """A site whose journal (two invocations) and its directory are read-only."""
+    root = Path(tempfile.mkdtemp())
+    root.chmod(0o755)  # traversable by the unprivileged child
+    site = root / "site"
+    journal_path = site / ".bgfunctions" / "journal.sqlite3"
+    journal_path.parent.mkdir(parents=True)
+    journal = SQLiteJournal(journal_path)
+    journal.accepted(_record("a"))
+    journal.accepted(_record("b", at=1001.0))
+    journal.close()
+    site.chmod(0o755)
+    journal_path.chmod(0o444)
+    journal_path.parent.chmod(0o555)
+    try:
+        yield site
+    finally:
+        journal_path.parent.chmod(0o755)
+        shutil.rmtree(root)
+
+
+def test_a_read_only_journal_is_called_read_only_and_invocations_lists_it(
+    read_only_site: Path,
+) -> None:
+    """Opening a read-only journal to write says it is read-only; `bgfunctions invocations`
+    opens it read-only and lists it, leaving the file and its directory untouched."""
+    from bgfunctions.cli import main
+
+    path = read_only_site / ".bgfunctions" / "journal.sqlite3"
+    before = path.read_bytes()
+
+    def open_for_writing() -> str:
+        SQLiteJournal(path)
+        return "opened"
+
+    def list_invocations() -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            status = main(["invocations", str(read_only_site), "--json"])
+        return f"{status} {out.getvalue()}"
+
+    # Once here first, on a copy: the child (nobody) cannot read the standard library to
+    # import what the command imports on first use.
+    warm_up = read_only_site.with_name("copy")
+    shutil.copytree(read_only_site, warm_up)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["invocations", str(warm_up), "--json"]) == 0
+    refused = _where_permissions_apply(open_for_writing)
+    assert refused.startswith("raised JournalError"), refused
+    assert "read-only" in refused
+    assert "not a readable SQLite database" not in refused
+    listed = _where_permissions_apply(list_invocations)
+    status, _, text = listed.partition(" ")
+    assert status == "0", listed
+    shown = json.loads(text)
+    assert [(r["request_id"], r["body_size"]) for r in shown] == [("b", 256), ("a", 256)]
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["journal.sqlite3"]
+
+
+def test_a_read_only_journal_object_reads_a_live_file_and_takes_no_writes(
+    open_journal: Opener, path: Path
+) -> None:
+    """read_only=True sees what a writer commits meanwhile, refuses writes with
+    JournalUnavailableError, and refuses files it cannot read as a journal."""
+    writer = open_journal()
+    writer.accepted(_record("a"))
+    reader = open_journal(read_only=True)
+    writer.accepted(_record("b", at=1001.0))
+    assert [r.request_id for r in reader.select()] == ["b", "a"]
+    assert reader.get("a") == _record("a")
+    with pytest.raises(JournalUnavailableError, match="read_only=True"):
+        reader.accepted(_record("c"))
+    with pytest.raises(JournalError, match="found none"):
+        open_journal(path=path.with_name("missing.db"), read_only=True)
+    foreign = path.with_name("foreign.db")
+    with contextlib.closing(sqlite3.connect(foreign)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(JournalError, match="another application's database"):
+        open_journal(path=foreign, read_only=True)

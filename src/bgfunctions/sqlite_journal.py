@@ -171,6 +171,9 @@ class SQLiteJournal(Journal):
     :meth:`heartbeat`; finished records older than ``retention`` seconds are pruned; a write
     waits up to ``busy_timeout`` seconds for another process's lock. ``owner`` names this
     journal object in leases (default: host, pid and a random suffix); use one per process.
+    ``read_only=True`` opens an existing journal to read it (``get``, ``select``): it never
+    writes to the file or its directory, so a read-only file can be read; writes then raise
+    :class:`JournalUnavailableError`.
     """
 
     durable = True
@@ -185,6 +188,7 @@ class SQLiteJournal(Journal):
         retention: float = 7 * 86400,
         busy_timeout: float = 5.0,
         owner: str | None = None,
+        read_only: bool = False,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(
@@ -198,6 +202,7 @@ class SQLiteJournal(Journal):
                 f"SQLiteJournal.busy_timeout: expected seconds >= 0; got {busy_timeout!r}"
             )
         self.path = Path(path)
+        self.read_only = read_only
         self.synchronous = synchronous
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.lease = float(lease)
@@ -223,8 +228,11 @@ class SQLiteJournal(Journal):
         # request id -> (the row's text, its record) for unfinished rows this journal wrote, so
         # that the executor's frequent unfinished() polls do not parse JSON they already have.
         self._parsed: dict[str, tuple[str, InvocationRecord]] = {}
-        self._inspect()
-        self._conn = self._open_writer()
+        if read_only:
+            self._conn = self._open_reader_only()  # what would write refuses to (see _commit_one)
+        else:
+            self._inspect()
+            self._conn = self._open_writer()
 
     def __repr__(self) -> str:
         return f"<SQLiteJournal {str(self.path)!r} owner={self.owner!r}>"
@@ -233,6 +241,66 @@ class SQLiteJournal(Journal):
 
     def _refuse(self, why: str) -> JournalError:
         return JournalError(f"SQLiteJournal: refusing {str(self.path)!r}: {why}")
+
+    def _refuse_read_only(self, cause: str) -> JournalError:
+        return self._refuse(
+            f"it is read-only for this process ({cause}); bgfunctions records every "
+            "invocation in it, so make the file and its directory writable, or read it with "
+            "SQLiteJournal(path, read_only=True), as `bgfunctions invocations` does"
+        )
+
+    def _open_reader_only(self) -> sqlite3.Connection:
+        """For ``read_only``: check that the file is a journal this code reads; a connection."""
+        if not self.path.is_file():
+            raise self._refuse("expected an existing journal file to read; found none")
+        with open(self.path, "rb") as f:
+            head = f.read(100)
+        if not head.startswith(_MAGIC):
+            raise self._refuse(
+                f"expected a SQLite database (header {_MAGIC!r}), found {head[:16]!r}"
+            )
+        conn = self._connect_read_only()
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            self._check_identity(app_id, version, objects)
+            if version < SCHEMA_VERSION:
+                raise self._refuse(
+                    f"expected schema version {SCHEMA_VERSION} to read it read-only, found "
+                    f"{version}: open it once for writing (bgfunctions serve) to migrate it"
+                )
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise self._refuse(f"it is not a readable SQLite database ({exc})") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that writes nothing, not even WAL's shared-memory file. Where that file
+        cannot be made (a read-only directory) and no WAL file holds commits, all the data is
+        in the database file, which is then read as immutable."""
+        uri = self.path.resolve().as_uri()
+        conn = self._connect_uri(f"{uri}?mode=ro")
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise self._refuse(
+                    f"cannot read it read-only ({exc}), and its WAL file holds commits that "
+                    "only a connection able to create its -shm file can read"
+                ) from exc
+        return self._connect_uri(f"{uri}?mode=ro&immutable=1")
+
+    def _connect_uri(self, uri: str) -> sqlite3.Connection:
+        return sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+        )
 
     def _inspect(self) -> None:
         """Refuse a file that is not ours before anything could write to it."""
@@ -245,6 +313,8 @@ class SQLiteJournal(Journal):
         else:
             os.close(fd)  # new and empty; SQLite gives -wal/-shm the db file's permissions
             return
+        if not os.access(self.path, os.W_OK):
+            raise self._refuse_read_only("no write permission on the file")
         with open(self.path, "rb") as f:
             head = f.read(100)
         if not head:
@@ -265,6 +335,8 @@ class SQLiteJournal(Journal):
             objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
         except sqlite3.DatabaseError as exc:
+            if "readonly" in str(exc):  # WAL's -shm file cannot be made: a read-only directory
+                raise self._refuse_read_only(str(exc)) from exc
             raise self._refuse(f"it is not a readable SQLite database ({exc})") from exc
         finally:
             conn.close()
@@ -317,6 +389,8 @@ class SQLiteJournal(Journal):
                 raise self._refuse(f"expected to switch it to WAL mode, SQLite answered {mode!r}")
         except sqlite3.Error as exc:
             conn.close()
+            if "readonly" in str(exc):
+                raise self._refuse_read_only(str(exc)) from exc
             raise self._refuse(f"cannot open it for writing ({exc})") from exc
         except BaseException:
             conn.close()
@@ -350,8 +424,8 @@ class SQLiteJournal(Journal):
     def _commit_one(self, write: _Write) -> Any:
         """Queue ``write``, lead the commit or wait for the caller that leads it; its result."""
         with self._cond:
-            if self._closed:
-                raise JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} is closed")
+            if self._closed or self.read_only:
+                raise self._no_writes()
             self._queue.append(write)
             lead = not self._leading
             if lead:
@@ -370,6 +444,10 @@ class SQLiteJournal(Journal):
         if write.error is not None:
             raise write.error
         return write.result
+
+    def _no_writes(self) -> JournalUnavailableError:
+        why = "is closed" if self._closed else "was opened read_only=True: it takes no writes"
+        return JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} {why}")
 
     def _abandon(self, write: _Write) -> None:
         """The caller of ``write`` was interrupted (KeyboardInterrupt, a signal's SystemExit)
@@ -592,8 +670,8 @@ class SQLiteJournal(Journal):
 
         write.on_settle = on_settle
         with self._cond:
-            if self._closed:
-                raise JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} is closed")
+            if self._closed or self.read_only:
+                raise self._no_writes()
             # Before anything is queued: if the thread cannot start, nothing waits for it.
             self._start_committer()
             self._queue.append(write)
@@ -805,8 +883,11 @@ class SQLiteJournal(Journal):
                 raise JournalError(f"SQLiteJournal {str(self.path)!r} is closed")
             conn = self._readers.pop() if self._readers else None
         if conn is None:
-            conn = self._connect()
-            conn.execute("PRAGMA query_only = ON")
+            if self.read_only:
+                conn = self._connect_read_only()
+            else:
+                conn = self._connect()
+                conn.execute("PRAGMA query_only = ON")
         try:
             return conn.execute(sql, args).fetchall()
         except sqlite3.DatabaseError as exc:
