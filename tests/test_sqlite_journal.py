@@ -35,9 +35,11 @@ from bgfunctions import (
     RetryPolicy,
     ThreadExecutor,
     VirtualClock,
+    discover,
 )
 from bgfunctions.errors import JournalError, JournalUnavailableError, NotAcceptedError
 from bgfunctions.invocation import InvocationRecord, Outcome, State
+from bgfunctions.processes import ProcessExecutor
 from bgfunctions.sqlite_journal import APPLICATION_ID, SCHEMA_VERSION, SQLiteJournal
 from bgfunctions.views import record_to_view
 
@@ -1355,3 +1357,36 @@ def test_a_read_only_journal_object_reads_a_live_file_and_takes_no_writes(
         conn.execute("CREATE TABLE t (x)")
     with pytest.raises(JournalError, match="another application's database"):
         open_journal(path=foreign, read_only=True)
+
+
+def test_a_process_executor_over_the_journal_hands_each_attempt_its_body(
+    tmp_path: Path, path: Path
+) -> None:
+    """The process executor keeps no body while work waits, and loads each attempt's body
+    from the journal for the worker process (retries included)."""
+    functions = tmp_path / "functions"
+    functions.mkdir()
+    sizes = tmp_path / "sizes.txt"
+    (functions / "job-background.py").write_text(
+        "def handler(request, context):\n"
+        f"    with open({str(sizes)!r}, 'a') as f:\n"
+        "        f.write(f'{context.attempt} {len(request.body)}\\n')\n"
+        "    if context.attempt == 1:\n"
+        "        raise RuntimeError('the first attempt fails')\n"
+    )
+    journal = SQLiteJournal(path)
+    app = App(
+        discover(functions),
+        executor=ProcessExecutor(journal=journal, max_workers=1),
+        retry=RetryPolicy(delays=(0.01,)),
+    )
+    try:
+        body = os.urandom(BIG)
+        invocation = app.enqueue("job-background", Request("POST", "/x", body=body))
+        assert invocation.record.body_size == BIG
+        assert not invocation.record.body_loaded
+        assert invocation.wait(60).state is State.SUCCEEDED
+    finally:
+        app.shutdown(grace=0)
+        journal.close()
+    assert sizes.read_text().split("\n") == [f"1 {BIG}", f"2 {BIG}", ""]
