@@ -1390,3 +1390,24 @@ def test_a_process_executor_over_the_journal_hands_each_attempt_its_body(
         app.shutdown(grace=0)
         journal.close()
     assert sizes.read_text().split("\n") == [f"1 {BIG}", f"2 {BIG}", ""]
+
+
+def test_replaying_a_waiting_invocation_replays_its_body(path: Path, clock: VirtualClock) -> None:
+    """A waiting invocation's live record has no body; replaying it still sends the body."""
+    bodies: list[bytes] = []
+    registry = Registry()
+    registry.add("job-background", lambda request, context: bodies.append(request.body))
+    journal = SQLiteJournal(path, clock=clock)
+    executor = InlineExecutor(clock=clock, journal=journal)
+    app = App(registry, executor=executor)
+    try:
+        response = app.handle(Request("POST", "/.netlify/functions/job-background", body=b"hi"))
+        rid = response.headers["x-nf-request-id"]
+        assert not app.get(rid).record.body_loaded  # waiting: the body is in the journal
+        again = app.replay(rid)
+        executor.drain()
+        assert again.record.state is State.SUCCEEDED
+    finally:
+        app.shutdown()
+        journal.close()
+    assert bodies == [b"hi", b"hi"]

@@ -340,7 +340,8 @@ class App:
 
     def replay(self, request_id: str) -> Invocation:
         """Run a finished invocation again, as a new invocation with a new request id."""
-        record = self.executor.get(request_id).record
+        # A live record over a durable journal has left its body there.
+        record = self.journal.with_body(self.executor.get(request_id).record)
         function = self.registry[record.function]
         request = Request(
             record.method,
