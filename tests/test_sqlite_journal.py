@@ -9,6 +9,7 @@ import gc
 import io
 import json
 import os
+import select
 import shutil
 import signal
 import sqlite3
@@ -1271,7 +1272,11 @@ def _where_permissions_apply(fn: Callable[[], str]) -> str:
         os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as f:
-        data = f.read()
+        # Bounded: a child stuck on a lock some thread held at the fork must not hang the run.
+        ready, _, _ = select.select([f], [], [], 30.0)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        data = f.read() if ready else b"the child gave no answer within 30 s"
     os.waitpid(pid, 0)
     return data.decode()
 
