@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -101,3 +102,31 @@ def test_a_subclass_stays_itself_through_every_transition() -> None:
     assert isinstance(ended, _Tagged)
     assert ended.tag() == "f#1"
     assert ended.state is State.RETRY_SCHEDULED
+
+
+def test_a_record_keeps_its_body_size_without_its_body() -> None:
+    """body_size is the body's length, kept when the body is left out; with_body checks it."""
+    record = _record(b"12345", {})
+    assert (record.body_size, record.body_loaded) == (5, True)
+    bare = record.without_body()
+    assert (bare.body, bare.body_size, bare.body_loaded) == (b"", 5, False)
+    assert bare.start_attempt(101.0).body_size == 5  # the state machine's copies keep it
+    assert bare.with_body(b"12345") == record
+    with pytest.raises(ValueError, match="expected a body of 5 bytes; got 3"):
+        bare.with_body(b"123")
+    with pytest.raises(ValueError, match="body_size is 2 but the body has 5 bytes"):
+        dataclasses.replace(record, body_size=2)
+    empty = _record(b"", {})
+    assert (empty.body_size, empty.body_loaded, empty.without_body()) == (0, True, empty)
+
+
+def test_json_without_the_body_and_json_from_before_body_size() -> None:
+    """to_json(body=False) leaves the body out but keeps its size; JSON written before
+    body_size existed reads back with the size of its body."""
+    record = _record(b"12345", {})
+    data = record.to_json(body=False)
+    assert "body" not in data
+    assert InvocationRecord.from_json(data) == record.without_body()
+    old = record.to_json()
+    del old["body_size"]
+    assert InvocationRecord.from_json(old) == record

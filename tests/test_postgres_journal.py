@@ -6,6 +6,7 @@ Runs against the PostgreSQL on loopback (``BGFUNCTIONS_TEST_POSTGRES_DSN``, else
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import socket
@@ -18,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from bgfunctions import App, Context, InlineExecutor, Registry, Request, RetryPolicy, VirtualClock
 from bgfunctions.contrib.postgres import SCHEMA_VERSION, PostgresJournal
@@ -172,10 +174,12 @@ def test_records_round_trip_through_the_table(open_journal: Opener) -> None:
     assert other.get("b") == done
     assert other.get("missing") is None
     assert [r.request_id for r in other.select()] == ["b", "a"]
-    assert other.select(function="other") == [done]
-    assert other.select(state=State.RETRY_SCHEDULED) == [failed]
-    assert other.select(state=[State.SUCCEEDED, State.RETRY_SCHEDULED], limit=1) == [done]
-    assert other.unfinished() == [failed]
+    # Listings leave bodies out (their size stays); get() has the whole record.
+    assert other.select(function="other") == [done.without_body()]
+    assert other.select(state=State.RETRY_SCHEDULED) == [failed.without_body()]
+    both = [State.SUCCEEDED, State.RETRY_SCHEDULED]
+    assert other.select(state=both, limit=1) == [done.without_body()]
+    assert other.unfinished() == [failed.without_body()]
 
 
 def test_select_newest_first_and_unfinished_oldest_first(open_journal: Opener) -> None:
@@ -231,6 +235,63 @@ def test_nul_characters_are_stored_as_replacement_characters(open_journal: Opene
 
 
 # -- the schema ------------------------------------------------------------------------------
+
+
+def test_listing_reads_no_body_and_an_attempt_loads_it(open_journal: Opener) -> None:
+    """select() and unfinished() carry body_size without the body; get() and with_body()
+    return the body whole; the body never rides along in the JSONB."""
+    journal = open_journal()
+    big = dataclasses.replace(_record("big"), body=os.urandom(250_000), body_size=250_000)
+    journal.accepted(big)
+    listed = journal.select() + journal.unfinished()
+    assert [(r.body, r.body_size, r.body_loaded) for r in listed] == [(b"", 250_000, False)] * 2
+    assert journal.get("big") == big
+    assert journal.with_body(listed[0]) == big
+    assert journal.body("missing") is None
+    with pytest.raises(ValueError, match="without it"):
+        journal.accepted(dataclasses.replace(big, request_id="other").without_body())
+
+
+def test_a_schema_1_table_moves_its_bodies_out_of_the_json(
+    open_journal: Opener, dsn: str, table: str
+) -> None:
+    """A table of schema 1 (bodies base64 in the JSONB) is migrated on first use: the bodies
+    move to their own column, listings carry body_size, get() returns the same body."""
+    old = _record("old")
+    data = old.to_json()
+    del data["body_size"]  # schema 1's records had no body_size
+    empty = dataclasses.replace(_record("empty"), body=b"", body_size=0)
+    empty_data = empty.to_json()
+    del empty_data["body_size"]
+    _query(dsn, f"CREATE TABLE {table}_meta (key TEXT PRIMARY KEY, value TEXT)")
+    _query(dsn, f"INSERT INTO {table}_meta VALUES ('schema_version', '1')")
+    _query(
+        dsn,
+        f"CREATE TABLE {table} (seq BIGINT GENERATED ALWAYS AS IDENTITY, request_id TEXT "
+        "PRIMARY KEY, function TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL, "
+        "accepted_at DOUBLE PRECISION NOT NULL, next_run_at DOUBLE PRECISION, finished_at "
+        "DOUBLE PRECISION, lease_owner TEXT, lease_expires DOUBLE PRECISION, record JSONB "
+        "NOT NULL)",
+    )
+    for record, doc in ((old, data), (empty, empty_data)):
+        _query(
+            dsn,
+            f"INSERT INTO {table} (request_id, function, state, attempts, accepted_at, "
+            "next_run_at, record) VALUES (%s, %s, 'accepted', 0, %s, %s, %s)",
+            record.request_id,
+            record.function,
+            record.accepted_at,
+            record.next_run_at,
+            Jsonb(doc),
+        )
+    journal = open_journal()
+    assert journal.get("old") == old
+    assert journal.get("empty") == empty
+    assert journal.unfinished() == [old.without_body(), empty]
+    version = _query(dsn, f"SELECT value FROM {table}_meta WHERE key = 'schema_version'")
+    assert version == [(str(SCHEMA_VERSION),)]
+    stored = _query(dsn, f"SELECT record ? 'body', body FROM {table} WHERE request_id = 'old'")
+    assert stored == [(False, old.body)]
 
 
 def test_schema_is_created_on_first_use_and_versioned(
@@ -369,7 +430,7 @@ def test_expired_lease_is_taken_over_once(open_journal: Opener, clock: VirtualCl
     assert two.expire_leases() == []
     clock.advance(2.0)
     taken = two.expire_leases()
-    assert taken == [started]
+    assert taken == [started.without_body()]
     assert taken[0].state is State.RUNNING
     assert three.expire_leases() == []
     one.attempt_ended(started.end_attempt(clock.now(), Outcome.SUCCEEDED, RETRY))

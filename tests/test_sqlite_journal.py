@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import gc
+import io
+import json
 import os
+import select
 import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
+import tracemalloc
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,10 +36,13 @@ from bgfunctions import (
     RetryPolicy,
     ThreadExecutor,
     VirtualClock,
+    discover,
 )
 from bgfunctions.errors import JournalError, JournalUnavailableError, NotAcceptedError
 from bgfunctions.invocation import InvocationRecord, Outcome, State
+from bgfunctions.processes import ProcessExecutor
 from bgfunctions.sqlite_journal import APPLICATION_ID, SCHEMA_VERSION, SQLiteJournal
+from bgfunctions.views import record_to_view
 
 RETRY = RetryPolicy()
 Opener = Callable[..., SQLiteJournal]
@@ -125,10 +136,13 @@ def test_records_round_trip_through_the_file(open_journal: Opener, path: Path) -
     assert reopened.get("missing") is None
     assert failed.body == bytes(range(256))
     assert [r.request_id for r in reopened.select()] == ["b", "a"]
-    assert reopened.select(function="other") == [done]
-    assert reopened.select(state=State.RETRY_SCHEDULED) == [failed]
-    assert reopened.select(state=[State.SUCCEEDED, State.RETRY_SCHEDULED], limit=1) == [done]
-    assert reopened.unfinished() == [failed]
+    # Listings leave bodies out (their size stays); get() has the whole record.
+    assert reopened.select(function="other") == [done.without_body()]
+    assert reopened.select(state=State.RETRY_SCHEDULED) == [failed.without_body()]
+    both = [State.SUCCEEDED, State.RETRY_SCHEDULED]
+    assert reopened.select(state=both, limit=1) == [done.without_body()]
+    assert reopened.unfinished() == [failed.without_body()]
+    assert reopened.unfinished()[0].body_size == 256
 
 
 def test_select_newest_first_and_unfinished_oldest_first(
@@ -361,16 +375,16 @@ def test_a_row_another_journal_changed_is_read_as_it_is_now(open_journal: Opener
     accepted = _record("a")
     one.accepted(accepted)
     assert one.get("a") == accepted
-    assert one.unfinished() == [accepted]
+    assert one.unfinished() == [accepted.without_body()]
     started = accepted.start_attempt(1001.0)
     assert two.attempt_started(started)
     assert one.get("a") == started
-    assert one.unfinished() == [started]
+    assert one.unfinished() == [started.without_body()]
     done = started.end_attempt(1002.0, Outcome.SUCCEEDED, RETRY)
     two.finished(done)
     assert one.get("a") == done
     assert one.unfinished() == []
-    assert one.select() == [done]
+    assert one.select() == [done.without_body()]
 
 
 def test_a_stale_or_cancelled_record_is_not_claimed(open_journal: Opener) -> None:
@@ -403,7 +417,7 @@ def test_expired_lease_is_taken_over_once(open_journal: Opener, clock: VirtualCl
     assert two.expire_leases() == []
     clock.advance(2.0)
     taken = two.expire_leases()
-    assert taken == [started]
+    assert taken == [started.without_body()]
     assert taken[0].state is State.RUNNING
     assert three.expire_leases() == []  # two holds a fresh lease now
     one.attempt_ended(started.end_attempt(clock.now(), Outcome.SUCCEEDED, RETRY))
@@ -660,7 +674,7 @@ def test_disk_full_is_unavailable_then_recovers(open_journal: Opener, path: Path
     journal.accepted(_record("before"))
     pages = journal._execute_for_tests("PRAGMA page_count")[0][0]
     journal._execute_for_tests(f"PRAGMA max_page_count = {pages}")
-    big = dataclasses.replace(_record("big"), body=os.urandom(200_000))
+    big = dataclasses.replace(_record("big"), body=os.urandom(200_000), body_size=200_000)
     with pytest.raises(JournalUnavailableError, match="full") as info:
         journal.accepted(big)
     assert isinstance(info.value, NotAcceptedError)
@@ -837,6 +851,40 @@ def test_unavailable_journal_makes_the_app_answer_503(path: Path, clock: Virtual
     finally:
         app.shutdown()
         journal.close()
+
+
+def test_a_503_shows_the_client_no_path_or_sqlite_error_and_logs_them(
+    path: Path, clock: VirtualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 503 body is a generic text with the request id; the path and SQLite's error are logged."""
+    registry = Registry()
+    registry.add("job-background", lambda request, context: None)
+    journal = SQLiteJournal(path, clock=clock)
+    app = App(registry, executor=InlineExecutor(clock=clock, journal=journal))
+    try:
+        journal._execute_for_tests("PRAGMA query_only = ON")
+        with caplog.at_level("WARNING", logger="bgfunctions.app"):
+            response = app.handle(Request("POST", "/.netlify/functions/job-background"))
+            async_response = asyncio.run(
+                app.handle_async(Request("POST", "/.netlify/functions/job-background"))
+            )
+    finally:
+        app.shutdown()
+        journal.close()
+    for answer in (response, async_response):
+        assert answer.status == 503
+        text = answer.body.decode()
+        rid = answer.headers["x-nf-request-id"]
+        assert rid in text
+        assert str(path) not in text
+        assert path.name not in text
+        assert "readonly" not in text
+        assert "SQLite" not in text
+        assert "query_only" not in text
+        logged = [r.getMessage() for r in caplog.records if rid in r.getMessage()]
+        assert len(logged) == 1
+        assert str(path) in logged[0]
+        assert "readonly" in logged[0]
 
 
 def _thread_app(
@@ -1021,3 +1069,350 @@ def test_a_restarted_app_runs_what_a_dead_one_accepted(path: Path, clock: Virtua
     finally:
         app.shutdown()
         journal.close()
+
+
+# -- bodies of waiting work stay on disk ---------------------------------------------------------
+
+BIG = 250_000  # a body near the background limit (262,144 bytes)
+WAITING = 40  # 10 MB of bodies
+BOUND = WAITING * BIG // 10  # what may be retained: a tenth of the bodies, far above the records
+
+
+def _retained(baseline: int) -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0] - baseline
+
+
+def test_waiting_bodies_stay_in_the_journal_and_each_attempt_loads_its_own(
+    path: Path, clock: VirtualClock
+) -> None:
+    """40 waiting 250 KB invocations hold under a tenth of their bodies in memory, after a
+    restart and between retries too; every attempt gets its whole body."""
+    seen: list[tuple[int, int]] = []
+
+    def handler(request: Request, context: Context) -> None:
+        seen.append((context.attempt, len(request.body)))
+        if context.attempt == 1:
+            raise RuntimeError("the first attempt fails")
+
+    registry = Registry()
+    registry.add("job-background", handler)
+    url = "/.netlify/functions/job-background"
+    tracemalloc.start()
+    try:
+        baseline = _retained(0)
+        journal = SQLiteJournal(path, clock=clock)
+        app = App(registry, executor=InlineExecutor(clock=clock, journal=journal))
+        for i in range(WAITING):
+            response = app.handle(Request("POST", url, body=bytes([i]) * BIG))
+            assert response.status == 202
+        accepted = _retained(baseline)
+        app.shutdown()
+        journal.close()
+
+        # A restart takes the backlog over without reading its bodies.
+        journal = SQLiteJournal(path, clock=clock, owner="restarted")
+        executor = InlineExecutor(clock=clock, journal=journal)
+        app = App(registry, executor=executor)
+        baseline = _retained(0)
+        app.start()
+        assert executor.stats().pending == WAITING
+        recovered = _retained(baseline)
+        executor.run_until(clock.now() + 1.0)  # attempt 1 of each: it fails, a retry waits
+        assert len(seen) == WAITING
+        assert {r.state for r in journal.select()} == {State.RETRY_SCHEDULED}
+        retrying = _retained(baseline)
+        executor.drain()
+        app.shutdown()
+        journal.close()
+    finally:
+        tracemalloc.stop()
+    assert accepted < BOUND, f"{accepted} bytes retained by {WAITING} waiting invocations"
+    assert recovered < BOUND, f"{recovered} bytes retained after recovering {WAITING}"
+    assert retrying < BOUND, f"{retrying} bytes retained by {WAITING} scheduled retries"
+    assert sorted(seen) == [(1, BIG)] * WAITING + [(2, BIG)] * WAITING
+
+
+def test_listing_records_reads_no_body(open_journal: Opener) -> None:
+    """select() and unfinished() return body_size without the body, and never hold the bodies
+    in memory; get() and with_body() return it whole; the view shows the stored size."""
+    journal = open_journal()
+    for i in range(WAITING):
+        record = _record(f"r{i}", at=1000.0 + i)
+        journal.accepted(dataclasses.replace(record, body=bytes([i]) * BIG, body_size=BIG))
+    tracemalloc.start()
+    try:
+        listed = journal.select(limit=WAITING)
+        waiting = journal.unfinished()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < BOUND, f"listing {WAITING} records peaked at {peak} bytes"
+    assert len(listed) == len(waiting) == WAITING
+    for record in listed + waiting:
+        assert record.body == b""
+        assert record.body_size == BIG
+        assert not record.body_loaded
+        assert record_to_view(record)["body_size"] == BIG
+    whole = journal.get("r3")
+    assert whole is not None
+    assert whole.body == bytes([3]) * BIG
+    assert journal.with_body(waiting[3]) == whole
+    assert journal.body("r3") == whole.body
+    assert journal.body("missing") is None
+
+
+def test_a_schema_1_file_moves_its_bodies_out_of_the_json(path: Path) -> None:
+    """A file of schema 1 (bodies inside the JSON) is migrated on open: bodies move to their
+    own column, listings carry body_size, get() returns the same body."""
+    old = _record("old")
+    data = old.to_json()
+    del data["body_size"]  # schema 1's records had no body_size
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE invocations (
+                request_id TEXT PRIMARY KEY NOT NULL, function TEXT NOT NULL,
+                state TEXT NOT NULL, attempts INTEGER NOT NULL, accepted_at REAL NOT NULL,
+                next_run_at REAL, finished_at REAL, lease_owner TEXT, lease_expires REAL,
+                record TEXT NOT NULL
+            );
+            """
+        )
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute(
+            "INSERT INTO invocations VALUES (?, ?, 'accepted', 0, ?, ?, NULL, NULL, NULL, ?)",
+            ("old", old.function, old.accepted_at, old.next_run_at, json.dumps(data)),
+        )
+    journal = SQLiteJournal(path)
+    try:
+        assert journal.get("old") == old
+        assert journal.unfinished() == [old.without_body()]
+        assert journal.unfinished()[0].body_size == len(old.body)
+        journal.accepted(_record("new"))
+        assert journal.get("new") == _record("new")
+    finally:
+        journal.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        text, body = conn.execute(
+            "SELECT record, body FROM invocations WHERE request_id = 'old'"
+        ).fetchone()
+    assert "body" not in json.loads(text)
+    assert body == old.body
+
+
+def test_async_accepts_on_threads_keep_waiting_bodies_on_disk(path: Path) -> None:
+    """handle_async on a ThreadExecutor (as `bgfunctions serve` runs): 40 waiting 250 KB
+    accepts hold under a tenth of their bodies; each attempt then gets its whole body."""
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def handler(request: Request, context: Context) -> None:
+        sizes.append(len(request.body))
+        release.wait(30)
+
+    registry = Registry()
+    registry.add("job-background", handler)
+    journal = SQLiteJournal(path)
+    app = App(registry, executor=ThreadExecutor(journal=journal, max_workers=1))
+    url = "/.netlify/functions/job-background"
+
+    async def accept_all() -> list[str]:
+        rids = []
+        for i in range(WAITING):
+            response = await app.handle_async(Request("POST", url, body=bytes([i]) * BIG))
+            assert response.status == 202
+            rids.append(response.headers["x-nf-request-id"])
+        return rids
+
+    tracemalloc.start()
+    try:
+        app.start()
+        baseline = _retained(0)
+        rids = asyncio.run(accept_all())
+        held = _retained(baseline)
+        release.set()
+        for rid in rids:
+            assert app.executor.get(rid).wait(30).state is State.SUCCEEDED
+    finally:
+        release.set()
+        tracemalloc.stop()
+        app.shutdown()
+        journal.close()
+    assert held < BOUND, f"{held} bytes retained by {WAITING} waiting async accepts"
+    assert sizes == [BIG] * WAITING
+
+
+# -- read-only files ------------------------------------------------------------------------------
+
+
+def _where_permissions_apply(fn: Callable[[], str]) -> str:
+    """``fn()`` where file permissions bind: here, or (root ignores them) in a forked child
+    that becomes ``nobody``; what it returned, or the exception it raised, as text."""
+    if os.geteuid() != 0:
+        try:
+            return fn()
+        except Exception as exc:
+            return f"raised {type(exc).__name__}: {exc}"
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the child
+        pid = os.fork()  # only opens a file and exits
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read_end)
+            os.setgid(65534)
+            os.setuid(65534)
+            out = fn()
+        except BaseException as exc:
+            out = f"raised {type(exc).__name__}: {exc}"
+        os.write(write_end, out.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        # Bounded: a child stuck on a lock some thread held at the fork must not hang the run.
+        ready, _, _ = select.select([f], [], [], 30.0)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        data = f.read() if ready else b"the child gave no answer within 30 s"
+    os.waitpid(pid, 0)
+    return data.decode()
+
+
+@pytest.fixture
+def read_only_site() -> Iterator[Path]:
+    """A site whose journal (two invocations) and its directory are read-only."""
+    root = Path(tempfile.mkdtemp())
+    root.chmod(0o755)  # traversable by the unprivileged child
+    site = root / "site"
+    journal_path = site / ".bgfunctions" / "journal.sqlite3"
+    journal_path.parent.mkdir(parents=True)
+    journal = SQLiteJournal(journal_path)
+    journal.accepted(_record("a"))
+    journal.accepted(_record("b", at=1001.0))
+    journal.close()
+    site.chmod(0o755)
+    journal_path.chmod(0o444)
+    journal_path.parent.chmod(0o555)
+    try:
+        yield site
+    finally:
+        journal_path.parent.chmod(0o755)
+        shutil.rmtree(root)
+
+
+def test_a_read_only_journal_is_called_read_only_and_invocations_lists_it(
+    read_only_site: Path,
+) -> None:
+    """Opening a read-only journal to write says it is read-only; `bgfunctions invocations`
+    opens it read-only and lists it, leaving the file and its directory untouched."""
+    from bgfunctions.cli import main
+
+    path = read_only_site / ".bgfunctions" / "journal.sqlite3"
+    before = path.read_bytes()
+
+    def open_for_writing() -> str:
+        SQLiteJournal(path)
+        return "opened"
+
+    def list_invocations() -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            status = main(["invocations", str(read_only_site), "--json"])
+        return f"{status} {out.getvalue()}"
+
+    # Once here first, on a copy: the child (nobody) cannot read the standard library to
+    # import what the command imports on first use.
+    warm_up = read_only_site.with_name("copy")
+    shutil.copytree(read_only_site, warm_up)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["invocations", str(warm_up), "--json"]) == 0
+    refused = _where_permissions_apply(open_for_writing)
+    assert refused.startswith("raised JournalError"), refused
+    assert "read-only" in refused
+    assert "not a readable SQLite database" not in refused
+    listed = _where_permissions_apply(list_invocations)
+    status, _, text = listed.partition(" ")
+    assert status == "0", listed
+    shown = json.loads(text)
+    assert [(r["request_id"], r["body_size"]) for r in shown] == [("b", 256), ("a", 256)]
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["journal.sqlite3"]
+
+
+def test_a_read_only_journal_object_reads_a_live_file_and_takes_no_writes(
+    open_journal: Opener, path: Path
+) -> None:
+    """read_only=True sees what a writer commits meanwhile, refuses writes with
+    JournalUnavailableError, and refuses files it cannot read as a journal."""
+    writer = open_journal()
+    writer.accepted(_record("a"))
+    reader = open_journal(read_only=True)
+    writer.accepted(_record("b", at=1001.0))
+    assert [r.request_id for r in reader.select()] == ["b", "a"]
+    assert reader.get("a") == _record("a")
+    with pytest.raises(JournalUnavailableError, match="read_only=True"):
+        reader.accepted(_record("c"))
+    with pytest.raises(JournalError, match="found none"):
+        open_journal(path=path.with_name("missing.db"), read_only=True)
+    foreign = path.with_name("foreign.db")
+    with contextlib.closing(sqlite3.connect(foreign)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(JournalError, match="another application's database"):
+        open_journal(path=foreign, read_only=True)
+
+
+def test_a_process_executor_over_the_journal_hands_each_attempt_its_body(
+    tmp_path: Path, path: Path
+) -> None:
+    """The process executor keeps no body while work waits, and loads each attempt's body
+    from the journal for the worker process (retries included)."""
+    functions = tmp_path / "functions"
+    functions.mkdir()
+    sizes = tmp_path / "sizes.txt"
+    (functions / "job-background.py").write_text(
+        "def handler(request, context):\n"
+        f"    with open({str(sizes)!r}, 'a') as f:\n"
+        "        f.write(f'{context.attempt} {len(request.body)}\\n')\n"
+        "    if context.attempt == 1:\n"
+        "        raise RuntimeError('the first attempt fails')\n"
+    )
+    journal = SQLiteJournal(path)
+    app = App(
+        discover(functions),
+        executor=ProcessExecutor(journal=journal, max_workers=1),
+        retry=RetryPolicy(delays=(0.01,)),
+    )
+    try:
+        body = os.urandom(BIG)
+        invocation = app.enqueue("job-background", Request("POST", "/x", body=body))
+        assert invocation.record.body_size == BIG
+        assert not invocation.record.body_loaded
+        assert invocation.wait(60).state is State.SUCCEEDED
+    finally:
+        app.shutdown(grace=0)
+        journal.close()
+    assert sizes.read_text().split("\n") == [f"1 {BIG}", f"2 {BIG}", ""]
+
+
+def test_replaying_a_waiting_invocation_replays_its_body(path: Path, clock: VirtualClock) -> None:
+    """A waiting invocation's live record has no body; replaying it still sends the body."""
+    bodies: list[bytes] = []
+    registry = Registry()
+    registry.add("job-background", lambda request, context: bodies.append(request.body))
+    journal = SQLiteJournal(path, clock=clock)
+    executor = InlineExecutor(clock=clock, journal=journal)
+    app = App(registry, executor=executor)
+    try:
+        response = app.handle(Request("POST", "/.netlify/functions/job-background", body=b"hi"))
+        rid = response.headers["x-nf-request-id"]
+        assert not app.get(rid).record.body_loaded  # waiting: the body is in the journal
+        again = app.replay(rid)
+        executor.drain()
+        assert again.record.state is State.SUCCEEDED
+    finally:
+        app.shutdown()
+        journal.close()
+    assert bodies == [b"hi", b"hi"]

@@ -260,7 +260,7 @@ class App:
             try:
                 await self.executor.submit_async(record, request)
             except NotAcceptedError as exc:
-                return _unavailable(exc)
+                return _unavailable(exc, request_id)
             return Response._trusted(202, [("x-nf-request-id", request_id)])
         try:
             response = await self.executor.call_async(function, request, params, request_id)
@@ -287,7 +287,7 @@ class App:
 
     def _sync_failed(self, exc: Exception, function: Function, request_id: str) -> Response:
         if isinstance(exc, NotAcceptedError):
-            return _unavailable(exc)
+            return _unavailable(exc, request_id)
         return self._failed(function, request_id)
 
     def _accept(
@@ -296,7 +296,7 @@ class App:
         try:
             self.executor.submit(self._record(function, request, params, request_id), request)
         except NotAcceptedError as exc:
-            return _unavailable(exc)
+            return _unavailable(exc, request_id)
         return Response._trusted(202, [("x-nf-request-id", request_id)])
 
     def _record(
@@ -352,7 +352,8 @@ class App:
 
     def replay(self, request_id: str) -> Invocation:
         """Run a finished invocation again, as a new invocation with a new request id."""
-        record = self.executor.get(request_id).record
+        # A live record over a durable journal has left its body there.
+        record = self.journal.with_body(self.executor.get(request_id).record)
         function = self.registry[record.function]
         request = Request(
             record.method,
@@ -385,9 +386,16 @@ def _too_large(request: Request, resolution: Resolution) -> Response | None:
     )
 
 
-def _unavailable(exc: NotAcceptedError) -> Response:
+def _unavailable(exc: NotAcceptedError, request_id: str) -> Response:
+    # The reason may name the journal's path and a database error: it goes to the log, and the
+    # client gets a generic text with the request id that finds that log line.
+    log.warning("request %s not accepted (503): %s", request_id, exc)
     return Response.text(
-        f"Service Unavailable: {exc}\n",
+        f"Service Unavailable: the request was not accepted; try again later "
+        f"(request id {request_id})\n",
         status=503,
-        headers={"retry-after": str(max(1, round(exc.retry_after)))},
+        headers={
+            "retry-after": str(max(1, round(exc.retry_after))),
+            "x-nf-request-id": request_id,
+        },
     )

@@ -519,8 +519,11 @@ def _add_journal_option(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _existing_journal(value: str | None, site: Path) -> Iterator[Journal]:
+def _existing_journal(
+    value: str | None, site: Path, *, read_only: bool = False
+) -> Iterator[Journal]:
     from bgfunctions.devserver import open_sqlite_journal
+    from bgfunctions.sqlite_journal import SQLiteJournal
 
     path = _journal_path(value, site)
     if path is None:
@@ -529,7 +532,8 @@ def _existing_journal(value: str | None, site: Path) -> Iterator[Journal]:
         raise _CommandError(
             f"no journal at {path}: `bgfunctions serve {site}` records invocations there"
         )
-    journal = open_sqlite_journal(path)
+    # Read-only: listing works on a file this user cannot write, and writes nothing to it.
+    journal = SQLiteJournal(path, read_only=True) if read_only else open_sqlite_journal(path)
     try:
         yield journal
     finally:
@@ -574,7 +578,7 @@ def _cmd_invocations(args: argparse.Namespace) -> int:
 
     site = Path(args.site_dir)
     states = None if args.state is None else [State(s) for s in args.state]
-    with _existing_journal(args.journal, site) as journal:
+    with _existing_journal(args.journal, site, read_only=True) as journal:
         records = journal.select(function=args.function, state=states, limit=args.limit)
     if args.json:
         json.dump([record_to_view(r) for r in records], sys.stdout, indent=2)

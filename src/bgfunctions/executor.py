@@ -215,7 +215,7 @@ class Executor(ABC):
             self._live.pop(record.request_id, None)
             raise
         self._emit(EventKind.ACCEPTED, record)
-        self._dispatch(record)
+        self._dispatch(handle.record)
         return handle
 
     def _admit(
@@ -227,7 +227,11 @@ class Executor(ABC):
         self._check_accepting()
         if record.next_run_at is None:
             record = dataclasses.replace(record, next_run_at=record.accepted_at)
-        handle = Invocation(self, record, request)
+        if self.journal.durable:
+            # The body waits in the journal, not here: each attempt loads it (_attempt_inputs).
+            handle = Invocation(self, record.without_body())
+        else:
+            handle = Invocation(self, record, request)
         # One dict store is atomic; taking self._lock here would make the accepting thread
         # queue behind workers that hold it (a lock convoy under the GIL).
         self._live[record.request_id] = handle
@@ -265,7 +269,7 @@ class Executor(ABC):
             if error is None:
                 try:
                     self._emit(EventKind.ACCEPTED, record)
-                    self._dispatch(record)
+                    self._dispatch(handle.record)
                 except Exception as exc:
                     error = exc
             else:
@@ -436,7 +440,7 @@ class Executor(ABC):
                 return function, handle._request, context, timeout
         request = handle._request if handle is not None else None
         if request is None:
-            request = record_request(started)
+            request = record_request(self.journal.with_body(started))
         context = make_context(
             function,
             request,
@@ -449,7 +453,8 @@ class Executor(ABC):
             site=self.binding.site,
         )
         if handle is not None:
-            handle._request = request
+            if not self.journal.durable:  # else the body stays in the journal between attempts
+                handle._request = request
             handle._context = (function, context)
         return function, request, context, timeout
 

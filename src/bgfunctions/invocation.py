@@ -171,6 +171,10 @@ class InvocationRecord:
     headers: tuple[tuple[str, str], ...] = ()
     """The request headers as (lower-cased name, value) pairs, in order."""
     body: bytes = b""
+    """The request body, or ``b""`` when it is not loaded (see :attr:`body_loaded`)."""
+    body_size: int = -1
+    """The body's length in bytes, kept even when the body is not loaded; by default
+    ``len(body)``."""
     client: str | None = None
     """The peer address the request came from."""
     params: Mapping[str, str] = field(default_factory=dict)
@@ -184,6 +188,36 @@ class InvocationRecord:
     finished_at: float | None = None
     replay_of: str | None = None
     """The request id of the invocation this one replays, if any."""
+
+    def __post_init__(self) -> None:
+        size = len(self.body)
+        if self.body_size < 0:
+            object.__setattr__(self, "body_size", size)
+        elif size and size != self.body_size:
+            raise ValueError(
+                f"invocation {self.request_id}: body_size is {self.body_size} but the body "
+                f"has {size} bytes; expected equal sizes, or an empty body (not loaded)"
+            )
+
+    @property
+    def body_loaded(self) -> bool:
+        """False when the body stays in a durable journal and ``body`` is ``b""``: records
+        that executors keep while invocations wait, and those listed by ``select``, carry
+        only :attr:`body_size`. ``Journal.with_body`` loads it."""
+        return len(self.body) == self.body_size
+
+    def without_body(self) -> InvocationRecord:
+        """This record with the body left out (its ``body_size`` kept)."""
+        return _evolve(self, body=b"") if self.body else self
+
+    def with_body(self, body: bytes) -> InvocationRecord:
+        """This record with ``body`` loaded; ValueError unless it has ``body_size`` bytes."""
+        if len(body) != self.body_size:
+            raise ValueError(
+                f"invocation {self.request_id}: expected a body of {self.body_size} bytes; "
+                f"got {len(body)}"
+            )
+        return _evolve(self, body=body) if body else self
 
     @classmethod
     def of_request(
@@ -220,6 +254,7 @@ class InvocationRecord:
             request.url,
             tuple(request.headers.raw),
             request.body,
+            len(request.body),
             request.client,
             params,
             accepted_at,
@@ -284,15 +319,16 @@ class InvocationRecord:
 
     # -- JSON ------------------------------------------------------------------------------------
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict (the body is base64)."""
-        return {
+    def to_json(self, *, body: bool = True) -> dict[str, Any]:
+        """A JSON-able dict (the body is base64); ``body=False`` leaves the body out, as
+        durable journals store it in a column of its own (``body_size`` is always there)."""
+        data: dict[str, Any] = {
             "request_id": self.request_id,
             "function": self.function,
             "method": self.method,
             "url": self.url,
             "headers": [list(pair) for pair in self.headers],
-            "body": base64.b64encode(self.body).decode("ascii"),
+            "body_size": self.body_size,
             "client": self.client,
             "params": dict(self.params),
             "accepted_at": self.accepted_at,
@@ -302,6 +338,9 @@ class InvocationRecord:
             "finished_at": self.finished_at,
             "replay_of": self.replay_of,
         }
+        if body:
+            data["body"] = base64.b64encode(self.body).decode("ascii")
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> InvocationRecord:
@@ -313,6 +352,7 @@ class InvocationRecord:
             url=str(data["url"]),
             headers=tuple((str(k), str(v)) for k, v in data.get("headers", ())),
             body=base64.b64decode(data.get("body", "")),
+            body_size=int(data.get("body_size", -1)),  # absent before body_size existed
             client=data.get("client"),
             params={str(k): str(v) for k, v in data.get("params", {}).items()},
             accepted_at=float(data["accepted_at"]),
@@ -344,6 +384,7 @@ _accepted: Callable[..., InvocationRecord] = _copier(
         "url",
         "headers",
         "body",
+        "body_size",
         "client",
         "params",
         "accepted_at",

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from bgfunctions.errors import JournalError
 from bgfunctions.invocation import InvocationRecord, State
 
 __all__ = ["Journal", "MemoryJournal"]
@@ -69,6 +70,30 @@ class Journal(ABC):
     @abstractmethod
     def get(self, request_id: str) -> InvocationRecord | None:
         """The record with this request id, or None."""
+
+    def body(self, request_id: str) -> bytes | None:
+        """The request body of invocation ``request_id``, or None when it is unknown.
+
+        Durable journals keep bodies apart from the rest of the record: ``select``,
+        ``unfinished`` and ``expire_leases`` return records without them (``body_loaded``
+        False, ``body_size`` set), and an executor loads the body only when an attempt starts.
+        """
+        record = self.get(request_id)
+        return None if record is None else record.body
+
+    def with_body(self, record: InvocationRecord) -> InvocationRecord:
+        """``record`` with its body loaded from the journal (itself when it carries it)."""
+        if record.body_loaded:
+            return record
+        body = self.body(record.request_id)
+        if body is None or len(body) != record.body_size:
+            found = "no row" if body is None else f"{len(body)} bytes"
+            raise JournalError(
+                f"{type(self).__name__}.with_body: expected the body of invocation "
+                f"{record.request_id} ({record.function}), {record.body_size} bytes; "
+                f"found {found}"
+            )
+        return record.with_body(body)
 
     @abstractmethod
     def select(

@@ -238,12 +238,16 @@ class ProcessExecutor(ThreadExecutor):
                 ),
                 None,
             )
+        try:
+            loaded = self.journal.with_body(record)  # a durable journal keeps it until now
+        except Exception as exc:
+            return Outcome.ERROR, exc, None
         message: dict[str, Any] = {
             "file": str(function.file),
             "package": function.file.parent.name == function.name,
             "name": function.name,
             "background": function.background,
-            "record": record.to_json(),
+            "record": loaded.to_json(),
             "attempt": record.attempts[-1].number if record.attempts else 1,
             "deadline": deadline,
             "trust_proxy": self.binding.trust_proxy,

@@ -13,6 +13,7 @@ See docs/durability.md for what a 202 promises.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
@@ -37,8 +38,12 @@ log = logging.getLogger("bgfunctions.journal")
 
 APPLICATION_ID = 0x62676631
 """``PRAGMA application_id`` of a journal file (ASCII ``bgf1``)."""
-SCHEMA_VERSION = 1
-"""``PRAGMA user_version`` this code writes; older files are migrated forward on open."""
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version`` this code writes; older files are migrated forward on open.
+
+1: one row per invocation, the whole record (body included, base64) as JSON.
+2: the body in a BLOB column of its own, the JSON without it (with ``body_size``): listing
+and recovery never read a body; an attempt loads its own when it starts."""
 
 _MAGIC = b"SQLite format 3\x00"
 _PRUNE_EVERY = 60.0  # seconds between automatic prunes
@@ -51,10 +56,35 @@ _WAITING = (State.ACCEPTED.value, State.RETRY_SCHEDULED.value)
 _PARSED_MAX_ENTRIES = 50_000
 _PARSED_MAX_TEXT = 4096
 _IMPATIENT_BUSY_TIMEOUT = 0.25  # seconds: see SQLiteJournal._write(patient=False)
-_ROWS_PER_INSERT = 99  # 990 parameters: under SQLite's limit before 3.32 (999)
+_ROWS_PER_INSERT = 90  # 990 parameters: under SQLite's limit before 3.32 (999)
 
-# _MIGRATIONS[n] takes a file from user_version n to n + 1, inside one transaction.
-_MIGRATIONS: tuple[str, ...] = (
+
+def _move_bodies(conn: sqlite3.Connection) -> None:
+    """Schema 2: each row's body moves from its JSON to the ``body`` column, a few rows at a
+    time (a backlog's bodies are never all in memory at once)."""
+    conn.execute("ALTER TABLE invocations ADD COLUMN body BLOB")
+    last = -1
+    while True:
+        rows = conn.execute(
+            "SELECT rowid, record FROM invocations WHERE rowid > ? ORDER BY rowid LIMIT 64",
+            (last,),
+        ).fetchall()
+        if not rows:
+            return
+        for rowid, text in rows:
+            data = json.loads(text)
+            body = base64.b64decode(data.pop("body", ""))
+            data["body_size"] = len(body)
+            conn.execute(
+                "UPDATE invocations SET record = ?, body = ? WHERE rowid = ?",
+                (_encode(data), body, rowid),
+            )
+        last = rows[-1][0]
+
+
+# _MIGRATIONS[n] takes a file from user_version n to n + 1, inside one transaction: SQL
+# statements separated by semicolons, or a function of the connection.
+_MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """
     CREATE TABLE invocations (
         request_id    TEXT PRIMARY KEY NOT NULL,
@@ -72,6 +102,7 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX invocations_function_accepted ON invocations (function, accepted_at);
     CREATE INDEX invocations_finished ON invocations (finished_at);
     """,
+    _move_bodies,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -140,6 +171,9 @@ class SQLiteJournal(Journal):
     :meth:`heartbeat`; finished records older than ``retention`` seconds are pruned; a write
     waits up to ``busy_timeout`` seconds for another process's lock. ``owner`` names this
     journal object in leases (default: host, pid and a random suffix); use one per process.
+    ``read_only=True`` opens an existing journal to read it (``get``, ``select``): it never
+    writes to the file or its directory, so a read-only file can be read; writes then raise
+    :class:`JournalUnavailableError`.
     """
 
     durable = True
@@ -154,6 +188,7 @@ class SQLiteJournal(Journal):
         retention: float = 7 * 86400,
         busy_timeout: float = 5.0,
         owner: str | None = None,
+        read_only: bool = False,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(
@@ -167,6 +202,7 @@ class SQLiteJournal(Journal):
                 f"SQLiteJournal.busy_timeout: expected seconds >= 0; got {busy_timeout!r}"
             )
         self.path = Path(path)
+        self.read_only = read_only
         self.synchronous = synchronous
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.lease = float(lease)
@@ -192,8 +228,11 @@ class SQLiteJournal(Journal):
         # request id -> (the row's text, its record) for unfinished rows this journal wrote, so
         # that the executor's frequent unfinished() polls do not parse JSON they already have.
         self._parsed: dict[str, tuple[str, InvocationRecord]] = {}
-        self._inspect()
-        self._conn = self._open_writer()
+        if read_only:
+            self._conn = self._open_reader_only()  # what would write refuses to (see _commit_one)
+        else:
+            self._inspect()
+            self._conn = self._open_writer()
 
     def __repr__(self) -> str:
         return f"<SQLiteJournal {str(self.path)!r} owner={self.owner!r}>"
@@ -202,6 +241,66 @@ class SQLiteJournal(Journal):
 
     def _refuse(self, why: str) -> JournalError:
         return JournalError(f"SQLiteJournal: refusing {str(self.path)!r}: {why}")
+
+    def _refuse_read_only(self, cause: str) -> JournalError:
+        return self._refuse(
+            f"it is read-only for this process ({cause}); bgfunctions records every "
+            "invocation in it, so make the file and its directory writable, or read it with "
+            "SQLiteJournal(path, read_only=True), as `bgfunctions invocations` does"
+        )
+
+    def _open_reader_only(self) -> sqlite3.Connection:
+        """For ``read_only``: check that the file is a journal this code reads; a connection."""
+        if not self.path.is_file():
+            raise self._refuse("expected an existing journal file to read; found none")
+        with open(self.path, "rb") as f:
+            head = f.read(100)
+        if not head.startswith(_MAGIC):
+            raise self._refuse(
+                f"expected a SQLite database (header {_MAGIC!r}), found {head[:16]!r}"
+            )
+        conn = self._connect_read_only()
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            self._check_identity(app_id, version, objects)
+            if version < SCHEMA_VERSION:
+                raise self._refuse(
+                    f"expected schema version {SCHEMA_VERSION} to read it read-only, found "
+                    f"{version}: open it once for writing (bgfunctions serve) to migrate it"
+                )
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise self._refuse(f"it is not a readable SQLite database ({exc})") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that writes nothing, not even WAL's shared-memory file. Where that file
+        cannot be made (a read-only directory) and no WAL file holds commits, all the data is
+        in the database file, which is then read as immutable."""
+        uri = self.path.resolve().as_uri()
+        conn = self._connect_uri(f"{uri}?mode=ro")
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise self._refuse(
+                    f"cannot read it read-only ({exc}), and its WAL file holds commits that "
+                    "only a connection able to create its -shm file can read"
+                ) from exc
+        return self._connect_uri(f"{uri}?mode=ro&immutable=1")
+
+    def _connect_uri(self, uri: str) -> sqlite3.Connection:
+        return sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+        )
 
     def _inspect(self) -> None:
         """Refuse a file that is not ours before anything could write to it."""
@@ -214,6 +313,8 @@ class SQLiteJournal(Journal):
         else:
             os.close(fd)  # new and empty; SQLite gives -wal/-shm the db file's permissions
             return
+        if not os.access(self.path, os.W_OK):
+            raise self._refuse_read_only("no write permission on the file")
         with open(self.path, "rb") as f:
             head = f.read(100)
         if not head:
@@ -234,6 +335,8 @@ class SQLiteJournal(Journal):
             objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
         except sqlite3.DatabaseError as exc:
+            if "readonly" in str(exc):  # WAL's -shm file cannot be made: a read-only directory
+                raise self._refuse_read_only(str(exc)) from exc
             raise self._refuse(f"it is not a readable SQLite database ({exc})") from exc
         finally:
             conn.close()
@@ -267,7 +370,11 @@ class SQLiteJournal(Journal):
                 objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
                 self._check_identity(app_id, version, objects)
                 for step in range(version, SCHEMA_VERSION):
-                    for statement in _MIGRATIONS[step].split(";"):
+                    migration = _MIGRATIONS[step]
+                    if callable(migration):
+                        migration(conn)
+                        continue
+                    for statement in migration.split(";"):
                         if statement.strip():
                             conn.execute(statement)
                 if version < SCHEMA_VERSION or app_id != APPLICATION_ID:
@@ -282,6 +389,8 @@ class SQLiteJournal(Journal):
                 raise self._refuse(f"expected to switch it to WAL mode, SQLite answered {mode!r}")
         except sqlite3.Error as exc:
             conn.close()
+            if "readonly" in str(exc):
+                raise self._refuse_read_only(str(exc)) from exc
             raise self._refuse(f"cannot open it for writing ({exc})") from exc
         except BaseException:
             conn.close()
@@ -315,8 +424,8 @@ class SQLiteJournal(Journal):
     def _commit_one(self, write: _Write) -> Any:
         """Queue ``write``, lead the commit or wait for the caller that leads it; its result."""
         with self._cond:
-            if self._closed:
-                raise JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} is closed")
+            if self._closed or self.read_only:
+                raise self._no_writes()
             self._queue.append(write)
             lead = not self._leading
             if lead:
@@ -335,6 +444,10 @@ class SQLiteJournal(Journal):
         if write.error is not None:
             raise write.error
         return write.result
+
+    def _no_writes(self) -> JournalUnavailableError:
+        why = "is closed" if self._closed else "was opened read_only=True: it takes no writes"
+        return JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} {why}")
 
     def _abandon(self, write: _Write) -> None:
         """The caller of ``write`` was interrupted (KeyboardInterrupt, a signal's SystemExit)
@@ -531,7 +644,8 @@ class SQLiteJournal(Journal):
 
     def accepted(self, record: InvocationRecord) -> None:
         """Insert ``record``; returns once committed. Raises :class:`JournalUnavailableError`
-        when the file cannot take it (nothing written), ValueError for a known request id."""
+        when the file cannot take it (nothing written), ValueError for a known request id or
+        a record without its body."""
         text = _dumps(record)
         self._commit_one(_Write(None, _row(record, text)))
         self._remember(record, text)
@@ -556,8 +670,8 @@ class SQLiteJournal(Journal):
 
         write.on_settle = on_settle
         with self._cond:
-            if self._closed:
-                raise JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} is closed")
+            if self._closed or self.read_only:
+                raise self._no_writes()
             # Before anything is queued: if the thread cannot start, nothing waits for it.
             self._start_committer()
             self._queue.append(write)
@@ -699,10 +813,25 @@ class SQLiteJournal(Journal):
     # -- Journal: reads ------------------------------------------------------------------------
 
     def get(self, request_id: str) -> InvocationRecord | None:
+        """The whole record, body included (``select`` and ``unfinished`` leave bodies out)."""
         rows = self._read(
-            "SELECT request_id, record FROM invocations WHERE request_id = ?", (request_id,)
+            "SELECT request_id, record, body FROM invocations WHERE request_id = ?",
+            (request_id,),
         )
-        return self._record(*rows[0]) if rows else None
+        if not rows:
+            return None
+        rid, text, body = rows[0]
+        record = self._record(rid, text)
+        if not body:
+            return record
+        try:
+            return record.with_body(bytes(body))
+        except ValueError as exc:
+            raise JournalError(f"SQLiteJournal {str(self.path)!r}: {exc}") from None
+
+    def body(self, request_id: str) -> bytes | None:
+        rows = self._read("SELECT body FROM invocations WHERE request_id = ?", (request_id,))
+        return None if not rows else bytes(rows[0][0] or b"")
 
     def select(
         self,
@@ -754,8 +883,11 @@ class SQLiteJournal(Journal):
                 raise JournalError(f"SQLiteJournal {str(self.path)!r} is closed")
             conn = self._readers.pop() if self._readers else None
         if conn is None:
-            conn = self._connect()
-            conn.execute("PRAGMA query_only = ON")
+            if self.read_only:
+                conn = self._connect_read_only()
+            else:
+                conn = self._connect()
+                conn.execute("PRAGMA query_only = ON")
         try:
             return conn.execute(sql, args).fetchall()
         except sqlite3.DatabaseError as exc:
@@ -773,11 +905,12 @@ class SQLiteJournal(Journal):
 
     def _remember(self, record: InvocationRecord, text: str) -> None:
         """Keep ``record`` as the parse of ``text``, the row this journal just committed for it
-        (unfinished records only: those that recovery reads every few seconds)."""
+        (unfinished records only: those that recovery reads every few seconds). Without its
+        body, as the row's JSON: the bodies of waiting work stay on disk."""
         if len(text) <= _PARSED_MAX_TEXT:
             if len(self._parsed) >= _PARSED_MAX_ENTRIES:
                 self._parsed.clear()  # bounded even if unfinished() never prunes it
-            self._parsed[record.request_id] = (text, record)
+            self._parsed[record.request_id] = (text, record.without_body())
 
     def _record(self, request_id: str, text: str) -> InvocationRecord:
         """The record a row holds: the one this journal wrote when the row still holds its
@@ -837,7 +970,12 @@ def _ignore() -> None:
 
 
 def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
-    """The values of a new invocation's row (``text``: the record's JSON)."""
+    """The values of a new invocation's row (``text``: the record's JSON, without the body)."""
+    if not record.body_loaded:
+        raise ValueError(
+            f"SQLiteJournal.accepted: expected invocation {record.request_id} with its body "
+            f"({record.body_size} bytes); got a record without it"
+        )
     return (
         record.request_id,
         record.function,
@@ -847,6 +985,7 @@ def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
         record.next_run_at,
         record.finished_at,
         text,
+        record.body,
     )
 
 
@@ -857,11 +996,11 @@ def _values(rows: Sequence[_Write]) -> list[Any]:
 @functools.cache
 def _insert_sql(rows: int) -> str:
     # No lease yet: lease_owner and lease_expires are NULL.
-    return "INSERT INTO invocations VALUES " + ",".join(["(?,?,?,?,?,?,?,NULL,NULL,?)"] * rows)
+    return "INSERT INTO invocations VALUES " + ",".join(["(?,?,?,?,?,?,?,NULL,NULL,?,?)"] * rows)
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False).encode
 
 
 def _dumps(record: InvocationRecord) -> str:
-    return _encode(record.to_json())
+    return _encode(record.to_json(body=False))

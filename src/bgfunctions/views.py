@@ -98,7 +98,7 @@ def record_to_view(
         "method": record.method,
         "url": redaction.url(record.url),
         "headers": redact_headers(record.headers, redaction),
-        "body_size": len(record.body),
+        "body_size": record.body_size,
         "accepted_at": record.accepted_at,
         "accepted_at_iso": iso_utc(record.accepted_at),
         "next_run_at": record.next_run_at,

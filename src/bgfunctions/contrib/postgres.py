@@ -42,8 +42,12 @@ __all__ = ["SCHEMA_VERSION", "PostgresJournal"]
 
 log = logging.getLogger("bgfunctions.journal")
 
-SCHEMA_VERSION = 1
-"""The ``schema_version`` this code writes in ``<table>_meta``; a newer one is refused."""
+SCHEMA_VERSION = 2
+"""The ``schema_version`` this code writes in ``<table>_meta``; a newer one is refused.
+
+1: the whole record (body included, base64) as JSONB.
+2: the body in a BYTEA column of its own, the JSONB without it (with ``body_size``): listing
+and recovery never read a body; an attempt loads its own when it starts."""
 
 _PRUNE_EVERY = 60.0  # seconds between automatic prunes
 _TABLE = re.compile(r"[a-z_][a-z0-9_]{0,49}")  # room for index names within 63 bytes
@@ -85,6 +89,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX {i_accepted} ON {t} (accepted_at, seq)",
         "CREATE INDEX {i_finished} ON {t} (finished_at) WHERE finished_at IS NOT NULL",
         "CREATE INDEX {i_lease} ON {t} (lease_expires) WHERE state = 'running'",
+    ),
+    (
+        "ALTER TABLE {t} ADD COLUMN body BYTEA",
+        # Schema 1 kept the body in the JSON, base64 (Python's alphabet, which decode() reads).
+        "UPDATE {t} SET body = decode(COALESCE(record->>'body', ''), 'base64'), "
+        "record = (record - 'body') || jsonb_build_object('body_size', "
+        "length(decode(COALESCE(record->>'body', ''), 'base64')))",
     ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
@@ -377,8 +388,13 @@ class PostgresJournal(Journal):
         when the database cannot take it, ValueError for a known request id."""
         query = self._q(
             "INSERT INTO {t} (request_id, function, state, attempts, accepted_at, next_run_at, "
-            "finished_at, record) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            "finished_at, record, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
         )
+        if not record.body_loaded:
+            raise ValueError(
+                f"PostgresJournal.accepted: expected invocation {record.request_id} with its "
+                f"body ({record.body_size} bytes); got a record without it"
+            )
         args = (
             record.request_id,
             record.function,
@@ -387,7 +403,8 @@ class PostgresJournal(Journal):
             record.accepted_at,
             record.next_run_at,
             record.finished_at,
-            Jsonb(record.to_json(), dumps=_dumps),
+            Jsonb(record.to_json(body=False), dumps=_dumps),
+            record.body,
         )
 
         def insert(cursor: _Cursor) -> None:
@@ -424,7 +441,7 @@ class PostgresJournal(Journal):
             record.state.value,
             attempts,
             record.next_run_at,
-            Jsonb(record.to_json(), dumps=_dumps),
+            Jsonb(record.to_json(body=False), dumps=_dumps),
             self.owner,
         )
 
@@ -451,7 +468,7 @@ class PostgresJournal(Journal):
             len(record.attempts),
             record.next_run_at,
             record.finished_at,
-            Jsonb(record.to_json(), dumps=_dumps),
+            Jsonb(record.to_json(body=False), dumps=_dumps),
             record.request_id,
             self.owner,
             _FINISHED,
@@ -545,8 +562,22 @@ class PostgresJournal(Journal):
     # -- Journal: reads ------------------------------------------------------------------------
 
     def get(self, request_id: str) -> InvocationRecord | None:
-        rows = self._read(self._q("SELECT record FROM {t} WHERE request_id = %s"), (request_id,))
-        return self._loads(rows[0][0]) if rows else None
+        """The whole record, body included (``select`` and ``unfinished`` leave bodies out)."""
+        query = self._q("SELECT record, body FROM {t} WHERE request_id = %s")
+        rows = self._read(query, (request_id,))
+        if not rows:
+            return None
+        record = self._loads(rows[0][0])
+        if not rows[0][1]:
+            return record
+        try:
+            return record.with_body(bytes(rows[0][1]))
+        except ValueError as exc:
+            raise JournalError(f"PostgresJournal {self._where}: {exc}") from None
+
+    def body(self, request_id: str) -> bytes | None:
+        rows = self._read(self._q("SELECT body FROM {t} WHERE request_id = %s"), (request_id,))
+        return None if not rows else bytes(rows[0][0] or b"")
 
     def select(
         self,
