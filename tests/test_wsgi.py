@@ -451,12 +451,28 @@ def test_what_escapes_the_app_itself_is_our_500(
 
 
 def test_ctrl_c_in_the_main_thread_still_stops_the_server() -> None:
-    """A KeyboardInterrupt in the main thread, under Python's own SIGINT handler, goes on: it
-    may be the operator's Ctrl-C."""
-    wsgi = WSGIApp(App(_raising_registry(), executor=InlineExecutor()))
+    """A KeyboardInterrupt that lands in the library's own code in the main thread, under
+    Python's own SIGINT handler, goes on: it may be the operator's Ctrl-C. (One that a handler
+    raises is that attempt's error: docs/executors.md.)"""
+    executor = ThreadExecutor(max_workers=1, journal=BrokenJournal(KeyboardInterrupt()))
+    wsgi = WSGIApp(App(_raising_registry(), executor=executor), grace=5)
     try:
         with pytest.raises(KeyboardInterrupt):
-            _client(wsgi).get("/.netlify/functions/interrupt")
+            _client(wsgi).post(BG, data=b"x")
+    finally:
+        wsgi.close()
+
+
+def test_a_handlers_keyboard_interrupt_in_the_main_thread_is_its_500() -> None:
+    """A handler's own KeyboardInterrupt, in the main thread too, is the attempt's error: a
+    500 with a request id, and the adapter goes on serving."""
+    wsgi = WSGIApp(App(_raising_registry(), executor=InlineExecutor()))
+    try:
+        client = _client(wsgi)
+        failed = client.get("/.netlify/functions/interrupt")
+        assert failed.status_code == 500
+        assert failed.headers["x-nf-request-id"]
+        assert client.get("/.netlify/functions/hello").status_code == 200
     finally:
         wsgi.close()
 
