@@ -146,12 +146,14 @@ def test_attempt_past_its_limit_is_killed_and_retried(app: App, name: str) -> No
     assert [a.outcome for a in record.attempts] == [Outcome.TIMED_OUT] * 3
     for attempt in record.attempts:
         assert attempt.duration == pytest.approx(LIMIT)
-    # retries follow the schedule: each gap is at least the delay (tolerance: 0.5 s late)
+    # Retries follow the schedule: each gap is at least the delay, which is the promise. The
+    # upper bound only catches a lost timer: a loaded machine may start the replacement worker
+    # process late, so it is generous rather than a timing claim.
     pairs = zip(record.attempts, record.attempts[1:], strict=False)
     for delay, (before, after) in zip(DELAYS, pairs, strict=True):
         assert before.ended_at is not None
         gap = after.started_at - before.ended_at
-        assert delay - 0.01 <= gap <= delay + 0.5
+        assert delay - 0.01 <= gap <= delay + 5
     executor = app.executor
     assert isinstance(executor, ProcessExecutor)
     # one process per kill (three kills), plus at most the pool's first two
