@@ -133,39 +133,8 @@ def request(server: DevServer, method: str, url: str, **kwargs: object) -> httpx
 def raw_request(server: DevServer, method: str, raw_path: str) -> tuple[int, bytes]:
     """A request whose path reaches the app as a server would pass it: not normalised,
     percent-decoded in ``path``, as sent in ``raw_path``."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": unquote(raw_path),
-        "raw_path": raw_path.encode("latin-1"),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8888),
-    }
-    sent: list[dict[str, object]] = []
-
-    requested: list[bool] = []
-
-    async def receive() -> dict[str, object]:
-        # As a server does: the request once, then nothing until the client goes away.
-        if requested:
-            await asyncio.Event().wait()
-        requested.append(True)
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, object]) -> None:
-        sent.append(message)
-
-    asyncio.run(server.asgi(scope, receive, send))  # type: ignore[arg-type]
-    status = sent[0]["status"]
-    assert isinstance(status, int)
-    body = b"".join(m.get("body", b"") for m in sent[1:])  # type: ignore[misc]
-    return status, body
+    status, _, chunks = asgi_call(server, method, raw_path, [(b"host", b"testserver")])
+    return status, b"".join(chunks)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -540,18 +509,19 @@ def test_the_default_prefix_answers_for_itself(make_server: Callable[..., DevSer
 # -- facing the world: hosts, limits, streaming ---------------------------------------------
 
 
-def asgi_get(
-    server: DevServer, path: str, headers: list[tuple[bytes, bytes]]
+def asgi_call(
+    server: DevServer, method: str, raw_path: str, headers: list[tuple[bytes, bytes]]
 ) -> tuple[int, dict[bytes, bytes], list[bytes]]:
-    """A GET sent to the server's ASGI app as uvicorn would: status, headers, body chunks."""
+    """A request sent to the server's ASGI app as uvicorn would (the path not normalised,
+    percent-decoded in ``path``, as sent in ``raw_path``): status, headers, body chunks."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "GET",
+        "method": method,
         "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
+        "path": unquote(raw_path),
+        "raw_path": raw_path.encode("latin-1"),
         "root_path": "",
         "query_string": b"",
         "headers": headers,
@@ -578,6 +548,13 @@ def asgi_get(
     head = dict(sent[0]["headers"])  # type: ignore[call-overload]
     chunks = [m["body"] for m in sent[1:] if m.get("body")]
     return status, head, chunks  # type: ignore[return-value]
+
+
+def asgi_get(
+    server: DevServer, path: str, headers: list[tuple[bytes, bytes]]
+) -> tuple[int, dict[bytes, bytes], list[bytes]]:
+    """A GET sent to the server's ASGI app as uvicorn would: status, headers, body chunks."""
+    return asgi_call(server, "GET", path, headers)
 
 
 @pytest.mark.parametrize(
