@@ -707,6 +707,14 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="how long a dead worker's attempt stays claimed before it is retried "
         "(default: the journal's, 10)",
     )
+    parser.add_argument(
+        "-n",
+        "--name",
+        default=None,
+        metavar="NAME@HOST",
+        help="the Celery node name; %%h, %%n, %%d expand as in Celery's -n "
+        "(default: bgfunctions-<pid>@<host>, unique per worker on a host)",
+    )
     parser.add_argument("--loglevel", default="INFO", help="Celery's log level (default INFO)")
     parser.set_defaults(run=_cmd_worker)
 
@@ -726,6 +734,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError(f"--concurrency must be 1 or more; got {args.concurrency}")
     if args.lease is not None and args.lease <= 0:
         raise ConfigError(f"--lease must be above 0; got {args.lease}")
+    try:
+        bgcelery.worker_name(args.name)
+    except ValueError as exc:
+        raise ConfigError(f"--name: {exc}") from None
     app = bgcelery.make_celery(
         broker=args.broker,
         journal=bgcelery.journal_factory(args.journal, lease=args.lease),
@@ -734,5 +746,5 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         retry=RetryPolicy(delays=args.retry_delays),
         queue=args.queue,
     )
-    bgcelery.run_worker(app, concurrency=args.concurrency, loglevel=args.loglevel)
+    bgcelery.run_worker(app, concurrency=args.concurrency, loglevel=args.loglevel, name=args.name)
     return EXIT_OK

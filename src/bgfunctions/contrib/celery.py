@@ -69,6 +69,7 @@ __all__ = [
     "make_celery",
     "run_worker",
     "task_queue",
+    "worker_name",
 ]
 
 log = logging.getLogger("bgfunctions.celery")
@@ -758,13 +759,48 @@ def journal_factory(spec: str, *, lease: float | None = None) -> Callable[[], Jo
     return sqlite
 
 
+def worker_name(name: str | None = None) -> str:
+    """The Celery node name a worker runs under: by default ``bgfunctions-<pid>@<host>``;
+    else ``name`` read as Celery's ``-n`` reads it: ``NAME@HOST`` with ``%h`` (this host),
+    ``%n`` (its short name) and ``%d`` (its domain) expanded, and a value without ``@`` taken
+    as the host (``celery@VALUE``).
+
+    The default differs per process because Celery's own default, ``celery@<host>``, is one
+    name for every worker on a host: on RabbitMQ the second worker to start cannot take the
+    first one's control (pidbox) queue, and exits."""
+    from celery.utils.nodenames import default_nodename, host_format, nodesplit
+
+    if name is None:
+        name = f"bgfunctions-{os.getpid()}@%h"
+    given, _host = nodesplit(name)
+    if not name.strip() or (given is not None and not given.strip()):
+        # Celery would fill in "celery@": the one name every default worker shares.
+        raise ValueError(
+            f"worker name: expected NAME@HOST with a non-empty NAME (e.g. 'w1@%h'); got {name!r}"
+        )
+    try:
+        return str(host_format(default_nodename(name)))
+    except ValueError as exc:  # an unknown %x: Celery's message says which and how to escape
+        raise ValueError(f"worker name {name!r}: {' '.join(str(exc).split())}") from None
+
+
 def run_worker(
-    app: celery.Celery, *, concurrency: int | None = None, loglevel: str = "INFO"
+    app: celery.Celery,
+    *,
+    concurrency: int | None = None,
+    loglevel: str = "INFO",
+    name: str | None = None,
 ) -> None:
-    """Run a Celery prefork worker for ``app`` in this process until it is stopped."""
+    """Run a Celery prefork worker for ``app`` in this process until it is stopped.
+
+    ``name``: its Celery node name (see :func:`worker_name`; default
+    ``bgfunctions-<pid>@<host>``, so that several workers can run on one host)."""
+    node = worker_name(name)
     declare_queues(app)
     argv = ["worker", "--pool=prefork", f"--loglevel={loglevel}", "--without-gossip"]
-    argv += ["--without-mingle", "-Q", _options(app).queue.name]
+    # Celery expands the name again: escape what the first expansion left (a literal %).
+    argv += ["--without-mingle", f"--hostname={node.replace('%', '%%')}"]
+    argv += ["-Q", _options(app).queue.name]
     if concurrency is not None:
         argv.append(f"--concurrency={concurrency}")
     app.worker_main(argv)
