@@ -28,6 +28,7 @@ from bgfunctions.devserver import (
     StaticFiles,
 )
 from bgfunctions.errors import BgFunctionsError
+from bgfunctions.routing import MAX_PATH_LENGTH
 
 NETLIFY_TOML = """\
 [build]
@@ -756,3 +757,14 @@ def test_an_in_process_replay_is_queued_once(make_server: Callable[..., DevServe
     new.wait(10)
     line = f"[{new.request_id}] doomed-background: queued (replay of {old_id})"
     assert output(server).splitlines().count(line) == 1
+
+
+def test_a_path_too_long_to_route_is_414_not_a_static_file_look_up(
+    make_server: Callable[..., DevServer],
+) -> None:
+    """A path past MAX_PATH_LENGTH gets the 414 with its request id, not the static 404."""
+    server = make_server()
+    # Many segments: resolving such a path on the file system took seconds, on the loop.
+    status, body = raw_request(server, "GET", "/" + "a/" * (MAX_PATH_LENGTH // 2 + 1))
+    assert status == 414
+    assert body.startswith(b"URI Too Long - Request ID: ")

@@ -33,6 +33,7 @@ from bgfunctions import (
     State,
     ThreadExecutor,
 )
+from bgfunctions.routing import MAX_PATH_LENGTH
 from bgfunctions.wsgi import WSGIApp
 
 BG = "/.netlify/functions/job-background"
@@ -478,3 +479,18 @@ def test_every_response_of_the_adapter_carries_a_request_id(inline: App) -> None
         list(wsgi(environ, start_response))
         assert sent[0][0].startswith(expected)
         assert sent[0][1]["x-nf-request-id"]
+
+
+def test_a_path_too_long_to_route_is_414_and_skips_the_fallback(inline: App) -> None:
+    """The 414 for a path past MAX_PATH_LENGTH is answered, not handed to the fallback app."""
+
+    def fallback(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("content-type", "text/plain")])
+        return [b"from the fallback"]
+
+    client = _client(WSGIApp(inline, fallback=fallback))
+    assert client.get("/plain").text == "from the fallback"
+    response = client.get("/" + "a/" * (MAX_PATH_LENGTH // 2 + 1))
+    assert response.status_code == 414
+    assert response.text.startswith("URI Too Long - Request ID: ")
+    assert response.headers["x-nf-request-id"] in response.text

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from bgfunctions.asgi import Receive, Scope, Send
 from bgfunctions.errors import BgFunctionsError
 from bgfunctions.ids import new_request_id
+from bgfunctions.routing import MAX_PATH_LENGTH
 
 if TYPE_CHECKING:
     from starlette.staticfiles import StaticFiles as StarletteStaticFiles
@@ -34,7 +35,9 @@ class StaticFiles:
 
     def find(self, path: str) -> Path | None:
         """The file a URL path names (``/a/`` → ``a/index.html``, ``/a`` → ``a.html``), or None."""
-        if self.root is None or "\x00" in path:
+        if self.root is None or "\x00" in path or len(path) > MAX_PATH_LENGTH:
+            # Resolving a path walks it segment by segment, in time quadratic in its length:
+            # a path longer than routing considers names no file worth that work.
             return None
         try:
             candidate = (self.root / path.lstrip("/")).resolve()
