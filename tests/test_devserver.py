@@ -664,6 +664,24 @@ def test_static_files_honour_range_requests(make_server: Callable[..., DevServer
     assert request(server, "GET", "/style.css", headers={"range": "bytes=50-60"}).status_code == 416
 
 
+def test_every_static_answer_carries_a_request_id(make_server: Callable[..., DevServer]) -> None:
+    """200, 206, 304, 416 and Starlette's 400 for a malformed Range all carry x-nf-request-id."""
+    server = make_server()
+    full = request(server, "GET", "/style.css")
+    answers = [
+        full,
+        request(server, "GET", "/style.css", headers={"range": "bytes=2-4"}),
+        request(server, "GET", "/style.css", headers={"if-none-match": full.headers["etag"]}),
+        request(server, "GET", "/style.css", headers={"range": "bytes=50-60"}),
+        request(server, "GET", "/style.css", headers={"range": "garbage"}),
+        request(server, "HEAD", "/style.css"),
+    ]
+    assert [a.status_code for a in answers] == [200, 206, 304, 416, 400, 200]
+    ids = [a.headers.get("x-nf-request-id") for a in answers]
+    assert all(ids), ids
+    assert len(set(ids)) == len(ids)
+
+
 def test_static_files_answer_conditional_requests_with_304(
     make_server: Callable[..., DevServer],
 ) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bgfunctions.asgi import Receive, Scope, Send
 from bgfunctions.errors import BgFunctionsError
@@ -81,7 +82,7 @@ class StaticFiles:
         # If-None-Match / If-Modified-Since (304). Our find() has already refused what the
         # publish directory must not show.
         response = self.starlette_files().file_response(found, stat, scope)
-        await response(scope, receive, send)
+        await response(scope, receive, _with_request_id(send, new_request_id()))
 
     def starlette_files(self) -> StarletteStaticFiles:
         """Starlette's StaticFiles, for its file responses; a one-line error without it."""
@@ -106,6 +107,19 @@ def _hidden(parts: tuple[str, ...]) -> bool:
     ``.well-known/`` is (ACME challenges, security.txt), and no dotfile inside it."""
     start = 1 if parts and parts[0] == WELL_KNOWN else 0
     return any(part.startswith(".") for part in parts[start:])
+
+
+def _with_request_id(send: Send, request_id: str) -> Send:
+    """``send`` adding ``x-nf-request-id`` to the response's headers: Starlette's answers
+    (200, 206, 304, 416, its 400 for a malformed ``Range``) carry one, as every answer does."""
+    header = (b"x-nf-request-id", request_id.encode())
+
+    async def sending(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return sending
 
 
 async def _plain(
