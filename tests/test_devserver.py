@@ -786,3 +786,10 @@ def test_a_path_too_long_to_route_is_414_not_a_static_file_look_up(
     status, body = raw_request(server, "GET", "/" + "a/" * (MAX_PATH_LENGTH // 2 + 1))
     assert status == 414
     assert body.startswith(b"URI Too Long - Request ID: ")
+
+
+def test_the_dev_server_and_invoke_share_one_line_formatter() -> None:
+    """The dev server's lines and `bgfunctions invoke`'s come from one LineFormatter."""
+    from bgfunctions import logs, serverlog
+
+    assert serverlog.LineFormatter is logs.LineFormatter
