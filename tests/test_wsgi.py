@@ -452,12 +452,21 @@ def test_what_escapes_the_app_itself_is_our_500(
 
 
 def test_ctrl_c_in_the_main_thread_still_stops_the_server() -> None:
-    """A KeyboardInterrupt in the main thread, under Python's own SIGINT handler, goes on: it
-    may be the operator's Ctrl-C."""
-    wsgi = WSGIApp(App(_raising_registry(), executor=InlineExecutor()))
+    """A KeyboardInterrupt that escapes the App or the fallback in the main thread, under
+    Python's own SIGINT handler, goes on: it may be the operator's Ctrl-C. One a handler
+    raises is that attempt's error, a 500 (docs/executors.md)."""
+
+    def fallback(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        raise KeyboardInterrupt  # lands outside any handler, as a real Ctrl-C may
+
+    wsgi = WSGIApp(App(_raising_registry(), executor=InlineExecutor()), fallback=fallback)
     try:
+        failed = _client(wsgi).get("/.netlify/functions/interrupt")
+        assert failed.status_code == 500
+        assert failed.headers["x-nf-request-id"] in failed.text
+        assert "secret-token" not in failed.text
         with pytest.raises(KeyboardInterrupt):
-            _client(wsgi).get("/.netlify/functions/interrupt")
+            _client(wsgi).get("/not-a-function")
     finally:
         wsgi.close()
 
