@@ -28,6 +28,7 @@ from bgfunctions.devserver import (
     StaticFiles,
 )
 from bgfunctions.errors import BgFunctionsError
+from bgfunctions.routing import MAX_PATH_LENGTH
 
 NETLIFY_TOML = """\
 [build]
@@ -133,7 +134,9 @@ def request(server: DevServer, method: str, url: str, **kwargs: object) -> httpx
 def raw_request(server: DevServer, method: str, raw_path: str) -> tuple[int, bytes]:
     """A request whose path reaches the app as a server would pass it: not normalised,
     percent-decoded in ``path``, as sent in ``raw_path``."""
-    status, _, chunks = asgi_call(server, method, raw_path, [(b"host", b"testserver")])
+    # A loopback Host, as the dev server requires: another would be refused with 400 before
+    # the path is even looked at.
+    status, _, chunks = asgi_call(server, method, raw_path, [(b"host", b"localhost")])
     return status, b"".join(chunks)
 
 
@@ -261,6 +264,7 @@ def test_paths_out_of_the_publish_dir_are_refused(
         status, body = raw_request(server, method, raw_path)
         assert status in (400, 404), (method, raw_path, status)
         assert SECRET.encode() not in body
+        assert b"Host" not in body  # refused for its path, not for its Host header
 
 
 def test_functions_are_looked_up_by_name_never_by_a_path_from_the_url(
@@ -284,6 +288,7 @@ def test_functions_are_looked_up_by_name_never_by_a_path_from_the_url(
         status, body = raw_request(server, "GET", raw_path)
         assert status in (400, 404), raw_path
         assert b"evil" not in body
+        assert b"Host" not in body  # refused for its path, not for its Host header
     assert not marker.exists()
 
 
@@ -636,6 +641,24 @@ def test_static_files_honour_range_requests(make_server: Callable[..., DevServer
     assert request(server, "GET", "/style.css", headers={"range": "bytes=50-60"}).status_code == 416
 
 
+def test_every_static_answer_carries_a_request_id(make_server: Callable[..., DevServer]) -> None:
+    """200, 206, 304, 416 and Starlette's 400 for a malformed Range all carry x-nf-request-id."""
+    server = make_server()
+    full = request(server, "GET", "/style.css")
+    answers = [
+        full,
+        request(server, "GET", "/style.css", headers={"range": "bytes=2-4"}),
+        request(server, "GET", "/style.css", headers={"if-none-match": full.headers["etag"]}),
+        request(server, "GET", "/style.css", headers={"range": "bytes=50-60"}),
+        request(server, "GET", "/style.css", headers={"range": "garbage"}),
+        request(server, "HEAD", "/style.css"),
+    ]
+    assert [a.status_code for a in answers] == [200, 206, 304, 416, 400, 200]
+    ids = [a.headers.get("x-nf-request-id") for a in answers]
+    assert all(ids), ids
+    assert len(set(ids)) == len(ids)
+
+
 def test_static_files_answer_conditional_requests_with_304(
     make_server: Callable[..., DevServer],
 ) -> None:
@@ -729,3 +752,21 @@ def test_an_in_process_replay_is_queued_once(make_server: Callable[..., DevServe
     new.wait(10)
     line = f"[{new.request_id}] doomed-background: queued (replay of {old_id})"
     assert output(server).splitlines().count(line) == 1
+
+
+def test_a_path_too_long_to_route_is_414_not_a_static_file_look_up(
+    make_server: Callable[..., DevServer],
+) -> None:
+    """A path past MAX_PATH_LENGTH gets the 414 with its request id, not the static 404."""
+    server = make_server()
+    # Many segments: resolving such a path on the file system took seconds, on the loop.
+    status, body = raw_request(server, "GET", "/" + "a/" * (MAX_PATH_LENGTH // 2 + 1))
+    assert status == 414
+    assert body.startswith(b"URI Too Long - Request ID: ")
+
+
+def test_the_dev_server_and_invoke_share_one_line_formatter() -> None:
+    """The dev server's lines and `bgfunctions invoke`'s come from one LineFormatter."""
+    from bgfunctions import logs, serverlog
+
+    assert serverlog.LineFormatter is logs.LineFormatter

@@ -242,6 +242,56 @@ def test_sync_functions_answer_after_20_hung_calls(apps: list[App]) -> None:
 
 
 @pytest.mark.realtime
+def test_a_call_whose_thread_cannot_start_is_a_500_and_never_runs() -> None:
+    """When the OS refuses a thread for a sync call, that call answers 500 and never runs
+    later; the calls after it are served as usual, and shutdown does not wait for the thread
+    that never started."""
+    ran: list[int] = []
+
+    def hello(request: Request, context: Context) -> str:
+        ran.append(1)
+        return "Hello"
+
+    registry = Registry()
+    registry.add("hello", hello)
+    app = App(registry, executor=ThreadExecutor(max_workers=2))
+    app.start()
+    previous = threading.stack_size(2**46)  # no such stack: "can't start new thread"
+    try:
+        refused = app.handle(Request("GET", "/.netlify/functions/hello"))
+    finally:
+        threading.stack_size(previous)
+    assert refused.status == 500
+    statuses = [app.handle(Request("GET", "/.netlify/functions/hello")).status for _ in range(5)]
+    assert statuses == [200] * 5
+    assert len(ran) == 5
+    stopping = threading.Thread(target=app.shutdown, daemon=True)
+    stopping.start()
+    stopping.join(WAIT)  # a bound for a hang, not a measurement
+    assert not stopping.is_alive()
+
+
+@pytest.mark.realtime
+def test_background_work_waits_out_a_worker_thread_the_os_refuses() -> None:
+    """When the OS refuses a worker thread, the accepted invocation waits in the queue and runs
+    once a thread can start; shutdown does not wait for the thread that never started."""
+    registry = Registry()
+    registry.add("job-background", lambda request, context: None)
+    app = App(registry, executor=ThreadExecutor(max_workers=1))
+    app.start()
+    previous = threading.stack_size(2**46)  # no such stack: "can't start new thread"
+    try:
+        invocation = app.enqueue("job-background")
+    finally:
+        threading.stack_size(previous)
+    assert invocation.wait(WAIT).state is State.SUCCEEDED
+    stopping = threading.Thread(target=app.shutdown, daemon=True)
+    stopping.start()
+    stopping.join(WAIT)  # a bound for a hang, not a measurement
+    assert not stopping.is_alive()
+
+
+@pytest.mark.realtime
 def test_shutdown_does_not_wait_for_a_hung_sync_call() -> None:
     """shutdown(wait=True) during a hung sync call returns once the call's caller gave up on it
     (its 500 at sync_timeout), not when the handler returns."""

@@ -10,6 +10,7 @@ import pytest
 
 from bgfunctions import App, InlineExecutor, Registry
 from bgfunctions.asgi import ASGIApp
+from bgfunctions.clock import VirtualClock
 from bgfunctions.hosts import LOOPBACK_HOSTS, AllowedHosts, host_name
 from bgfunctions.wsgi import WSGIApp
 
@@ -68,6 +69,19 @@ def test_a_missing_or_repeated_host_is_refused() -> None:
     assert not hosts.allows([])
     assert not hosts.allows(["localhost", "attacker.example"])
     assert AllowedHosts(["*"]).allows(["localhost", "attacker.example"])
+
+
+def test_the_refusal_says_what_host_was_sent() -> None:
+    """The 400 quotes the one Host sent, or says there was none, or how many there were."""
+    hosts = AllowedHosts()
+    clock = VirtualClock()
+
+    def text(headers: list[str]) -> str:
+        return hosts.refusal(headers, clock, hint="h").body.decode()
+
+    assert text(["evil.example"]).startswith("Bad Request: Host 'evil.example' is not allowed")
+    assert text([]).startswith("Bad Request: no Host header; expected one of localhost,")
+    assert text(["a", "b"]).startswith("Bad Request: 2 Host headers; expected one of localhost,")
 
 
 @pytest.mark.parametrize("pattern", ["example.com:80", "http://example.com", "a b", "*x.com", ""])

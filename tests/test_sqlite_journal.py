@@ -1416,3 +1416,40 @@ def test_replaying_a_waiting_invocation_replays_its_body(path: Path, clock: Virt
         app.shutdown()
         journal.close()
     assert bodies == [b"hi", b"hi"]
+
+
+class _BodyReadFailsOnce(SQLiteJournal):
+    """A journal whose first body read fails, as a read does when the disk or the database
+    connection has a moment's trouble."""
+
+    failed = False
+
+    def body(self, request_id: str) -> bytes | None:
+        if not self.failed:
+            self.failed = True
+            raise JournalUnavailableError("SQLiteJournal: disk I/O error (a moment's trouble)")
+        return super().body(request_id)
+
+
+def test_a_body_that_cannot_be_loaded_once_is_a_failed_attempt_that_is_retried(
+    path: Path, clock: VirtualClock
+) -> None:
+    """An accepted invocation whose body read fails at its first attempt is retried on the
+    function's schedule, and the retry runs with the body: a 202 is never lost to it."""
+    bodies: list[bytes] = []
+    registry = Registry()
+    registry.add("job-background", lambda request, context: bodies.append(request.body))
+    journal = _BodyReadFailsOnce(path, clock=clock)
+    executor = InlineExecutor(clock=clock, journal=journal)
+    app = App(registry, executor=executor)
+    try:
+        response = app.handle(Request("POST", "/.netlify/functions/job-background", body=b"hi"))
+        executor.drain()
+        record = app.get(response.headers["x-nf-request-id"]).record
+    finally:
+        app.shutdown()
+        journal.close()
+    assert [a.outcome for a in record.attempts] == [Outcome.ERROR, Outcome.SUCCEEDED]
+    assert record.attempts[0].error_type == "bgfunctions.errors.JournalUnavailableError"
+    assert record.state is State.SUCCEEDED
+    assert bodies == [b"hi"]

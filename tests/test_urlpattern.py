@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from dataclasses import dataclass
 
 import pytest
@@ -11,6 +12,7 @@ from urlpattern import URLPattern
 
 from bgfunctions._urlpattern import compile_pathname, is_literal_path
 from bgfunctions.errors import PatternError
+from bgfunctions.routing import MAX_PATH_LENGTH
 
 SAFE = "abcXY019-_~"  # characters that URL canonicalisation leaves alone
 _MISSING = object()
@@ -468,3 +470,21 @@ def test_linear_matcher_agrees_with_re_on_custom_groups(
         return
     found = compiled.regex.fullmatch(path)
     assert compiled.match(path) == (None if found is None else {"g": found.group(1)})
+
+
+def test_the_matchers_memory_is_a_byte_per_instruction_and_position() -> None:
+    """A many-wildcard pattern on a long path holds at most one byte per (instruction,
+    position) pair while it matches, not a set entry per pair visited."""
+    compiled = compile_pathname("/" + "/".join(["*"] * 60) + ".json")
+    assert compiled.program is not None
+    path = "/" + "a/" * (MAX_PATH_LENGTH // 16) + "b"
+    table = len(compiled.program.ops) * (len(path) + 1)
+    tracemalloc.start()
+    try:
+        found, steps = compiled.match_counting(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found is None
+    assert steps > table // 2  # most pairs are visited: the worst case
+    assert peak < 2 * table

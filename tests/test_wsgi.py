@@ -33,6 +33,7 @@ from bgfunctions import (
     State,
     ThreadExecutor,
 )
+from bgfunctions.routing import MAX_PATH_LENGTH
 from bgfunctions.wsgi import WSGIApp
 
 BG = "/.netlify/functions/job-background"
@@ -451,28 +452,21 @@ def test_what_escapes_the_app_itself_is_our_500(
 
 
 def test_ctrl_c_in_the_main_thread_still_stops_the_server() -> None:
-    """A KeyboardInterrupt that lands in the library's own code in the main thread, under
-    Python's own SIGINT handler, goes on: it may be the operator's Ctrl-C. (One that a handler
-    raises is that attempt's error: docs/executors.md.)"""
-    executor = ThreadExecutor(max_workers=1, journal=BrokenJournal(KeyboardInterrupt()))
-    wsgi = WSGIApp(App(_raising_registry(), executor=executor), grace=5)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _client(wsgi).post(BG, data=b"x")
-    finally:
-        wsgi.close()
+    """A KeyboardInterrupt that escapes the App or the fallback in the main thread, under
+    Python's own SIGINT handler, goes on: it may be the operator's Ctrl-C. One a handler
+    raises is that attempt's error, a 500 (docs/executors.md)."""
 
+    def fallback(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        raise KeyboardInterrupt  # lands outside any handler, as a real Ctrl-C may
 
-def test_a_handlers_keyboard_interrupt_in_the_main_thread_is_its_500() -> None:
-    """A handler's own KeyboardInterrupt, in the main thread too, is the attempt's error: a
-    500 with a request id, and the adapter goes on serving."""
-    wsgi = WSGIApp(App(_raising_registry(), executor=InlineExecutor()))
+    wsgi = WSGIApp(App(_raising_registry(), executor=InlineExecutor()), fallback=fallback)
     try:
-        client = _client(wsgi)
-        failed = client.get("/.netlify/functions/interrupt")
+        failed = _client(wsgi).get("/.netlify/functions/interrupt")
         assert failed.status_code == 500
-        assert failed.headers["x-nf-request-id"]
-        assert client.get("/.netlify/functions/hello").status_code == 200
+        assert failed.headers["x-nf-request-id"] in failed.text
+        assert "secret-token" not in failed.text
+        with pytest.raises(KeyboardInterrupt):
+            _client(wsgi).get("/not-a-function")
     finally:
         wsgi.close()
 
@@ -494,3 +488,18 @@ def test_every_response_of_the_adapter_carries_a_request_id(inline: App) -> None
         list(wsgi(environ, start_response))
         assert sent[0][0].startswith(expected)
         assert sent[0][1]["x-nf-request-id"]
+
+
+def test_a_path_too_long_to_route_is_414_and_skips_the_fallback(inline: App) -> None:
+    """The 414 for a path past MAX_PATH_LENGTH is answered, not handed to the fallback app."""
+
+    def fallback(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("content-type", "text/plain")])
+        return [b"from the fallback"]
+
+    client = _client(WSGIApp(inline, fallback=fallback))
+    assert client.get("/plain").text == "from the fallback"
+    response = client.get("/" + "a/" * (MAX_PATH_LENGTH // 2 + 1))
+    assert response.status_code == 414
+    assert response.text.startswith("URI Too Long - Request ID: ")
+    assert response.headers["x-nf-request-id"] in response.text

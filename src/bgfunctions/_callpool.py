@@ -58,7 +58,13 @@ class CallPool:
                 raise RuntimeError("the call pool is shut down")
             self._waiting += 1
             self._queue.put(_Call(future, fn, args))
-            self._fill()
+            try:
+                self._fill()
+            except BaseException:
+                # No thread for it (the OS refused one): its caller gets the error, so the
+                # call must never run; the thread that takes it from the queue skips it.
+                future.cancel()
+                raise
         return future
 
     def abandon(self, future: concurrent.futures.Future[Any]) -> bool:
@@ -101,7 +107,13 @@ class CallPool:
             )
             self._threads.add(thread)
             self._idle += 1
-            thread.start()
+            try:
+                thread.start()
+            except BaseException:
+                # Never started: it must not count as idle, nor be waited for at shutdown.
+                self._threads.discard(thread)
+                self._idle -= 1
+                raise
 
     def _main(self) -> None:
         me = threading.current_thread()

@@ -274,7 +274,10 @@ def _run(
     n = len(text)
     width = n + 1
     caps = [-1] * program.slots
-    # A set, not a table of len(ops) * width: it holds only the pairs visited (the steps).
+    # One byte per (instruction, position) pair: a set of the pairs visited took some 60
+    # bytes per pair, 140 MB for a many-wildcard pattern on a long path. A lookaround's
+    # sub-run, started at each position that reaches it, keeps a set of its few pairs.
+    table = bytearray(len(ops) * width) if start == 0 and target == n else None
     seen: set[int] = set()
     # Entries are (pc, pos) to resume at, or (~slot, value) to restore a group boundary.
     stack: list[tuple[int, int]] = [(0, start)]
@@ -286,9 +289,14 @@ def _run(
             continue
         while True:
             key = pc * width + pos
-            if key in seen:
+            if table is not None:
+                if table[key]:
+                    break
+                table[key] = 1
+            elif key in seen:
                 break
-            seen.add(key)
+            else:
+                seen.add(key)
             steps += 1
             op = ops[pc]
             if op == _STR:

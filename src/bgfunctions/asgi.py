@@ -168,7 +168,11 @@ class ASGIApp:
             await _view_http(self.view, scope, send, path, method)
             return
         resolution = self.app.resolve(method, path)
-        if resolution.response is not None and self.fallback is not None and not _reserved(path):
+        if (
+            resolution.response is not None
+            and self.fallback is not None
+            and _falls_back(path, resolution)
+        ):
             await self.fallback(scope, receive, send)
             return
         if resolution.response is not None:
@@ -218,10 +222,13 @@ def _mount_root(scope: Scope) -> str:
     return ""
 
 
-def _reserved(path: str) -> bool:
-    """Under ``/.netlify/`` the functions answer for themselves (``Function not found...``,
-    the invalid-name 400): such a path never falls through to the fallback."""
-    return path.startswith("/.netlify/")
+def _falls_back(path: str, resolution: Resolution) -> bool:
+    """Whether a request no function takes goes to the fallback. Not under ``/.netlify/``,
+    where the functions answer for themselves (``Function not found...``, the invalid-name
+    400), nor a path too long to route (414): the fallback would then do the work that the
+    bound spares, such as resolving thousands of segments on the file system."""
+    assert resolution.response is not None
+    return not path.startswith("/.netlify/") and resolution.response.status != 414
 
 
 def _route_path(scope: Scope) -> str:

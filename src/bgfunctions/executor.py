@@ -415,12 +415,15 @@ class Executor(ABC):
         self, started: InvocationRecord
     ) -> tuple[Function, Request, Context, float] | None:
         """:meth:`_attempt_inputs`, or None after ending the attempt as an error when they
-        cannot be had (its function was removed by a reload, say): a claimed attempt always
-        ends, and the thread that claimed it lives on."""
+        cannot be had: a claimed attempt always ends, and the thread that claimed it lives on.
+        The function's retry schedule follows (a durable journal's body read can fail for a
+        moment), except when the function is gone (removed by a reload): then none."""
         try:
             return self._attempt_inputs(started)
         except Exception as exc:
-            self._end(started, Outcome.ERROR, exc, retry=RetryPolicy(delays=()))
+            ended = self._end(started, Outcome.ERROR, exc)  # no retries for a function gone
+            if ended.state is State.RETRY_SCHEDULED:
+                self._dispatch(ended)
             return None
 
     def _attempt_inputs(

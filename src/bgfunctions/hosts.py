@@ -110,10 +110,13 @@ class AllowedHosts:
         """The 400 for a request whose ``Host`` is not allowed, with a new request id.
         ``hint`` says how the server's owner allows more hosts."""
         values = list(headers)
-        shown = repr(values[0][:_SHOWN]) if len(values) == 1 else f"{len(values)} Host headers"
+        if len(values) == 1:
+            found = f"Host {values[0][:_SHOWN]!r} is not allowed here"
+        else:
+            found = f"{len(values)} Host headers" if values else "no Host header"
         request_id = new_request_id(clock)
         return Response.text(
-            f"Bad Request: Host {shown} is not allowed here; expected one of "
+            f"Bad Request: {found}; expected one of "
             f"{', '.join(self.patterns)} ({hint}) - Request ID: {request_id}\n",
             status=400,
             headers={"x-nf-request-id": request_id},

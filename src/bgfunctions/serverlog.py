@@ -1,7 +1,8 @@
 """What the dev server prints: one line per invocation event, and the log records it shows.
 
 Every line of an invocation starts ``[REQUEST-ID] FUNCTION:``; a handler's own log lines and a
-failed attempt's traceback carry the same prefix.
+failed attempt's traceback carry the same prefix, in :class:`~bgfunctions.logs.LineFormatter`'s
+format (the one ``bgfunctions invoke`` prints with).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 
 from bgfunctions.clock import Clock
 from bgfunctions.invocation import Event, EventKind, InvocationRecord
+from bgfunctions.logs import LineFormatter, is_attempt_failure
 
 __all__ = ["LineFormatter", "ServerLog", "format_event", "queued"]
 
@@ -45,7 +47,7 @@ class ServerLog(logging.Filter):
     bgfunctions (a failed attempt's traceback) or from code running inside a handler."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _is_attempt_failure(record) and not record.exc_info:
+        if is_attempt_failure(record) and not record.exc_info:
             return False  # the event line already says it (a timeout, a crash)
         return (
             record.levelno >= logging.WARNING
@@ -53,22 +55,3 @@ class ServerLog(logging.Filter):
             or record.name.startswith("bgfunctions.")
             or bool(getattr(record, "bg_request_id", ""))
         )
-
-
-def _is_attempt_failure(record: logging.LogRecord) -> bool:
-    """A failed attempt as the executor logs it (see ``executor._log_failure``)."""
-    return getattr(record, "bg_failed_attempt", False) is True
-
-
-class LineFormatter(logging.Formatter):
-    """``[request id] function: message`` inside a handler, as the event lines are; else
-    ``logger: LEVEL: message``. Tracebacks follow on their own lines."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        request_id = getattr(record, "bg_request_id", "")
-        if _is_attempt_failure(record):
-            # The event line just said how it ended: only the traceback follows.
-            return f"[{request_id}] {record.bg_function}: attempt {record.bg_attempt} traceback:"  # type: ignore[attr-defined]
-        if request_id:
-            return f"[{request_id}] {getattr(record, 'bg_function', '')}: {record.message}"
-        return f"{record.name}: {record.levelname}: {record.message}"

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bgfunctions.asgi import Receive, Scope, Send
 from bgfunctions.errors import BgFunctionsError
 from bgfunctions.ids import new_request_id
+from bgfunctions.routing import MAX_PATH_LENGTH
 
 if TYPE_CHECKING:
     from starlette.staticfiles import StaticFiles as StarletteStaticFiles
@@ -34,7 +36,9 @@ class StaticFiles:
 
     def find(self, path: str) -> Path | None:
         """The file a URL path names (``/a/`` → ``a/index.html``, ``/a`` → ``a.html``), or None."""
-        if self.root is None or "\x00" in path:
+        if self.root is None or "\x00" in path or len(path) > MAX_PATH_LENGTH:
+            # Resolving a path walks it segment by segment, in time quadratic in its length:
+            # a path longer than routing considers names no file worth that work.
             return None
         try:
             candidate = (self.root / path.lstrip("/")).resolve()
@@ -78,7 +82,7 @@ class StaticFiles:
         # If-None-Match / If-Modified-Since (304). Our find() has already refused what the
         # publish directory must not show.
         response = self.starlette_files().file_response(found, stat, scope)
-        await response(scope, receive, send)
+        await response(scope, receive, _with_request_id(send, new_request_id()))
 
     def starlette_files(self) -> StarletteStaticFiles:
         """Starlette's StaticFiles, for its file responses; a one-line error without it."""
@@ -103,6 +107,19 @@ def _hidden(parts: tuple[str, ...]) -> bool:
     ``.well-known/`` is (ACME challenges, security.txt), and no dotfile inside it."""
     start = 1 if parts and parts[0] == WELL_KNOWN else 0
     return any(part.startswith(".") for part in parts[start:])
+
+
+def _with_request_id(send: Send, request_id: str) -> Send:
+    """``send`` adding ``x-nf-request-id`` to the response's headers: Starlette's answers
+    (200, 206, 304, 416, its 400 for a malformed ``Range``) carry one, as every answer does."""
+    header = (b"x-nf-request-id", request_id.encode())
+
+    async def sending(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return sending
 
 
 async def _plain(

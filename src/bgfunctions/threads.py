@@ -336,13 +336,22 @@ class ThreadExecutor(Executor):
             self._add_timer(self.clock.monotonic() + STALL_CHECK, self._check_stall)
 
     def _spawn_worker(self) -> None:
-        """Start a worker (lock held)."""
+        """Start a worker (lock held). When the OS refuses a thread, the work stays queued and
+        the stall check tries again while it waits."""
         self._spawned += 1
         thread = threading.Thread(
             target=self._worker_main, name=f"bgfunctions-worker-{self._spawned}", daemon=True
         )
         self._workers.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            # Never started: not a worker, which dispatch would count on and shutdown join.
+            self._workers.discard(thread)
+            log.warning("cannot start a worker thread (%s); queued work waits for one", exc)
+            if not self._stall_check_armed:
+                self._stall_check_armed = True
+                self._add_timer(self.clock.monotonic() + STALL_CHECK, self._check_stall)
 
     def _retry_or_finish(self, ended: InvocationRecord) -> None:
         if ended.state is State.RETRY_SCHEDULED:

@@ -147,7 +147,13 @@ class WSGIApp:
             return [] if method == "HEAD" else sent
         resolution = self.app.resolve(method, path)
         if resolution.response is not None:
-            if self.fallback is not None and not path.startswith("/.netlify/"):
+            # Not a path too long to route (414): the fallback would do the work the bound
+            # spares. Under /.netlify/ the functions answer for themselves.
+            if (
+                self.fallback is not None
+                and not path.startswith("/.netlify/")
+                and resolution.response.status != 414
+            ):
                 return self.fallback(environ, start_response)
             return _respond(start_response, resolution.response)
         try:
