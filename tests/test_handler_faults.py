@@ -12,6 +12,7 @@ handler waits on a ``threading.Event`` that the test sets at its end, so no thre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -515,3 +516,39 @@ def test_serve_survives_base_exceptions_and_still_stops_on_a_signal(
         status = server.stop(stop)
     # uvicorn shuts down gracefully, then re-raises the signal (or exits 0 after Ctrl-C).
     assert status in (0, -stop)
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_sigterm_stops_serve_while_a_sync_call_hangs(tmp_path: Path) -> None:
+    """`bgfunctions serve` stops on SIGTERM while a synchronous call hangs, without waiting
+    out the call's --sync-timeout (here 600 s)."""
+    site = tmp_path / "site"
+    entered = tmp_path / "entered"
+    write(
+        site,
+        "netlify/functions/hang.py",
+        "import pathlib\nimport threading\n\n\ndef handler(request, context):\n"
+        f"    pathlib.Path({str(entered)!r}).touch()\n    threading.Event().wait()\n",
+    )
+    server = Server(site, "--no-reload", "--sync-timeout", "600")
+    caller = None
+    try:
+        server.wait_until_listening()
+
+        def call() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(f"{server.base}/.netlify/functions/hang", timeout=WAIT * 3)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        clock = SystemClock()
+        deadline = clock.monotonic() + WAIT
+        while not entered.exists() and clock.monotonic() < deadline:
+            clock.sleep(0.01)  # polling for the call to be under way, not a schedule
+        assert entered.exists()
+    finally:
+        status = server.stop(signal.SIGTERM)  # it kills the process after 15 s
+        if caller is not None:
+            caller.join(WAIT)
+    assert status in (0, -signal.SIGTERM)
