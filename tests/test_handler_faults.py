@@ -242,6 +242,44 @@ def test_sync_functions_answer_after_20_hung_calls(apps: list[App]) -> None:
     assert executor.stats().abandoned_threads == 0
 
 
+def test_abandoned_call_threads_are_bounded(apps: list[App]) -> None:
+    """A handler that always hangs cannot grow the threads without bound: once the 8 call
+    threads and 4 x 8 replacements are all abandoned, no more start and later calls answer 500
+    from the queue; once the hung calls return, sync functions answer again."""
+    release = threading.Event()
+    entered: list[int] = []
+
+    def hang(request: Request, context: Context) -> str:
+        entered.append(1)
+        release.wait(WAIT)
+        return "too late"
+
+    registry = Registry()
+    registry.add("hang", hang)
+    registry.add("hello", lambda request, context: "Hello")
+    executor = ThreadExecutor(max_workers=2)
+    app = App(registry, executor=executor, limits=Limits(sync_timeout=0.05))
+    apps.append(app)
+    before = threading.active_count()
+    clock = SystemClock()
+    try:
+        statuses = [
+            app.handle(Request("GET", "/.netlify/functions/hang")).status for _ in range(60)
+        ]
+        assert statuses == [500] * 60
+        # 8 call threads and 32 replacements at most: the other calls never ran.
+        assert len(entered) <= 8 + 32
+        assert executor.stats().abandoned_threads <= 8 + 32
+        assert threading.active_count() - before <= 8 + 32 + 2  # + the executor's own
+    finally:
+        release.set()
+    deadline = clock.monotonic() + WAIT
+    while executor.stats().abandoned_threads and clock.monotonic() < deadline:
+        release.wait(0.01)  # the released threads end on their own
+    hello = app.handle(Request("GET", "/.netlify/functions/hello"))
+    assert (hello.status, hello.body) == (200, b"Hello")
+
+
 @pytest.mark.realtime
 def test_a_call_whose_thread_cannot_start_is_a_500_and_never_runs() -> None:
     """When the OS refuses a thread for a sync call, that call answers 500 and never runs
