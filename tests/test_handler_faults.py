@@ -12,6 +12,7 @@ handler waits on a ``threading.Event`` that the test sets at its end, so no thre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -239,6 +240,44 @@ def test_sync_functions_answer_after_20_hung_calls(apps: list[App]) -> None:
     while executor.stats().abandoned_threads and clock.monotonic() < deadline:
         release.wait(0.01)  # the released threads end on their own
     assert executor.stats().abandoned_threads == 0
+
+
+def test_abandoned_call_threads_are_bounded(apps: list[App]) -> None:
+    """A handler that always hangs cannot grow the threads without bound: once the 8 call
+    threads and 4 x 8 replacements are all abandoned, no more start and later calls answer 500
+    from the queue; once the hung calls return, sync functions answer again."""
+    release = threading.Event()
+    entered: list[int] = []
+
+    def hang(request: Request, context: Context) -> str:
+        entered.append(1)
+        release.wait(WAIT)
+        return "too late"
+
+    registry = Registry()
+    registry.add("hang", hang)
+    registry.add("hello", lambda request, context: "Hello")
+    executor = ThreadExecutor(max_workers=2)
+    app = App(registry, executor=executor, limits=Limits(sync_timeout=0.05))
+    apps.append(app)
+    before = threading.active_count()
+    clock = SystemClock()
+    try:
+        statuses = [
+            app.handle(Request("GET", "/.netlify/functions/hang")).status for _ in range(60)
+        ]
+        assert statuses == [500] * 60
+        # 8 call threads and 32 replacements at most: the other calls never ran.
+        assert len(entered) <= 8 + 32
+        assert executor.stats().abandoned_threads <= 8 + 32
+        assert threading.active_count() - before <= 8 + 32 + 2  # + the executor's own
+    finally:
+        release.set()
+    deadline = clock.monotonic() + WAIT
+    while executor.stats().abandoned_threads and clock.monotonic() < deadline:
+        release.wait(0.01)  # the released threads end on their own
+    hello = app.handle(Request("GET", "/.netlify/functions/hello"))
+    assert (hello.status, hello.body) == (200, b"Hello")
 
 
 @pytest.mark.realtime
@@ -515,3 +554,39 @@ def test_serve_survives_base_exceptions_and_still_stops_on_a_signal(
         status = server.stop(stop)
     # uvicorn shuts down gracefully, then re-raises the signal (or exits 0 after Ctrl-C).
     assert status in (0, -stop)
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_sigterm_stops_serve_while_a_sync_call_hangs(tmp_path: Path) -> None:
+    """`bgfunctions serve` stops on SIGTERM while a synchronous call hangs, without waiting
+    out the call's --sync-timeout (here 600 s)."""
+    site = tmp_path / "site"
+    entered = tmp_path / "entered"
+    write(
+        site,
+        "netlify/functions/hang.py",
+        "import pathlib\nimport threading\n\n\ndef handler(request, context):\n"
+        f"    pathlib.Path({str(entered)!r}).touch()\n    threading.Event().wait()\n",
+    )
+    server = Server(site, "--no-reload", "--sync-timeout", "600")
+    caller = None
+    try:
+        server.wait_until_listening()
+
+        def call() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(f"{server.base}/.netlify/functions/hang", timeout=WAIT * 3)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        clock = SystemClock()
+        deadline = clock.monotonic() + WAIT
+        while not entered.exists() and clock.monotonic() < deadline:
+            clock.sleep(0.01)  # polling for the call to be under way, not a schedule
+        assert entered.exists()
+    finally:
+        status = server.stop(signal.SIGTERM)  # it kills the process after 15 s
+        if caller is not None:
+            caller.join(WAIT)
+    assert status in (0, -signal.SIGTERM)

@@ -5,6 +5,11 @@ its threads hold hung calls, every later call waits in its queue, times out and 
 until a restart. Here a caller that gives up on a call (its time-out) *abandons* the call's
 thread: the thread leaves the pool, ends when its call returns (its result is ignored), and
 another thread may take its place. The background workers of the thread executor do the same.
+
+Abandoned threads are bounded (``max_abandoned``): a handler that always hangs would otherwise
+add a thread per time-out for as long as calls keep coming. Past the bound no replacement is
+started, so later calls wait in the queue and their callers time out (a 500 each), until a hung
+call returns and its thread ends.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ class _Call(Generic[T]):
 
 
 class CallPool:
-    """Up to ``max_workers`` threads (not counting abandoned ones), started as calls wait."""
+    """Up to ``max_workers`` threads (not counting abandoned ones), started as calls wait, and
+    at most ``max_workers + max_abandoned`` threads in all."""
 
-    def __init__(self, max_workers: int, name: str) -> None:
+    def __init__(self, max_workers: int, name: str, *, max_abandoned: int | None = None) -> None:
         self.max_workers = max_workers
+        self.max_abandoned = 4 * max_workers if max_abandoned is None else max_abandoned
         self._name = name
         self._queue: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -98,7 +105,11 @@ class CallPool:
 
     def _fill(self) -> None:
         """Start threads for the calls no idle thread will take (lock held)."""
-        while self._waiting > self._idle and len(self._threads) < self.max_workers:
+        while (
+            self._waiting > self._idle
+            and len(self._threads) < self.max_workers
+            and len(self._threads) + len(self._abandoned) < self.max_workers + self.max_abandoned
+        ):
             if self._closed:
                 return
             self._spawned += 1
@@ -143,6 +154,7 @@ class CallPool:
                 self._running.pop(future, None)
                 if me in self._abandoned:
                     self._abandoned.discard(me)
+                    self._fill()  # past the bound, no replacement was started: start it now
                     return  # a replacement took this thread's place
                 self._idle += 1
             del future

@@ -50,6 +50,8 @@ from bgfunctions.serverlog import LineFormatter, ServerLog, format_event, queued
 from bgfunctions.staticfiles import StaticFiles
 from bgfunctions.views import PREFIX
 
+_SHUTDOWN_REQUESTS = 5  # seconds in-flight requests get at shutdown
+
 __all__ = [
     "DEFAULT_MAX_PENDING",
     "JOURNAL_FILE",
@@ -368,6 +370,9 @@ class DevServer:
                 # uvicorn believes X-Forwarded-For from loopback clients by default: any local
                 # process (or a page through a local proxy) could then name the client.
                 proxy_headers=self.options.trust_proxy,
+                # At SIGINT/SIGTERM, requests still running after this long are cancelled, so
+                # a hung synchronous call does not hold the shutdown for its --sync-timeout.
+                timeout_graceful_shutdown=_SHUTDOWN_REQUESTS,
             )
             server = uvicorn.Server(config)
             base = self.url(sock)

@@ -621,6 +621,13 @@ class ThreadExecutor(Executor):
             result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except asyncio.TimeoutError:
             raise self._gave_up(function, future, request_id, timeout) from None
+        except asyncio.CancelledError:
+            # The caller was cancelled (the server stopping it at shutdown): nobody waits for
+            # this call any more, and shutdown must not wait for its thread either.
+            future.cancel()
+            if not function.is_async:
+                self._pool().abandon(future)
+            raise
         return _response(result, function, context)
 
     def _gave_up(
