@@ -66,7 +66,7 @@ def test_config_is_slotted() -> None:
 def test_config_is_keyword_only() -> None:
     """Positional arguments are refused."""
     with pytest.raises(TypeError):
-        Config("/a")  # type: ignore[call-arg]
+        Config("/a")  # type: ignore[call-arg, arg-type]
 
 
 def test_config_is_hashable_and_picklable() -> None:
@@ -665,3 +665,43 @@ def test_event_names_match_netlify_build() -> None:
         "identity-login",
         "split-test-modified",
     } <= EVENT_TRIGGERED_FUNCTIONS
+
+
+def test_an_unknown_keyword_is_a_type_error_naming_it() -> None:
+    """Config(pathh=...) fails as a mistyped keyword of a signature would, naming it."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'pathh'"):
+        Config(pathh="/x")  # type: ignore[call-arg]
+
+
+def test_every_field_is_read_from_its_netlify_key() -> None:
+    """Each field's one declaration gives its camelCase key: parse() reads every one of them."""
+    data = {
+        "path": "/x",
+        "excludedPath": "/x/y",
+        "method": "get",
+        "preferStatic": True,
+        "background": True,
+        "name": "X",
+        "generator": "g",
+        "rateLimit": {"windowLimit": 5, "windowSize": 60},
+        "region": "FRA",
+        "memory": "2gb",
+        "timeout": 30,
+    }
+    config, notes = Config.parse(data)
+    assert notes == ()
+    assert config == Config(
+        path="/x",
+        excluded_path="/x/y",
+        method="get",
+        prefer_static=True,
+        background=True,
+        name="X",
+        generator="g",
+        rate_limit={"windowLimit": 5, "windowSize": 60},
+        region="FRA",
+        memory="2gb",
+        timeout=30,
+    )
+    assert Config.parse({"schedule": "@daily"})[0].schedule == "@daily"
+    assert Config.parse({"vcpu": 1})[0].vcpu == 1

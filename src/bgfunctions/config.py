@@ -22,7 +22,10 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from typing_extensions import TypedDict, Unpack
 
 from bgfunctions._cron import check_cron
 from bgfunctions._urlpattern import compile_pathname
@@ -421,26 +424,6 @@ def _normalise_rate_limit(given: Mapping[str, object]) -> dict[str, object]:
 
 # ---------------------------------------------------------------- Config
 
-# snake_case field -> Netlify's camelCase key.
-_KEYS: dict[str, str] = {
-    "path": "path",
-    "excluded_path": "excludedPath",
-    "method": "method",
-    "prefer_static": "preferStatic",
-    "background": "background",
-    "schedule": "schedule",
-    "name": "name",
-    "generator": "generator",
-    "rate_limit": "rateLimit",
-    "region": "region",
-    "memory": "memory",
-    "vcpu": "vcpu",
-    "timeout": "timeout",
-}
-# Keys ZISI drops silently when their value is invalid (spec section 3); we drop with a warning.
-_SOFT = frozenset(
-    {"prefer_static", "background", "schedule", "name", "generator", "rate_limit", "timeout"}
-)
 # Node.js build knobs: accepted so a netlify.toml shared with Node functions loads, then dropped.
 _NODE_KEYS: dict[str, str] = {
     "node_bundler": "nodeBundler",
@@ -449,21 +432,22 @@ _NODE_KEYS: dict[str, str] = {
     "included_files": "includedFiles",
     "ignored_node_modules": "ignoredNodeModules",
 }
-_NORMALISERS: dict[str, Callable[[object], object]] = {
-    "path": _norm_paths,
-    "excluded_path": _norm_paths,
-    "method": _norm_method,
-    "prefer_static": _norm_bool,
-    "background": _norm_bool,
-    "schedule": _norm_schedule,
-    "name": _norm_text,
-    "generator": _norm_text,
-    "rate_limit": _norm_rate_limit,
-    "region": _norm_region,
-    "memory": _norm_memory,
-    "vcpu": _norm_vcpu,
-    "timeout": _norm_timeout,
-}
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """What a Config field is in Netlify's terms: its camelCase key, how a value given for it
+    is checked and normalised, and whether Netlify's build drops an invalid value silently
+    (spec section 3) rather than failing; we drop it with a warning."""
+
+    camel: str
+    normalise: Callable[[object], object]
+    soft: bool = False
+
+
+def _key(camel: str, normalise: Callable[[object], object], *, soft: bool = False) -> Any:
+    """A Config field, declared once: its default (None, "not set") and its :class:`_Key`."""
+    return field(default=None, metadata={"netlify": _Key(camel, normalise, soft)})
 
 
 def _combination_problem(values: Mapping[str, object]) -> tuple[str, str] | None:
@@ -486,6 +470,25 @@ def _subject(function: str | None) -> str:
     return f"Function {function}" if function else "Function config"
 
 
+class _ConfigArgs(TypedDict, total=False):
+    """What ``Config(...)`` takes for each field: the forms its normaliser accepts (the field's
+    declaration in :class:`Config` says what is stored)."""
+
+    path: str | Sequence[str] | None
+    excluded_path: str | Sequence[str] | None
+    method: str | Sequence[str] | None
+    prefer_static: bool | None
+    background: bool | None
+    schedule: str | None
+    name: str | None
+    generator: str | None
+    rate_limit: RateLimit | Mapping[str, object] | None
+    region: str | None
+    memory: int | str | None
+    vcpu: float | None
+    timeout: float | None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class Config:
     """A function's configuration, as a module's ``config`` or a ``[functions.NAME]`` block.
@@ -496,99 +499,71 @@ class Config:
     when functions run here; they exist so that a Netlify config loads unchanged.
     """
 
-    path: tuple[str, ...] | None = None
+    path: tuple[str, ...] | None = _key("path", _norm_paths)
     """Custom URL paths (URLPattern pathname syntax, each starting with ``/``). Setting it
     removes the default URL ``/.netlify/functions/NAME``. Accepts a str or a sequence of str;
     stored as a tuple, duplicates removed, order kept. Default None (default URL only)."""
-    excluded_path: tuple[str, ...] | None = None
+    excluded_path: tuple[str, ...] | None = _key("excludedPath", _norm_paths)
     """Paths that ``path`` must not match (``excludedPath``); same forms as ``path``.
     Default None."""
-    method: tuple[str, ...] | None = None
+    method: tuple[str, ...] | None = _key("method", _norm_method)
     """HTTP methods the custom paths answer: GET POST PUT PATCH OPTIONS DELETE HEAD, any case,
     stored upper-case. Accepts a str or a sequence. Default None (every method)."""
-    prefer_static: bool | None = None
+    prefer_static: bool | None = _key("preferStatic", _norm_bool, soft=True)
     """``preferStatic``: when a static file exists at the URL, serve it instead of the function.
     Default None (False)."""
-    background: bool | None = None
+    background: bool | None = _key("background", _norm_bool, soft=True)
     """Run as a background function: answer 202 at once, run up to 15 min, retry on failure.
     OR-ed with the ``-background`` name suffix, so False never cancels the suffix. Default None
     (not set, so a netlify.toml value applies)."""
-    schedule: str | None = None
+    schedule: str | None = _key("schedule", _norm_schedule, soft=True)
     """A cron expression (UTC): five fields or a macro such as ``@daily`` (not ``@reboot`` or
     ``@annually``). Validated; a scheduled function must not have a ``path``. Running on a
     schedule is not implemented yet. Default None."""
-    name: str | None = None
+    name: str | None = _key("name", _norm_text, soft=True)
     """The display name shown by ``bgfunctions list`` (Netlify's ``displayName``); the
     function's real name still comes from its file. Default None (the function name)."""
-    generator: str | None = None
+    generator: str | None = _key("generator", _norm_text, soft=True)
     """Which tool generated the function (for frameworks, not users); reported only.
     Default None."""
-    rate_limit: RateLimit | None = None
+    rate_limit: RateLimit | None = _key("rateLimit", _norm_rate_limit, soft=True)  # noqa: RUF009
     """Netlify's ``rateLimit`` rule; the constructor also accepts a mapping with camelCase or
     snake_case keys. No-op here: no rate limiting is applied. Default None."""
-    region: str | None = None
+    region: str | None = _key("region", _norm_region)
     """Netlify region code (cmh dub fra gru iad lhr nrt pdx sfo sin syd yul), any case, stored
     lower-case. No-op here. Default None."""
-    memory: int | None = None
+    memory: int | None = _key("memory", _norm_memory)
     """Memory in MB, 1024-4096; the constructor also accepts a str with a unit, like ``"2gb"``
     (stored as 2048). Cannot be combined with ``vcpu``. No-op here. Default None."""
-    vcpu: float | None = None
+    vcpu: float | None = _key("vcpu", _norm_vcpu)
     """Virtual CPUs, 0.5-2. Cannot be combined with ``memory``. No-op here. Default None."""
-    timeout: float | None = None
+    timeout: float | None = _key("timeout", _norm_timeout, soft=True)
     """Netlify's per-function ``timeout`` in seconds. No-op here: the limits come from the
     executor's ``Limits`` (60 s synchronous, 900 s background). Default None."""
 
-    def __init__(
-        self,
-        *,
-        path: str | Sequence[str] | None = None,
-        excluded_path: str | Sequence[str] | None = None,
-        method: str | Sequence[str] | None = None,
-        prefer_static: bool | None = None,
-        background: bool | None = None,
-        schedule: str | None = None,
-        name: str | None = None,
-        generator: str | None = None,
-        rate_limit: RateLimit | Mapping[str, object] | None = None,
-        region: str | None = None,
-        memory: int | str | None = None,
-        vcpu: float | None = None,
-        timeout: float | None = None,
-    ) -> None:
-        given: dict[str, object] = {
-            "path": path,
-            "excluded_path": excluded_path,
-            "method": method,
-            "prefer_static": prefer_static,
-            "background": background,
-            "schedule": schedule,
-            "name": name,
-            "generator": generator,
-            "rate_limit": rate_limit,
-            "region": region,
-            "memory": memory,
-            "vcpu": vcpu,
-            "timeout": timeout,
-        }
+    def __init__(self, **given: Unpack[_ConfigArgs]) -> None:
+        unknown = sorted(set(given) - _SPEC.keys())
+        if unknown:
+            raise TypeError(f"Config() got an unexpected keyword argument {unknown[0]!r}")
         values: dict[str, object] = {}
-        for field, value in given.items():
+        for name, value in given.items():
             if value is None:
-                values[field] = None
+                values[name] = None
                 continue
             try:
-                values[field] = _NORMALISERS[field](value)
+                values[name] = _SPEC[name].normalise(value)
             except _Problem as problem:
                 error = PatternError if problem.pattern else ConfigError
                 got = "" if problem.pattern or problem.shows_value else f"; got {_show(value)}"
-                raise error(f"Config.{field}: {_plain(problem)}{got}") from None
+                raise error(f"Config.{name}: {_plain(problem)}{got}") from None
         combination = _combination_problem(values)
         if combination is not None:
             raise ConfigError(f"Config.{combination[0]}: {combination[1]}")
         self._assign(values)
 
     def _assign(self, values: Mapping[str, object]) -> None:
-        for field in _KEYS:
-            object.__setattr__(self, field, values.get(field))
+        for name in _SPEC:
+            object.__setattr__(self, name, values.get(name))
 
     @classmethod
     def _from_values(cls, values: Mapping[str, object]) -> Config:
@@ -650,7 +625,7 @@ class Config:
             if value is None:
                 continue  # None is "not set", as an absent key
             try:
-                values[snake] = _NORMALISERS[snake](value)
+                values[snake] = _SPEC[snake].normalise(value)
             except _Problem as problem:
                 # A schedule string that is not valid cron fails Netlify's config check.
                 soft = snake in _SOFT and not (snake == "schedule" and isinstance(value, str))
@@ -707,8 +682,8 @@ class Config:
     def to_dict(self) -> dict[str, object]:
         """Netlify's camelCase keys, only the set fields, JSON-ready (lists, not tuples)."""
         result: dict[str, object] = {}
-        for field, camel in _KEYS.items():
-            value = getattr(self, field)
+        for name, camel in _KEYS.items():
+            value = getattr(self, name)
             if isinstance(value, RateLimit):
                 result[camel] = value.to_dict()
             elif isinstance(value, tuple):
@@ -716,6 +691,13 @@ class Config:
             elif value is not None:
                 result[camel] = value
         return result
+
+
+# Derived from the fields' declarations: snake_case field -> its Netlify terms, camelCase key,
+# and the fields whose invalid value Netlify drops silently.
+_SPEC: dict[str, _Key] = {f.name: f.metadata["netlify"] for f in fields(Config)}
+_KEYS: dict[str, str] = {name: key.camel for name, key in _SPEC.items()}
+_SOFT = frozenset(name for name, key in _SPEC.items() if key.soft)
 
 
 def _netlify_message(function: str | None, key: str, message: str, where: str | None) -> str:
