@@ -17,7 +17,7 @@ import tracemalloc
 from pathlib import Path
 
 from bgfunctions import App, InlineExecutor, Registry, Request, VirtualClock
-from bgfunctions.sqlite_journal import SQLiteJournal
+from bgfunctions.journals.sqlite import SQLiteJournal
 from bgfunctions.views import record_to_view
 
 BODY = 250_000

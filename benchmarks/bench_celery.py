@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from bgfunctions import App, Registry, State
-from bgfunctions.contrib.celery import CeleryExecutor, celery_settings, make_celery
-from bgfunctions.journal import Journal
+from bgfunctions.executors.celery import CeleryExecutor, celery_settings, make_celery
+from bgfunctions.journals.base import Journal
 
 GOAL = 1.3  # against Celery with the same guarantees (issue 12: keep 1.3x, aim for 2x)
 WORKERS = 2
@@ -86,13 +86,13 @@ if profile:
         _profiler.dump_stats(f"{profile}.{os.getpid()}.prof")
 
 if mode == "bgfunctions":
-    from bgfunctions.contrib.celery import journal_factory, make_celery, run_worker
+    from bgfunctions.executors.celery import journal_factory, make_celery, run_worker
 
     app = make_celery(broker=broker, journal=journal_factory(journal), site=site, queue=queue)
     run_worker(app, concurrency=1, loglevel="WARNING")
 else:
     import celery
-    from bgfunctions.contrib.celery import celery_settings
+    from bgfunctions.executors.celery import celery_settings
 
     app = celery.Celery("plain", broker=broker, set_as_current=False)
     app.conf.update(celery_settings(broker, queue=queue))
@@ -139,11 +139,11 @@ def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
 def open_journal(kind: str, root: Path) -> tuple[Journal, str]:
     """The web tier's journal and the spec workers open it with."""
     if kind == "postgres":
-        from bgfunctions.contrib.postgres import PostgresJournal
+        from bgfunctions.journals.postgres import PostgresJournal
 
         journal: Journal = PostgresJournal(POSTGRES)
         return journal, POSTGRES
-    from bgfunctions.sqlite_journal import SQLiteJournal
+    from bgfunctions.journals.sqlite import SQLiteJournal
 
     path = root / "journal.sqlite3"
     return SQLiteJournal(path), str(path)

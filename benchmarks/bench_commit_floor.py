@@ -24,7 +24,7 @@ from typing import Literal, TypeVar
 
 from bgfunctions import Request, RetryPolicy
 from bgfunctions.invocation import InvocationRecord, Outcome
-from bgfunctions.sqlite_journal import SQLiteJournal
+from bgfunctions.journals.sqlite import SQLiteJournal
 
 T = TypeVar("T")
 Sync = Literal["FULL", "NORMAL"]

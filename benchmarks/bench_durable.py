@@ -42,8 +42,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bgfunctions import App, Config, Context, Registry, Request, ThreadExecutor
-from bgfunctions.journal import Journal, MemoryJournal
-from bgfunctions.sqlite_journal import SQLiteJournal
+from bgfunctions.journals.base import Journal, MemoryJournal
+from bgfunctions.journals.sqlite import SQLiteJournal
 
 CONCURRENCY = 32
 HUEY_GOAL = 2.0

@@ -96,7 +96,7 @@ def bgfunctions_app(counters: Counters) -> tuple[Any, Any]:
     from bgfunctions import App, Config, Event, EventKind, Registry
     from bgfunctions.asgi import ASGIApp
     from bgfunctions.clock import SystemClock
-    from bgfunctions.threads import ThreadExecutor
+    from bgfunctions.executors.threads import ThreadExecutor
 
     def on_event(event: Event) -> None:
         if event.kind is EventKind.ACCEPTED:

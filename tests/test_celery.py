@@ -43,10 +43,10 @@ from bgfunctions import (
     State,
     SystemClock,
 )
-from bgfunctions.contrib import celery as celery_module
-from bgfunctions.contrib.celery import TASK_NAME, CeleryExecutor, celery_settings, make_celery
+from bgfunctions.executors import celery as celery_module
+from bgfunctions.executors.celery import TASK_NAME, CeleryExecutor, celery_settings, make_celery
 from bgfunctions.ids import new_request_id
-from bgfunctions.journal import Journal
+from bgfunctions.journals.base import Journal
 
 pytestmark = [pytest.mark.server, pytest.mark.realtime]
 
@@ -111,7 +111,7 @@ import sys
 from pathlib import Path
 
 from bgfunctions import Limits, RetryPolicy
-from bgfunctions.contrib.celery import journal_factory, make_celery, run_worker
+from bgfunctions.executors.celery import journal_factory, make_celery, run_worker
 
 broker, journal, site, queue, failures = sys.argv[1:6]
 
@@ -629,7 +629,7 @@ import sys
 from pathlib import Path
 
 from bgfunctions import App, Registry, SQLiteJournal
-from bgfunctions.contrib.celery import CeleryExecutor, make_celery
+from bgfunctions.executors.celery import CeleryExecutor, make_celery
 
 broker, site, queue, journal_path = sys.argv[1:5]
 journal = SQLiteJournal(journal_path)

@@ -1,6 +1,6 @@
 """Faults under Celery: a worker killed mid-burst, a broker restarted mid-burst, a broker stopped.
 
-Real brokers, real worker subprocesses (``bgfunctions.contrib.celery.run_worker``, prefork,
+Real brokers, real worker subprocesses (``bgfunctions.executors.celery.run_worker``, prefork,
 concurrency 2 each), a SQLite journal shared by the web tier and the workers. Every background
 call goes through ``App.handle``; a ``202`` is an accepted invocation. The handler appends
 ``start ID ATTEMPT PID`` and ``end ID ATTEMPT PID`` lines to a ledger file (each line written
@@ -43,7 +43,7 @@ import pytest
 
 from bgfunctions import App, Limits, Registry, Request, RetryPolicy, SQLiteJournal, State
 from bgfunctions.clock import SystemClock
-from bgfunctions.contrib.celery import CeleryExecutor, make_celery
+from bgfunctions.executors.celery import CeleryExecutor, make_celery
 from test_celery import BROKERS, _need, _start, _stop
 
 pytestmark = [pytest.mark.server, pytest.mark.realtime]
@@ -82,7 +82,7 @@ WORKER = """
 import sys
 
 from bgfunctions import Limits, RetryPolicy
-from bgfunctions.contrib.celery import journal_factory, make_celery, run_worker
+from bgfunctions.executors.celery import journal_factory, make_celery, run_worker
 
 broker, journal, site, queue = sys.argv[1:5]
 app = make_celery(

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from bgfunctions import App, Registry, SQLiteJournal, State
-from bgfunctions.contrib.celery import CeleryExecutor, make_celery, worker_name
+from bgfunctions.executors.celery import CeleryExecutor, make_celery, worker_name
 
 pytestmark = [pytest.mark.server, pytest.mark.realtime]
 

@@ -35,7 +35,7 @@ import httpx
 import pytest
 
 from bgfunctions.invocation import InvocationRecord, Outcome, State
-from bgfunctions.sqlite_journal import SQLiteJournal
+from bgfunctions.journals.sqlite import SQLiteJournal
 
 pytestmark = [pytest.mark.server, pytest.mark.realtime]
 

@@ -22,9 +22,9 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from bgfunctions import App, Context, InlineExecutor, Registry, Request, RetryPolicy, VirtualClock
-from bgfunctions.contrib.postgres import SCHEMA_VERSION, PostgresJournal
 from bgfunctions.errors import JournalError, JournalUnavailableError, NotAcceptedError
 from bgfunctions.invocation import InvocationRecord, Outcome, State
+from bgfunctions.journals.postgres import SCHEMA_VERSION, PostgresJournal
 
 RETRY = RetryPolicy()
 Opener = Callable[..., PostgresJournal]
@@ -610,9 +610,9 @@ def test_a_closed_journal_refuses_calls(open_journal: Opener) -> None:
 def test_missing_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Importing the module without psycopg raises ImportError that names the extra."""
     monkeypatch.setitem(sys.modules, "psycopg", None)
-    monkeypatch.delitem(sys.modules, "bgfunctions.contrib.postgres")
+    monkeypatch.delitem(sys.modules, "bgfunctions.journals.postgres")
     with pytest.raises(ImportError, match=r"pip install 'bgfunctions\[postgres\]'"):
-        importlib.import_module("bgfunctions.contrib.postgres")
+        importlib.import_module("bgfunctions.journals.postgres")
 
 
 # -- with an App -----------------------------------------------------------------------------

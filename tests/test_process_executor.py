@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bgfunctions import App, Limits, Outcome, Request, RetryPolicy, State, discover
-from bgfunctions.processes import ProcessExecutor
+from bgfunctions.executors.processes import ProcessExecutor
 
 pytestmark = pytest.mark.realtime
 

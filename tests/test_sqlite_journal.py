@@ -39,9 +39,9 @@ from bgfunctions import (
     discover,
 )
 from bgfunctions.errors import JournalError, JournalUnavailableError, NotAcceptedError
+from bgfunctions.executors.processes import ProcessExecutor
 from bgfunctions.invocation import InvocationRecord, Outcome, State
-from bgfunctions.processes import ProcessExecutor
-from bgfunctions.sqlite_journal import APPLICATION_ID, SCHEMA_VERSION, SQLiteJournal
+from bgfunctions.journals.sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLiteJournal
 from bgfunctions.views import record_to_view
 
 RETRY = RetryPolicy()
@@ -447,7 +447,7 @@ def test_expire_leases_without_returning(
     open_journal: Opener, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On SQLite older than 3.35 (no RETURNING) expired leases are taken over the same way."""
-    import bgfunctions.sqlite_journal as module
+    import bgfunctions.journals.sqlite as module
 
     monkeypatch.setattr(module, "_RETURNING", False)
     one, two = open_journal(owner="one", lease=1.0), open_journal(owner="two", lease=1.0)
@@ -601,7 +601,7 @@ _CHILD = """
 import sys
 from bgfunctions import VirtualClock
 from bgfunctions.invocation import InvocationRecord
-from bgfunctions.sqlite_journal import SQLiteJournal
+from bgfunctions.journals.sqlite import SQLiteJournal
 journal = SQLiteJournal(sys.argv[1], synchronous="FULL", clock=VirtualClock())
 for i in range(10_000):
     journal.accepted(InvocationRecord(request_id=f"r{i}", function="f", method="POST", url="/",

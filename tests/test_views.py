@@ -32,13 +32,13 @@ from bgfunctions.clock import SystemClock, VirtualClock
 from bgfunctions.config import Config
 from bgfunctions.devserver import JOURNAL_FILE, DevServer, ServeOptions
 from bgfunctions.errors import ConfigError
-from bgfunctions.inline import InlineExecutor
+from bgfunctions.executors.inline import InlineExecutor
 from bgfunctions.invocation import InvocationRecord, Outcome, State
-from bgfunctions.journal import MemoryJournal
+from bgfunctions.journals.base import MemoryJournal
+from bgfunctions.journals.sqlite import SQLiteJournal
 from bgfunctions.redaction import DEFAULT_HEADER_NAMES, DEFAULT_WORDS, Redaction
 from bgfunctions.registry import Registry
 from bgfunctions.requests import Request
-from bgfunctions.sqlite_journal import SQLiteJournal
 from bgfunctions.views import REDACTED, record_to_view
 
 # Virtual time starts at a whole second of today: a journal prunes records older than a week.

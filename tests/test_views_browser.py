@@ -29,7 +29,7 @@ import pytest
 from bgfunctions.app import App
 from bgfunctions.asgi import ASGIApp, Receive, Scope, Send
 from bgfunctions.clock import SystemClock, VirtualClock
-from bgfunctions.inline import InlineExecutor
+from bgfunctions.executors.inline import InlineExecutor
 from bgfunctions.registry import Registry
 from bgfunctions.requests import Request
 

@@ -5,8 +5,8 @@ Layers (a lower layer never imports a higher one; ``tests/test_layers.py`` check
     L0  errors, ids*, _slots              (* ids reads time only through a Clock)
     L1  clock, config, _cron, datastructures, requests, responses, context, retry, invocation,
         logs, _pathmatch, _urlpattern, redaction
-    L2  routing, _loader, _netlify_toml, journal, sqlite_journal
-    L3  registry, _attempt, executor, inline, _callpool, threads, processes
+    L2  routing, _loader, _netlify_toml, journals.*
+    L3  registry, _attempt, executors.*
     L4  app
     L5  asgi, wsgi, hosts, staticfiles, devserver, serverlog, views, testing, pytest_plugin,
         cli, __main__, contrib.*
@@ -54,9 +54,10 @@ from bgfunctions.errors import (
     UnknownFunctionError,
     UserCodeError,
 )
-from bgfunctions.executor import Binding, Executor, ExecutorStats, Invocation
+from bgfunctions.executors.base import Binding, Executor, ExecutorStats, Invocation
+from bgfunctions.executors.inline import InlineExecutor
+from bgfunctions.executors.threads import ThreadExecutor
 from bgfunctions.ids import new_request_id
-from bgfunctions.inline import InlineExecutor
 from bgfunctions.invocation import (
     Attempt,
     Event,
@@ -67,15 +68,14 @@ from bgfunctions.invocation import (
     Outcome,
     State,
 )
-from bgfunctions.journal import Journal, MemoryJournal
+from bgfunctions.journals.base import Journal, MemoryJournal
+from bgfunctions.journals.sqlite import SQLiteJournal
 from bgfunctions.logs import InvocationFilter
 from bgfunctions.redaction import Redaction
 from bgfunctions.registry import Function, FunctionMatch, Registry, discover, resolve_background
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
 from bgfunctions.retry import Limits, RetryPolicy
-from bgfunctions.sqlite_journal import SQLiteJournal
-from bgfunctions.threads import ThreadExecutor
 
 __version__ = "0.1.0"
 

@@ -18,10 +18,10 @@ from typing import TypeVar, cast
 from bgfunctions.clock import Clock
 from bgfunctions.context import Site
 from bgfunctions.errors import NotAcceptedError, PayloadTooLargeError
-from bgfunctions.executor import Binding, Executor, Invocation
+from bgfunctions.executors.base import Binding, Executor, Invocation
 from bgfunctions.ids import new_request_id
 from bgfunctions.invocation import InvocationRecord, OnEvent, OnFailure, State
-from bgfunctions.journal import Journal
+from bgfunctions.journals.base import Journal
 from bgfunctions.registry import Function, FunctionMatch, Registry
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
@@ -102,7 +102,7 @@ class App:
         static_exists: Callable[[str], bool] | None = None,
     ) -> None:
         if executor is None:
-            from bgfunctions.threads import ThreadExecutor
+            from bgfunctions.executors.threads import ThreadExecutor
 
             executor = ThreadExecutor(clock=clock, journal=journal)
         else:

@@ -29,7 +29,7 @@ from typing import TextIO
 
 from bgfunctions.errors import BgFunctionsError, ConfigError
 from bgfunctions.invocation import InvocationRecord, State
-from bgfunctions.journal import Journal
+from bgfunctions.journals.base import Journal
 from bgfunctions.registry import Function, Registry
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "build_parser", "main"]
@@ -523,7 +523,7 @@ def _existing_journal(
     value: str | None, site: Path, *, read_only: bool = False
 ) -> Iterator[Journal]:
     from bgfunctions.devserver import open_sqlite_journal
-    from bgfunctions.sqlite_journal import SQLiteJournal
+    from bgfunctions.journals.sqlite import SQLiteJournal
 
     path = _journal_path(value, site)
     if path is None:
@@ -721,7 +721,7 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     try:
-        from bgfunctions.contrib import celery as bgcelery
+        from bgfunctions.executors import celery as bgcelery
     except ImportError as exc:
         raise _CommandError(str(exc)) from None
     from bgfunctions.retry import Limits, RetryPolicy

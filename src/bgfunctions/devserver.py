@@ -37,10 +37,10 @@ from bgfunctions.app import App
 from bgfunctions.asgi import ASGIApp, Receive, Scope, Send
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import BgFunctionsError
-from bgfunctions.executor import Executor
+from bgfunctions.executors.base import Executor
 from bgfunctions.hosts import AllowedHosts
 from bgfunctions.invocation import Event, EventKind, State
-from bgfunctions.journal import Journal
+from bgfunctions.journals.base import Journal
 from bgfunctions.logs import InvocationFilter
 from bgfunctions.redaction import Redaction
 from bgfunctions.registry import Registry
@@ -134,7 +134,7 @@ def open_sqlite_journal(path: Path) -> Journal:
     cannot be set from outside): a full disk, reproducible, for fault tests and drills.
     """
     # Imported here: only a server or command that keeps a journal file pays for SQLite.
-    from bgfunctions.sqlite_journal import SQLiteJournal
+    from bgfunctions.journals.sqlite import SQLiteJournal
 
     path.parent.mkdir(parents=True, exist_ok=True)
     pages = os.environ.get(MAX_PAGES_ENV, "").strip()
@@ -237,7 +237,7 @@ class DevServer:
 
     def _executor(self, journal: Journal | None) -> Executor:
         if self.options.executor == "process":
-            from bgfunctions.processes import ProcessExecutor
+            from bgfunctions.executors.processes import ProcessExecutor
 
             return ProcessExecutor(
                 clock=self.clock, journal=journal, max_pending=self.options.max_pending
@@ -246,7 +246,7 @@ class DevServer:
             raise BgFunctionsError(
                 f"--executor: expected 'thread' or 'process'; got {self.options.executor!r}"
             )
-        from bgfunctions.threads import ThreadExecutor
+        from bgfunctions.executors.threads import ThreadExecutor
 
         return ThreadExecutor(
             clock=self.clock, journal=journal, max_pending=self.options.max_pending

@@ -17,7 +17,7 @@ import pytest
 
 from bgfunctions.app import App
 from bgfunctions.clock import VirtualClock
-from bgfunctions.inline import InlineExecutor
+from bgfunctions.executors.inline import InlineExecutor
 from bgfunctions.registry import Registry
 from bgfunctions.testing import make_app
 

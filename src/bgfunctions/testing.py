@@ -39,9 +39,9 @@ from bgfunctions.clock import Clock, VirtualClock
 from bgfunctions.config import Config
 from bgfunctions.context import Context
 from bgfunctions.datastructures import HeadersInit
-from bgfunctions.executor import Executor, Invocation
+from bgfunctions.executors.base import Executor, Invocation
+from bgfunctions.executors.inline import InlineExecutor
 from bgfunctions.ids import new_request_id
-from bgfunctions.inline import InlineExecutor
 from bgfunctions.invocation import (
     Attempt,
     InvocationRecord,
@@ -50,7 +50,7 @@ from bgfunctions.invocation import (
     State,
     error_type_name,
 )
-from bgfunctions.journal import Journal
+from bgfunctions.journals.base import Journal
 from bgfunctions.logs import InvocationFilter, LineFormatter
 from bgfunctions.registry import Function, Registry
 from bgfunctions.requests import Request

@@ -1,1 +1,2 @@
-"""Optional integrations that need third-party packages (each behind its own extra)."""
+"""Aliases kept for earlier import paths: the Celery engine is
+:mod:`bgfunctions.executors.celery`, the PostgreSQL journal :mod:`bgfunctions.journals.postgres`."""

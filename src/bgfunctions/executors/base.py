@@ -38,7 +38,7 @@ from bgfunctions.invocation import (
     State,
     error_type_name,
 )
-from bgfunctions.journal import Journal, MemoryJournal
+from bgfunctions.journals.base import Journal, MemoryJournal
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response

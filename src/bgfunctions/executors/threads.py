@@ -37,7 +37,6 @@ from bgfunctions._attempt import (
     to_response,
     warn_ignored_return,
 )
-from bgfunctions._callpool import CallPool
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.context import Context
 from bgfunctions.errors import (
@@ -46,9 +45,10 @@ from bgfunctions.errors import (
     QueueFullError,
     UnknownFunctionError,
 )
-from bgfunctions.executor import Executor, ExecutorStats
+from bgfunctions.executors._callpool import CallPool
+from bgfunctions.executors.base import Executor, ExecutorStats
 from bgfunctions.invocation import InvocationRecord, Outcome, State
-from bgfunctions.journal import Journal
+from bgfunctions.journals.base import Journal
 from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request

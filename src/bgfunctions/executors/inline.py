@@ -25,9 +25,9 @@ from bgfunctions._attempt import (
 from bgfunctions.clock import ClockEventLoop, VirtualClock
 from bgfunctions.context import Context
 from bgfunctions.errors import DeadlineExceeded
-from bgfunctions.executor import Executor, ExecutorStats, Invocation
+from bgfunctions.executors.base import Executor, ExecutorStats, Invocation
 from bgfunctions.invocation import InvocationRecord, Outcome, State
-from bgfunctions.journal import Journal
+from bgfunctions.journals.base import Journal
 from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request

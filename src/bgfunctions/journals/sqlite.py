@@ -30,7 +30,7 @@ from typing import Any, Literal
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import JournalError, JournalUnavailableError
 from bgfunctions.invocation import InvocationRecord, State
-from bgfunctions.journal import Journal
+from bgfunctions.journals.base import Journal
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteJournal"]
 

@@ -52,13 +52,13 @@ from bgfunctions._loader import find_handler, is_async_handler, load_module
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.config import Config
 from bgfunctions.errors import DeadlineExceeded
+from bgfunctions.executors.threads import ThreadExecutor
 from bgfunctions.invocation import InvocationRecord, Outcome, error_type_name
-from bgfunctions.journal import Journal
+from bgfunctions.journals.base import Journal
 from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
-from bgfunctions.threads import ThreadExecutor
 
 __all__ = ["ProcessExecutor"]
 
