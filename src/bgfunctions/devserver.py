@@ -28,10 +28,10 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bgfunctions.app import App
 from bgfunctions.asgi import ASGIApp, Receive, Scope, Send
@@ -374,8 +374,11 @@ class DevServer:
                 # a hung synchronous call does not hold the shutdown for its --sync-timeout.
                 timeout_graceful_shutdown=_SHUTDOWN_REQUESTS,
             )
+            config.load()  # now, to name the loop and the HTTP parser it picked
             server = uvicorn.Server(config)
             base = self.url(sock)
+            loop_factory = config.get_loop_factory()
+            self.print(f"uvicorn {uvicorn.__version__}: {_stack(loop_factory, config)}")
             self.print(f"serving {self.site_dir} on {base}")
             if self.view_enabled:
                 self.print(f"invocations: {base}{PREFIX}/")
@@ -383,7 +386,7 @@ class DevServer:
             level = root.level
             handler = self._show_logs()
             try:
-                asyncio.run(self._serve(server, sock))
+                _run(self._serve(server, sock), loop_factory)
             finally:
                 root.removeHandler(handler)
                 root.setLevel(level)
@@ -442,3 +445,32 @@ class DevServer:
             stop.set()
             if watcher is not None:
                 await watcher
+
+
+def _stack(loop_factory: Callable[[], asyncio.AbstractEventLoop] | None, config: object) -> str:
+    """``uvloop loop, httptools parser``: what uvicorn's ``auto`` settings picked (uvloop and
+    httptools when ``uvicorn[standard]`` is installed, else asyncio and h11)."""
+    loop = "asyncio" if loop_factory is None else loop_factory.__module__.split(".")[0]
+    protocol = getattr(config, "http_protocol_class", None)
+    module = getattr(protocol, "__module__", "")
+    http = "httptools" if "httptools" in module else "h11" if "h11" in module else module or "?"
+    return f"{loop} loop, {http} parser"
+
+
+def _run(
+    main: Coroutine[Any, Any, None],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+) -> None:
+    """``asyncio.run`` on the loop uvicorn picked (uvloop when installed), as
+    ``uvicorn.Server.run`` does: ``asyncio.run`` alone would always take the stdlib loop."""
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main)
+        return
+    loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
