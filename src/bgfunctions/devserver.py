@@ -466,11 +466,11 @@ def _run(
     if sys.version_info >= (3, 11):
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(main)
-        return
-    loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
-    try:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(main)
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    else:
+        loop = loop_factory() if loop_factory is not None else asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(main)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
