@@ -1,29 +1,37 @@
-"""HTTP throughput and latency of the ASGI app answering 202s for a no-op background function.
+"""HTTP: bgfunctions' background functions against Starlette's ``BackgroundTasks``, side by side.
 
-Three servers, each in its own uvicorn subprocess (one worker, loopback, a free port,
-``log_level=warning``, no access log), loaded in the same run at concurrency 1 and 32:
+Each app runs in its own uvicorn subprocess (one worker, loopback, a free port, no access log)
+and is loaded in the same run, on two stacks:
 
-- ``bare``: an ASGI app that answers an empty 202 and does nothing else (the ceiling);
-- ``bgfunctions``: ``ASGIApp`` over ``App`` with the ``ThreadExecutor`` (the dev server's stack,
-  without its per-event printing), for a no-op background function;
-- ``starlette``: a Starlette route answering 202 with ``BackgroundTasks`` running the same no-op.
+1. **uvloop + httptools** (``uvicorn[standard]``, what ASGI apps are deployed on);
+2. **asyncio + h11** (uvicorn without its extras), as a second table.
 
-Figures: requests per second, p50/p99 latency, the ratio to the bare app, invocations completed
-per second during the load, whether the backlog (pending + running) is back to 0 within a second
-of the end, and the server's RSS (``VmRSS``, and ``VmHWM``, its peak). Goal: bgfunctions >= 0.8x
-the bare app's requests per second.
+The apps, every one a no-op so that only the machinery is measured:
 
-The load generator is ``wrk`` when it is on the PATH (``apt-get install -y wrk``), else an
-asyncio raw-socket generator in this file (keep-alive connections); the output says which.
-Counters and the backlog are read over the server's stdin/stdout, never over HTTP, so the
-measured path is only the function's.
+- ``bare``: an ASGI app answering an empty 202 (the ceiling);
+- ``bt-async`` / ``bt-sync``: a Starlette route answering 202 with a ``BackgroundTask`` of an
+  async / a sync no-op (the peer: a FastAPI user's ``BackgroundTasks``);
+- ``bgf-async`` / ``bgf-sync``: bgfunctions' ``ASGIApp`` mounted in Starlette
+  (``Mount("/fn", ...)``, the README's way), with an async / a sync no-op background function,
+  the default executor and the memory journal;
+- ``serve``: ``bgfunctions serve`` on a site with the async no-op (its defaults: the SQLite
+  journal, one line per event on its output). It picks its own stack, so it is in the first
+  table only.
+
+Figures per app: requests per second, its ratio to ``bare`` and to the ``BackgroundTask`` of
+the same kind, p50/p99 latency, CPU µs per request of the whole server process (and of its
+event loop thread alone), invocations done per second during the load, and the backlog (accepted
+but not done) at the end of the load and whether it drains within a second.
+
+The load generator is ``wrk`` (``apt-get install -y wrk``), one thread, else an asyncio
+raw-socket generator in this file; the output says which. Counters are read over the server's
+stdin/stdout (the dev server's from its event lines), CPU from ``/proc/PID/task``.
 
 Run on demand (pytest does not collect it)::
 
-    .venv/bin/python benchmarks/bench_http.py [--duration 8] [--python-load] [--profile]
+    .venv/bin/python benchmarks/bench_http.py [--duration 8] [--concurrency 32] [--stack both]
 
-``BENCH_HTTP_DURATION`` sets the default duration (seconds per app and concurrency).
-``--profile`` runs the bgfunctions server under cProfile and prints the top entries.
+``--profile`` runs the bgf-async server under cProfile and prints the top entries.
 """
 
 from __future__ import annotations
@@ -42,14 +50,23 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-GOAL = 0.8
-URL = "/.netlify/functions/noop"
-APPS = ("bare", "bgfunctions", "starlette")
-CONCURRENCY = (1, 32)
+ROUTE = "/.netlify/functions/noop"
+URLS = {
+    "bare": ROUTE,
+    "bt-async": ROUTE,
+    "bt-sync": ROUTE,
+    "bgf-async": "/fn" + ROUTE,
+    "bgf-sync": "/fn" + ROUTE,
+    "serve": "/.netlify/functions/noop-background",
+}
+APPS = tuple(URLS)
+PEER = {"bgf-async": "bt-async", "bgf-sync": "bt-sync", "serve": "bt-async"}
+STACKS = {"uvloop": ("uvloop", "httptools"), "asyncio": ("asyncio", "h11")}
 WARMUP = 1.0
 BACKLOG_WAIT = 1.0
 
@@ -65,6 +82,10 @@ class Counters:
         self.accepted = 0
         self.completed = 0
 
+    def accept(self) -> None:
+        with self.lock:
+            self.accepted += 1
+
     def done(self) -> None:
         with self.lock:
             self.completed += 1
@@ -72,6 +93,10 @@ class Counters:
 
 def noop(request: object = None, context: object = None) -> None:
     """The work: nothing, so that only the machinery around it is measured."""
+
+
+async def async_noop(request: object = None, context: object = None) -> None:
+    """The same, as a coroutine function."""
 
 
 def bare_app(counters: Counters) -> Any:
@@ -82,125 +107,103 @@ def bare_app(counters: Counters) -> Any:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        # Read the (empty) request body as every other app does.
         while (await receive()).get("more_body", False):
-            pass
+            pass  # read the (empty) request body as every other app does
         await send(start)
         await send(body)
 
     return app
 
 
-def bgfunctions_app(counters: Counters) -> tuple[Any, Any]:
-    """(the ASGI app, a function returning the backlog)."""
+def bgfunctions_app(counters: Counters, is_async: bool) -> tuple[Any, Callable[[], int]]:
+    """(Starlette with bgfunctions' ASGIApp mounted at /fn, a function returning the backlog)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
     from bgfunctions import App, Config, Event, EventKind, Registry
     from bgfunctions.asgi import ASGIApp
-    from bgfunctions.clock import SystemClock
-    from bgfunctions.executors.threads import ThreadExecutor
 
     def on_event(event: Event) -> None:
         if event.kind is EventKind.ACCEPTED:
-            with counters.lock:
-                counters.accepted += 1
+            counters.accept()
         elif event.kind in (EventKind.SUCCEEDED, EventKind.FAILED):
             counters.done()
 
     registry = Registry()
-    registry.add("noop", noop, config=Config(background=True))
-    app = App(registry, executor=ThreadExecutor(clock=SystemClock()), on_event=on_event)
+    registry.add("noop", async_noop if is_async else noop, config=Config(background=True))
+    app = App(registry, on_event=on_event)
+    functions = ASGIApp(app)
 
     def backlog() -> int:
         stats = app.executor.stats()
         return stats.pending + stats.running
 
-    return ASGIApp(app), backlog
+    starlette = Starlette(routes=[Mount("/fn", app=functions)], lifespan=functions.lifespan)
+    return starlette, backlog
 
 
-def starlette_app(counters: Counters) -> Any:
+def starlette_app(counters: Counters, is_async: bool) -> Any:
     from starlette.applications import Starlette
     from starlette.background import BackgroundTasks
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
 
-    def task() -> None:
+    async def async_task() -> None:
+        await async_noop()
+        counters.done()
+
+    def sync_task() -> None:
         noop()
         counters.done()
 
     async def endpoint(request: Request) -> Response:
         await request.body()
-        with counters.lock:
-            counters.accepted += 1
+        counters.accept()
         tasks = BackgroundTasks()
-        tasks.add_task(task)
+        tasks.add_task(async_task if is_async else sync_task)
         return Response(status_code=202, background=tasks)
 
-    return Starlette(routes=[Route(URL, endpoint, methods=["GET", "POST"])])
+    return Starlette(routes=[Route(ROUTE, endpoint, methods=["GET", "POST"])])
 
 
-def rss_kib() -> tuple[int, int]:
-    """(VmRSS, VmHWM) of this process in KiB."""
-    found = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            found[key] = int(value.split()[0])
-    return found.get("VmRSS", 0), found.get("VmHWM", 0)
-
-
-def thread_cpu() -> dict[str, float]:
-    """CPU seconds (user + system) of this process's threads: ``loop`` for the main thread
-    (uvicorn's event loop), ``others`` for every other thread (workers, timers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    main_id = threading.main_thread().native_id
-    found = {"loop": 0.0, "others": 0.0}
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue  # the thread ended meanwhile
-        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-        found["loop" if int(task.name) == main_id else "others"] += seconds
-    return found
-
-
-def serve(kind: str, port: int, profile: str | None) -> None:
+def serve(kind: str, port: int, stack: str, profile: str | None) -> None:
     """Serve ``kind`` on ``port``; answer ``stats`` lines on stdin with a JSON line."""
     import uvicorn
 
     counters = Counters()
-    backlog = None
+    backlog: Callable[[], int]
     if kind == "bare":
         app = bare_app(counters)
-    elif kind == "bgfunctions":
-        app, backlog = bgfunctions_app(counters)
+        backlog = lambda: 0  # noqa: E731
+    elif kind.startswith("bgf-"):
+        app, backlog = bgfunctions_app(counters, kind == "bgf-async")
     else:
-        app = starlette_app(counters)
-        # BackgroundTasks run after the response: accepted minus completed is the backlog.
+        app = starlette_app(counters, kind == "bt-async")
+        # A BackgroundTask runs after its response: accepted minus completed is the backlog.
         backlog = lambda: counters.accepted - counters.completed  # noqa: E731
 
     def control() -> None:
         for _ in sys.stdin:
             with counters.lock:
                 accepted, completed = counters.accepted, counters.completed
-            rss, hwm = rss_kib()
-            reply = {
-                "accepted": accepted,
-                "completed": completed,
-                "backlog": backlog() if backlog is not None else None,
-                "rss_kib": rss,
-                "hwm_kib": hwm,
-                "cpu": thread_cpu(),
-            }
+            reply = {"accepted": accepted, "completed": completed, "backlog": backlog()}
             print(json.dumps(reply), flush=True)
 
     threading.Thread(target=control, daemon=True).start()
+    loop, http = STACKS[stack]
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, workers=1
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop=loop,
+        http=http,
+        lifespan="on" if kind.startswith("bgf-") else "off",
     )
     server = uvicorn.Server(config)
-    # cProfile sees the event loop thread only: the accept path, not the workers.
-    profiler = cProfile.Profile() if profile is not None else None
+    profiler = cProfile.Profile() if profile is not None else None  # the loop thread only
     if profiler is not None:
         profiler.enable()
     try:
@@ -216,20 +219,53 @@ def serve(kind: str, port: int, profile: str | None) -> None:
 # -- the benchmark (the parent process) -------------------------------------------------------
 
 
-class Server:
-    """A server subprocess and its control pipe."""
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
-    def __init__(self, kind: str, profile: str | None = None) -> None:
+
+def process_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of a process: ``all`` its threads, ``loop`` its main one."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {"all": 0.0, "loop": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        found["all"] += seconds
+        if int(task.name) == pid:
+            found["loop"] += seconds
+    return found
+
+
+class Server:
+    """A server subprocess: one of ours with its control pipe, or ``bgfunctions serve``."""
+
+    def __init__(self, kind: str, stack: str, site: Path, profile: str | None = None) -> None:
         self.kind = kind
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        command = [sys.executable, __file__, "--serve", kind, "--port", str(self.port)]
-        if profile is not None:
-            command += ["--profile-out", profile]
+        self.port = free_port()
+        self.lock = threading.Lock()
+        self.queued = self.finished = 0
+        if kind == "serve":
+            command = [
+                sys.executable, "-m", "bgfunctions", "serve", str(site), "--port", str(self.port),
+                "--no-reload",
+            ]  # fmt: skip
+        else:
+            command = [
+                sys.executable, __file__, "--serve", kind, "--port", str(self.port),
+                "--stack", stack,
+            ]  # fmt: skip
+            if profile is not None:
+                command += ["--profile-out", profile]
         self.proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
+        if kind == "serve":
+            threading.Thread(target=self._read_events, daemon=True).start()
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -240,16 +276,34 @@ class Server:
                     raise SystemExit(f"{kind} server did not start on port {self.port}") from None
                 time.sleep(0.05)
 
-    def stats(self) -> dict[str, Any]:
-        assert self.proc.stdin is not None
+    def _read_events(self) -> None:
         assert self.proc.stdout is not None
-        self.proc.stdin.write("stats\n")
-        self.proc.stdin.flush()
-        return dict(json.loads(self.proc.stdout.readline()))
+        for line in self.proc.stdout:
+            if line.endswith(": queued\n"):
+                with self.lock:
+                    self.queued += 1
+            elif " attempt(s)" in line:
+                with self.lock:
+                    self.finished += 1
+
+    def stats(self) -> dict[str, Any]:
+        found: dict[str, Any]
+        if self.kind == "serve":
+            with self.lock:
+                found = {"accepted": self.queued, "completed": self.finished}
+            found["backlog"] = found["accepted"] - found["completed"]
+        else:
+            assert self.proc.stdin is not None
+            assert self.proc.stdout is not None
+            self.proc.stdin.write("stats\n")
+            self.proc.stdin.flush()
+            found = dict(json.loads(self.proc.stdout.readline()))
+        found["cpu"] = process_cpu(self.proc.pid)
+        return found
 
     def stop(self) -> None:
-        # SIGINT rather than SIGTERM: uvicorn raises it again after its shutdown, and a
-        # KeyboardInterrupt lets the child write its profile, where SIGTERM would just end it.
+        # SIGINT: uvicorn raises it again after its shutdown, and the KeyboardInterrupt lets
+        # the child write its profile, where SIGTERM would just end it.
         os.kill(self.proc.pid, signal.SIGINT)
         try:
             self.proc.wait(30)
@@ -284,11 +338,11 @@ end
 """
 
 
-def wrk_load(port: int, connections: int, seconds: float, lua: Path) -> Load:
+def wrk_load(port: int, url: str, connections: int, seconds: float, lua: Path) -> Load:
     # One wrk thread: on a small machine a second one only takes CPU from the server.
     command = [
         "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(lua),
-        f"http://127.0.0.1:{port}{URL}",
+        f"http://127.0.0.1:{port}{url}",
     ]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
@@ -302,9 +356,9 @@ def wrk_load(port: int, connections: int, seconds: float, lua: Path) -> Load:
     )
 
 
-async def _python_load(port: int, connections: int, seconds: float) -> Load:
+async def _python_load(port: int, url: str, connections: int, seconds: float) -> Load:
     request = (
-        f"POST {URL} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-length: 0\r\n\r\n"
+        f"POST {url} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-length: 0\r\n\r\n"
     ).encode()
     latencies: list[float] = []
     errors = 0
@@ -345,69 +399,72 @@ async def _python_load(port: int, connections: int, seconds: float) -> Load:
     )
 
 
-def python_load(port: int, connections: int, seconds: float) -> Load:
-    return asyncio.run(_python_load(port, connections, seconds))
+def python_load(port: int, url: str, connections: int, seconds: float) -> Load:
+    return asyncio.run(_python_load(port, url, connections, seconds))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Result:
     load: Load
-    completed_per_s: float | None
+    done_per_s: float
+    backlog_at_end: int
     drained_after: float | None
     """Seconds after the end until the backlog was 0; None when it was not within a second."""
-    backlog_left: int | None
-    rss_mib: float
-    hwm_mib: float
+    cpu_us: float
+    """CPU µs per request of the whole server process, from the load's start until drained."""
     loop_us: float
-    """CPU µs per request of the event loop thread during the load."""
-    others_us: float
-    """CPU µs per request of every other thread (the workers running the attempts)."""
+    """The same, of its event loop thread alone."""
 
 
 def run_one(server: Server, connections: int, seconds: float, generator: Any) -> Result:
+    url = URLS[server.kind]
     before = server.stats()
-    load = generator(server.port, connections, seconds)
+    load = generator(server.port, url, connections, seconds)
     after = server.stats()
-    completed = after["completed"] - before["completed"]
+    ended = time.perf_counter()
     drained_after: float | None = None
-    left = after["backlog"]
-    if left is not None:
-        ended = time.perf_counter()
-        while True:
-            left = server.stats()["backlog"]
-            waited = time.perf_counter() - ended
-            if left == 0:
-                drained_after = waited
-                break
-            if waited > BACKLOG_WAIT:
-                break
-            time.sleep(0.01)
+    while True:
+        left = server.stats()["backlog"]
+        waited = time.perf_counter() - ended
+        if left == 0:
+            drained_after = waited
+            break
+        if waited > BACKLOG_WAIT:
+            break
+        time.sleep(0.01)
     final = server.stats()
-    # CPU from the start of the load until the backlog drained: the work each request made.
-    spent = {k: final["cpu"][k] - before["cpu"][k] for k in ("loop", "others")}
     requests = max(1, load.requests)
     return Result(
         load=load,
-        completed_per_s=completed / load.seconds if server.kind != "bare" else None,
+        done_per_s=(after["completed"] - before["completed"]) / load.seconds,
+        backlog_at_end=after["backlog"],
         drained_after=drained_after,
-        backlog_left=left,
-        rss_mib=final["rss_kib"] / 1024,
-        hwm_mib=final["hwm_kib"] / 1024,
-        loop_us=spent["loop"] / requests * 1e6,
-        others_us=spent["others"] / requests * 1e6,
+        cpu_us=(final["cpu"]["all"] - before["cpu"]["all"]) / requests * 1e6,
+        loop_us=(final["cpu"]["loop"] - before["cpu"]["loop"]) / requests * 1e6,
     )
 
 
-def check_202(port: int) -> None:
+def check_202(port: int, url: str) -> None:
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(f"POST {URL} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n".encode())
+        sock.sendall(
+            f"POST {url} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\n\r\n".encode()
+        )
         head = sock.recv(4096)
     if not head.startswith(b"HTTP/1.1 202"):
-        raise SystemExit(f"expected a 202 from {URL}; got {head[:200]!r}")
+        raise SystemExit(f"expected a 202 from {url}; got {head[:200]!r}")
+
+
+def make_site(root: Path) -> Path:
+    functions = root / "site" / "netlify" / "functions"
+    functions.mkdir(parents=True)
+    (functions / "noop-background.py").write_text(
+        "async def handler(request, context):\n    return None\n"
+    )
+    return root / "site"
 
 
 def print_profile(path: str, top: int = 25) -> None:
-    print(f"\ncProfile of the bgfunctions server's event loop thread (top {top} by tottime):")
+    print(f"\ncProfile of the bgf-async server's event loop thread (top {top} by tottime):")
     stats = pstats.Stats(path)
     stats.sort_stats("tottime").print_stats(top)
     print("bgfunctions code only (by cumulative time):")
@@ -418,24 +475,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = float(os.environ.get("BENCH_HTTP_DURATION", "8"))
     parser.add_argument("--duration", type=float, default=default, help="seconds per load")
+    parser.add_argument("--concurrency", default="32", help="comma-separated, e.g. 1,32")
+    parser.add_argument("--stack", choices=("both", *STACKS), default="both")
+    parser.add_argument("--apps", default=",".join(APPS), help="comma-separated subset")
     parser.add_argument("--python-load", action="store_true", help="do not use wrk")
-    parser.add_argument("--profile", action="store_true", help="cProfile the bgfunctions server")
+    parser.add_argument("--profile", action="store_true", help="cProfile the bgf-async server")
     parser.add_argument("--serve", choices=APPS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.profile_out)
+        serve(args.serve, args.port, args.stack, args.profile_out)
         return
 
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    apps = [a for a in args.apps.split(",") if a]
+    unknown = sorted(set(apps) - set(APPS))
+    if unknown:
+        raise SystemExit(f"--apps: unknown {unknown}; expected some of {', '.join(APPS)}")
+    stacks = list(STACKS) if args.stack == "both" else [args.stack]
     with tempfile.TemporaryDirectory() as tmp:
         lua = Path(tmp) / "post.lua"
         lua.write_text(WRK_LUA)
+        site = make_site(Path(tmp))
         if shutil.which("wrk") and not args.python_load:
             name = "wrk (1 thread)"
 
-            def generator(port: int, connections: int, seconds: float) -> Load:
-                return wrk_load(port, connections, seconds, lua)
+            def generator(port: int, url: str, connections: int, seconds: float) -> Load:
+                return wrk_load(port, url, connections, seconds, lua)
 
         else:
             name = "Python asyncio raw sockets (may be the bottleneck at high rates)"
@@ -446,50 +513,46 @@ def main() -> None:
             f"uvicorn {uvicorn.__version__}, 1 worker, loopback; load: {name}; "
             f"{args.duration:g} s per run; {os.cpu_count()} CPUs"
         )
-        profile = str(Path(tmp) / "bgfunctions.prof") if args.profile else None
-        results: dict[tuple[str, int], Result] = {}
-        for kind in APPS:
-            server = Server(kind, profile if kind == "bgfunctions" else None)
-            try:
-                check_202(server.port)
-                generator(server.port, 8, WARMUP)
-                for connections in CONCURRENCY:
-                    results[kind, connections] = run_one(
-                        server, connections, args.duration, generator
-                    )
-            finally:
-                server.stop()
-        report(results)
+        profile = str(Path(tmp) / "bgf.prof") if args.profile else None
+        for stack in stacks:
+            results: dict[tuple[str, int], Result] = {}
+            for kind in apps:
+                if kind == "serve" and stack != "uvloop":
+                    continue  # the dev server picks its own stack: uvloop + httptools
+                use = profile if kind == "bgf-async" and stack == stacks[0] else None
+                server = Server(kind, stack, site, use)
+                try:
+                    check_202(server.port, URLS[kind])
+                    generator(server.port, URLS[kind], 8, WARMUP)
+                    for connections in concurrency:
+                        results[kind, connections] = run_one(
+                            server, connections, args.duration, generator
+                        )
+                finally:
+                    server.stop()
+            loop, http = STACKS[stack]
+            print(f"\n{loop} + {http}")
+            report(results)
         if profile is not None:
             print_profile(profile)
 
 
 def report(results: dict[tuple[str, int], Result]) -> None:
     print(
-        f"{'app':<12} {'conc':>4} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'done/s':>9} {'backlog 0':>10} {'RSS MiB':>8} {'peak':>6} errors "
-        f"{'CPU µs/req: loop':>16} {'others':>6}"
+        f"{'app':<10} {'conc':>4} {'req/s':>8} {'x bare':>6} {'x peer':>6} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'CPU µs/req':>10} {'(loop)':>6} {'done/s':>8} {'backlog':>7} "
+        f"{'drained':>8} errors"
     )
     for (kind, connections), r in results.items():
-        bare = results["bare", connections].load.rps
-        done = f"{r.completed_per_s:9.0f}" if r.completed_per_s is not None else f"{'-':>9}"
-        if r.backlog_left is None:
-            drained = "-"
-        elif r.drained_after is not None:
-            drained = f"{r.drained_after * 1e3:.0f} ms"
-        else:
-            drained = f"NO ({r.backlog_left})"
+        bare = results.get(("bare", connections))
+        peer = results.get((PEER.get(kind, ""), connections))
+        x_bare = f"{r.load.rps / bare.load.rps:5.2f}x" if bare else f"{'-':>6}"
+        x_peer = f"{r.load.rps / peer.load.rps:5.2f}x" if peer else f"{'-':>6}"
+        drained = f"{r.drained_after * 1e3:.0f} ms" if r.drained_after is not None else "NO"
         print(
-            f"{kind:<12} {connections:>4} {r.load.rps:9.0f} {r.load.rps / bare:5.2f}x "
-            f"{r.load.p50_ms:8.2f} {r.load.p99_ms:8.2f} {done} {drained:>10} "
-            f"{r.rss_mib:8.1f} {r.hwm_mib:6.1f} {r.load.errors:6d} "
-            f"{r.loop_us:16.0f} {r.others_us:6.0f}"
-        )
-    for connections in CONCURRENCY:
-        ratio = results["bgfunctions", connections].load.rps / results["bare", connections].load.rps
-        verdict = "ok" if ratio >= GOAL else "MISSED"
-        print(
-            f"goal c={connections}: bgfunctions {ratio:.2f}x the bare app (>= {GOAL:g}x): {verdict}"
+            f"{kind:<10} {connections:>4} {r.load.rps:8.0f} {x_bare} {x_peer} "
+            f"{r.load.p50_ms:7.2f} {r.load.p99_ms:7.2f} {r.cpu_us:10.0f} {r.loop_us:6.0f} "
+            f"{r.done_per_s:8.0f} {r.backlog_at_end:7d} {drained:>8} {r.load.errors:6d}"
         )
 
 

@@ -481,6 +481,60 @@ def test_blocking_handler_is_detected_and_named(clock: VirtualClock) -> None:
     assert thread is threading.current_thread()  # called from the loop thread
 
 
+@pytest.mark.realtime
+def test_many_short_callbacks_are_a_starved_loop_not_a_blocked_one(clock: VirtualClock) -> None:
+    """100 callbacks of 8 ms in one pass (0.8 s) under a 0.5 s threshold: no step blocked the
+    loop, so nothing is named as blocking; the pass is reported as starved, once, with its
+    count. (The false alarm of a loaded server: a slow pass blamed on whichever task ran.)"""
+    real = SystemClock()
+    blocked: list[tuple[asyncio.Task[Any] | None, float]] = []
+    starved: list[tuple[float, int]] = []
+    lp = clock.new_event_loop(
+        on_blocked=lambda task, seconds: blocked.append((task, seconds)),
+        blocking_threshold=0.5,
+        on_starved=lambda seconds, callbacks: starved.append((seconds, callbacks)),
+    )
+
+    async def short_steps() -> None:
+        for _ in range(2):
+            real.sleep(0.008)
+            await asyncio.sleep(0)
+
+    try:
+        for _ in range(100):
+            lp.call_soon(real.sleep, 0.008)
+        lp.run_until_complete(lp.create_task(short_steps(), name="short"))
+    finally:
+        close_loop(lp)
+    assert blocked == []
+    assert len(starved) == 1
+    seconds, callbacks = starved[0]
+    assert seconds > 0.5
+    assert callbacks >= 100
+
+
+@pytest.mark.realtime
+def test_a_blocking_plain_callback_is_reported_without_a_task(clock: VirtualClock) -> None:
+    """A callback that is no task's step is timed too, and reported with task None; the pass
+    it was in is not reported again as starved."""
+    real = SystemClock()
+    blocked: list[tuple[asyncio.Task[Any] | None, float]] = []
+    starved: list[tuple[float, int]] = []
+    lp = clock.new_event_loop(
+        on_blocked=lambda task, seconds: blocked.append((task, seconds)),
+        blocking_threshold=0.05,
+        on_starved=lambda seconds, callbacks: starved.append((seconds, callbacks)),
+    )
+    try:
+        lp.call_soon(real.sleep, 0.2)
+        lp.run_until_complete(asyncio.sleep(0))
+    finally:
+        close_loop(lp)
+    assert [task for task, _ in blocked] == [None]
+    assert 0.2 <= blocked[0][1] < 5
+    assert starved == []
+
+
 def test_blocking_threshold_must_be_positive(clock: VirtualClock) -> None:
     """A zero or negative blocking_threshold is refused, naming the value."""
     with pytest.raises(ValueError, match=r"blocking_threshold.*got 0"):

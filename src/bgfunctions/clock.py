@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import selectors
 import threading
@@ -42,6 +43,7 @@ __all__ = [
     "BlockedHook",
     "Clock",
     "ClockEventLoop",
+    "StarvedHook",
     "SystemClock",
     "VirtualClock",
     "run_until_idle",
@@ -51,14 +53,20 @@ _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
 BlockedHook = Callable[["asyncio.Task[Any] | None", float], None]
-"""``on_blocked(task, seconds)``: the task that held the loop (None if no task was current,
-e.g. a plain callback) and the real duration of the loop iteration, in seconds."""
+"""``on_blocked(task, seconds)``: the task whose step held the loop (None for a plain callback)
+and how long that one step ran, in real seconds."""
+
+StarvedHook = Callable[[float, int], None]
+"""``on_starved(seconds, callbacks)``: one pass of the loop over ``callbacks`` ready callbacks
+took ``seconds`` real seconds, although none of them alone held it past the threshold: the
+loop's thread was short of CPU (or of the GIL), nothing blocked it."""
 
 DEFAULT_START = 1767225600.0
 """The default start of a :class:`VirtualClock`: 2026-01-01T00:00:00Z, in UTC epoch seconds."""
 
 DEFAULT_BLOCKING_THRESHOLD = 1.0
-"""Real seconds one loop iteration may take before ``on_blocked`` is called."""
+"""Real seconds one callback (a task's step) may hold the loop before ``on_blocked`` is
+called."""
 
 # Real time, for the few places that must measure it even on a virtual clock.
 _real_monotonic = time.monotonic
@@ -104,11 +112,14 @@ class Clock(ABC):
         *,
         on_blocked: BlockedHook | None = None,
         blocking_threshold: float = DEFAULT_BLOCKING_THRESHOLD,
+        on_starved: StarvedHook | None = None,
     ) -> asyncio.AbstractEventLoop:
         """A new event loop whose ``time()`` follows this clock.
 
-        With ``on_blocked``, a loop iteration longer than ``blocking_threshold`` real seconds is
-        reported to it (see :class:`ClockEventLoop`).
+        With ``on_blocked``, a callback (a task's step) that holds the loop longer than
+        ``blocking_threshold`` real seconds is reported to it; with ``on_starved`` too, a pass
+        over the ready callbacks that took that long without any one of them holding the loop
+        (see :class:`ClockEventLoop`).
         """
 
 
@@ -138,11 +149,17 @@ class SystemClock(Clock):
         *,
         on_blocked: BlockedHook | None = None,
         blocking_threshold: float = DEFAULT_BLOCKING_THRESHOLD,
+        on_starved: StarvedHook | None = None,
     ) -> asyncio.AbstractEventLoop:
         """A plain asyncio loop; a :class:`ClockEventLoop` on real time if ``on_blocked``."""
         if on_blocked is None:
             return asyncio.new_event_loop()
-        return ClockEventLoop(self, on_blocked=on_blocked, blocking_threshold=blocking_threshold)
+        return ClockEventLoop(
+            self,
+            on_blocked=on_blocked,
+            blocking_threshold=blocking_threshold,
+            on_starved=on_starved,
+        )
 
 
 class VirtualClock(Clock):
@@ -256,9 +273,15 @@ class VirtualClock(Clock):
         *,
         on_blocked: BlockedHook | None = None,
         blocking_threshold: float = DEFAULT_BLOCKING_THRESHOLD,
+        on_starved: StarvedHook | None = None,
     ) -> ClockEventLoop:
         """A :class:`ClockEventLoop` on this clock (kept by weak reference for advance)."""
-        loop = ClockEventLoop(self, on_blocked=on_blocked, blocking_threshold=blocking_threshold)
+        loop = ClockEventLoop(
+            self,
+            on_blocked=on_blocked,
+            blocking_threshold=blocking_threshold,
+            on_starved=on_starved,
+        )
         self._loops.add(loop)
         return loop
 
@@ -317,7 +340,7 @@ class _ClockSelector(selectors.BaseSelector):
         else:
             events = loop._virtual_select(self._real, timeout)
         if loop._watched:
-            loop._iteration = (loop._iteration[0] + 1, _real_perf())
+            loop._pass_started = _real_perf()
         return events
 
 
@@ -336,13 +359,14 @@ class ClockEventLoop(asyncio.SelectorEventLoop):
       thread advances the clock.
     - :meth:`run_until_idle` runs it until nothing is due up to a virtual time.
 
-    Blocking detection: with ``on_blocked``, a daemon watchdog thread samples
-    ``asyncio.current_task(loop)`` while an iteration's callbacks have run for more than half of
-    ``blocking_threshold`` real seconds; when an iteration took longer than the threshold,
-    ``on_blocked(task, seconds)`` is called **from the loop thread, right after that
-    iteration**, with the last task sampled (None if none was current) and the iteration's real
-    duration. The watchdog starts when the loop first runs and is joined by :meth:`close`.
-    An exception from the hook goes to the loop's exception handler.
+    Blocking detection: with ``on_blocked``, every callback the loop runs (each step of a task,
+    each wake-up) is timed in real seconds. One that ran longer than ``blocking_threshold`` is
+    reported right after it returns, from the loop thread: ``on_blocked(task, seconds)`` with
+    the task whose step it was (None for a plain callback). What is measured is that step's own
+    time, from its resumption to its next ``await``: a busy loop whose many short callbacks
+    together take long is not blocked. With ``on_starved`` too, such a pass (longer than the
+    threshold, no callback in it over the threshold) is reported as
+    ``on_starved(seconds, callbacks)``: the loop's thread was short of CPU or of the GIL.
 
     With ``autojump`` and nothing pending at all (no ready callback, no timer, no real I/O) it
     waits like any asyncio loop: only another thread can wake it.
@@ -358,17 +382,19 @@ class ClockEventLoop(asyncio.SelectorEventLoop):
         *,
         on_blocked: BlockedHook | None = None,
         blocking_threshold: float = DEFAULT_BLOCKING_THRESHOLD,
+        on_starved: StarvedHook | None = None,
     ) -> None:
         self._clock = clock
         self._virtual: VirtualClock | None = clock if isinstance(clock, VirtualClock) else None
         self._on_blocked = on_blocked
+        self._on_starved = on_starved
         self._threshold = DEFAULT_BLOCKING_THRESHOLD
         self._watched = on_blocked is not None
-        # (iteration number, real start); start is None while the loop waits in select.
-        self._iteration: tuple[int, float | None] = (0, None)
-        self._sampled: tuple[int, asyncio.Task[Any] | None] = (-1, None)
-        self._watchdog: threading.Thread | None = None
-        self._watchdog_stop = threading.Event()
+        # The real start of the current pass over ready callbacks (None while the loop waits
+        # in select), how many callbacks it ran, and whether one of them was reported.
+        self._pass_started: float | None = None
+        self._pass_callbacks = 0
+        self._pass_blocked = False
         self._work_lock = threading.Lock()
         self._work_pending = 0
         self._idle_until: float | None = None  # set only inside run_until_idle
@@ -515,60 +541,66 @@ class ClockEventLoop(asyncio.SelectorEventLoop):
 
     # -- blocking detection ------------------------------------------------------------------
 
-    def run_forever(self) -> None:
-        """``run_forever``, starting the blocking watchdog on first use."""
-        if self._watched and self._watchdog is None and not self.is_closed():
-            self._watchdog = threading.Thread(
-                target=_watch,
-                args=(weakref.ref(self), self._threshold, self._watchdog_stop),
-                name=f"bgfunctions-watchdog-{id(self):x}",
-                daemon=True,
+    def call_soon(
+        self,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: Unpack[_Ts],
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        """``call_soon``; on a watched loop the callback is timed (see the class docstring).
+
+        Every task step and wake-up comes through here: asyncio's tasks and futures schedule
+        them with ``loop.call_soon``."""
+        if self._watched:
+            return super().call_soon(self._timed, callback, args, context=context)
+        return super().call_soon(callback, *args, context=context)
+
+    def _timed(self, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        started = _real_perf()
+        try:
+            callback(*args)
+        finally:
+            seconds = _real_perf() - started
+            self._pass_callbacks += 1
+            if seconds > self._threshold:
+                self._pass_blocked = True
+                owner = getattr(callback, "__self__", None)
+                self._report_blocked(owner if isinstance(owner, asyncio.Task) else None, seconds)
+
+    def _report_blocked(self, task: asyncio.Task[Any] | None, seconds: float) -> None:
+        hook = self._on_blocked
+        if hook is None:
+            return
+        try:
+            hook(task, seconds)
+        except Exception as exc:
+            self.call_exception_handler(
+                {"message": "on_blocked hook raised", "exception": exc, "loop": self}
             )
-            self._watchdog.start()
+
+    def run_forever(self) -> None:
+        """``run_forever``; time between runs is not a pass over callbacks."""
         try:
             super().run_forever()
         finally:
             if self._watched:
-                self._end_iteration()  # time between runs is not the last iteration's
+                self._end_iteration()
 
     def _end_iteration(self) -> None:
-        """Called at the start of each select: the previous iteration's callbacks are done."""
-        number, started = self._iteration
-        self._iteration = (number, None)
-        if started is None:
+        """Called at the start of each select: the previous pass's callbacks are done."""
+        started, self._pass_started = self._pass_started, None
+        callbacks, self._pass_callbacks = self._pass_callbacks, 0
+        blocked, self._pass_blocked = self._pass_blocked, False
+        if started is None or blocked or self._on_starved is None:
             return
         seconds = _real_perf() - started
-        if seconds > self._threshold and self._on_blocked is not None:
-            sampled_number, task = self._sampled
+        if seconds > self._threshold:
             try:
-                self._on_blocked(task if sampled_number == number else None, seconds)
+                self._on_starved(seconds, callbacks)
             except Exception as exc:
                 self.call_exception_handler(
-                    {"message": "on_blocked hook raised", "exception": exc, "loop": self}
+                    {"message": "on_starved hook raised", "exception": exc, "loop": self}
                 )
-
-    def close(self) -> None:
-        """Close the loop and stop its watchdog thread."""
-        super().close()  # raises if running; then the watchdog keeps going
-        self._watchdog_stop.set()
-        watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None and watchdog is not threading.current_thread():
-            watchdog.join()
-
-
-def _watch(ref: weakref.ref[ClockEventLoop], threshold: float, stop: threading.Event) -> None:
-    """The watchdog: remember the current task of an iteration that runs too long."""
-    half = threshold / 2
-    while not stop.wait(half / 2):
-        loop = ref()
-        if loop is None:
-            return
-        number, started = loop._iteration
-        if started is not None and _real_perf() - started >= half:
-            task = asyncio.current_task(loop)
-            if task is not None:
-                loop._sampled = (number, task)
-        del loop
 
 
 def run_until_idle(loop: asyncio.AbstractEventLoop, until: float | None = None) -> None:

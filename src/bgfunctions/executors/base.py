@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -180,6 +181,7 @@ class Executor(ABC):
         self._cancel_requested: set[str] = set()
         self._closed = False
         self._running_count = 0
+        self._starved_said = -math.inf
 
     # -- wiring -----------------------------------------------------------------------------------
 
@@ -522,14 +524,39 @@ class Executor(ABC):
         return self._end(started, result.outcome, result.error, ended_at=result.ended_at)
 
     def _report_blocked(self, task: asyncio.Task[Any] | None, seconds: float) -> None:
-        """The loop's ``on_blocked`` hook: name the handler that blocked it."""
-        name = task.get_name() if task is not None else "an unknown callback"
-        log.warning(
-            "async handler of function %r blocked the event loop for %.2f s (task %s); "
-            "await asyncio.sleep() or other awaitables instead of blocking calls",
-            name.split(":", 1)[0],
+        """The loop's ``on_blocked`` hook: one step of ``task`` held the loop ``seconds``.
+
+        An attempt's handler runs in a task named ``function:request_id:attempt``: that names
+        the function. Any other task or callback is the engine's own, and is named as such."""
+        name = task.get_name() if task is not None else ""
+        function, _, rest = name.partition(":")
+        if rest:
+            log.warning(
+                "async handler of function %r blocked the event loop for %.2f s (task %s); "
+                "await asyncio.sleep() or other awaitables instead of blocking calls",
+                function,
+                seconds,
+                name,
+            )
+        else:
+            log.warning(
+                "the executor's own %s held its event loop for %.2f s",
+                f"task {name}" if name else "callback",
+                seconds,
+            )
+
+    def _report_starved(self, seconds: float, callbacks: int) -> None:
+        """The loop's ``on_starved`` hook: it fell behind with nothing blocking it. Said at
+        most once a minute, at INFO: it describes the machine's load, not a handler's fault."""
+        now = self.clock.monotonic()
+        if now - self._starved_said < 60.0:
+            return
+        self._starved_said = now
+        log.info(
+            "the executor's event loop fell behind: one pass over %d ready callbacks took "
+            "%.2f s, none of them long; the process is short of CPU",
+            callbacks,
             seconds,
-            name,
         )
 
     def _claim_unavailable(self, started: InvocationRecord) -> None:  # noqa: B027 - optional

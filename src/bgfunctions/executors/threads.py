@@ -184,7 +184,9 @@ class ThreadExecutor(Executor):
         with self._lock:
             if self._loop is None:
                 loop = self.clock.new_event_loop(
-                    on_blocked=self._report_blocked, blocking_threshold=self._blocking_threshold
+                    on_blocked=self._report_blocked,
+                    blocking_threshold=self._blocking_threshold,
+                    on_starved=self._report_starved,
                 )
                 ready = threading.Event()
                 thread = threading.Thread(
