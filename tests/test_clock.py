@@ -7,7 +7,7 @@ import gc
 import math
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from bgfunctions.clock import (
     SystemClock,
     VirtualClock,
     run_until_idle,
+    timed_steps,
 )
 
 
@@ -565,3 +566,95 @@ def test_system_clock_loop_with_hook_detects_nothing_on_a_polite_task() -> None:
     finally:
         close_loop(lp)
     assert reports == []
+
+
+# -- timed_steps: the handler's own time, on any loop ------------------------------------------
+
+
+def _loops() -> list[Callable[[], asyncio.AbstractEventLoop]]:
+    import uvloop  # the test extra installs uvicorn[standard]: uvloop is what servers run on
+
+    return [asyncio.new_event_loop, uvloop.new_event_loop]
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("new_loop", _loops(), ids=["asyncio", "uvloop"])
+def test_timed_steps_reports_the_step_that_blocks(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """One step of 0.2 s among polite ones (threshold 0.05 s): reported once, the result and
+    the other steps untouched."""
+    real = SystemClock()
+    reports: list[float] = []
+
+    async def handler() -> str:
+        await asyncio.sleep(0.01)
+        real.sleep(0.2)  # blocks, as a careless handler would
+        await asyncio.sleep(0.01)
+        return "done"
+
+    loop = new_loop()
+    try:
+        result = loop.run_until_complete(timed_steps(handler(), 0.05, reports.append))
+    finally:
+        loop.close()
+    assert result == "done"
+    assert len(reports) == 1
+    assert 0.2 <= reports[0] < 5
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize("new_loop", _loops(), ids=["asyncio", "uvloop"])
+def test_timed_steps_does_not_count_the_loop_lateness(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """Other callbacks hold the loop 0.8 s in all (100 x 8 ms) while the timed coroutine waits
+    to be resumed: its own steps are short, so nothing is reported."""
+    real = SystemClock()
+    reports: list[float] = []
+
+    async def polite() -> int:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return 3
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        for _ in range(100):
+            loop.call_soon(real.sleep, 0.008)
+        return await timed_steps(polite(), 0.5, reports.append)
+
+    loop = new_loop()
+    try:
+        assert loop.run_until_complete(main()) == 3
+    finally:
+        loop.close()
+    assert reports == []
+
+
+def test_timed_steps_passes_errors_and_cancellation_through() -> None:
+    """An exception raised after an await reaches the caller as it is; a cancelled task
+    cancels the coroutine inside (its ``finally`` runs) and ends cancelled."""
+    cleaned: list[str] = []
+
+    async def fails() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("inner")
+
+    async def waits() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            cleaned.append("finally")
+
+    async def main() -> None:
+        with pytest.raises(KeyError, match="inner"):
+            await timed_steps(fails(), 1.0, lambda seconds: None)
+        task = asyncio.ensure_future(timed_steps(waits(), 1.0, lambda seconds: None))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert cleaned == ["finally"]

@@ -32,8 +32,8 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from typing import Any, Generic, TypeVar
 
 from typing_extensions import TypeVarTuple, Unpack
 
@@ -47,6 +47,7 @@ __all__ = [
     "SystemClock",
     "VirtualClock",
     "run_until_idle",
+    "timed_steps",
 ]
 
 _T = TypeVar("_T")
@@ -601,6 +602,64 @@ class ClockEventLoop(asyncio.SelectorEventLoop):
                 self.call_exception_handler(
                     {"message": "on_starved hook raised", "exception": exc, "loop": self}
                 )
+
+
+class _TimedSteps(Generic[_T]):
+    """The awaitable :func:`timed_steps` returns: it drives ``coro`` one step at a time."""
+
+    __slots__ = ("_coro", "_report", "_threshold")
+
+    def __init__(
+        self, coro: Coroutine[Any, Any, _T], threshold: float, report: Callable[[float], None]
+    ) -> None:
+        self._coro = coro
+        self._threshold = threshold
+        self._report = report
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        coro, threshold = self._coro, self._threshold
+        send, throw = coro.send, coro.throw
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            started = _real_perf()
+            try:
+                yielded = send(value) if error is None else throw(error)
+            except StopIteration as stop:
+                self._check(started, threshold)
+                result: _T = stop.value
+                return result
+            except BaseException:
+                self._check(started, threshold)
+                raise
+            finally:
+                error = None  # no reference to an exception from one step to the next
+            self._check(started, threshold)
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # a cancellation, or what the awaited future raised
+                error, value = exc, None
+
+    def _check(self, started: float, threshold: float) -> None:
+        seconds = _real_perf() - started
+        if seconds > threshold:
+            self._report(seconds)
+
+
+def timed_steps(
+    coro: Coroutine[Any, Any, _T], threshold: float, report: Callable[[float], None]
+) -> Awaitable[_T]:
+    """Await ``coro``, timing each of its steps: from a resumption to its next suspension.
+
+    A step that runs longer than ``threshold`` real seconds held the event loop that long;
+    ``report(seconds)`` is called right after it, from the loop's thread. It works on any loop
+    (uvloop included), and only the coroutine's own time counts, not how late the loop ran it.
+    Exceptions, cancellations and the coroutine's result pass through unchanged.
+    """
+    return _TimedSteps(coro, threshold, report)
 
 
 def run_until_idle(loop: asyncio.AbstractEventLoop, until: float | None = None) -> None:
