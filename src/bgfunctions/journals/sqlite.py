@@ -122,7 +122,6 @@ class _Write:
         "on_settle",
         "patient",
         "promoted",
-        "raw",
         "result",
         "row",
         "settled",
@@ -132,12 +131,10 @@ class _Write:
         self,
         fn: Callable[[sqlite3.Connection], Any] | None,
         row: tuple[Any, ...] | None = None,
-        raw: bool = False,
         patient: bool = True,
     ) -> None:
         self.fn = fn
         self.row = row
-        self.raw = raw  # run alone, outside any transaction (the test hook)
         self.patient = patient  # waits up to busy_timeout for a lock (else briefly)
         self.done = threading.Lock()
         self.done.acquire()
@@ -173,7 +170,10 @@ class SQLiteJournal(Journal):
     journal object in leases (default: host, pid and a random suffix); use one per process.
     ``read_only=True`` opens an existing journal to read it (``get``, ``select``): it never
     writes to the file or its directory, so a read-only file can be read; writes then raise
-    :class:`JournalUnavailableError`.
+    :class:`JournalUnavailableError`. ``max_size_bytes`` caps the file (rounded down to whole
+    pages, SQLite's ``PRAGMA max_page_count``; never below its size at open): a write that
+    would grow it further fails as on a full disk, with :class:`JournalUnavailableError`,
+    and writes nothing. For a small disk shared with other data, and for drills.
     """
 
     durable = True
@@ -189,6 +189,7 @@ class SQLiteJournal(Journal):
         busy_timeout: float = 5.0,
         owner: str | None = None,
         read_only: bool = False,
+        max_size_bytes: int | None = None,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(
@@ -201,8 +202,18 @@ class SQLiteJournal(Journal):
             raise ValueError(
                 f"SQLiteJournal.busy_timeout: expected seconds >= 0; got {busy_timeout!r}"
             )
+        if max_size_bytes is not None and (
+            isinstance(max_size_bytes, bool)
+            or not isinstance(max_size_bytes, int)
+            or max_size_bytes < 1
+        ):
+            raise ValueError(
+                f"SQLiteJournal.max_size_bytes: expected an int >= 1 or None; got "
+                f"{max_size_bytes!r}"
+            )
         self.path = Path(path)
         self.read_only = read_only
+        self.max_size_bytes = max_size_bytes
         self.synchronous = synchronous
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.lease = float(lease)
@@ -387,6 +398,10 @@ class SQLiteJournal(Journal):
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise self._refuse(f"expected to switch it to WAL mode, SQLite answered {mode!r}")
+            if self.max_size_bytes is not None:
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                pages = max(1, self.max_size_bytes // page_size)
+                conn.execute(f"PRAGMA max_page_count = {pages}")
         except sqlite3.Error as exc:
             conn.close()
             if "readonly" in str(exc):
@@ -410,16 +425,14 @@ class SQLiteJournal(Journal):
 
     # -- writes: group commit --------------------------------------------------------------------
 
-    def _write(
-        self, fn: Callable[[sqlite3.Connection], Any], *, raw: bool = False, patient: bool = True
-    ) -> Any:
+    def _write(self, fn: Callable[[sqlite3.Connection], Any], *, patient: bool = True) -> Any:
         """Run ``fn`` in the next transaction; return its result once committed.
 
         ``patient=False`` for maintenance that is retried every few seconds anyway (lease
         renewals and takeovers): a transaction of such writes only waits briefly for another
         connection's lock, so that accepts queued behind it are not held for a whole
         ``busy_timeout`` before they get their own chance (and their 503 in time)."""
-        return self._commit_one(_Write(fn, None, raw, patient))
+        return self._commit_one(_Write(fn, None, patient))
 
     def _commit_one(self, write: _Write) -> Any:
         """Queue ``write``, lead the commit or wait for the caller that leads it; its result."""
@@ -499,11 +512,7 @@ class SQLiteJournal(Journal):
         try:
             with self._cond:
                 batch, self._queue = self._queue, []
-            writes = [w for w in batch if not w.raw]
-            if len(writes) < len(batch):
-                for write in [w for w in batch if w.raw]:
-                    self._run_raw(write)
-            self._commit(writes)
+            self._commit(batch)
             self._maybe_prune()
         finally:
             for write in batch:
@@ -517,14 +526,6 @@ class SQLiteJournal(Journal):
             for write in batch:
                 if write.on_settle is not None:
                     write.call_back()
-
-    def _run_raw(self, write: _Write) -> None:
-        assert write.fn is not None
-        try:
-            write.result = write.fn(self._conn)
-        except Exception as exc:
-            write.error = exc
-        write.settle()
 
     def _commit(self, writes: Sequence[_Write]) -> None:
         """One transaction for ``writes``. A write's own error (a duplicate id) fails only that
@@ -935,14 +936,6 @@ class SQLiteJournal(Journal):
         """Counters: ``commits`` (transactions), ``writes`` (calls committed; more than
         ``commits`` when group commit shared transactions), ``failed_commits``, ``pruned``."""
         return dict(self._stats)
-
-    def _execute_for_tests(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        """Run one statement on the write connection, outside any transaction.
-
-        For fault injection in tests only (``PRAGMA max_page_count``, ``PRAGMA query_only``):
-        those settings are per connection, so only the write connection can carry them.
-        """
-        return list(self._write(lambda conn: conn.execute(sql, args).fetchall(), raw=True))
 
     def close(self) -> None:
         """Commit what is queued, then close every connection. Idempotent."""
