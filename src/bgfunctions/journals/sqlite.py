@@ -30,6 +30,7 @@ from typing import Any, Literal
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import JournalError, JournalUnavailableError
 from bgfunctions.invocation import InvocationRecord, State
+from bgfunctions.journals._groupcommit import GroupCommit, Write
 from bgfunctions.journals.base import Journal
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteJournal"]
@@ -107,25 +108,12 @@ _MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 
-class _Write:
-    """One caller's write, waiting for the transaction that holds it to commit.
+class _Op:
+    """One write of a group commit: ``fn`` (run on the write connection, inside the batch's
+    transaction) or ``row`` (the values of one new invocation, inserted together with the
+    other rows of its batch). ``patient``: waits up to busy_timeout for a lock (else briefly)."""
 
-    Either ``fn`` (run on the write connection) or ``row`` (the values of one new invocation,
-    inserted together with the other rows of its batch). ``done`` is held until the write is
-    settled, or until its caller is promoted to commit the next batch: the caller blocks
-    acquiring it, the leader releases it (cheaper than an Event)."""
-
-    __slots__ = (
-        "done",
-        "error",
-        "fn",
-        "on_settle",
-        "patient",
-        "promoted",
-        "result",
-        "row",
-        "settled",
-    )
+    __slots__ = ("fn", "patient", "row")
 
     def __init__(
         self,
@@ -135,28 +123,7 @@ class _Write:
     ) -> None:
         self.fn = fn
         self.row = row
-        self.patient = patient  # waits up to busy_timeout for a lock (else briefly)
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.settled = False
-        self.promoted = False  # woken to lead: commit the batch that holds this write
-        self.on_settle: Callable[[], None] | None = None  # no caller waits: call this instead
-
-    def settle(self) -> None:
-        """Mark it settled and wake its caller; a write with ``on_settle`` is called back
-        later, by the leader once it handed the lead over (see ``SQLiteJournal._lead``)."""
-        self.settled = True
-        if self.on_settle is None:
-            self.done.release()
-
-    def call_back(self) -> None:
-        assert self.on_settle is not None
-        try:
-            self.on_settle()
-        except Exception:
-            log.exception("SQLiteJournal: a write's settle callback raised; ignored")
+        self.patient = patient
 
 
 class SQLiteJournal(Journal):
@@ -221,17 +188,13 @@ class SQLiteJournal(Journal):
         self.busy_timeout = float(busy_timeout)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._stats = {"commits": 0, "writes": 0, "failed_commits": 0, "pruned": 0}
-        # Group commit without a writer thread: the first caller to find no commit under way
-        # leads (commits everything queued, its own write included); callers that come
-        # meanwhile queue, and the first of them leads the next batch. An uncontended write
-        # is then committed by its own thread, with no hand-off to another one and back.
-        self._queue: list[_Write] = []
-        self._cond = threading.Condition(threading.Lock())
-        self._leading = False  # a caller is committing; the queue waits for its next batch
-        self._lead_owner: object = None  # who leads: a caller's _Write, or _COMMITTER
-        # Writes nobody waits for (accept_later) are led by this thread, made at first use.
-        self._committer: threading.Thread | None = None
-        self._committer_turn = False  # the committer is to lead the next batch
+        # Writes share transactions (see _groupcommit): concurrent accepts share one fsync.
+        self._group: GroupCommit[_Op] = GroupCommit(
+            self._commit,
+            name=self.path.name,
+            closed_error=self._no_writes,
+            after=self._maybe_prune,
+        )
         self._closed = False
         self._readers: list[sqlite3.Connection] = []  # idle read connections
         self._reader_lock = threading.Lock()
@@ -240,7 +203,7 @@ class SQLiteJournal(Journal):
         # that the executor's frequent unfinished() polls do not parse JSON they already have.
         self._parsed: dict[str, tuple[str, InvocationRecord]] = {}
         if read_only:
-            self._conn = self._open_reader_only()  # what would write refuses to (see _commit_one)
+            self._conn = self._open_reader_only()  # what would write refuses to (see _write)
         else:
             self._inspect()
             self._conn = self._open_writer()
@@ -432,102 +395,15 @@ class SQLiteJournal(Journal):
         renewals and takeovers): a transaction of such writes only waits briefly for another
         connection's lock, so that accepts queued behind it are not held for a whole
         ``busy_timeout`` before they get their own chance (and their 503 in time)."""
-        return self._commit_one(_Write(fn, None, patient))
-
-    def _commit_one(self, write: _Write) -> Any:
-        """Queue ``write``, lead the commit or wait for the caller that leads it; its result."""
-        with self._cond:
-            if self._closed or self.read_only:
-                raise self._no_writes()
-            self._queue.append(write)
-            lead = not self._leading
-            if lead:
-                self._leading = True
-                self._lead_owner = write
-        try:
-            if lead:
-                self._lead()
-            while not write.settled:
-                write.done.acquire()
-                if write.promoted and not write.settled:  # the leader before us is done
-                    self._lead()
-        except BaseException:
-            self._abandon(write)
-            raise
-        if write.error is not None:
-            raise write.error
-        return write.result
+        if self.read_only:
+            raise self._no_writes()
+        return self._group.submit(_Op(fn, None, patient))
 
     def _no_writes(self) -> JournalUnavailableError:
         why = "is closed" if self._closed else "was opened read_only=True: it takes no writes"
         return JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} {why}")
 
-    def _abandon(self, write: _Write) -> None:
-        """The caller of ``write`` was interrupted (KeyboardInterrupt, a signal's SystemExit)
-        while it waited or before it led: never leave the queue without a leader."""
-        with self._cond:
-            if write.settled:
-                return  # committed or failed; whoever led handed the lead over
-            # Still queued: committed by a later leader, its result unread. Never chosen to
-            # lead (nobody waits on it any more).
-            write.on_settle = _ignore
-            if self._lead_owner is write:  # the lead is ours and was not passed on: pass it
-                self._pass_lead()
-
-    def _pass_lead(self) -> None:
-        """(``_cond`` held, by the leader that is done) The first caller that waits leads the
-        next batch; if only writes nobody waits for are queued (accept_later), the committer
-        thread does; with nothing queued that anybody waits for, nobody leads."""
-        if not any(w.on_settle is not _ignore for w in self._queue):
-            for write in self._queue:  # abandoned by their callers: never acknowledged
-                write.error = JournalUnavailableError("abandoned by its caller")
-                write.settled = True
-            self._queue = []
-        if not self._queue:
-            self._leading = False
-            self._lead_owner = None
-            self._cond.notify_all()  # close() waits for the last commit
-            return
-        successor = next((w for w in self._queue if w.on_settle is None), None)
-        if successor is not None:
-            self._lead_owner = successor
-            successor.promoted = True
-            successor.done.release()
-        else:
-            self._give_committer_the_lead()
-
-    def _give_committer_the_lead(self) -> None:
-        """(``_cond`` held) The committer thread leads the next batch. It runs: it was started
-        before any write that nobody waits for was queued."""
-        assert self._committer is not None
-        self._lead_owner = _COMMITTER
-        self._committer_turn = True
-        self._cond.notify_all()
-
-    def _lead(self) -> None:
-        """Commit everything queued, then hand the lead to the first write queued meanwhile;
-        then call back the writes nobody waits for (after the hand-over: a callback may write
-        to this journal again)."""
-        batch: list[_Write] = []
-        try:
-            with self._cond:
-                batch, self._queue = self._queue, []
-            self._commit(batch)
-            self._maybe_prune()
-        finally:
-            for write in batch:
-                if not write.settled:  # only if something above failed unexpectedly
-                    write.error = JournalUnavailableError(
-                        f"SQLiteJournal {str(self.path)!r}: the commit failed unexpectedly"
-                    )
-                    write.settle()
-            with self._cond:
-                self._pass_lead()
-            for write in batch:
-                if write.on_settle is not None:
-                    write.call_back()
-
-    def _commit(self, writes: Sequence[_Write]) -> None:
+    def _commit(self, writes: Sequence[Write[_Op]]) -> None:
         """One transaction for ``writes``. A write's own error (a duplicate id) fails only that
         write: SQLite rolls back just the failed statement. An error of the database (full,
         read-only, busy) rolls back everything, and every write in the batch gets it."""
@@ -556,10 +432,8 @@ class SQLiteJournal(Journal):
         else:
             self._stats["commits"] += 1
             self._stats["writes"] += len(writes)
-        for write in writes:
-            write.settle()
 
-    def _transact(self, conn: sqlite3.Connection, writes: Sequence[_Write]) -> None:
+    def _transact(self, conn: sqlite3.Connection, writes: Sequence[Write[_Op]]) -> None:
         """Run ``writes`` in one transaction and commit it.
 
         New rows go in one multi-row INSERT per ``_ROWS_PER_INSERT``. A batch of new rows only
@@ -567,23 +441,24 @@ class SQLiteJournal(Journal):
         into SQLite, so the leader gives the GIL away once per commit (while SQLite writes and
         syncs), not once per statement, and does not queue for it again behind the accepting
         threads between statements."""
-        rows = [w for w in writes if w.row is not None]
+        rows = [w for w in writes if w.item.row is not None]
         if len(rows) == len(writes) and len(rows) <= _ROWS_PER_INSERT:
             try:
                 conn.execute(_insert_sql(len(rows)), _values(rows))
                 return
             except sqlite3.IntegrityError:
                 pass  # a known request id: nothing was written; again, one row at a time
-        if not any(w.patient for w in writes):
+        if not any(w.item.patient for w in writes):
             self._begin_briefly(conn)
         else:
             conn.execute("BEGIN IMMEDIATE")
         for i in range(0, len(rows), _ROWS_PER_INSERT):
             self._insert(conn, rows[i : i + _ROWS_PER_INSERT])
         for write in writes:
-            if write.fn is not None:
+            fn = write.item.fn
+            if fn is not None:
                 try:
-                    write.result = write.fn(conn)
+                    write.result = fn(conn)
                 except (sqlite3.IntegrityError, ValueError) as exc:
                     write.error = exc
         conn.execute("COMMIT")
@@ -597,7 +472,7 @@ class SQLiteJournal(Journal):
         finally:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
-    def _insert(self, conn: sqlite3.Connection, rows: Sequence[_Write]) -> None:
+    def _insert(self, conn: sqlite3.Connection, rows: Sequence[Write[_Op]]) -> None:
         """Insert new rows inside the open transaction; a known request id fails its write."""
         try:
             conn.execute(_insert_sql(len(rows)), _values(rows))
@@ -605,13 +480,13 @@ class SQLiteJournal(Journal):
         except sqlite3.IntegrityError:
             pass  # the statement is rolled back alone; find the row that failed
         for write in rows:
-            assert write.row is not None
+            row = write.item.row
+            assert row is not None
             try:
-                conn.execute(_insert_sql(1), write.row)
+                conn.execute(_insert_sql(1), row)
             except sqlite3.IntegrityError:
                 write.error = ValueError(
-                    f"SQLiteJournal {str(self.path)!r}: request id {write.row[0]!r} is "
-                    "already recorded"
+                    f"SQLiteJournal {str(self.path)!r}: request id {row[0]!r} is already recorded"
                 )
 
     def _unavailable(self, exc: sqlite3.Error) -> JournalUnavailableError:
@@ -628,7 +503,7 @@ class SQLiteJournal(Journal):
         if self._last_prune is not None and now - self._last_prune < _PRUNE_EVERY:
             return
         self._last_prune = now
-        write = _Write(self._prune_rows)
+        write = Write(_Op(self._prune_rows))
         self._commit([write])
         if write.error is not None:
             log.warning("SQLiteJournal %s: prune failed: %s", self.path, write.error)
@@ -648,7 +523,9 @@ class SQLiteJournal(Journal):
         when the file cannot take it (nothing written), ValueError for a known request id or
         a record without its body."""
         text = _dumps(record)
-        self._commit_one(_Write(None, _row(record, text)))
+        if self.read_only:
+            raise self._no_writes()
+        self._group.submit(_Op(None, _row(record, text)))
         self._remember(record, text)
 
     def accept_later(
@@ -657,9 +534,9 @@ class SQLiteJournal(Journal):
         """Queue ``record`` for the next group commit and return; ``settled`` is called from
         the thread that committed it. Raises :class:`JournalUnavailableError` when closed."""
         text = _dumps(record)
-        write = _Write(None, _row(record, text))
+        op = _Op(None, _row(record, text))
 
-        def on_settle() -> None:
+        def on_settle(write: Write[_Op]) -> None:
             error = write.error
             if error is None:
                 self._remember(record, text)
@@ -669,46 +546,9 @@ class SQLiteJournal(Journal):
             else:
                 settled(JournalUnavailableError(repr(error)))
 
-        write.on_settle = on_settle
-        with self._cond:
-            if self._closed or self.read_only:
-                raise self._no_writes()
-            # Before anything is queued: if the thread cannot start, nothing waits for it.
-            self._start_committer()
-            self._queue.append(write)
-            if not self._leading:
-                self._leading = True
-                self._give_committer_the_lead()
-
-    def _start_committer(self) -> None:
-        """(``_cond`` held) Start the committer thread unless it runs. The lead is handed to it
-        only once it runs: any journal with a write nobody waits for has it (see _abandon)."""
-        if self._committer is None:
-            thread = threading.Thread(
-                target=self._committer_main,
-                name=f"bgfunctions-journal-{self.path.name}",
-                daemon=True,
-            )
-            try:
-                thread.start()
-            except RuntimeError as exc:  # no more threads, or the interpreter is exiting
-                raise JournalUnavailableError(
-                    f"SQLiteJournal {str(self.path)!r}: cannot start its committer thread ({exc})"
-                ) from exc
-            self._committer = thread
-
-    def _committer_main(self) -> None:
-        while True:
-            with self._cond:
-                while not self._committer_turn and not (self._closed and not self._leading):
-                    self._cond.wait()
-                if not self._committer_turn:
-                    return  # closed, and nothing left to commit
-                self._committer_turn = False
-            try:
-                self._lead()
-            except BaseException:  # pragma: no cover - _lead settles and hands over first
-                log.exception("SQLiteJournal %s: commit failed", self.path)
+        if self.read_only:
+            raise self._no_writes()
+        self._group.submit_later(op, on_settle)
 
     def attempt_started(self, record: InvocationRecord) -> bool:
         """Claim the newest attempt: only a row still waiting for exactly this attempt is
@@ -939,27 +779,13 @@ class SQLiteJournal(Journal):
 
     def close(self) -> None:
         """Commit what is queued, then close every connection. Idempotent."""
-        with self._cond:
-            self._closed = True
-            while self._leading:
-                self._cond.wait()
-            self._cond.notify_all()  # the committer thread, if any, ends
-            committer = self._committer
-        if committer is not None and committer is not threading.current_thread():
-            committer.join()
+        self._closed = True
+        self._group.close()
         with self._reader_lock:  # readers in use close themselves when they are done
             readers, self._readers = self._readers, []
         for conn in readers:
             conn.close()
         self._conn.close()
-
-
-_COMMITTER = object()
-"""The lead owner while the committer thread leads."""
-
-
-def _ignore() -> None:
-    """The settle callback of a write whose caller gave up waiting."""
 
 
 def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
@@ -982,8 +808,8 @@ def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
     )
 
 
-def _values(rows: Sequence[_Write]) -> list[Any]:
-    return [value for write in rows for value in write.row or ()]
+def _values(rows: Sequence[Write[_Op]]) -> list[Any]:
+    return [value for write in rows for value in write.item.row or ()]
 
 
 @functools.cache
