@@ -13,7 +13,6 @@ See docs/durability.md for what a 202 promises.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import json
@@ -31,81 +30,25 @@ from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import JournalError, JournalUnavailableError
 from bgfunctions.invocation import InvocationRecord, State
 from bgfunctions.journals._groupcommit import GroupCommit, Write
+from bgfunctions.journals._sql import SCHEMA_VERSION, SQLITE, UNFINISHED, load_record, row_values
+from bgfunctions.journals._sql import with_body as _with_body
+from bgfunctions.journals._sqlite_file import APPLICATION_ID, SQLiteFile
 from bgfunctions.journals.base import Journal
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteJournal"]
 
 log = logging.getLogger("bgfunctions.journal")
 
-APPLICATION_ID = 0x62676631
-"""``PRAGMA application_id`` of a journal file (ASCII ``bgf1``)."""
-SCHEMA_VERSION = 2
-"""``PRAGMA user_version`` this code writes; older files are migrated forward on open.
-
-1: one row per invocation, the whole record (body included, base64) as JSON.
-2: the body in a BLOB column of its own, the JSON without it (with ``body_size``): listing
-and recovery never read a body; an attempt loads its own when it starts."""
-
-_MAGIC = b"SQLite format 3\x00"
 _PRUNE_EVERY = 60.0  # seconds between automatic prunes
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-_FINISHED = tuple(s.value for s in State if s.finished)
-_UNFINISHED = tuple(s.value for s in State if not s.finished)
-_WAITING = (State.ACCEPTED.value, State.RETRY_SCHEDULED.value)
+_TABLE = "invocations"
 # The parsed records kept (see SQLiteJournal._remember): at most this many, each of at most
 # this much JSON (larger records, those with big bodies, are parsed at every read).
 _PARSED_MAX_ENTRIES = 50_000
 _PARSED_MAX_TEXT = 4096
 _IMPATIENT_BUSY_TIMEOUT = 0.25  # seconds: see SQLiteJournal._write(patient=False)
 _ROWS_PER_INSERT = 90  # 990 parameters: under SQLite's limit before 3.32 (999)
-
-
-def _move_bodies(conn: sqlite3.Connection) -> None:
-    """Schema 2: each row's body moves from its JSON to the ``body`` column, a few rows at a
-    time (a backlog's bodies are never all in memory at once)."""
-    conn.execute("ALTER TABLE invocations ADD COLUMN body BLOB")
-    last = -1
-    while True:
-        rows = conn.execute(
-            "SELECT rowid, record FROM invocations WHERE rowid > ? ORDER BY rowid LIMIT 64",
-            (last,),
-        ).fetchall()
-        if not rows:
-            return
-        for rowid, text in rows:
-            data = json.loads(text)
-            body = base64.b64decode(data.pop("body", ""))
-            data["body_size"] = len(body)
-            conn.execute(
-                "UPDATE invocations SET record = ?, body = ? WHERE rowid = ?",
-                (_encode(data), body, rowid),
-            )
-        last = rows[-1][0]
-
-
-# _MIGRATIONS[n] takes a file from user_version n to n + 1, inside one transaction: SQL
-# statements separated by semicolons, or a function of the connection.
-_MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
-    """
-    CREATE TABLE invocations (
-        request_id    TEXT PRIMARY KEY NOT NULL,
-        function      TEXT NOT NULL,
-        state         TEXT NOT NULL,
-        attempts      INTEGER NOT NULL,
-        accepted_at   REAL NOT NULL,
-        next_run_at   REAL,
-        finished_at   REAL,
-        lease_owner   TEXT,
-        lease_expires REAL,
-        record        TEXT NOT NULL
-    );
-    CREATE INDEX invocations_state_next ON invocations (state, next_run_at);
-    CREATE INDEX invocations_function_accepted ON invocations (function, accepted_at);
-    CREATE INDEX invocations_finished ON invocations (finished_at);
-    """,
-    _move_bodies,
-)
-assert len(_MIGRATIONS) == SCHEMA_VERSION
+_IDS_PER_UPDATE = 500  # a heartbeat's request ids per statement, for the same limit
 
 
 class _Op:
@@ -179,6 +122,7 @@ class SQLiteJournal(Journal):
                 f"{max_size_bytes!r}"
             )
         self.path = Path(path)
+        self._where = f"SQLiteJournal {str(self.path)!r}"  # for messages
         self.read_only = read_only
         self.max_size_bytes = max_size_bytes
         self.synchronous = synchronous
@@ -202,189 +146,20 @@ class SQLiteJournal(Journal):
         # request id -> (the row's text, its record) for unfinished rows this journal wrote, so
         # that the executor's frequent unfinished() polls do not parse JSON they already have.
         self._parsed: dict[str, tuple[str, InvocationRecord]] = {}
+        self._file = SQLiteFile(
+            self.path,
+            synchronous=synchronous,
+            busy_timeout=self.busy_timeout,
+            max_size_bytes=max_size_bytes,
+        )
         if read_only:
-            self._conn = self._open_reader_only()  # what would write refuses to (see _write)
+            self._conn = self._file.open_reader_only()  # what would write refuses to (_write)
         else:
-            self._inspect()
-            self._conn = self._open_writer()
+            self._file.inspect()
+            self._conn = self._file.open_writer()
 
     def __repr__(self) -> str:
         return f"<SQLiteJournal {str(self.path)!r} owner={self.owner!r}>"
-
-    # -- opening -------------------------------------------------------------------------------
-
-    def _refuse(self, why: str) -> JournalError:
-        return JournalError(f"SQLiteJournal: refusing {str(self.path)!r}: {why}")
-
-    def _refuse_read_only(self, cause: str) -> JournalError:
-        return self._refuse(
-            f"it is read-only for this process ({cause}); bgfunctions records every "
-            "invocation in it, so make the file and its directory writable, or read it with "
-            "SQLiteJournal(path, read_only=True), as `bgfunctions invocations` does"
-        )
-
-    def _open_reader_only(self) -> sqlite3.Connection:
-        """For ``read_only``: check that the file is a journal this code reads; a connection."""
-        if not self.path.is_file():
-            raise self._refuse("expected an existing journal file to read; found none")
-        with open(self.path, "rb") as f:
-            head = f.read(100)
-        if not head.startswith(_MAGIC):
-            raise self._refuse(
-                f"expected a SQLite database (header {_MAGIC!r}), found {head[:16]!r}"
-            )
-        conn = self._connect_read_only()
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            self._check_identity(app_id, version, objects)
-            if version < SCHEMA_VERSION:
-                raise self._refuse(
-                    f"expected schema version {SCHEMA_VERSION} to read it read-only, found "
-                    f"{version}: open it once for writing (bgfunctions serve) to migrate it"
-                )
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise self._refuse(f"it is not a readable SQLite database ({exc})") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _connect_read_only(self) -> sqlite3.Connection:
-        """A connection that writes nothing, not even WAL's shared-memory file. Where that file
-        cannot be made (a read-only directory) and no WAL file holds commits, all the data is
-        in the database file, which is then read as immutable."""
-        uri = self.path.resolve().as_uri()
-        conn = self._connect_uri(f"{uri}?mode=ro")
-        try:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            return conn
-        except sqlite3.OperationalError as exc:
-            conn.close()
-            wal = Path(f"{self.path}-wal")
-            if wal.exists() and wal.stat().st_size > 0:
-                raise self._refuse(
-                    f"cannot read it read-only ({exc}), and its WAL file holds commits that "
-                    "only a connection able to create its -shm file can read"
-                ) from exc
-        return self._connect_uri(f"{uri}?mode=ro&immutable=1")
-
-    def _connect_uri(self, uri: str) -> sqlite3.Connection:
-        return sqlite3.connect(
-            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
-        )
-
-    def _inspect(self) -> None:
-        """Refuse a file that is not ours before anything could write to it."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise self._refuse(f"cannot create it ({exc.strerror})") from exc
-        else:
-            os.close(fd)  # new and empty; SQLite gives -wal/-shm the db file's permissions
-            return
-        if not os.access(self.path, os.W_OK):
-            raise self._refuse_read_only("no write permission on the file")
-        with open(self.path, "rb") as f:
-            head = f.read(100)
-        if not head:
-            return  # empty: created by us (or touched); SQLite treats it as a new database
-        if not head.startswith(_MAGIC):
-            raise self._refuse(
-                f"expected a SQLite database (header {_MAGIC!r}), found {head[:16]!r}"
-            )
-        # Read-only: a refused file must stay byte for byte as it was.
-        uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        try:
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise self._refuse(f"cannot open it read-only ({exc})") from exc
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
-        except sqlite3.DatabaseError as exc:
-            if "readonly" in str(exc):  # WAL's -shm file cannot be made: a read-only directory
-                raise self._refuse_read_only(str(exc)) from exc
-            raise self._refuse(f"it is not a readable SQLite database ({exc})") from exc
-        finally:
-            conn.close()
-        self._check_identity(app_id, version, objects)
-        if problems != ["ok"]:
-            raise self._refuse(f"PRAGMA quick_check found damage: {'; '.join(problems)}")
-
-    def _check_identity(self, app_id: int, version: int, objects: int) -> None:
-        if app_id != APPLICATION_ID and (app_id != 0 or objects):
-            raise self._refuse(
-                f"expected a bgfunctions journal (application_id {APPLICATION_ID:#x}), found "
-                f"application_id {app_id:#x} with {objects} schema objects: another "
-                "application's database"
-            )
-        if version > SCHEMA_VERSION:
-            raise self._refuse(
-                f"expected schema version <= {SCHEMA_VERSION}, found {version}: written by a "
-                "newer bgfunctions"
-            )
-
-    def _open_writer(self) -> sqlite3.Connection:
-        conn = self._connect()
-        try:
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            # The schema is created in rollback mode, so the main file holds it from the start
-            # (a header check of the bare file then sees our application_id).
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-                self._check_identity(app_id, version, objects)
-                for step in range(version, SCHEMA_VERSION):
-                    migration = _MIGRATIONS[step]
-                    if callable(migration):
-                        migration(conn)
-                        continue
-                    for statement in migration.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                if version < SCHEMA_VERSION or app_id != APPLICATION_ID:
-                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise self._refuse(f"expected to switch it to WAL mode, SQLite answered {mode!r}")
-            if self.max_size_bytes is not None:
-                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-                pages = max(1, self.max_size_bytes // page_size)
-                conn.execute(f"PRAGMA max_page_count = {pages}")
-        except sqlite3.Error as exc:
-            conn.close()
-            if "readonly" in str(exc):
-                raise self._refuse_read_only(str(exc)) from exc
-            raise self._refuse(f"cannot open it for writing ({exc})") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self.busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,
-            cached_statements=_ROWS_PER_INSERT + 32,  # one INSERT per batch size, and the rest
-        )
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        return conn
 
     # -- writes: group commit --------------------------------------------------------------------
 
@@ -444,7 +219,7 @@ class SQLiteJournal(Journal):
         rows = [w for w in writes if w.item.row is not None]
         if len(rows) == len(writes) and len(rows) <= _ROWS_PER_INSERT:
             try:
-                conn.execute(_insert_sql(len(rows)), _values(rows))
+                conn.execute(_insert(len(rows)), _values(rows))
                 return
             except sqlite3.IntegrityError:
                 pass  # a known request id: nothing was written; again, one row at a time
@@ -475,7 +250,7 @@ class SQLiteJournal(Journal):
     def _insert(self, conn: sqlite3.Connection, rows: Sequence[Write[_Op]]) -> None:
         """Insert new rows inside the open transaction; a known request id fails its write."""
         try:
-            conn.execute(_insert_sql(len(rows)), _values(rows))
+            conn.execute(_insert(len(rows)), _values(rows))
             return
         except sqlite3.IntegrityError:
             pass  # the statement is rolled back alone; find the row that failed
@@ -483,7 +258,7 @@ class SQLiteJournal(Journal):
             row = write.item.row
             assert row is not None
             try:
-                conn.execute(_insert_sql(1), row)
+                conn.execute(_insert(1), row)
             except sqlite3.IntegrityError:
                 write.error = ValueError(
                     f"SQLiteJournal {str(self.path)!r}: request id {row[0]!r} is already recorded"
@@ -510,7 +285,7 @@ class SQLiteJournal(Journal):
 
     def _prune_rows(self, conn: sqlite3.Connection) -> int:
         cursor = conn.execute(
-            "DELETE FROM invocations WHERE finished_at IS NOT NULL AND finished_at < ?",
+            _sql(f"DELETE FROM {{t}} WHERE {SQLITE.prunable()}"),
             (self.clock.now() - self.retention,),
         )
         self._stats["pruned"] += cursor.rowcount
@@ -553,18 +328,11 @@ class SQLiteJournal(Journal):
     def attempt_started(self, record: InvocationRecord) -> bool:
         """Claim the newest attempt: only a row still waiting for exactly this attempt is
         claimed (leased to this owner); False when another process did, or it was cancelled."""
-        attempts = len(record.attempts)
         text = _dumps(record)
-        args = (record.state.value, attempts, record.next_run_at, text, self.owner)
 
         def claim(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE invocations SET state = ?, attempts = ?, next_run_at = ?, record = ?, "
-                "lease_owner = ?, lease_expires = ? "
-                "WHERE request_id = ? AND state IN (?, ?) AND attempts = ?",
-                (*args, self.clock.now() + self.lease, record.request_id, *_WAITING, attempts - 1),
-            )
-            return cursor.rowcount == 1
+            query, args = SQLITE.claim(record, text, self.owner, self.clock.now() + self.lease)
+            return conn.execute(_sql(query), args).rowcount == 1
 
         if not self._write(claim):
             return False
@@ -575,26 +343,10 @@ class SQLiteJournal(Journal):
         """Store ``record`` and release its lease. Ignored (with a warning) when the row is
         finished or leased by another owner (this process lost its lease meanwhile)."""
         text = _dumps(record)
-        args = (
-            record.state.value,
-            len(record.attempts),
-            record.next_run_at,
-            record.finished_at,
-            text,
-            record.request_id,
-            self.owner,
-            *_FINISHED,
-        )
+        query, args = SQLITE.attempt_ended(record, text, self.owner)
 
         def update(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "UPDATE invocations SET state = ?, attempts = ?, next_run_at = ?, "
-                "finished_at = ?, record = ?, lease_owner = NULL, lease_expires = NULL "
-                "WHERE request_id = ? AND (lease_owner IS NULL OR lease_owner = ?) "
-                f"AND state NOT IN ({','.join('?' * len(_FINISHED))})",
-                args,
-            )
-            return cursor.rowcount
+            return int(conn.execute(_sql(query), args).rowcount)
 
         updated = self._write(update)
         if updated and not record.state.finished:
@@ -619,11 +371,9 @@ class SQLiteJournal(Journal):
 
         def renew(conn: sqlite3.Connection) -> None:
             expires = self.clock.now() + self.lease
-            conn.executemany(
-                "UPDATE invocations SET lease_expires = ? "
-                "WHERE request_id = ? AND lease_owner = ? AND state = ?",
-                [(expires, rid, self.owner, State.RUNNING.value) for rid in ids],
-            )
+            for i in range(0, len(ids), _IDS_PER_UPDATE):
+                query, args = SQLITE.heartbeat(ids[i : i + _IDS_PER_UPDATE], self.owner, expires)
+                conn.execute(_sql(query), args)
 
         self._write(renew, patient=False)
 
@@ -633,13 +383,13 @@ class SQLiteJournal(Journal):
 
         def take(conn: sqlite3.Connection) -> list[str]:
             now = self.clock.now()
-            where = "WHERE state = ? AND lease_expires < ?"
+            where = f"WHERE {SQLITE.expired()}"
             args = (self.owner, now + self.lease, State.RUNNING.value, now)
-            sql = "UPDATE invocations SET lease_owner = ?, lease_expires = ? "
+            sql = _sql("UPDATE {t} SET lease_owner = ?, lease_expires = ? ")
             if _RETURNING:
                 return [r[0] for r in conn.execute(sql + where + " RETURNING record", args)]
             # Older SQLite: the same, in two statements of one IMMEDIATE transaction.
-            rows = conn.execute("SELECT record FROM invocations " + where, args[2:]).fetchall()
+            rows = conn.execute(_sql("SELECT record FROM {t} ") + where, args[2:]).fetchall()
             conn.execute(sql + where, args)
             return [r[0] for r in rows]
 
@@ -655,23 +405,14 @@ class SQLiteJournal(Journal):
 
     def get(self, request_id: str) -> InvocationRecord | None:
         """The whole record, body included (``select`` and ``unfinished`` leave bodies out)."""
-        rows = self._read(
-            "SELECT request_id, record, body FROM invocations WHERE request_id = ?",
-            (request_id,),
-        )
+        rows = self._read(_sql(SQLITE.get("request_id, record, body")), (request_id,))
         if not rows:
             return None
         rid, text, body = rows[0]
-        record = self._record(rid, text)
-        if not body:
-            return record
-        try:
-            return record.with_body(bytes(body))
-        except ValueError as exc:
-            raise JournalError(f"SQLiteJournal {str(self.path)!r}: {exc}") from None
+        return _with_body(self._record(rid, text), body, self._where)
 
     def body(self, request_id: str) -> bytes | None:
-        rows = self._read("SELECT body FROM invocations WHERE request_id = ?", (request_id,))
+        rows = self._read(_sql(SQLITE.get("body")), (request_id,))
         return None if not rows else bytes(rows[0][0] or b"")
 
     def select(
@@ -685,7 +426,7 @@ class SQLiteJournal(Journal):
 
     def unfinished(self) -> list[InvocationRecord]:
         before = set(self._parsed)  # one step under the GIL, as writers may add meanwhile
-        records = self._select(None, [State(s) for s in _UNFINISHED], None, newest_first=False)
+        records = self._select(None, [State(s) for s in UNFINISHED], None, newest_first=False)
         # Forget what finished elsewhere (another process); keep what was added meanwhile.
         for request_id in before.difference(r.request_id for r in records):
             self._parsed.pop(request_id, None)
@@ -699,24 +440,10 @@ class SQLiteJournal(Journal):
         *,
         newest_first: bool,
     ) -> list[InvocationRecord]:
-        clauses: list[str] = []
-        args: list[Any] = []
-        if function is not None:
-            clauses.append("function = ?")
-            args.append(function)
-        if state is not None:
-            states = [state] if isinstance(state, State) else list(state)
-            clauses.append(f"state IN ({','.join('?' * len(states))})")
-            args.extend(State(s).value for s in states)
-        order = "DESC" if newest_first else "ASC"
-        sql = "SELECT request_id, record FROM invocations"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += f" ORDER BY accepted_at {order}, rowid {order}"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(max(0, int(limit)))
-        return [self._record(rid, text) for rid, text in self._read(sql, tuple(args))]
+        query, args = SQLITE.select(
+            "request_id, record", function, state, limit, newest_first=newest_first
+        )
+        return [self._record(rid, text) for rid, text in self._read(_sql(query), args)]
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         with self._reader_lock:
@@ -725,9 +452,9 @@ class SQLiteJournal(Journal):
             conn = self._readers.pop() if self._readers else None
         if conn is None:
             if self.read_only:
-                conn = self._connect_read_only()
+                conn = self._file.connect_read_only()
             else:
-                conn = self._connect()
+                conn = self._file.connect()
                 conn.execute("PRAGMA query_only = ON")
         try:
             return conn.execute(sql, args).fetchall()
@@ -762,13 +489,7 @@ class SQLiteJournal(Journal):
         return self._loads(text)
 
     def _loads(self, text: str) -> InvocationRecord:
-        try:
-            return InvocationRecord.from_json(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise JournalError(
-                f"SQLiteJournal {str(self.path)!r}: a record is not valid JSON of an "
-                f"invocation ({exc}): {text[:80]!r}"
-            ) from exc
+        return load_record(text, self._where, json.loads)
 
     # -- the rest ------------------------------------------------------------------------------
 
@@ -790,22 +511,7 @@ class SQLiteJournal(Journal):
 
 def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
     """The values of a new invocation's row (``text``: the record's JSON, without the body)."""
-    if not record.body_loaded:
-        raise ValueError(
-            f"SQLiteJournal.accepted: expected invocation {record.request_id} with its body "
-            f"({record.body_size} bytes); got a record without it"
-        )
-    return (
-        record.request_id,
-        record.function,
-        record.state.value,
-        len(record.attempts),
-        record.accepted_at,
-        record.next_run_at,
-        record.finished_at,
-        text,
-        record.body,
-    )
+    return row_values(record, text, "SQLiteJournal")
 
 
 def _values(rows: Sequence[Write[_Op]]) -> list[Any]:
@@ -813,9 +519,13 @@ def _values(rows: Sequence[Write[_Op]]) -> list[Any]:
 
 
 @functools.cache
-def _insert_sql(rows: int) -> str:
-    # No lease yet: lease_owner and lease_expires are NULL.
-    return "INSERT INTO invocations VALUES " + ",".join(["(?,?,?,?,?,?,?,NULL,NULL,?,?)"] * rows)
+def _insert(rows: int) -> str:
+    return _sql(SQLITE.insert(rows))
+
+
+def _sql(query: str) -> str:
+    """A shared statement (see _sql) on this journal's table."""
+    return query.replace("{t}", _TABLE)
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False).encode
