@@ -36,24 +36,23 @@ except ImportError as exc:  # tested by importing the module again without psyco
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import BgFunctionsError, JournalError, JournalUnavailableError
 from bgfunctions.invocation import InvocationRecord, State
+from bgfunctions.journals._sql import (
+    POSTGRES,
+    SCHEMA_VERSION,
+    UNFINISHED,
+    check_version,
+    load_record,
+    row_values,
+    with_body,
+)
 from bgfunctions.journals.base import Journal
 
 __all__ = ["SCHEMA_VERSION", "PostgresJournal"]
 
 log = logging.getLogger("bgfunctions.journal")
 
-SCHEMA_VERSION = 2
-"""The ``schema_version`` this code writes in ``<table>_meta``; a newer one is refused.
-
-1: the whole record (body included, base64) as JSONB.
-2: the body in a BYTEA column of its own, the JSONB without it (with ``body_size``): listing
-and recovery never read a body; an attempt loads its own when it starts."""
-
 _PRUNE_EVERY = 60.0  # seconds between automatic prunes
 _TABLE = re.compile(r"[a-z_][a-z0-9_]{0,49}")  # room for index names within 63 bytes
-_FINISHED = [s.value for s in State if s.finished]
-_UNFINISHED = [State(s) for s in State if not s.finished]
-_WAITING = [State.ACCEPTED.value, State.RETRY_SCHEDULED.value]
 # The server ends the session instead of running the statement (admin_shutdown,
 # crash_shutdown, cannot_connect_now): nothing of it was applied.
 _TERMINATED = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.CannotConnectNow)
@@ -358,11 +357,7 @@ class PostgresJournal(Journal):
                 raise self._refuse(
                     f"expected an integer schema_version in {self.table}_meta, found {row[0]!r}"
                 ) from None
-        if version > SCHEMA_VERSION:
-            raise self._refuse(
-                f"expected schema version <= {SCHEMA_VERSION}, found {version}: written by a "
-                "newer bgfunctions"
-            )
+        check_version(version, self._refuse)
         if version == SCHEMA_VERSION:
             return
         for migration in _MIGRATIONS[version:]:
@@ -386,26 +381,8 @@ class PostgresJournal(Journal):
     def accepted(self, record: InvocationRecord) -> None:
         """Insert ``record``; returns once committed. Raises :class:`JournalUnavailableError`
         when the database cannot take it, ValueError for a known request id."""
-        query = self._q(
-            "INSERT INTO {t} (request_id, function, state, attempts, accepted_at, next_run_at, "
-            "finished_at, record, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        )
-        if not record.body_loaded:
-            raise ValueError(
-                f"PostgresJournal.accepted: expected invocation {record.request_id} with its "
-                f"body ({record.body_size} bytes); got a record without it"
-            )
-        args = (
-            record.request_id,
-            record.function,
-            record.state.value,
-            len(record.attempts),
-            record.accepted_at,
-            record.next_run_at,
-            record.finished_at,
-            Jsonb(record.to_json(body=False), dumps=_dumps),
-            record.body,
-        )
+        query = self._q(POSTGRES.insert())
+        args = row_values(record, _jsonb(record), "PostgresJournal")
 
         def insert(cursor: _Cursor) -> None:
             try:
@@ -421,35 +398,23 @@ class PostgresJournal(Journal):
     def attempt_started(self, record: InvocationRecord) -> bool:
         """Claim the newest attempt: only a row still waiting for exactly this attempt is
         claimed (leased to this owner); False when another process did, or it was cancelled."""
-        attempts = len(record.attempts)
         # The claim commits without waiting for its WAL to reach the disk (synchronous_commit
-        # off for this one transaction; set_config(..., true) ends with it). Other sessions
-        # see it at once, as any commit, so exactly one claim wins while the server runs; only
-        # a crash of the server can lose it, and a lost claim leaves the row waiting, as if the
-        # attempt had not been claimed: it runs again (at least once), from the broker message
-        # that is acked only after the attempt's end is recorded (Celery, acks late) or from
-        # recovery (the embedded executors). The end of the attempt is a synchronous commit,
-        # and WAL is flushed in order, so once the end is durable the claim is too. It saves
-        # one WAL flush per attempt.
-        query = self._q(
-            "UPDATE {t} SET state = %s, attempts = %s, next_run_at = %s, record = %s, "
-            "lease_owner = %s, lease_expires = %s "
-            "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS claim_commit "
-            "WHERE request_id = %s AND state = ANY(%s) AND attempts = %s"
-        )
-        head = (
-            record.state.value,
-            attempts,
-            record.next_run_at,
-            Jsonb(record.to_json(body=False), dumps=_dumps),
-            self.owner,
-        )
+        # off for this one transaction; set_config(..., true) ends with it: POSTGRES.claim_from).
+        # Other sessions see it at once, as any commit, so exactly one claim wins while the
+        # server runs; only a crash of the server can lose it, and a lost claim leaves the row
+        # waiting, as if the attempt had not been claimed: it runs again (at least once), from
+        # the broker message that is acked only after the attempt's end is recorded (Celery,
+        # acks late) or from recovery (the embedded executors). The end of the attempt is a
+        # synchronous commit, and WAL is flushed in order, so once the end is durable the claim
+        # is too. It saves one WAL flush per attempt.
+        value = _jsonb(record)
 
         def claim(cursor: _Cursor) -> bool:
             # A racing claim waits for the row lock, then re-checks the WHERE on the committed
             # row (READ COMMITTED): it finds the state changed and updates nothing.
             expires = self.clock.now() + self.lease
-            cursor.execute(query, (*head, expires, record.request_id, _WAITING, attempts - 1))
+            query, args = POSTGRES.claim(record, value, self.owner, expires)
+            cursor.execute(self._q(query), args)
             return cursor.rowcount == 1
 
         return self._write(claim)
@@ -457,22 +422,8 @@ class PostgresJournal(Journal):
     def attempt_ended(self, record: InvocationRecord) -> None:
         """Store ``record`` and release its lease. Ignored (with a warning) when the row is
         finished or leased by another owner (this process lost its lease meanwhile)."""
-        query = self._q(
-            "UPDATE {t} SET state = %s, attempts = %s, next_run_at = %s, finished_at = %s, "
-            "record = %s, lease_owner = NULL, lease_expires = NULL "
-            "WHERE request_id = %s AND (lease_owner IS NULL OR lease_owner = %s) "
-            "AND NOT (state = ANY(%s))"
-        )
-        args = (
-            record.state.value,
-            len(record.attempts),
-            record.next_run_at,
-            record.finished_at,
-            Jsonb(record.to_json(body=False), dumps=_dumps),
-            record.request_id,
-            self.owner,
-            _FINISHED,
-        )
+        text, args = POSTGRES.attempt_ended(record, _jsonb(record), self.owner)
+        query = self._q(text)
 
         def update(cursor: _Cursor) -> int:
             cursor.execute(query, args)
@@ -493,14 +444,10 @@ class PostgresJournal(Journal):
         ids = list(request_ids)
         if not ids:
             return
-        query = self._q(
-            "UPDATE {t} SET lease_expires = %s "
-            "WHERE request_id = ANY(%s) AND lease_owner = %s AND state = %s"
-        )
 
         def renew(cursor: _Cursor) -> None:
-            args = (self.clock.now() + self.lease, ids, self.owner, State.RUNNING.value)
-            cursor.execute(query, args)
+            query, args = POSTGRES.heartbeat(ids, self.owner, self.clock.now() + self.lease)
+            cursor.execute(self._q(query), args)
 
         self._write(renew)
 
@@ -509,23 +456,18 @@ class PostgresJournal(Journal):
         to this owner and returned (state running) to exactly one caller among processes."""
         # SKIP LOCKED: rows another process is claiming right now are its, not ours; the outer
         # WHERE repeats the condition so a row renewed meanwhile is left alone.
+        expired = POSTGRES.expired()
         query = self._q(
-            "UPDATE {t} SET lease_owner = %(owner)s, lease_expires = %(expires)s "
-            "WHERE request_id IN (SELECT request_id FROM {t} "
-            "WHERE state = %(running)s AND lease_expires < %(now)s FOR UPDATE SKIP LOCKED) "
-            "AND state = %(running)s AND lease_expires < %(now)s "
+            "UPDATE {t} SET lease_owner = %s, lease_expires = %s "
+            f"WHERE request_id IN (SELECT request_id FROM {{t}} WHERE {expired} "
+            f"FOR UPDATE SKIP LOCKED) AND {expired} "
             "RETURNING record, accepted_at, seq"
         )
 
         def take(cursor: _Cursor) -> list[tuple[Any, ...]]:
             now = self.clock.now()
-            args = {
-                "owner": self.owner,
-                "expires": now + self.lease,
-                "running": State.RUNNING.value,
-                "now": now,
-            }
-            cursor.execute(query, args)
+            running = State.RUNNING.value
+            cursor.execute(query, (self.owner, now + self.lease, running, now, running, now))
             return cursor.fetchall()
 
         rows = sorted(self._write(take), key=lambda row: (row[1], row[2]))
@@ -536,7 +478,7 @@ class PostgresJournal(Journal):
         # SKIP LOCKED: two processes pruning at once split the rows instead of deadlocking.
         query = self._q(
             "DELETE FROM {t} WHERE request_id IN (SELECT request_id FROM {t} "
-            "WHERE finished_at IS NOT NULL AND finished_at < %s FOR UPDATE SKIP LOCKED)"
+            f"WHERE {POSTGRES.prunable()} FOR UPDATE SKIP LOCKED)"
         )
 
         def delete(cursor: _Cursor) -> int:
@@ -563,20 +505,13 @@ class PostgresJournal(Journal):
 
     def get(self, request_id: str) -> InvocationRecord | None:
         """The whole record, body included (``select`` and ``unfinished`` leave bodies out)."""
-        query = self._q("SELECT record, body FROM {t} WHERE request_id = %s")
-        rows = self._read(query, (request_id,))
+        rows = self._read(self._q(POSTGRES.get("record, body")), (request_id,))
         if not rows:
             return None
-        record = self._loads(rows[0][0])
-        if not rows[0][1]:
-            return record
-        try:
-            return record.with_body(bytes(rows[0][1]))
-        except ValueError as exc:
-            raise JournalError(f"PostgresJournal {self._where}: {exc}") from None
+        return with_body(self._loads(rows[0][0]), rows[0][1], f"PostgresJournal {self._where}")
 
     def body(self, request_id: str) -> bytes | None:
-        rows = self._read(self._q("SELECT body FROM {t} WHERE request_id = %s"), (request_id,))
+        rows = self._read(self._q(POSTGRES.get("body")), (request_id,))
         return None if not rows else bytes(rows[0][0] or b"")
 
     def select(
@@ -589,7 +524,7 @@ class PostgresJournal(Journal):
         return self._select(function, state, limit, newest_first=True)
 
     def unfinished(self) -> list[InvocationRecord]:
-        return self._select(None, _UNFINISHED, None, newest_first=False)
+        return self._select(None, [State(s) for s in UNFINISHED], None, newest_first=False)
 
     def _select(
         self,
@@ -599,25 +534,9 @@ class PostgresJournal(Journal):
         *,
         newest_first: bool,
     ) -> list[InvocationRecord]:
-        clauses: list[str] = []
-        args: list[Any] = []
-        if function is not None:
-            clauses.append("function = %s")
-            args.append(function)
-        if state is not None:
-            states = [state] if isinstance(state, State) else list(state)
-            clauses.append("state = ANY(%s)")
-            args.append([State(s).value for s in states])
-        order = "DESC" if newest_first else "ASC"
-        text = "SELECT record FROM {t}"
-        if clauses:
-            text += " WHERE " + " AND ".join(clauses)
         # seq breaks ties in insertion order, as SQLite's rowid does.
-        text += f" ORDER BY accepted_at {order}, seq {order}"
-        if limit is not None:
-            text += " LIMIT %s"
-            args.append(max(0, int(limit)))
-        return [self._loads(row[0]) for row in self._read(self._q(text), tuple(args))]
+        text, args = POSTGRES.select("record", function, state, limit, newest_first=newest_first)
+        return [self._loads(row[0]) for row in self._read(self._q(text), args)]
 
     def _read(self, query: sql.Composed, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         def fetch(cursor: _Cursor) -> list[tuple[Any, ...]]:
@@ -627,13 +546,7 @@ class PostgresJournal(Journal):
         return self._run(fetch, write=False)
 
     def _loads(self, data: Any) -> InvocationRecord:
-        try:
-            return InvocationRecord.from_json(data)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise JournalError(
-                f"PostgresJournal {self._where}: a record is not the JSON of an invocation "
-                f"({exc}): {str(data)[:80]!r}"
-            ) from exc
+        return load_record(data, f"PostgresJournal {self._where}")
 
     # -- the rest ------------------------------------------------------------------------------
 
@@ -668,6 +581,11 @@ def _dropped(conn: _Conn) -> bool:
 
 def _oneline(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _jsonb(record: InvocationRecord) -> Jsonb:
+    """The record's JSON, without its body, as the ``record`` column takes it."""
+    return Jsonb(record.to_json(body=False), dumps=_dumps)
 
 
 def _dumps(data: Any) -> str:
