@@ -36,11 +36,11 @@ except ImportError as exc:  # tested by importing the module again without psyco
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import BgFunctionsError, JournalError, JournalUnavailableError
 from bgfunctions.invocation import InvocationRecord, State
+from bgfunctions.journals._postgres_schema import migrate, names
 from bgfunctions.journals._sql import (
     POSTGRES,
     SCHEMA_VERSION,
     UNFINISHED,
-    check_version,
     load_record,
     row_values,
     with_body,
@@ -64,40 +64,6 @@ _TRANSIENT = (
     pg_errors.QueryCanceled,
 )
 
-# _MIGRATIONS[n] takes a table from schema version n to n + 1, statement by statement, inside
-# the transaction that also writes the new version. {t} is the table, {i_*} its indexes.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """
-        CREATE TABLE {t} (
-            seq           BIGINT GENERATED ALWAYS AS IDENTITY,
-            request_id    TEXT PRIMARY KEY,
-            function      TEXT NOT NULL,
-            state         TEXT NOT NULL,
-            attempts      INTEGER NOT NULL,
-            accepted_at   DOUBLE PRECISION NOT NULL,
-            next_run_at   DOUBLE PRECISION,
-            finished_at   DOUBLE PRECISION,
-            lease_owner   TEXT,
-            lease_expires DOUBLE PRECISION,
-            record        JSONB NOT NULL
-        )
-        """,
-        "CREATE INDEX {i_state} ON {t} (state, next_run_at)",
-        "CREATE INDEX {i_function} ON {t} (function, accepted_at)",
-        "CREATE INDEX {i_accepted} ON {t} (accepted_at, seq)",
-        "CREATE INDEX {i_finished} ON {t} (finished_at) WHERE finished_at IS NOT NULL",
-        "CREATE INDEX {i_lease} ON {t} (lease_expires) WHERE state = 'running'",
-    ),
-    (
-        "ALTER TABLE {t} ADD COLUMN body BYTEA",
-        # Schema 1 kept the body in the JSON, base64 (Python's alphabet, which decode() reads).
-        "UPDATE {t} SET body = decode(COALESCE(record->>'body', ''), 'base64'), "
-        "record = (record - 'body') || jsonb_build_object('body_size', "
-        "length(decode(COALESCE(record->>'body', ''), 'base64')))",
-    ),
-)
-assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 _T = TypeVar("_T")
 _Conn = psycopg.Connection[tuple[Any, ...]]
@@ -162,11 +128,7 @@ class PostgresJournal(Journal):
             f"{params.get('user', '?')}@{params.get('host', 'localhost')}:"
             f"{params.get('port', '5432')}/{params.get('dbname', '?')} table {table!r}"
         )
-        self._names = {
-            "t": sql.Identifier(table),
-            "m": sql.Identifier(f"{table}_meta"),
-            **{f"i_{k}": sql.Identifier(f"{table}_{k}") for k in _INDEXES},
-        }
+        self._names = names(table)
         self._stats = {"commits": 0, "failed_commits": 0, "pruned": 0, "reconnects": 0}
         self._idle: list[_Conn] = []  # LIFO: the warmest connection first
         self._slots = threading.BoundedSemaphore(pool_size)
@@ -317,7 +279,7 @@ class PostgresJournal(Journal):
             try:
                 # One transaction (the connection is in autocommit mode otherwise).
                 with conn.transaction(), conn.cursor() as cursor:
-                    self._migrate(cursor)
+                    migrate(cursor, self.table, self._q, self._refuse)
             except JournalError as exc:
                 self._rollback(conn)
                 self._refused = exc
@@ -333,43 +295,6 @@ class PostgresJournal(Journal):
 
     def _refuse(self, why: str) -> JournalError:
         return JournalError(f"PostgresJournal: refusing {self._where}: {why}")
-
-    def _migrate(self, cursor: _Cursor) -> None:
-        # Processes starting together create the schema one at a time (CREATE TABLE IF NOT
-        # EXISTS alone races on PostgreSQL's catalogs).
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"bgfunctions:{self.table}",))
-        cursor.execute(self._q("CREATE TABLE IF NOT EXISTS {m} (key TEXT PRIMARY KEY, value TEXT)"))
-        cursor.execute(self._q("SELECT value FROM {m} WHERE key = 'schema_version'"))
-        row = cursor.fetchone()
-        if row is None:
-            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,))
-            exists = cursor.fetchone()
-            if exists is not None and exists[0]:
-                raise self._refuse(
-                    f"expected no table {self.table!r} or a bgfunctions journal, found a table "
-                    f"without a schema version in {self.table}_meta: another application's table"
-                )
-            version = 0
-        else:
-            try:
-                version = int(row[0])
-            except (TypeError, ValueError):
-                raise self._refuse(
-                    f"expected an integer schema_version in {self.table}_meta, found {row[0]!r}"
-                ) from None
-        check_version(version, self._refuse)
-        if version == SCHEMA_VERSION:
-            return
-        for migration in _MIGRATIONS[version:]:
-            for statement in migration:
-                cursor.execute(self._q(statement))
-        cursor.execute(
-            self._q(
-                "INSERT INTO {m} (key, value) VALUES ('schema_version', %s) "
-                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
-            ),
-            (str(SCHEMA_VERSION),),
-        )
 
     # -- Journal: writes -----------------------------------------------------------------------
 
@@ -564,9 +489,6 @@ class PostgresJournal(Journal):
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
-
-
-_INDEXES = ("state", "function", "accepted", "finished", "lease")
 
 
 def _dropped(conn: _Conn) -> bool:
