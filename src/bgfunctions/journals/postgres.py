@@ -1,6 +1,6 @@
 """A journal in PostgreSQL: one table that a web tier and every worker share.
 
-The semantics are :class:`~bgfunctions.sqlite_journal.SQLiteJournal`'s: ``accepted`` returns once
+The semantics are :class:`~bgfunctions.journals.sqlite.SQLiteJournal`'s: ``accepted`` returns once
 the row is committed; an attempt is *claimed* by a conditional UPDATE that exactly one process
 wins, and held by a lease that :meth:`PostgresJournal.heartbeat` renews;
 :meth:`PostgresJournal.expire_leases` hands a dead process's attempts to exactly one survivor

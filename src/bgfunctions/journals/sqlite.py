@@ -14,7 +14,6 @@ See docs/durability.md for what a 202 promises.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from bgfunctions.invocation import InvocationRecord, State
 from bgfunctions.journals._groupcommit import GroupCommit, Write
 from bgfunctions.journals._sql import SCHEMA_VERSION, SQLITE, UNFINISHED, load_record, row_values
 from bgfunctions.journals._sql import with_body as _with_body
+from bgfunctions.journals._sqlite_batch import Op, sql, transact
 from bgfunctions.journals._sqlite_file import APPLICATION_ID, SQLiteFile
 from bgfunctions.journals.base import Journal
 
@@ -41,32 +41,11 @@ log = logging.getLogger("bgfunctions.journal")
 
 _PRUNE_EVERY = 60.0  # seconds between automatic prunes
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-_TABLE = "invocations"
 # The parsed records kept (see SQLiteJournal._remember): at most this many, each of at most
 # this much JSON (larger records, those with big bodies, are parsed at every read).
 _PARSED_MAX_ENTRIES = 50_000
 _PARSED_MAX_TEXT = 4096
-_IMPATIENT_BUSY_TIMEOUT = 0.25  # seconds: see SQLiteJournal._write(patient=False)
-_ROWS_PER_INSERT = 90  # 990 parameters: under SQLite's limit before 3.32 (999)
 _IDS_PER_UPDATE = 500  # a heartbeat's request ids per statement, for the same limit
-
-
-class _Op:
-    """One write of a group commit: ``fn`` (run on the write connection, inside the batch's
-    transaction) or ``row`` (the values of one new invocation, inserted together with the
-    other rows of its batch). ``patient``: waits up to busy_timeout for a lock (else briefly)."""
-
-    __slots__ = ("fn", "patient", "row")
-
-    def __init__(
-        self,
-        fn: Callable[[sqlite3.Connection], Any] | None,
-        row: tuple[Any, ...] | None = None,
-        patient: bool = True,
-    ) -> None:
-        self.fn = fn
-        self.row = row
-        self.patient = patient
 
 
 class SQLiteJournal(Journal):
@@ -133,7 +112,7 @@ class SQLiteJournal(Journal):
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._stats = {"commits": 0, "writes": 0, "failed_commits": 0, "pruned": 0}
         # Writes share transactions (see _groupcommit): concurrent accepts share one fsync.
-        self._group: GroupCommit[_Op] = GroupCommit(
+        self._group: GroupCommit[Op] = GroupCommit(
             self._commit,
             name=self.path.name,
             closed_error=self._no_writes,
@@ -172,13 +151,13 @@ class SQLiteJournal(Journal):
         ``busy_timeout`` before they get their own chance (and their 503 in time)."""
         if self.read_only:
             raise self._no_writes()
-        return self._group.submit(_Op(fn, None, patient))
+        return self._group.submit(Op(fn, None, patient))
 
     def _no_writes(self) -> JournalUnavailableError:
         why = "is closed" if self._closed else "was opened read_only=True: it takes no writes"
         return JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} {why}")
 
-    def _commit(self, writes: Sequence[Write[_Op]]) -> None:
+    def _commit(self, writes: Sequence[Write[Op]]) -> None:
         """One transaction for ``writes``. A write's own error (a duplicate id) fails only that
         write: SQLite rolls back just the failed statement. An error of the database (full,
         read-only, busy) rolls back everything, and every write in the batch gets it."""
@@ -186,7 +165,7 @@ class SQLiteJournal(Journal):
             return
         conn = self._conn
         try:
-            self._transact(conn, writes)
+            transact(conn, writes, busy_timeout=self.busy_timeout, where=self._where)
         except BaseException as exc:
             if not isinstance(exc, sqlite3.Error):
                 # A caller's interrupt (or a bug) mid-transaction: roll back, so that no later
@@ -208,62 +187,6 @@ class SQLiteJournal(Journal):
             self._stats["commits"] += 1
             self._stats["writes"] += len(writes)
 
-    def _transact(self, conn: sqlite3.Connection, writes: Sequence[Write[_Op]]) -> None:
-        """Run ``writes`` in one transaction and commit it.
-
-        New rows go in one multi-row INSERT per ``_ROWS_PER_INSERT``. A batch of new rows only
-        (the common case under load) is that one statement alone, its own transaction: one call
-        into SQLite, so the leader gives the GIL away once per commit (while SQLite writes and
-        syncs), not once per statement, and does not queue for it again behind the accepting
-        threads between statements."""
-        rows = [w for w in writes if w.item.row is not None]
-        if len(rows) == len(writes) and len(rows) <= _ROWS_PER_INSERT:
-            try:
-                conn.execute(_insert(len(rows)), _values(rows))
-                return
-            except sqlite3.IntegrityError:
-                pass  # a known request id: nothing was written; again, one row at a time
-        if not any(w.item.patient for w in writes):
-            self._begin_briefly(conn)
-        else:
-            conn.execute("BEGIN IMMEDIATE")
-        for i in range(0, len(rows), _ROWS_PER_INSERT):
-            self._insert(conn, rows[i : i + _ROWS_PER_INSERT])
-        for write in writes:
-            fn = write.item.fn
-            if fn is not None:
-                try:
-                    write.result = fn(conn)
-                except (sqlite3.IntegrityError, ValueError) as exc:
-                    write.error = exc
-        conn.execute("COMMIT")
-
-    def _begin_briefly(self, conn: sqlite3.Connection) -> None:
-        """BEGIN IMMEDIATE, waiting at most ``_IMPATIENT_BUSY_TIMEOUT`` for another lock."""
-        brief = min(self.busy_timeout, _IMPATIENT_BUSY_TIMEOUT)
-        conn.execute(f"PRAGMA busy_timeout = {int(brief * 1000)}")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-
-    def _insert(self, conn: sqlite3.Connection, rows: Sequence[Write[_Op]]) -> None:
-        """Insert new rows inside the open transaction; a known request id fails its write."""
-        try:
-            conn.execute(_insert(len(rows)), _values(rows))
-            return
-        except sqlite3.IntegrityError:
-            pass  # the statement is rolled back alone; find the row that failed
-        for write in rows:
-            row = write.item.row
-            assert row is not None
-            try:
-                conn.execute(_insert(1), row)
-            except sqlite3.IntegrityError:
-                write.error = ValueError(
-                    f"SQLiteJournal {str(self.path)!r}: request id {row[0]!r} is already recorded"
-                )
-
     def _unavailable(self, exc: sqlite3.Error) -> JournalUnavailableError:
         message = str(exc)
         error = JournalUnavailableError(
@@ -278,14 +201,14 @@ class SQLiteJournal(Journal):
         if self._last_prune is not None and now - self._last_prune < _PRUNE_EVERY:
             return
         self._last_prune = now
-        write = Write(_Op(self._prune_rows))
+        write = Write(Op(self._prune_rows))
         self._commit([write])
         if write.error is not None:
             log.warning("SQLiteJournal %s: prune failed: %s", self.path, write.error)
 
     def _prune_rows(self, conn: sqlite3.Connection) -> int:
         cursor = conn.execute(
-            _sql(f"DELETE FROM {{t}} WHERE {SQLITE.prunable()}"),
+            sql(f"DELETE FROM {{t}} WHERE {SQLITE.prunable()}"),
             (self.clock.now() - self.retention,),
         )
         self._stats["pruned"] += cursor.rowcount
@@ -300,7 +223,7 @@ class SQLiteJournal(Journal):
         text = _dumps(record)
         if self.read_only:
             raise self._no_writes()
-        self._group.submit(_Op(None, _row(record, text)))
+        self._group.submit(Op(None, _row(record, text)))
         self._remember(record, text)
 
     def accept_later(
@@ -309,9 +232,9 @@ class SQLiteJournal(Journal):
         """Queue ``record`` for the next group commit and return; ``settled`` is called from
         the thread that committed it. Raises :class:`JournalUnavailableError` when closed."""
         text = _dumps(record)
-        op = _Op(None, _row(record, text))
+        op = Op(None, _row(record, text))
 
-        def on_settle(write: Write[_Op]) -> None:
+        def on_settle(write: Write[Op]) -> None:
             error = write.error
             if error is None:
                 self._remember(record, text)
@@ -332,7 +255,7 @@ class SQLiteJournal(Journal):
 
         def claim(conn: sqlite3.Connection) -> bool:
             query, args = SQLITE.claim(record, text, self.owner, self.clock.now() + self.lease)
-            return conn.execute(_sql(query), args).rowcount == 1
+            return conn.execute(sql(query), args).rowcount == 1
 
         if not self._write(claim):
             return False
@@ -346,7 +269,7 @@ class SQLiteJournal(Journal):
         query, args = SQLITE.attempt_ended(record, text, self.owner)
 
         def update(conn: sqlite3.Connection) -> int:
-            return int(conn.execute(_sql(query), args).rowcount)
+            return int(conn.execute(sql(query), args).rowcount)
 
         updated = self._write(update)
         if updated and not record.state.finished:
@@ -373,7 +296,7 @@ class SQLiteJournal(Journal):
             expires = self.clock.now() + self.lease
             for i in range(0, len(ids), _IDS_PER_UPDATE):
                 query, args = SQLITE.heartbeat(ids[i : i + _IDS_PER_UPDATE], self.owner, expires)
-                conn.execute(_sql(query), args)
+                conn.execute(sql(query), args)
 
         self._write(renew, patient=False)
 
@@ -385,12 +308,12 @@ class SQLiteJournal(Journal):
             now = self.clock.now()
             where = f"WHERE {SQLITE.expired()}"
             args = (self.owner, now + self.lease, State.RUNNING.value, now)
-            sql = _sql("UPDATE {t} SET lease_owner = ?, lease_expires = ? ")
+            update = sql("UPDATE {t} SET lease_owner = ?, lease_expires = ? ") + where
             if _RETURNING:
-                return [r[0] for r in conn.execute(sql + where + " RETURNING record", args)]
+                return [r[0] for r in conn.execute(update + " RETURNING record", args)]
             # Older SQLite: the same, in two statements of one IMMEDIATE transaction.
-            rows = conn.execute(_sql("SELECT record FROM {t} ") + where, args[2:]).fetchall()
-            conn.execute(sql + where, args)
+            rows = conn.execute(sql("SELECT record FROM {t} ") + where, args[2:]).fetchall()
+            conn.execute(update, args)
             return [r[0] for r in rows]
 
         records = [self._loads(text) for text in self._write(take, patient=False)]
@@ -405,14 +328,14 @@ class SQLiteJournal(Journal):
 
     def get(self, request_id: str) -> InvocationRecord | None:
         """The whole record, body included (``select`` and ``unfinished`` leave bodies out)."""
-        rows = self._read(_sql(SQLITE.get("request_id, record, body")), (request_id,))
+        rows = self._read(sql(SQLITE.get("request_id, record, body")), (request_id,))
         if not rows:
             return None
         rid, text, body = rows[0]
         return _with_body(self._record(rid, text), body, self._where)
 
     def body(self, request_id: str) -> bytes | None:
-        rows = self._read(_sql(SQLITE.get("body")), (request_id,))
+        rows = self._read(sql(SQLITE.get("body")), (request_id,))
         return None if not rows else bytes(rows[0][0] or b"")
 
     def select(
@@ -443,7 +366,7 @@ class SQLiteJournal(Journal):
         query, args = SQLITE.select(
             "request_id, record", function, state, limit, newest_first=newest_first
         )
-        return [self._record(rid, text) for rid, text in self._read(_sql(query), args)]
+        return [self._record(rid, text) for rid, text in self._read(sql(query), args)]
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         with self._reader_lock:
@@ -512,20 +435,6 @@ class SQLiteJournal(Journal):
 def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
     """The values of a new invocation's row (``text``: the record's JSON, without the body)."""
     return row_values(record, text, "SQLiteJournal")
-
-
-def _values(rows: Sequence[Write[_Op]]) -> list[Any]:
-    return [value for write in rows for value in write.item.row or ()]
-
-
-@functools.cache
-def _insert(rows: int) -> str:
-    return _sql(SQLITE.insert(rows))
-
-
-def _sql(query: str) -> str:
-    """A shared statement (see _sql) on this journal's table."""
-    return query.replace("{t}", _TABLE)
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False).encode
