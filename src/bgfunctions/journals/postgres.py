@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import select
 import socket
 import threading
 import uuid
@@ -34,8 +33,9 @@ except ImportError as exc:  # tested by importing the module again without psyco
     ) from exc
 
 from bgfunctions.clock import Clock, SystemClock
-from bgfunctions.errors import BgFunctionsError, JournalError, JournalUnavailableError
+from bgfunctions.errors import BgFunctionsError, JournalError
 from bgfunctions.invocation import InvocationRecord, State
+from bgfunctions.journals._postgres_pool import Conn, Cursor, Pool
 from bgfunctions.journals._postgres_schema import migrate, names
 from bgfunctions.journals._sql import (
     POSTGRES,
@@ -53,21 +53,7 @@ log = logging.getLogger("bgfunctions.journal")
 
 _PRUNE_EVERY = 60.0  # seconds between automatic prunes
 _TABLE = re.compile(r"[a-z_][a-z0-9_]{0,49}")  # room for index names within 63 bytes
-# The server ends the session instead of running the statement (admin_shutdown,
-# crash_shutdown, cannot_connect_now): nothing of it was applied.
-_TERMINATED = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.CannotConnectNow)
-# Errors after which the same write may well succeed in a moment (Retry-After: 1).
-_TRANSIENT = (
-    pg_errors.LockNotAvailable,
-    pg_errors.DeadlockDetected,
-    pg_errors.SerializationFailure,
-    pg_errors.QueryCanceled,
-)
-
-
 _T = TypeVar("_T")
-_Conn = psycopg.Connection[tuple[Any, ...]]
-_Cursor = psycopg.Cursor[tuple[Any, ...]]
 
 
 class PostgresJournal(Journal):
@@ -116,164 +102,46 @@ class PostgresJournal(Journal):
         self.retention = float(retention)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.pool_size = pool_size
-        self._dsn = dsn
-        self._connect_options: dict[str, Any] = {
-            "autocommit": True,  # every call is one statement: see _run
+        connect_options: dict[str, Any] = {
+            "autocommit": True,  # every call is one statement: see Pool.run
             "application_name": f"bgfunctions {self.owner}"[:63],
         }
         if "connect_timeout" not in params:
-            self._connect_options["connect_timeout"] = 5
+            connect_options["connect_timeout"] = 5
         # Where, for messages: never the password.
         self._where = (
             f"{params.get('user', '?')}@{params.get('host', 'localhost')}:"
             f"{params.get('port', '5432')}/{params.get('dbname', '?')} table {table!r}"
         )
         self._names = names(table)
-        self._stats = {"commits": 0, "failed_commits": 0, "pruned": 0, "reconnects": 0}
-        self._idle: list[_Conn] = []  # LIFO: the warmest connection first
-        self._slots = threading.BoundedSemaphore(pool_size)
-        self._lock = threading.Lock()  # _idle, _closed, _stats
+        self._pruned = 0
+        self._lock = threading.Lock()  # _pruned, _last_prune
+        self._pool = Pool(
+            dsn,
+            options=connect_options,
+            size=pool_size,
+            where=self._where,
+            prepare=self._ensure_schema,
+        )
         self._schema_lock = threading.Lock()
         self._ready = False
-        self._refused: JournalError | None = None
-        self._closed = False
         self._last_prune: float | None = None
 
     def __repr__(self) -> str:
         return f"<PostgresJournal {self._where} owner={self.owner!r}>"
 
-    # -- connections ---------------------------------------------------------------------------
+    # -- statements ----------------------------------------------------------------------------
 
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(**self._names)
 
-    def _acquire(self, *, write: bool, fresh: bool) -> tuple[_Conn, bool]:
-        """A connection of the pool (``reused`` True) or a new one, with the schema ready."""
-        self._slots.acquire()
-        try:
-            with self._lock:
-                if self._closed:
-                    raise self._closed_error(write)
-                conn = self._idle.pop() if self._idle and not fresh else None
-            if conn is not None:
-                return conn, True
-            try:
-                conn = psycopg.connect(self._dsn, **self._connect_options)
-            except psycopg.Error as exc:
-                raise self._failure(exc, write=write, unknown=False) from exc
-            try:
-                self._ensure_schema(conn, write=write)
-            except BaseException:
-                conn.close()
-                raise
-            return conn, False
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def _release(self, conn: _Conn, *, discard: bool) -> None:
-        with self._lock:
-            keep = not (discard or self._closed or conn.closed or conn.broken)
-            if keep:
-                self._idle.append(conn)
-        if not keep:
-            conn.close()
-        self._slots.release()
-
-    def _run(self, fn: Callable[[_Cursor], _T], *, write: bool) -> _T:
-        """Run ``fn``, one statement, as one transaction.
-
-        The connections are in autocommit mode: the statement commits as it ends, in one round
-        trip to the server (an explicit BEGIN and COMMIT around it would make three). Every
-        write here is a single INSERT, UPDATE or DELETE, so nothing else is needed to keep it
-        atomic.
-
-        A pooled connection the server dropped meanwhile (a restart, an idle timeout, an
-        administrator's ``pg_terminate_backend``) is replaced once, but only when the statement
-        cannot have run: the drop shows on the idle socket before anything is sent (the
-        server's termination notice or end of file), or the server answers with its own
-        termination error (SQLSTATE class 57P, the session ends instead of running anything).
-        A read is run again after any break. A write whose connection broke otherwise, after
-        the statement was sent, has an unknown outcome and is not run again.
-        """
-        fresh = False
-        while True:
-            if self._refused is not None:
-                raise self._refused
-            conn, reused = self._acquire(write=write, fresh=fresh)
-            if reused and not fresh and _dropped(conn):
-                self._release(conn, discard=True)
-                self._reconnecting("the server closed an idle connection")
-                fresh = True
-                continue
-            try:
-                with conn.cursor() as cursor:
-                    result = fn(cursor)
-            except psycopg.Error as exc:
-                broken = conn.closed or conn.broken
-                not_run = isinstance(exc, _TERMINATED)
-                self._rollback(conn)
-                self._release(conn, discard=broken)
-                if broken and reused and not fresh and (not write or not_run):
-                    self._reconnecting(_oneline(exc))
-                    fresh = True
-                    continue
-                unknown = write and broken and not not_run
-                raise self._failure(exc, write=write, unknown=unknown) from exc
-            except BaseException:
-                self._rollback(conn)
-                self._release(conn, discard=conn.closed or conn.broken)
-                raise
-            self._release(conn, discard=False)
-            if write:
-                with self._lock:
-                    self._stats["commits"] += 1
-            return result
-
-    def _reconnecting(self, why: str) -> None:
-        with self._lock:
-            self._stats["reconnects"] += 1
-        log.info("PostgresJournal %s: reconnecting after %s", self._where, why)
-
-    def _rollback(self, conn: _Conn) -> None:
-        if conn.closed or conn.broken:
-            return
-        try:
-            conn.rollback()
-        except psycopg.Error:
-            log.warning("PostgresJournal %s: ROLLBACK failed", self._where, exc_info=True)
-
-    def _failure(self, exc: psycopg.Error, *, write: bool, unknown: bool) -> BgFunctionsError:
-        """The error a caller sees: unavailable for a write (the App answers 503), a
-        JournalError for a read."""
-        error: BgFunctionsError
-        if write:
-            with self._lock:
-                self._stats["failed_commits"] += 1
-            outcome = (
-                "its outcome is unknown (the connection broke while the statement ran)"
-                if unknown
-                else "nothing was written"
-            )
-            error = JournalUnavailableError(
-                f"PostgresJournal {self._where}: cannot commit ({_oneline(exc)}); {outcome}"
-            )
-            error.retry_after = 1.0 if isinstance(exc, _TRANSIENT) else 5.0
-        else:
-            error = JournalError(f"PostgresJournal {self._where}: cannot read ({_oneline(exc)})")
-        return error
-
-    def _closed_error(self, write: bool) -> BgFunctionsError:
-        message = f"PostgresJournal {self._where} is closed"
-        return JournalUnavailableError(message) if write else JournalError(message)
-
     # -- the schema ----------------------------------------------------------------------------
 
-    def _ensure_schema(self, conn: _Conn, *, write: bool) -> None:
+    def _ensure_schema(self, conn: Conn, write: bool) -> None:
         """Create or check the schema, once per journal object, on its first connection."""
         with self._schema_lock:
-            if self._refused is not None:
-                raise self._refused
+            if self._pool.refused is not None:
+                raise self._pool.refused
             if self._ready:
                 return
             try:
@@ -281,16 +149,16 @@ class PostgresJournal(Journal):
                 with conn.transaction(), conn.cursor() as cursor:
                     migrate(cursor, self.table, self._q, self._refuse)
             except JournalError as exc:
-                self._rollback(conn)
-                self._refused = exc
+                self._pool.rollback(conn)
+                self._pool.refused = exc
                 raise
             except psycopg.Error as exc:
-                self._rollback(conn)
+                self._pool.rollback(conn)
                 if conn.closed or conn.broken or isinstance(exc, psycopg.OperationalError):
-                    raise self._failure(exc, write=write, unknown=False) from exc
+                    raise self._pool.failure(exc, write=write, unknown=False) from exc
                 # Not a connection problem: the table or its meta table is not ours.
-                self._refused = self._refuse(f"cannot read or create the schema ({exc})")
-                raise self._refused from exc
+                self._pool.refused = self._refuse(f"cannot read or create the schema ({exc})")
+                raise self._pool.refused from exc
             self._ready = True
 
     def _refuse(self, why: str) -> JournalError:
@@ -298,8 +166,8 @@ class PostgresJournal(Journal):
 
     # -- Journal: writes -----------------------------------------------------------------------
 
-    def _write(self, fn: Callable[[_Cursor], _T]) -> _T:
-        result = self._run(fn, write=True)
+    def _write(self, fn: Callable[[Cursor], _T]) -> _T:
+        result = self._pool.run(fn, write=True)
         self._maybe_prune()
         return result
 
@@ -309,7 +177,7 @@ class PostgresJournal(Journal):
         query = self._q(POSTGRES.insert())
         args = row_values(record, _jsonb(record), "PostgresJournal")
 
-        def insert(cursor: _Cursor) -> None:
+        def insert(cursor: Cursor) -> None:
             try:
                 cursor.execute(query, args)
             except pg_errors.UniqueViolation:
@@ -334,7 +202,7 @@ class PostgresJournal(Journal):
         # is too. It saves one WAL flush per attempt.
         value = _jsonb(record)
 
-        def claim(cursor: _Cursor) -> bool:
+        def claim(cursor: Cursor) -> bool:
             # A racing claim waits for the row lock, then re-checks the WHERE on the committed
             # row (READ COMMITTED): it finds the state changed and updates nothing.
             expires = self.clock.now() + self.lease
@@ -350,7 +218,7 @@ class PostgresJournal(Journal):
         text, args = POSTGRES.attempt_ended(record, _jsonb(record), self.owner)
         query = self._q(text)
 
-        def update(cursor: _Cursor) -> int:
+        def update(cursor: Cursor) -> int:
             cursor.execute(query, args)
             return cursor.rowcount
 
@@ -370,7 +238,7 @@ class PostgresJournal(Journal):
         if not ids:
             return
 
-        def renew(cursor: _Cursor) -> None:
+        def renew(cursor: Cursor) -> None:
             query, args = POSTGRES.heartbeat(ids, self.owner, self.clock.now() + self.lease)
             cursor.execute(self._q(query), args)
 
@@ -389,7 +257,7 @@ class PostgresJournal(Journal):
             "RETURNING record, accepted_at, seq"
         )
 
-        def take(cursor: _Cursor) -> list[tuple[Any, ...]]:
+        def take(cursor: Cursor) -> list[tuple[Any, ...]]:
             now = self.clock.now()
             running = State.RUNNING.value
             cursor.execute(query, (self.owner, now + self.lease, running, now, running, now))
@@ -406,13 +274,13 @@ class PostgresJournal(Journal):
             f"WHERE {POSTGRES.prunable()} FOR UPDATE SKIP LOCKED)"
         )
 
-        def delete(cursor: _Cursor) -> int:
+        def delete(cursor: Cursor) -> int:
             cursor.execute(query, (self.clock.now() - self.retention,))
             return cursor.rowcount
 
-        pruned = self._run(delete, write=True)
+        pruned = self._pool.run(delete, write=True)
         with self._lock:
-            self._stats["pruned"] += pruned
+            self._pruned += pruned
         return pruned
 
     def _maybe_prune(self) -> None:
@@ -464,11 +332,11 @@ class PostgresJournal(Journal):
         return [self._loads(row[0]) for row in self._read(self._q(text), args)]
 
     def _read(self, query: sql.Composed, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        def fetch(cursor: _Cursor) -> list[tuple[Any, ...]]:
+        def fetch(cursor: Cursor) -> list[tuple[Any, ...]]:
             cursor.execute(query, args)
             return cursor.fetchall()
 
-        return self._run(fetch, write=False)
+        return self._pool.run(fetch, write=False)
 
     def _loads(self, data: Any) -> InvocationRecord:
         return load_record(data, f"PostgresJournal {self._where}")
@@ -478,31 +346,15 @@ class PostgresJournal(Journal):
     def stats(self) -> dict[str, int]:
         """Counters: ``commits`` (write transactions), ``failed_commits``, ``pruned`` (rows),
         ``reconnects`` (pooled connections found dropped and replaced)."""
+        stats = self._pool.stats()
         with self._lock:
-            return dict(self._stats)
+            stats["pruned"] = self._pruned
+        return stats
 
     def close(self) -> None:
         """Close every idle connection; connections in use close when their call ends.
         Later calls raise. Idempotent."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-
-def _dropped(conn: _Conn) -> bool:
-    """True when an idle connection has something to read: nothing is due on it, so that is
-    the server's termination notice or end of file (rarely a harmless notice: one reconnect)."""
-    if conn.closed or conn.broken:
-        return True
-    poller = select.poll()
-    poller.register(conn.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
-
-
-def _oneline(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+        self._pool.close()
 
 
 def _jsonb(record: InvocationRecord) -> Jsonb:
