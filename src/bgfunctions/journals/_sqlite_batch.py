@@ -4,7 +4,6 @@ other writes, then COMMIT, on the journal's write connection."""
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -100,7 +99,6 @@ def _values(rows: Sequence[Write[Op]]) -> list[Any]:
     return [value for write in rows for value in write.item.row or ()]
 
 
-@functools.cache
 def _insert(rows: int) -> str:
     return sql(SQLITE.insert(rows))
 

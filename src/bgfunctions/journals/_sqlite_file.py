@@ -40,7 +40,7 @@ def _move_bodies(conn: sqlite3.Connection) -> None:
             data["body_size"] = len(body)
             conn.execute(
                 "UPDATE invocations SET record = ?, body = ? WHERE rowid = ?",
-                (json.dumps(data, separators=(",", ":")), body, rowid),
+                (json.dumps(data, separators=(",", ":"), allow_nan=False), body, rowid),
             )
         last = rows[-1][0]
 
