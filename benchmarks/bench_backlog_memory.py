@@ -3,6 +3,9 @@
 Fills a journal with N waiting invocations of 250 KB, then measures what the invocations view
 does (``select(limit=N)`` and ``record_to_view`` of each) and what a restart's recovery keeps
 (an executor's ``recover()``): seconds, and Python memory (tracemalloc: peak, and retained).
+Then what a running executor's recovery poll costs: ``unfinished()`` over 5,000 small waiting
+records, by the journal that accepted them, against a bare ``SELECT`` and parse of the same rows
+in the same run (median of 5).
 
     .venv/bin/python benchmarks/bench_backlog_memory.py [N]
 """
@@ -10,6 +13,9 @@ does (``select(limit=N)`` and ``record_to_view`` of each) and what a restart's r
 from __future__ import annotations
 
 import gc
+import json
+import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -17,6 +23,7 @@ import tracemalloc
 from pathlib import Path
 
 from bgfunctions import App, InlineExecutor, Registry, Request, VirtualClock
+from bgfunctions.invocation import InvocationRecord
 from bgfunctions.journals.sqlite import SQLiteJournal
 from bgfunctions.views import record_to_view
 
@@ -68,5 +75,42 @@ def main(count: int) -> None:
         journal.close()
 
 
+def poll(count: int = 5000) -> None:
+    """unfinished() of ``count`` waiting records against a bare SELECT and parse of them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "journal.db"
+        journal = SQLiteJournal(path, synchronous="NORMAL")
+        request = Request("POST", "/.netlify/functions/job-background")
+        for i in range(count):
+            journal.accepted(
+                InvocationRecord.of_request(
+                    request, request_id=f"r{i}", function="job-background", params={},
+                    accepted_at=1000.0 + i,
+                )
+            )  # fmt: skip
+        bare = sqlite3.connect(path)
+        query = (
+            "SELECT record FROM invocations WHERE state IN ('accepted', 'retry_scheduled', "
+            "'running') ORDER BY accepted_at"
+        )
+        ratios = []
+        for _ in range(5):
+            began = time.perf_counter()
+            parsed = [InvocationRecord.from_json(json.loads(t)) for (t,) in bare.execute(query)]
+            reference = time.perf_counter() - began
+            began = time.perf_counter()
+            polled = journal.unfinished()
+            ours = time.perf_counter() - began
+            assert len(polled) == len(parsed) == count
+            ratios.append(ours / reference)
+        bare.close()
+        journal.close()
+    print(
+        f"recovery poll, unfinished() of {count} waiting: {statistics.median(ratios):.2f}x a "
+        f"bare SELECT + parse (median of 5: {', '.join(f'{r:.2f}' for r in sorted(ratios))})"
+    )
+
+
 if __name__ == "__main__":
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)
+    poll()

@@ -26,8 +26,10 @@ from bgfunctions.devserver import (
     DevServer,
     ServeOptions,
     StaticFiles,
+    open_sqlite_journal,
 )
 from bgfunctions.errors import BgFunctionsError
+from bgfunctions.journals.sqlite import SQLiteJournal
 from bgfunctions.routing import MAX_PATH_LENGTH
 
 NETLIFY_TOML = """\
@@ -770,3 +772,19 @@ def test_the_dev_server_and_invoke_share_one_line_formatter() -> None:
     from bgfunctions import logs, serverlog
 
     assert serverlog.LineFormatter is logs.LineFormatter
+
+
+def test_the_journal_size_cap_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BGFUNCTIONS_JOURNAL_MAX_SIZE caps the served journal (bytes); a bad value is refused."""
+    monkeypatch.setenv("BGFUNCTIONS_JOURNAL_MAX_SIZE", str(64 * 4096))
+    journal = open_sqlite_journal(tmp_path / "state" / "journal.sqlite3")
+    try:
+        assert isinstance(journal, SQLiteJournal)
+        assert journal.max_size_bytes == 64 * 4096
+    finally:
+        journal.close()
+    monkeypatch.setenv("BGFUNCTIONS_JOURNAL_MAX_SIZE", "64 pages")
+    with pytest.raises(BgFunctionsError, match=r"BGFUNCTIONS_JOURNAL_MAX_SIZE.*'64 pages'"):
+        open_sqlite_journal(tmp_path / "other" / "journal.sqlite3")

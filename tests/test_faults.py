@@ -572,10 +572,11 @@ def test_a_locked_journal_answers_503_never_202_then_recovers(
 def test_a_full_journal_answers_503_without_a_row_and_every_202_runs(
     site: Site, servers: list[Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A journal capped at a few pages: a request that does not fit gets 503 with Retry-After
+    """A journal capped at 24 pages (SQLiteJournal(max_size_bytes=...), set through the dev
+    server's BGFUNCTIONS_JOURNAL_MAX_SIZE): a request that does not fit gets 503 with Retry-After
     and leaves no row; the 202s are exactly the rows, and every one of them runs once space is
     freed. A 202 after a 503 is allowed: the file is not latched full (docs/durability.md)."""
-    monkeypatch.setenv("BGFUNCTIONS_JOURNAL_MAX_PAGES", "24")
+    monkeypatch.setenv("BGFUNCTIONS_JOURNAL_MAX_SIZE", str(24 * 4096))  # 4 KiB pages
     server = start_server(site)
     servers.append(server)
     accepted: list[str] = []
@@ -618,7 +619,7 @@ def test_a_full_journal_answers_503_without_a_row_and_every_202_runs(
     accepted.append(response.headers["x-nf-request-id"])
     ledger = wait_until_done(site, accepted, timeout=60)
     server.stop()
-    outcome = figures("journal full (max_page_count 24)", accepted, ledger)
+    outcome = figures("journal full (max_size_bytes 24 pages)", accepted, ledger)
     outcome.refused = len(refused)
     outcome.print()
     assert outcome.lost == 0  # nothing that got a 202 was lost

@@ -668,22 +668,31 @@ def test_copy_of_db_and_wal_holds_committed_rows_and_a_torn_tail_is_dropped(
 
 
 def test_disk_full_is_unavailable_then_recovers(open_journal: Opener, path: Path) -> None:
-    """A full disk (SQLITE_FULL) fails accepted() with JournalUnavailableError and writes
-    nothing; once space is back, accepts work again."""
-    journal = open_journal()
-    journal.accepted(_record("before"))
-    pages = journal._execute_for_tests("PRAGMA page_count")[0][0]
-    journal._execute_for_tests(f"PRAGMA max_page_count = {pages}")
+    """A full disk (SQLITE_FULL: the file at max_size_bytes) fails accepted() with
+    JournalUnavailableError and writes nothing; with room again, accepts work."""
+    open_journal().accepted(_record("before"))
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        size = db.execute("PRAGMA page_count").fetchone()[0] * 4096  # 4 KiB pages
+    journal = open_journal(max_size_bytes=size)
     big = dataclasses.replace(_record("big"), body=os.urandom(200_000), body_size=200_000)
     with pytest.raises(JournalUnavailableError, match="full") as info:
         journal.accepted(big)
     assert isinstance(info.value, NotAcceptedError)
     assert info.value.retry_after > 0
     assert journal.get("big") is None
-    journal._execute_for_tests("PRAGMA max_page_count = 1073741823")
-    journal.accepted(big)
+    journal.accepted(_record("small"))  # what fits in the free room of its pages still goes
+    roomy = open_journal(max_size_bytes=size + 400_000)
+    roomy.accepted(big)
     assert journal.get("big") == big
     assert _integrity(path) == "ok"
+
+
+def test_max_size_bytes_is_checked(path: Path) -> None:
+    """max_size_bytes must be a positive int (or None): refused before the file is made."""
+    for bad in (0, -1, 1.5, True, "4096"):
+        with pytest.raises(ValueError, match="max_size_bytes"):
+            SQLiteJournal(path, max_size_bytes=bad)  # type: ignore[arg-type]
+    assert not path.exists()
 
 
 def test_locked_file_is_unavailable_then_recovers(open_journal: Opener, path: Path) -> None:
@@ -736,24 +745,10 @@ def test_lease_maintenance_gives_way_to_a_lock_soon(open_journal: Opener, path: 
     assert _rows(path) == {"a": ("running", journal.owner)}
 
 
-def test_read_only_file_is_unavailable_then_recovers(open_journal: Opener, path: Path) -> None:
-    """A journal that cannot write (read-only) fails accepted(); writable again, it works."""
-    journal = open_journal()
-    journal._execute_for_tests("PRAGMA query_only = ON")
-    with pytest.raises(JournalUnavailableError, match=r"readonly|read-only|read only"):
-        journal.accepted(_record("a"))
-    assert _rows(path) == {}
-    journal._execute_for_tests("PRAGMA query_only = OFF")
-    journal.accepted(_record("a"))
-    assert list(_rows(path)) == ["a"]
-    assert _integrity(path) == "ok"
-
-
 def test_a_failed_batch_fails_every_write_in_it(open_journal: Opener, path: Path) -> None:
-    """Concurrent accepts during a fault either all fail or are all committed: none is lost
-    after reporting success."""
-    journal = open_journal()
-    journal._execute_for_tests("PRAGMA query_only = ON")
+    """Concurrent accepts during a fault (another connection holds the write lock) all fail:
+    none is lost after reporting success; the lock released, they go through again."""
+    journal = open_journal(busy_timeout=0.05)
     results: dict[str, str] = {}
 
     def accept(rid: str) -> None:
@@ -763,13 +758,30 @@ def test_a_failed_batch_fails_every_write_in_it(open_journal: Opener, path: Path
         except JournalUnavailableError:
             results[rid] = "unavailable"
 
-    threads = [threading.Thread(target=accept, args=(f"r{i}",)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with _locked(path):
+        threads = [threading.Thread(target=accept, args=(f"r{i}",)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert set(results.values()) == {"unavailable"}
     assert _rows(path) == {}
+    journal.accepted(_record("after"))
+    assert list(_rows(path)) == ["after"]
+    assert _integrity(path) == "ok"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Another connection holds the file's write lock meanwhile (a real lock, as another
+    process would hold it)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
 
 
 def test_closed_journal_refuses_writes(open_journal: Opener) -> None:
@@ -840,11 +852,11 @@ def test_unavailable_journal_makes_the_app_answer_503(path: Path, clock: Virtual
     """A journal that cannot commit turns the request into 503 with Retry-After, not a 202."""
     registry = Registry()
     registry.add("job-background", lambda request, context: None)
-    journal = SQLiteJournal(path, clock=clock)
+    journal = SQLiteJournal(path, clock=clock, busy_timeout=0.05)
     app = App(registry, executor=InlineExecutor(clock=clock, journal=journal))
     try:
-        journal._execute_for_tests("PRAGMA query_only = ON")
-        response = app.handle(Request("POST", "/.netlify/functions/job-background"))
+        with _locked(path):
+            response = app.handle(Request("POST", "/.netlify/functions/job-background"))
         assert response.status == 503
         assert "retry-after" in response.headers
         assert _rows(path) == {}
@@ -859,11 +871,10 @@ def test_a_503_shows_the_client_no_path_or_sqlite_error_and_logs_them(
     """A 503 body is a generic text with the request id; the path and SQLite's error are logged."""
     registry = Registry()
     registry.add("job-background", lambda request, context: None)
-    journal = SQLiteJournal(path, clock=clock)
+    journal = SQLiteJournal(path, clock=clock, busy_timeout=0.05)
     app = App(registry, executor=InlineExecutor(clock=clock, journal=journal))
     try:
-        journal._execute_for_tests("PRAGMA query_only = ON")
-        with caplog.at_level("WARNING", logger="bgfunctions.app"):
+        with _locked(path), caplog.at_level("WARNING", logger="bgfunctions.app"):
             response = app.handle(Request("POST", "/.netlify/functions/job-background"))
             async_response = asyncio.run(
                 app.handle_async(Request("POST", "/.netlify/functions/job-background"))
@@ -878,21 +889,24 @@ def test_a_503_shows_the_client_no_path_or_sqlite_error_and_logs_them(
         assert rid in text
         assert str(path) not in text
         assert path.name not in text
-        assert "readonly" not in text
+        assert "locked" not in text
         assert "SQLite" not in text
-        assert "query_only" not in text
         logged = [r.getMessage() for r in caplog.records if rid in r.getMessage()]
         assert len(logged) == 1
         assert str(path) in logged[0]
-        assert "readonly" in logged[0]
+        assert "database is locked" in logged[0]
 
 
 def _thread_app(
-    path: Path, calls: list[str], on_event: Callable[[Event], None] | None = None
+    path: Path,
+    calls: list[str],
+    on_event: Callable[[Event], None] | None = None,
+    *,
+    busy_timeout: float = 5.0,
 ) -> tuple[App, SQLiteJournal]:
     registry = Registry()
     registry.add("job-background", lambda request, context: calls.append(context.request_id))
-    journal = SQLiteJournal(path)
+    journal = SQLiteJournal(path, busy_timeout=busy_timeout)
     executor = ThreadExecutor(journal=journal)
     return App(registry, executor=executor, on_event=on_event or ()), journal
 
@@ -932,12 +946,12 @@ def test_async_accepts_share_commits_and_each_202_is_on_disk(path: Path) -> None
 def test_async_accept_on_an_unavailable_journal_is_a_503(path: Path) -> None:
     """handle_async with a journal that cannot commit: 503 with Retry-After, nothing kept."""
     calls: list[str] = []
-    app, journal = _thread_app(path, calls)
+    app, journal = _thread_app(path, calls, busy_timeout=0.05)
     try:
         app.start()
-        journal._execute_for_tests("PRAGMA query_only = ON")
         request = Request("POST", "/.netlify/functions/job-background")
-        response = asyncio.run(app.handle_async(request))
+        with _locked(path):
+            response = asyncio.run(app.handle_async(request))
         assert response.status == 503
         assert "retry-after" in response.headers
         assert app.executor.stats().pending == 0

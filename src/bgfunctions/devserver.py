@@ -122,28 +122,25 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-MAX_PAGES_ENV = "BGFUNCTIONS_JOURNAL_MAX_PAGES"
-"""A test and ops knob: caps the journal file at this many pages (``PRAGMA max_page_count``)."""
+MAX_SIZE_ENV = "BGFUNCTIONS_JOURNAL_MAX_SIZE"
+"""Caps the journal file at this many bytes (``SQLiteJournal(max_size_bytes=...)``)."""
 
 
 def open_sqlite_journal(path: Path) -> Journal:
     """A ``SQLiteJournal`` on ``path``, creating its directory.
 
-    When ``BGFUNCTIONS_JOURNAL_MAX_PAGES`` is set, the journal's writer may grow the file to at
-    most that many pages (``PRAGMA max_page_count``, which SQLite keeps per connection, so it
-    cannot be set from outside): a full disk, reproducible, for fault tests and drills.
+    When ``BGFUNCTIONS_JOURNAL_MAX_SIZE`` is set, the journal file may grow to at most that
+    many bytes (``SQLiteJournal(max_size_bytes=...)``): a small disk shared with other data,
+    or a full disk, reproducible, for drills.
     """
     # Imported here: only a server or command that keeps a journal file pays for SQLite.
     from bgfunctions.journals.sqlite import SQLiteJournal
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    pages = os.environ.get(MAX_PAGES_ENV, "").strip()
-    if pages and not (pages.isdigit() and int(pages) >= 1):
-        raise BgFunctionsError(f"{MAX_PAGES_ENV}: expected a page count >= 1; got {pages!r}")
-    journal = SQLiteJournal(path)
-    if pages:
-        journal._execute_for_tests(f"PRAGMA max_page_count = {int(pages)}")
-    return journal
+    size = os.environ.get(MAX_SIZE_ENV, "").strip()
+    if size and not (size.isdigit() and int(size) >= 1):
+        raise BgFunctionsError(f"{MAX_SIZE_ENV}: expected a size in bytes >= 1; got {size!r}")
+    return SQLiteJournal(path, max_size_bytes=int(size) if size else None)
 
 
 def _ignore_in_git(folder: Path) -> None:

@@ -37,7 +37,7 @@ class Journal(ABC):
 
         For async hosts, which await the commit rather than hold a thread for it. By default
         this is :meth:`accepted`, then ``settled``; a journal that commits in the background
-        (:class:`~bgfunctions.sqlite_journal.SQLiteJournal`) returns at once.
+        (:class:`~bgfunctions.journals.sqlite.SQLiteJournal`) returns at once.
         """
         try:
             self.accepted(record)

@@ -1,6 +1,6 @@
 """A journal in PostgreSQL: one table that a web tier and every worker share.
 
-The semantics are :class:`~bgfunctions.sqlite_journal.SQLiteJournal`'s: ``accepted`` returns once
+The semantics are :class:`~bgfunctions.journals.sqlite.SQLiteJournal`'s: ``accepted`` returns once
 the row is committed; an attempt is *claimed* by a conditional UPDATE that exactly one process
 wins, and held by a lease that :meth:`PostgresJournal.heartbeat` renews;
 :meth:`PostgresJournal.expire_leases` hands a dead process's attempts to exactly one survivor
@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import select
 import socket
 import threading
 import uuid
@@ -34,75 +33,27 @@ except ImportError as exc:  # tested by importing the module again without psyco
     ) from exc
 
 from bgfunctions.clock import Clock, SystemClock
-from bgfunctions.errors import BgFunctionsError, JournalError, JournalUnavailableError
+from bgfunctions.errors import BgFunctionsError, JournalError
 from bgfunctions.invocation import InvocationRecord, State
+from bgfunctions.journals._postgres_pool import Conn, Cursor, Pool
+from bgfunctions.journals._postgres_schema import migrate, names
+from bgfunctions.journals._sql import (
+    POSTGRES,
+    SCHEMA_VERSION,
+    UNFINISHED,
+    load_record,
+    row_values,
+    with_body,
+)
 from bgfunctions.journals.base import Journal
 
 __all__ = ["SCHEMA_VERSION", "PostgresJournal"]
 
 log = logging.getLogger("bgfunctions.journal")
 
-SCHEMA_VERSION = 2
-"""The ``schema_version`` this code writes in ``<table>_meta``; a newer one is refused.
-
-1: the whole record (body included, base64) as JSONB.
-2: the body in a BYTEA column of its own, the JSONB without it (with ``body_size``): listing
-and recovery never read a body; an attempt loads its own when it starts."""
-
 _PRUNE_EVERY = 60.0  # seconds between automatic prunes
 _TABLE = re.compile(r"[a-z_][a-z0-9_]{0,49}")  # room for index names within 63 bytes
-_FINISHED = [s.value for s in State if s.finished]
-_UNFINISHED = [State(s) for s in State if not s.finished]
-_WAITING = [State.ACCEPTED.value, State.RETRY_SCHEDULED.value]
-# The server ends the session instead of running the statement (admin_shutdown,
-# crash_shutdown, cannot_connect_now): nothing of it was applied.
-_TERMINATED = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.CannotConnectNow)
-# Errors after which the same write may well succeed in a moment (Retry-After: 1).
-_TRANSIENT = (
-    pg_errors.LockNotAvailable,
-    pg_errors.DeadlockDetected,
-    pg_errors.SerializationFailure,
-    pg_errors.QueryCanceled,
-)
-
-# _MIGRATIONS[n] takes a table from schema version n to n + 1, statement by statement, inside
-# the transaction that also writes the new version. {t} is the table, {i_*} its indexes.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """
-        CREATE TABLE {t} (
-            seq           BIGINT GENERATED ALWAYS AS IDENTITY,
-            request_id    TEXT PRIMARY KEY,
-            function      TEXT NOT NULL,
-            state         TEXT NOT NULL,
-            attempts      INTEGER NOT NULL,
-            accepted_at   DOUBLE PRECISION NOT NULL,
-            next_run_at   DOUBLE PRECISION,
-            finished_at   DOUBLE PRECISION,
-            lease_owner   TEXT,
-            lease_expires DOUBLE PRECISION,
-            record        JSONB NOT NULL
-        )
-        """,
-        "CREATE INDEX {i_state} ON {t} (state, next_run_at)",
-        "CREATE INDEX {i_function} ON {t} (function, accepted_at)",
-        "CREATE INDEX {i_accepted} ON {t} (accepted_at, seq)",
-        "CREATE INDEX {i_finished} ON {t} (finished_at) WHERE finished_at IS NOT NULL",
-        "CREATE INDEX {i_lease} ON {t} (lease_expires) WHERE state = 'running'",
-    ),
-    (
-        "ALTER TABLE {t} ADD COLUMN body BYTEA",
-        # Schema 1 kept the body in the JSON, base64 (Python's alphabet, which decode() reads).
-        "UPDATE {t} SET body = decode(COALESCE(record->>'body', ''), 'base64'), "
-        "record = (record - 'body') || jsonb_build_object('body_size', "
-        "length(decode(COALESCE(record->>'body', ''), 'base64')))",
-    ),
-)
-assert len(_MIGRATIONS) == SCHEMA_VERSION
-
 _T = TypeVar("_T")
-_Conn = psycopg.Connection[tuple[Any, ...]]
-_Cursor = psycopg.Cursor[tuple[Any, ...]]
 
 
 class PostgresJournal(Journal):
@@ -151,263 +102,82 @@ class PostgresJournal(Journal):
         self.retention = float(retention)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.pool_size = pool_size
-        self._dsn = dsn
-        self._connect_options: dict[str, Any] = {
-            "autocommit": True,  # every call is one statement: see _run
+        connect_options: dict[str, Any] = {
+            "autocommit": True,  # every call is one statement: see Pool.run
             "application_name": f"bgfunctions {self.owner}"[:63],
         }
         if "connect_timeout" not in params:
-            self._connect_options["connect_timeout"] = 5
+            connect_options["connect_timeout"] = 5
         # Where, for messages: never the password.
         self._where = (
             f"{params.get('user', '?')}@{params.get('host', 'localhost')}:"
             f"{params.get('port', '5432')}/{params.get('dbname', '?')} table {table!r}"
         )
-        self._names = {
-            "t": sql.Identifier(table),
-            "m": sql.Identifier(f"{table}_meta"),
-            **{f"i_{k}": sql.Identifier(f"{table}_{k}") for k in _INDEXES},
-        }
-        self._stats = {"commits": 0, "failed_commits": 0, "pruned": 0, "reconnects": 0}
-        self._idle: list[_Conn] = []  # LIFO: the warmest connection first
-        self._slots = threading.BoundedSemaphore(pool_size)
-        self._lock = threading.Lock()  # _idle, _closed, _stats
+        self._names = names(table)
+        self._pruned = 0
+        self._lock = threading.Lock()  # _pruned, _last_prune
+        self._pool = Pool(
+            dsn,
+            options=connect_options,
+            size=pool_size,
+            where=self._where,
+            prepare=self._ensure_schema,
+        )
         self._schema_lock = threading.Lock()
         self._ready = False
-        self._refused: JournalError | None = None
-        self._closed = False
         self._last_prune: float | None = None
 
     def __repr__(self) -> str:
         return f"<PostgresJournal {self._where} owner={self.owner!r}>"
 
-    # -- connections ---------------------------------------------------------------------------
+    # -- statements ----------------------------------------------------------------------------
 
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(**self._names)
 
-    def _acquire(self, *, write: bool, fresh: bool) -> tuple[_Conn, bool]:
-        """A connection of the pool (``reused`` True) or a new one, with the schema ready."""
-        self._slots.acquire()
-        try:
-            with self._lock:
-                if self._closed:
-                    raise self._closed_error(write)
-                conn = self._idle.pop() if self._idle and not fresh else None
-            if conn is not None:
-                return conn, True
-            try:
-                conn = psycopg.connect(self._dsn, **self._connect_options)
-            except psycopg.Error as exc:
-                raise self._failure(exc, write=write, unknown=False) from exc
-            try:
-                self._ensure_schema(conn, write=write)
-            except BaseException:
-                conn.close()
-                raise
-            return conn, False
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def _release(self, conn: _Conn, *, discard: bool) -> None:
-        with self._lock:
-            keep = not (discard or self._closed or conn.closed or conn.broken)
-            if keep:
-                self._idle.append(conn)
-        if not keep:
-            conn.close()
-        self._slots.release()
-
-    def _run(self, fn: Callable[[_Cursor], _T], *, write: bool) -> _T:
-        """Run ``fn``, one statement, as one transaction.
-
-        The connections are in autocommit mode: the statement commits as it ends, in one round
-        trip to the server (an explicit BEGIN and COMMIT around it would make three). Every
-        write here is a single INSERT, UPDATE or DELETE, so nothing else is needed to keep it
-        atomic.
-
-        A pooled connection the server dropped meanwhile (a restart, an idle timeout, an
-        administrator's ``pg_terminate_backend``) is replaced once, but only when the statement
-        cannot have run: the drop shows on the idle socket before anything is sent (the
-        server's termination notice or end of file), or the server answers with its own
-        termination error (SQLSTATE class 57P, the session ends instead of running anything).
-        A read is run again after any break. A write whose connection broke otherwise, after
-        the statement was sent, has an unknown outcome and is not run again.
-        """
-        fresh = False
-        while True:
-            if self._refused is not None:
-                raise self._refused
-            conn, reused = self._acquire(write=write, fresh=fresh)
-            if reused and not fresh and _dropped(conn):
-                self._release(conn, discard=True)
-                self._reconnecting("the server closed an idle connection")
-                fresh = True
-                continue
-            try:
-                with conn.cursor() as cursor:
-                    result = fn(cursor)
-            except psycopg.Error as exc:
-                broken = conn.closed or conn.broken
-                not_run = isinstance(exc, _TERMINATED)
-                self._rollback(conn)
-                self._release(conn, discard=broken)
-                if broken and reused and not fresh and (not write or not_run):
-                    self._reconnecting(_oneline(exc))
-                    fresh = True
-                    continue
-                unknown = write and broken and not not_run
-                raise self._failure(exc, write=write, unknown=unknown) from exc
-            except BaseException:
-                self._rollback(conn)
-                self._release(conn, discard=conn.closed or conn.broken)
-                raise
-            self._release(conn, discard=False)
-            if write:
-                with self._lock:
-                    self._stats["commits"] += 1
-            return result
-
-    def _reconnecting(self, why: str) -> None:
-        with self._lock:
-            self._stats["reconnects"] += 1
-        log.info("PostgresJournal %s: reconnecting after %s", self._where, why)
-
-    def _rollback(self, conn: _Conn) -> None:
-        if conn.closed or conn.broken:
-            return
-        try:
-            conn.rollback()
-        except psycopg.Error:
-            log.warning("PostgresJournal %s: ROLLBACK failed", self._where, exc_info=True)
-
-    def _failure(self, exc: psycopg.Error, *, write: bool, unknown: bool) -> BgFunctionsError:
-        """The error a caller sees: unavailable for a write (the App answers 503), a
-        JournalError for a read."""
-        error: BgFunctionsError
-        if write:
-            with self._lock:
-                self._stats["failed_commits"] += 1
-            outcome = (
-                "its outcome is unknown (the connection broke while the statement ran)"
-                if unknown
-                else "nothing was written"
-            )
-            error = JournalUnavailableError(
-                f"PostgresJournal {self._where}: cannot commit ({_oneline(exc)}); {outcome}"
-            )
-            error.retry_after = 1.0 if isinstance(exc, _TRANSIENT) else 5.0
-        else:
-            error = JournalError(f"PostgresJournal {self._where}: cannot read ({_oneline(exc)})")
-        return error
-
-    def _closed_error(self, write: bool) -> BgFunctionsError:
-        message = f"PostgresJournal {self._where} is closed"
-        return JournalUnavailableError(message) if write else JournalError(message)
-
     # -- the schema ----------------------------------------------------------------------------
 
-    def _ensure_schema(self, conn: _Conn, *, write: bool) -> None:
+    def _ensure_schema(self, conn: Conn, write: bool) -> None:
         """Create or check the schema, once per journal object, on its first connection."""
         with self._schema_lock:
-            if self._refused is not None:
-                raise self._refused
+            if self._pool.refused is not None:
+                raise self._pool.refused
             if self._ready:
                 return
             try:
                 # One transaction (the connection is in autocommit mode otherwise).
                 with conn.transaction(), conn.cursor() as cursor:
-                    self._migrate(cursor)
+                    migrate(cursor, self.table, self._q, self._refuse)
             except JournalError as exc:
-                self._rollback(conn)
-                self._refused = exc
+                self._pool.rollback(conn)
+                self._pool.refused = exc
                 raise
             except psycopg.Error as exc:
-                self._rollback(conn)
+                self._pool.rollback(conn)
                 if conn.closed or conn.broken or isinstance(exc, psycopg.OperationalError):
-                    raise self._failure(exc, write=write, unknown=False) from exc
+                    raise self._pool.failure(exc, write=write, unknown=False) from exc
                 # Not a connection problem: the table or its meta table is not ours.
-                self._refused = self._refuse(f"cannot read or create the schema ({exc})")
-                raise self._refused from exc
+                self._pool.refused = self._refuse(f"cannot read or create the schema ({exc})")
+                raise self._pool.refused from exc
             self._ready = True
 
     def _refuse(self, why: str) -> JournalError:
         return JournalError(f"PostgresJournal: refusing {self._where}: {why}")
 
-    def _migrate(self, cursor: _Cursor) -> None:
-        # Processes starting together create the schema one at a time (CREATE TABLE IF NOT
-        # EXISTS alone races on PostgreSQL's catalogs).
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"bgfunctions:{self.table}",))
-        cursor.execute(self._q("CREATE TABLE IF NOT EXISTS {m} (key TEXT PRIMARY KEY, value TEXT)"))
-        cursor.execute(self._q("SELECT value FROM {m} WHERE key = 'schema_version'"))
-        row = cursor.fetchone()
-        if row is None:
-            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (self.table,))
-            exists = cursor.fetchone()
-            if exists is not None and exists[0]:
-                raise self._refuse(
-                    f"expected no table {self.table!r} or a bgfunctions journal, found a table "
-                    f"without a schema version in {self.table}_meta: another application's table"
-                )
-            version = 0
-        else:
-            try:
-                version = int(row[0])
-            except (TypeError, ValueError):
-                raise self._refuse(
-                    f"expected an integer schema_version in {self.table}_meta, found {row[0]!r}"
-                ) from None
-        if version > SCHEMA_VERSION:
-            raise self._refuse(
-                f"expected schema version <= {SCHEMA_VERSION}, found {version}: written by a "
-                "newer bgfunctions"
-            )
-        if version == SCHEMA_VERSION:
-            return
-        for migration in _MIGRATIONS[version:]:
-            for statement in migration:
-                cursor.execute(self._q(statement))
-        cursor.execute(
-            self._q(
-                "INSERT INTO {m} (key, value) VALUES ('schema_version', %s) "
-                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
-            ),
-            (str(SCHEMA_VERSION),),
-        )
-
     # -- Journal: writes -----------------------------------------------------------------------
 
-    def _write(self, fn: Callable[[_Cursor], _T]) -> _T:
-        result = self._run(fn, write=True)
+    def _write(self, fn: Callable[[Cursor], _T]) -> _T:
+        result = self._pool.run(fn, write=True)
         self._maybe_prune()
         return result
 
     def accepted(self, record: InvocationRecord) -> None:
         """Insert ``record``; returns once committed. Raises :class:`JournalUnavailableError`
         when the database cannot take it, ValueError for a known request id."""
-        query = self._q(
-            "INSERT INTO {t} (request_id, function, state, attempts, accepted_at, next_run_at, "
-            "finished_at, record, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        )
-        if not record.body_loaded:
-            raise ValueError(
-                f"PostgresJournal.accepted: expected invocation {record.request_id} with its "
-                f"body ({record.body_size} bytes); got a record without it"
-            )
-        args = (
-            record.request_id,
-            record.function,
-            record.state.value,
-            len(record.attempts),
-            record.accepted_at,
-            record.next_run_at,
-            record.finished_at,
-            Jsonb(record.to_json(body=False), dumps=_dumps),
-            record.body,
-        )
+        query = self._q(POSTGRES.insert())
+        args = row_values(record, _jsonb(record), "PostgresJournal")
 
-        def insert(cursor: _Cursor) -> None:
+        def insert(cursor: Cursor) -> None:
             try:
                 cursor.execute(query, args)
             except pg_errors.UniqueViolation:
@@ -421,35 +191,23 @@ class PostgresJournal(Journal):
     def attempt_started(self, record: InvocationRecord) -> bool:
         """Claim the newest attempt: only a row still waiting for exactly this attempt is
         claimed (leased to this owner); False when another process did, or it was cancelled."""
-        attempts = len(record.attempts)
         # The claim commits without waiting for its WAL to reach the disk (synchronous_commit
-        # off for this one transaction; set_config(..., true) ends with it). Other sessions
-        # see it at once, as any commit, so exactly one claim wins while the server runs; only
-        # a crash of the server can lose it, and a lost claim leaves the row waiting, as if the
-        # attempt had not been claimed: it runs again (at least once), from the broker message
-        # that is acked only after the attempt's end is recorded (Celery, acks late) or from
-        # recovery (the embedded executors). The end of the attempt is a synchronous commit,
-        # and WAL is flushed in order, so once the end is durable the claim is too. It saves
-        # one WAL flush per attempt.
-        query = self._q(
-            "UPDATE {t} SET state = %s, attempts = %s, next_run_at = %s, record = %s, "
-            "lease_owner = %s, lease_expires = %s "
-            "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS claim_commit "
-            "WHERE request_id = %s AND state = ANY(%s) AND attempts = %s"
-        )
-        head = (
-            record.state.value,
-            attempts,
-            record.next_run_at,
-            Jsonb(record.to_json(body=False), dumps=_dumps),
-            self.owner,
-        )
+        # off for this one transaction; set_config(..., true) ends with it: POSTGRES.claim_from).
+        # Other sessions see it at once, as any commit, so exactly one claim wins while the
+        # server runs; only a crash of the server can lose it, and a lost claim leaves the row
+        # waiting, as if the attempt had not been claimed: it runs again (at least once), from
+        # the broker message that is acked only after the attempt's end is recorded (Celery,
+        # acks late) or from recovery (the embedded executors). The end of the attempt is a
+        # synchronous commit, and WAL is flushed in order, so once the end is durable the claim
+        # is too. It saves one WAL flush per attempt.
+        value = _jsonb(record)
 
-        def claim(cursor: _Cursor) -> bool:
+        def claim(cursor: Cursor) -> bool:
             # A racing claim waits for the row lock, then re-checks the WHERE on the committed
             # row (READ COMMITTED): it finds the state changed and updates nothing.
             expires = self.clock.now() + self.lease
-            cursor.execute(query, (*head, expires, record.request_id, _WAITING, attempts - 1))
+            query, args = POSTGRES.claim(record, value, self.owner, expires)
+            cursor.execute(self._q(query), args)
             return cursor.rowcount == 1
 
         return self._write(claim)
@@ -457,24 +215,10 @@ class PostgresJournal(Journal):
     def attempt_ended(self, record: InvocationRecord) -> None:
         """Store ``record`` and release its lease. Ignored (with a warning) when the row is
         finished or leased by another owner (this process lost its lease meanwhile)."""
-        query = self._q(
-            "UPDATE {t} SET state = %s, attempts = %s, next_run_at = %s, finished_at = %s, "
-            "record = %s, lease_owner = NULL, lease_expires = NULL "
-            "WHERE request_id = %s AND (lease_owner IS NULL OR lease_owner = %s) "
-            "AND NOT (state = ANY(%s))"
-        )
-        args = (
-            record.state.value,
-            len(record.attempts),
-            record.next_run_at,
-            record.finished_at,
-            Jsonb(record.to_json(body=False), dumps=_dumps),
-            record.request_id,
-            self.owner,
-            _FINISHED,
-        )
+        text, args = POSTGRES.attempt_ended(record, _jsonb(record), self.owner)
+        query = self._q(text)
 
-        def update(cursor: _Cursor) -> int:
+        def update(cursor: Cursor) -> int:
             cursor.execute(query, args)
             return cursor.rowcount
 
@@ -493,14 +237,10 @@ class PostgresJournal(Journal):
         ids = list(request_ids)
         if not ids:
             return
-        query = self._q(
-            "UPDATE {t} SET lease_expires = %s "
-            "WHERE request_id = ANY(%s) AND lease_owner = %s AND state = %s"
-        )
 
-        def renew(cursor: _Cursor) -> None:
-            args = (self.clock.now() + self.lease, ids, self.owner, State.RUNNING.value)
-            cursor.execute(query, args)
+        def renew(cursor: Cursor) -> None:
+            query, args = POSTGRES.heartbeat(ids, self.owner, self.clock.now() + self.lease)
+            cursor.execute(self._q(query), args)
 
         self._write(renew)
 
@@ -509,23 +249,18 @@ class PostgresJournal(Journal):
         to this owner and returned (state running) to exactly one caller among processes."""
         # SKIP LOCKED: rows another process is claiming right now are its, not ours; the outer
         # WHERE repeats the condition so a row renewed meanwhile is left alone.
+        expired = POSTGRES.expired()
         query = self._q(
-            "UPDATE {t} SET lease_owner = %(owner)s, lease_expires = %(expires)s "
-            "WHERE request_id IN (SELECT request_id FROM {t} "
-            "WHERE state = %(running)s AND lease_expires < %(now)s FOR UPDATE SKIP LOCKED) "
-            "AND state = %(running)s AND lease_expires < %(now)s "
+            "UPDATE {t} SET lease_owner = %s, lease_expires = %s "
+            f"WHERE request_id IN (SELECT request_id FROM {{t}} WHERE {expired} "
+            f"FOR UPDATE SKIP LOCKED) AND {expired} "
             "RETURNING record, accepted_at, seq"
         )
 
-        def take(cursor: _Cursor) -> list[tuple[Any, ...]]:
+        def take(cursor: Cursor) -> list[tuple[Any, ...]]:
             now = self.clock.now()
-            args = {
-                "owner": self.owner,
-                "expires": now + self.lease,
-                "running": State.RUNNING.value,
-                "now": now,
-            }
-            cursor.execute(query, args)
+            running = State.RUNNING.value
+            cursor.execute(query, (self.owner, now + self.lease, running, now, running, now))
             return cursor.fetchall()
 
         rows = sorted(self._write(take), key=lambda row: (row[1], row[2]))
@@ -536,16 +271,16 @@ class PostgresJournal(Journal):
         # SKIP LOCKED: two processes pruning at once split the rows instead of deadlocking.
         query = self._q(
             "DELETE FROM {t} WHERE request_id IN (SELECT request_id FROM {t} "
-            "WHERE finished_at IS NOT NULL AND finished_at < %s FOR UPDATE SKIP LOCKED)"
+            f"WHERE {POSTGRES.prunable()} FOR UPDATE SKIP LOCKED)"
         )
 
-        def delete(cursor: _Cursor) -> int:
+        def delete(cursor: Cursor) -> int:
             cursor.execute(query, (self.clock.now() - self.retention,))
             return cursor.rowcount
 
-        pruned = self._run(delete, write=True)
+        pruned = self._pool.run(delete, write=True)
         with self._lock:
-            self._stats["pruned"] += pruned
+            self._pruned += pruned
         return pruned
 
     def _maybe_prune(self) -> None:
@@ -563,20 +298,13 @@ class PostgresJournal(Journal):
 
     def get(self, request_id: str) -> InvocationRecord | None:
         """The whole record, body included (``select`` and ``unfinished`` leave bodies out)."""
-        query = self._q("SELECT record, body FROM {t} WHERE request_id = %s")
-        rows = self._read(query, (request_id,))
+        rows = self._read(self._q(POSTGRES.get("record, body")), (request_id,))
         if not rows:
             return None
-        record = self._loads(rows[0][0])
-        if not rows[0][1]:
-            return record
-        try:
-            return record.with_body(bytes(rows[0][1]))
-        except ValueError as exc:
-            raise JournalError(f"PostgresJournal {self._where}: {exc}") from None
+        return with_body(self._loads(rows[0][0]), rows[0][1], f"PostgresJournal {self._where}")
 
     def body(self, request_id: str) -> bytes | None:
-        rows = self._read(self._q("SELECT body FROM {t} WHERE request_id = %s"), (request_id,))
+        rows = self._read(self._q(POSTGRES.get("body")), (request_id,))
         return None if not rows else bytes(rows[0][0] or b"")
 
     def select(
@@ -589,7 +317,7 @@ class PostgresJournal(Journal):
         return self._select(function, state, limit, newest_first=True)
 
     def unfinished(self) -> list[InvocationRecord]:
-        return self._select(None, _UNFINISHED, None, newest_first=False)
+        return self._select(None, [State(s) for s in UNFINISHED], None, newest_first=False)
 
     def _select(
         self,
@@ -599,75 +327,39 @@ class PostgresJournal(Journal):
         *,
         newest_first: bool,
     ) -> list[InvocationRecord]:
-        clauses: list[str] = []
-        args: list[Any] = []
-        if function is not None:
-            clauses.append("function = %s")
-            args.append(function)
-        if state is not None:
-            states = [state] if isinstance(state, State) else list(state)
-            clauses.append("state = ANY(%s)")
-            args.append([State(s).value for s in states])
-        order = "DESC" if newest_first else "ASC"
-        text = "SELECT record FROM {t}"
-        if clauses:
-            text += " WHERE " + " AND ".join(clauses)
         # seq breaks ties in insertion order, as SQLite's rowid does.
-        text += f" ORDER BY accepted_at {order}, seq {order}"
-        if limit is not None:
-            text += " LIMIT %s"
-            args.append(max(0, int(limit)))
-        return [self._loads(row[0]) for row in self._read(self._q(text), tuple(args))]
+        text, args = POSTGRES.select("record", function, state, limit, newest_first=newest_first)
+        return [self._loads(row[0]) for row in self._read(self._q(text), args)]
 
     def _read(self, query: sql.Composed, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        def fetch(cursor: _Cursor) -> list[tuple[Any, ...]]:
+        def fetch(cursor: Cursor) -> list[tuple[Any, ...]]:
             cursor.execute(query, args)
             return cursor.fetchall()
 
-        return self._run(fetch, write=False)
+        return self._pool.run(fetch, write=False)
 
     def _loads(self, data: Any) -> InvocationRecord:
-        try:
-            return InvocationRecord.from_json(data)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise JournalError(
-                f"PostgresJournal {self._where}: a record is not the JSON of an invocation "
-                f"({exc}): {str(data)[:80]!r}"
-            ) from exc
+        return load_record(data, f"PostgresJournal {self._where}")
 
     # -- the rest ------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
         """Counters: ``commits`` (write transactions), ``failed_commits``, ``pruned`` (rows),
         ``reconnects`` (pooled connections found dropped and replaced)."""
+        stats = self._pool.stats()
         with self._lock:
-            return dict(self._stats)
+            stats["pruned"] = self._pruned
+        return stats
 
     def close(self) -> None:
         """Close every idle connection; connections in use close when their call ends.
         Later calls raise. Idempotent."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self._pool.close()
 
 
-_INDEXES = ("state", "function", "accepted", "finished", "lease")
-
-
-def _dropped(conn: _Conn) -> bool:
-    """True when an idle connection has something to read: nothing is due on it, so that is
-    the server's termination notice or end of file (rarely a harmless notice: one reconnect)."""
-    if conn.closed or conn.broken:
-        return True
-    poller = select.poll()
-    poller.register(conn.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
-
-
-def _oneline(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+def _jsonb(record: InvocationRecord) -> Jsonb:
+    """The record's JSON, without its body, as the ``record`` column takes it."""
+    return Jsonb(record.to_json(body=False), dumps=_dumps)
 
 
 def _dumps(data: Any) -> str:

@@ -13,9 +13,7 @@ See docs/durability.md for what a 202 promises.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -30,136 +28,24 @@ from typing import Any, Literal
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import JournalError, JournalUnavailableError
 from bgfunctions.invocation import InvocationRecord, State
+from bgfunctions.journals._groupcommit import GroupCommit, Write
+from bgfunctions.journals._sql import SCHEMA_VERSION, SQLITE, UNFINISHED, load_record, row_values
+from bgfunctions.journals._sql import with_body as _with_body
+from bgfunctions.journals._sqlite_batch import Op, sql, transact
+from bgfunctions.journals._sqlite_file import APPLICATION_ID, SQLiteFile
 from bgfunctions.journals.base import Journal
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteJournal"]
 
 log = logging.getLogger("bgfunctions.journal")
 
-APPLICATION_ID = 0x62676631
-"""``PRAGMA application_id`` of a journal file (ASCII ``bgf1``)."""
-SCHEMA_VERSION = 2
-"""``PRAGMA user_version`` this code writes; older files are migrated forward on open.
-
-1: one row per invocation, the whole record (body included, base64) as JSON.
-2: the body in a BLOB column of its own, the JSON without it (with ``body_size``): listing
-and recovery never read a body; an attempt loads its own when it starts."""
-
-_MAGIC = b"SQLite format 3\x00"
 _PRUNE_EVERY = 60.0  # seconds between automatic prunes
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-_FINISHED = tuple(s.value for s in State if s.finished)
-_UNFINISHED = tuple(s.value for s in State if not s.finished)
-_WAITING = (State.ACCEPTED.value, State.RETRY_SCHEDULED.value)
 # The parsed records kept (see SQLiteJournal._remember): at most this many, each of at most
 # this much JSON (larger records, those with big bodies, are parsed at every read).
 _PARSED_MAX_ENTRIES = 50_000
 _PARSED_MAX_TEXT = 4096
-_IMPATIENT_BUSY_TIMEOUT = 0.25  # seconds: see SQLiteJournal._write(patient=False)
-_ROWS_PER_INSERT = 90  # 990 parameters: under SQLite's limit before 3.32 (999)
-
-
-def _move_bodies(conn: sqlite3.Connection) -> None:
-    """Schema 2: each row's body moves from its JSON to the ``body`` column, a few rows at a
-    time (a backlog's bodies are never all in memory at once)."""
-    conn.execute("ALTER TABLE invocations ADD COLUMN body BLOB")
-    last = -1
-    while True:
-        rows = conn.execute(
-            "SELECT rowid, record FROM invocations WHERE rowid > ? ORDER BY rowid LIMIT 64",
-            (last,),
-        ).fetchall()
-        if not rows:
-            return
-        for rowid, text in rows:
-            data = json.loads(text)
-            body = base64.b64decode(data.pop("body", ""))
-            data["body_size"] = len(body)
-            conn.execute(
-                "UPDATE invocations SET record = ?, body = ? WHERE rowid = ?",
-                (_encode(data), body, rowid),
-            )
-        last = rows[-1][0]
-
-
-# _MIGRATIONS[n] takes a file from user_version n to n + 1, inside one transaction: SQL
-# statements separated by semicolons, or a function of the connection.
-_MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
-    """
-    CREATE TABLE invocations (
-        request_id    TEXT PRIMARY KEY NOT NULL,
-        function      TEXT NOT NULL,
-        state         TEXT NOT NULL,
-        attempts      INTEGER NOT NULL,
-        accepted_at   REAL NOT NULL,
-        next_run_at   REAL,
-        finished_at   REAL,
-        lease_owner   TEXT,
-        lease_expires REAL,
-        record        TEXT NOT NULL
-    );
-    CREATE INDEX invocations_state_next ON invocations (state, next_run_at);
-    CREATE INDEX invocations_function_accepted ON invocations (function, accepted_at);
-    CREATE INDEX invocations_finished ON invocations (finished_at);
-    """,
-    _move_bodies,
-)
-assert len(_MIGRATIONS) == SCHEMA_VERSION
-
-
-class _Write:
-    """One caller's write, waiting for the transaction that holds it to commit.
-
-    Either ``fn`` (run on the write connection) or ``row`` (the values of one new invocation,
-    inserted together with the other rows of its batch). ``done`` is held until the write is
-    settled, or until its caller is promoted to commit the next batch: the caller blocks
-    acquiring it, the leader releases it (cheaper than an Event)."""
-
-    __slots__ = (
-        "done",
-        "error",
-        "fn",
-        "on_settle",
-        "patient",
-        "promoted",
-        "raw",
-        "result",
-        "row",
-        "settled",
-    )
-
-    def __init__(
-        self,
-        fn: Callable[[sqlite3.Connection], Any] | None,
-        row: tuple[Any, ...] | None = None,
-        raw: bool = False,
-        patient: bool = True,
-    ) -> None:
-        self.fn = fn
-        self.row = row
-        self.raw = raw  # run alone, outside any transaction (the test hook)
-        self.patient = patient  # waits up to busy_timeout for a lock (else briefly)
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.settled = False
-        self.promoted = False  # woken to lead: commit the batch that holds this write
-        self.on_settle: Callable[[], None] | None = None  # no caller waits: call this instead
-
-    def settle(self) -> None:
-        """Mark it settled and wake its caller; a write with ``on_settle`` is called back
-        later, by the leader once it handed the lead over (see ``SQLiteJournal._lead``)."""
-        self.settled = True
-        if self.on_settle is None:
-            self.done.release()
-
-    def call_back(self) -> None:
-        assert self.on_settle is not None
-        try:
-            self.on_settle()
-        except Exception:
-            log.exception("SQLiteJournal: a write's settle callback raised; ignored")
+_IDS_PER_UPDATE = 500  # a heartbeat's request ids per statement, for the same limit
 
 
 class SQLiteJournal(Journal):
@@ -173,7 +59,10 @@ class SQLiteJournal(Journal):
     journal object in leases (default: host, pid and a random suffix); use one per process.
     ``read_only=True`` opens an existing journal to read it (``get``, ``select``): it never
     writes to the file or its directory, so a read-only file can be read; writes then raise
-    :class:`JournalUnavailableError`.
+    :class:`JournalUnavailableError`. ``max_size_bytes`` caps the file (rounded down to whole
+    pages, SQLite's ``PRAGMA max_page_count``; never below its size at open): a write that
+    would grow it further fails as on a full disk, with :class:`JournalUnavailableError`,
+    and writes nothing. For a small disk shared with other data, and for drills.
     """
 
     durable = True
@@ -189,6 +78,7 @@ class SQLiteJournal(Journal):
         busy_timeout: float = 5.0,
         owner: str | None = None,
         read_only: bool = False,
+        max_size_bytes: int | None = None,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(
@@ -201,8 +91,19 @@ class SQLiteJournal(Journal):
             raise ValueError(
                 f"SQLiteJournal.busy_timeout: expected seconds >= 0; got {busy_timeout!r}"
             )
+        if max_size_bytes is not None and (
+            isinstance(max_size_bytes, bool)
+            or not isinstance(max_size_bytes, int)
+            or max_size_bytes < 1
+        ):
+            raise ValueError(
+                f"SQLiteJournal.max_size_bytes: expected an int >= 1 or None; got "
+                f"{max_size_bytes!r}"
+            )
         self.path = Path(path)
+        self._where = f"SQLiteJournal {str(self.path)!r}"  # for messages
         self.read_only = read_only
+        self.max_size_bytes = max_size_bytes
         self.synchronous = synchronous
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.lease = float(lease)
@@ -210,323 +111,55 @@ class SQLiteJournal(Journal):
         self.busy_timeout = float(busy_timeout)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._stats = {"commits": 0, "writes": 0, "failed_commits": 0, "pruned": 0}
-        # Group commit without a writer thread: the first caller to find no commit under way
-        # leads (commits everything queued, its own write included); callers that come
-        # meanwhile queue, and the first of them leads the next batch. An uncontended write
-        # is then committed by its own thread, with no hand-off to another one and back.
-        self._queue: list[_Write] = []
-        self._cond = threading.Condition(threading.Lock())
-        self._leading = False  # a caller is committing; the queue waits for its next batch
-        self._lead_owner: object = None  # who leads: a caller's _Write, or _COMMITTER
-        # Writes nobody waits for (accept_later) are led by this thread, made at first use.
-        self._committer: threading.Thread | None = None
-        self._committer_turn = False  # the committer is to lead the next batch
+        # Writes share transactions (see _groupcommit): concurrent accepts share one fsync.
+        self._group: GroupCommit[Op] = GroupCommit(
+            self._commit,
+            name=self.path.name,
+            closed_error=self._no_writes,
+            after=self._maybe_prune,
+        )
         self._closed = False
         self._readers: list[sqlite3.Connection] = []  # idle read connections
         self._reader_lock = threading.Lock()
         self._last_prune: float | None = None
         # request id -> (the row's text, its record) for unfinished rows this journal wrote, so
-        # that the executor's frequent unfinished() polls do not parse JSON they already have.
+        # that the executor's frequent unfinished() polls do not parse JSON they already have
+        # (bench_backlog_memory.py's recovery poll: about 0.17x a bare SELECT + parse with it,
+        # 1.1x without).
         self._parsed: dict[str, tuple[str, InvocationRecord]] = {}
+        self._file = SQLiteFile(
+            self.path,
+            synchronous=synchronous,
+            busy_timeout=self.busy_timeout,
+            max_size_bytes=max_size_bytes,
+        )
         if read_only:
-            self._conn = self._open_reader_only()  # what would write refuses to (see _commit_one)
+            self._conn = self._file.open_reader_only()  # what would write refuses to (_write)
         else:
-            self._inspect()
-            self._conn = self._open_writer()
+            self._file.inspect()
+            self._conn = self._file.open_writer()
 
     def __repr__(self) -> str:
         return f"<SQLiteJournal {str(self.path)!r} owner={self.owner!r}>"
 
-    # -- opening -------------------------------------------------------------------------------
-
-    def _refuse(self, why: str) -> JournalError:
-        return JournalError(f"SQLiteJournal: refusing {str(self.path)!r}: {why}")
-
-    def _refuse_read_only(self, cause: str) -> JournalError:
-        return self._refuse(
-            f"it is read-only for this process ({cause}); bgfunctions records every "
-            "invocation in it, so make the file and its directory writable, or read it with "
-            "SQLiteJournal(path, read_only=True), as `bgfunctions invocations` does"
-        )
-
-    def _open_reader_only(self) -> sqlite3.Connection:
-        """For ``read_only``: check that the file is a journal this code reads; a connection."""
-        if not self.path.is_file():
-            raise self._refuse("expected an existing journal file to read; found none")
-        with open(self.path, "rb") as f:
-            head = f.read(100)
-        if not head.startswith(_MAGIC):
-            raise self._refuse(
-                f"expected a SQLite database (header {_MAGIC!r}), found {head[:16]!r}"
-            )
-        conn = self._connect_read_only()
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            self._check_identity(app_id, version, objects)
-            if version < SCHEMA_VERSION:
-                raise self._refuse(
-                    f"expected schema version {SCHEMA_VERSION} to read it read-only, found "
-                    f"{version}: open it once for writing (bgfunctions serve) to migrate it"
-                )
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise self._refuse(f"it is not a readable SQLite database ({exc})") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _connect_read_only(self) -> sqlite3.Connection:
-        """A connection that writes nothing, not even WAL's shared-memory file. Where that file
-        cannot be made (a read-only directory) and no WAL file holds commits, all the data is
-        in the database file, which is then read as immutable."""
-        uri = self.path.resolve().as_uri()
-        conn = self._connect_uri(f"{uri}?mode=ro")
-        try:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            return conn
-        except sqlite3.OperationalError as exc:
-            conn.close()
-            wal = Path(f"{self.path}-wal")
-            if wal.exists() and wal.stat().st_size > 0:
-                raise self._refuse(
-                    f"cannot read it read-only ({exc}), and its WAL file holds commits that "
-                    "only a connection able to create its -shm file can read"
-                ) from exc
-        return self._connect_uri(f"{uri}?mode=ro&immutable=1")
-
-    def _connect_uri(self, uri: str) -> sqlite3.Connection:
-        return sqlite3.connect(
-            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
-        )
-
-    def _inspect(self) -> None:
-        """Refuse a file that is not ours before anything could write to it."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise self._refuse(f"cannot create it ({exc.strerror})") from exc
-        else:
-            os.close(fd)  # new and empty; SQLite gives -wal/-shm the db file's permissions
-            return
-        if not os.access(self.path, os.W_OK):
-            raise self._refuse_read_only("no write permission on the file")
-        with open(self.path, "rb") as f:
-            head = f.read(100)
-        if not head:
-            return  # empty: created by us (or touched); SQLite treats it as a new database
-        if not head.startswith(_MAGIC):
-            raise self._refuse(
-                f"expected a SQLite database (header {_MAGIC!r}), found {head[:16]!r}"
-            )
-        # Read-only: a refused file must stay byte for byte as it was.
-        uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        try:
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise self._refuse(f"cannot open it read-only ({exc})") from exc
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
-        except sqlite3.DatabaseError as exc:
-            if "readonly" in str(exc):  # WAL's -shm file cannot be made: a read-only directory
-                raise self._refuse_read_only(str(exc)) from exc
-            raise self._refuse(f"it is not a readable SQLite database ({exc})") from exc
-        finally:
-            conn.close()
-        self._check_identity(app_id, version, objects)
-        if problems != ["ok"]:
-            raise self._refuse(f"PRAGMA quick_check found damage: {'; '.join(problems)}")
-
-    def _check_identity(self, app_id: int, version: int, objects: int) -> None:
-        if app_id != APPLICATION_ID and (app_id != 0 or objects):
-            raise self._refuse(
-                f"expected a bgfunctions journal (application_id {APPLICATION_ID:#x}), found "
-                f"application_id {app_id:#x} with {objects} schema objects: another "
-                "application's database"
-            )
-        if version > SCHEMA_VERSION:
-            raise self._refuse(
-                f"expected schema version <= {SCHEMA_VERSION}, found {version}: written by a "
-                "newer bgfunctions"
-            )
-
-    def _open_writer(self) -> sqlite3.Connection:
-        conn = self._connect()
-        try:
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            # The schema is created in rollback mode, so the main file holds it from the start
-            # (a header check of the bare file then sees our application_id).
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-                self._check_identity(app_id, version, objects)
-                for step in range(version, SCHEMA_VERSION):
-                    migration = _MIGRATIONS[step]
-                    if callable(migration):
-                        migration(conn)
-                        continue
-                    for statement in migration.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                if version < SCHEMA_VERSION or app_id != APPLICATION_ID:
-                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise self._refuse(f"expected to switch it to WAL mode, SQLite answered {mode!r}")
-        except sqlite3.Error as exc:
-            conn.close()
-            if "readonly" in str(exc):
-                raise self._refuse_read_only(str(exc)) from exc
-            raise self._refuse(f"cannot open it for writing ({exc})") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self.busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,
-            cached_statements=_ROWS_PER_INSERT + 32,  # one INSERT per batch size, and the rest
-        )
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        return conn
-
     # -- writes: group commit --------------------------------------------------------------------
 
-    def _write(
-        self, fn: Callable[[sqlite3.Connection], Any], *, raw: bool = False, patient: bool = True
-    ) -> Any:
+    def _write(self, fn: Callable[[sqlite3.Connection], Any], *, patient: bool = True) -> Any:
         """Run ``fn`` in the next transaction; return its result once committed.
 
         ``patient=False`` for maintenance that is retried every few seconds anyway (lease
         renewals and takeovers): a transaction of such writes only waits briefly for another
         connection's lock, so that accepts queued behind it are not held for a whole
         ``busy_timeout`` before they get their own chance (and their 503 in time)."""
-        return self._commit_one(_Write(fn, None, raw, patient))
-
-    def _commit_one(self, write: _Write) -> Any:
-        """Queue ``write``, lead the commit or wait for the caller that leads it; its result."""
-        with self._cond:
-            if self._closed or self.read_only:
-                raise self._no_writes()
-            self._queue.append(write)
-            lead = not self._leading
-            if lead:
-                self._leading = True
-                self._lead_owner = write
-        try:
-            if lead:
-                self._lead()
-            while not write.settled:
-                write.done.acquire()
-                if write.promoted and not write.settled:  # the leader before us is done
-                    self._lead()
-        except BaseException:
-            self._abandon(write)
-            raise
-        if write.error is not None:
-            raise write.error
-        return write.result
+        if self.read_only:
+            raise self._no_writes()
+        return self._group.submit(Op(fn, None, patient))
 
     def _no_writes(self) -> JournalUnavailableError:
         why = "is closed" if self._closed else "was opened read_only=True: it takes no writes"
         return JournalUnavailableError(f"SQLiteJournal {str(self.path)!r} {why}")
 
-    def _abandon(self, write: _Write) -> None:
-        """The caller of ``write`` was interrupted (KeyboardInterrupt, a signal's SystemExit)
-        while it waited or before it led: never leave the queue without a leader."""
-        with self._cond:
-            if write.settled:
-                return  # committed or failed; whoever led handed the lead over
-            # Still queued: committed by a later leader, its result unread. Never chosen to
-            # lead (nobody waits on it any more).
-            write.on_settle = _ignore
-            if self._lead_owner is write:  # the lead is ours and was not passed on: pass it
-                self._pass_lead()
-
-    def _pass_lead(self) -> None:
-        """(``_cond`` held, by the leader that is done) The first caller that waits leads the
-        next batch; if only writes nobody waits for are queued (accept_later), the committer
-        thread does; with nothing queued that anybody waits for, nobody leads."""
-        if not any(w.on_settle is not _ignore for w in self._queue):
-            for write in self._queue:  # abandoned by their callers: never acknowledged
-                write.error = JournalUnavailableError("abandoned by its caller")
-                write.settled = True
-            self._queue = []
-        if not self._queue:
-            self._leading = False
-            self._lead_owner = None
-            self._cond.notify_all()  # close() waits for the last commit
-            return
-        successor = next((w for w in self._queue if w.on_settle is None), None)
-        if successor is not None:
-            self._lead_owner = successor
-            successor.promoted = True
-            successor.done.release()
-        else:
-            self._give_committer_the_lead()
-
-    def _give_committer_the_lead(self) -> None:
-        """(``_cond`` held) The committer thread leads the next batch. It runs: it was started
-        before any write that nobody waits for was queued."""
-        assert self._committer is not None
-        self._lead_owner = _COMMITTER
-        self._committer_turn = True
-        self._cond.notify_all()
-
-    def _lead(self) -> None:
-        """Commit everything queued, then hand the lead to the first write queued meanwhile;
-        then call back the writes nobody waits for (after the hand-over: a callback may write
-        to this journal again)."""
-        batch: list[_Write] = []
-        try:
-            with self._cond:
-                batch, self._queue = self._queue, []
-            writes = [w for w in batch if not w.raw]
-            if len(writes) < len(batch):
-                for write in [w for w in batch if w.raw]:
-                    self._run_raw(write)
-            self._commit(writes)
-            self._maybe_prune()
-        finally:
-            for write in batch:
-                if not write.settled:  # only if something above failed unexpectedly
-                    write.error = JournalUnavailableError(
-                        f"SQLiteJournal {str(self.path)!r}: the commit failed unexpectedly"
-                    )
-                    write.settle()
-            with self._cond:
-                self._pass_lead()
-            for write in batch:
-                if write.on_settle is not None:
-                    write.call_back()
-
-    def _run_raw(self, write: _Write) -> None:
-        assert write.fn is not None
-        try:
-            write.result = write.fn(self._conn)
-        except Exception as exc:
-            write.error = exc
-        write.settle()
-
-    def _commit(self, writes: Sequence[_Write]) -> None:
+    def _commit(self, writes: Sequence[Write[Op]]) -> None:
         """One transaction for ``writes``. A write's own error (a duplicate id) fails only that
         write: SQLite rolls back just the failed statement. An error of the database (full,
         read-only, busy) rolls back everything, and every write in the batch gets it."""
@@ -534,7 +167,7 @@ class SQLiteJournal(Journal):
             return
         conn = self._conn
         try:
-            self._transact(conn, writes)
+            transact(conn, writes, busy_timeout=self.busy_timeout, where=self._where)
         except BaseException as exc:
             if not isinstance(exc, sqlite3.Error):
                 # A caller's interrupt (or a bug) mid-transaction: roll back, so that no later
@@ -555,63 +188,6 @@ class SQLiteJournal(Journal):
         else:
             self._stats["commits"] += 1
             self._stats["writes"] += len(writes)
-        for write in writes:
-            write.settle()
-
-    def _transact(self, conn: sqlite3.Connection, writes: Sequence[_Write]) -> None:
-        """Run ``writes`` in one transaction and commit it.
-
-        New rows go in one multi-row INSERT per ``_ROWS_PER_INSERT``. A batch of new rows only
-        (the common case under load) is that one statement alone, its own transaction: one call
-        into SQLite, so the leader gives the GIL away once per commit (while SQLite writes and
-        syncs), not once per statement, and does not queue for it again behind the accepting
-        threads between statements."""
-        rows = [w for w in writes if w.row is not None]
-        if len(rows) == len(writes) and len(rows) <= _ROWS_PER_INSERT:
-            try:
-                conn.execute(_insert_sql(len(rows)), _values(rows))
-                return
-            except sqlite3.IntegrityError:
-                pass  # a known request id: nothing was written; again, one row at a time
-        if not any(w.patient for w in writes):
-            self._begin_briefly(conn)
-        else:
-            conn.execute("BEGIN IMMEDIATE")
-        for i in range(0, len(rows), _ROWS_PER_INSERT):
-            self._insert(conn, rows[i : i + _ROWS_PER_INSERT])
-        for write in writes:
-            if write.fn is not None:
-                try:
-                    write.result = write.fn(conn)
-                except (sqlite3.IntegrityError, ValueError) as exc:
-                    write.error = exc
-        conn.execute("COMMIT")
-
-    def _begin_briefly(self, conn: sqlite3.Connection) -> None:
-        """BEGIN IMMEDIATE, waiting at most ``_IMPATIENT_BUSY_TIMEOUT`` for another lock."""
-        brief = min(self.busy_timeout, _IMPATIENT_BUSY_TIMEOUT)
-        conn.execute(f"PRAGMA busy_timeout = {int(brief * 1000)}")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-
-    def _insert(self, conn: sqlite3.Connection, rows: Sequence[_Write]) -> None:
-        """Insert new rows inside the open transaction; a known request id fails its write."""
-        try:
-            conn.execute(_insert_sql(len(rows)), _values(rows))
-            return
-        except sqlite3.IntegrityError:
-            pass  # the statement is rolled back alone; find the row that failed
-        for write in rows:
-            assert write.row is not None
-            try:
-                conn.execute(_insert_sql(1), write.row)
-            except sqlite3.IntegrityError:
-                write.error = ValueError(
-                    f"SQLiteJournal {str(self.path)!r}: request id {write.row[0]!r} is "
-                    "already recorded"
-                )
 
     def _unavailable(self, exc: sqlite3.Error) -> JournalUnavailableError:
         message = str(exc)
@@ -627,14 +203,14 @@ class SQLiteJournal(Journal):
         if self._last_prune is not None and now - self._last_prune < _PRUNE_EVERY:
             return
         self._last_prune = now
-        write = _Write(self._prune_rows)
+        write = Write(Op(self._prune_rows))
         self._commit([write])
         if write.error is not None:
             log.warning("SQLiteJournal %s: prune failed: %s", self.path, write.error)
 
     def _prune_rows(self, conn: sqlite3.Connection) -> int:
         cursor = conn.execute(
-            "DELETE FROM invocations WHERE finished_at IS NOT NULL AND finished_at < ?",
+            sql(f"DELETE FROM {{t}} WHERE {SQLITE.prunable()}"),
             (self.clock.now() - self.retention,),
         )
         self._stats["pruned"] += cursor.rowcount
@@ -647,7 +223,9 @@ class SQLiteJournal(Journal):
         when the file cannot take it (nothing written), ValueError for a known request id or
         a record without its body."""
         text = _dumps(record)
-        self._commit_one(_Write(None, _row(record, text)))
+        if self.read_only:
+            raise self._no_writes()
+        self._group.submit(Op(None, _row(record, text)))
         self._remember(record, text)
 
     def accept_later(
@@ -656,9 +234,9 @@ class SQLiteJournal(Journal):
         """Queue ``record`` for the next group commit and return; ``settled`` is called from
         the thread that committed it. Raises :class:`JournalUnavailableError` when closed."""
         text = _dumps(record)
-        write = _Write(None, _row(record, text))
+        op = Op(None, _row(record, text))
 
-        def on_settle() -> None:
+        def on_settle(write: Write[Op]) -> None:
             error = write.error
             if error is None:
                 self._remember(record, text)
@@ -668,62 +246,18 @@ class SQLiteJournal(Journal):
             else:
                 settled(JournalUnavailableError(repr(error)))
 
-        write.on_settle = on_settle
-        with self._cond:
-            if self._closed or self.read_only:
-                raise self._no_writes()
-            # Before anything is queued: if the thread cannot start, nothing waits for it.
-            self._start_committer()
-            self._queue.append(write)
-            if not self._leading:
-                self._leading = True
-                self._give_committer_the_lead()
-
-    def _start_committer(self) -> None:
-        """(``_cond`` held) Start the committer thread unless it runs. The lead is handed to it
-        only once it runs: any journal with a write nobody waits for has it (see _abandon)."""
-        if self._committer is None:
-            thread = threading.Thread(
-                target=self._committer_main,
-                name=f"bgfunctions-journal-{self.path.name}",
-                daemon=True,
-            )
-            try:
-                thread.start()
-            except RuntimeError as exc:  # no more threads, or the interpreter is exiting
-                raise JournalUnavailableError(
-                    f"SQLiteJournal {str(self.path)!r}: cannot start its committer thread ({exc})"
-                ) from exc
-            self._committer = thread
-
-    def _committer_main(self) -> None:
-        while True:
-            with self._cond:
-                while not self._committer_turn and not (self._closed and not self._leading):
-                    self._cond.wait()
-                if not self._committer_turn:
-                    return  # closed, and nothing left to commit
-                self._committer_turn = False
-            try:
-                self._lead()
-            except BaseException:  # pragma: no cover - _lead settles and hands over first
-                log.exception("SQLiteJournal %s: commit failed", self.path)
+        if self.read_only:
+            raise self._no_writes()
+        self._group.submit_later(op, on_settle)
 
     def attempt_started(self, record: InvocationRecord) -> bool:
         """Claim the newest attempt: only a row still waiting for exactly this attempt is
         claimed (leased to this owner); False when another process did, or it was cancelled."""
-        attempts = len(record.attempts)
         text = _dumps(record)
-        args = (record.state.value, attempts, record.next_run_at, text, self.owner)
 
         def claim(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE invocations SET state = ?, attempts = ?, next_run_at = ?, record = ?, "
-                "lease_owner = ?, lease_expires = ? "
-                "WHERE request_id = ? AND state IN (?, ?) AND attempts = ?",
-                (*args, self.clock.now() + self.lease, record.request_id, *_WAITING, attempts - 1),
-            )
-            return cursor.rowcount == 1
+            query, args = SQLITE.claim(record, text, self.owner, self.clock.now() + self.lease)
+            return conn.execute(sql(query), args).rowcount == 1
 
         if not self._write(claim):
             return False
@@ -734,26 +268,10 @@ class SQLiteJournal(Journal):
         """Store ``record`` and release its lease. Ignored (with a warning) when the row is
         finished or leased by another owner (this process lost its lease meanwhile)."""
         text = _dumps(record)
-        args = (
-            record.state.value,
-            len(record.attempts),
-            record.next_run_at,
-            record.finished_at,
-            text,
-            record.request_id,
-            self.owner,
-            *_FINISHED,
-        )
+        query, args = SQLITE.attempt_ended(record, text, self.owner)
 
         def update(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "UPDATE invocations SET state = ?, attempts = ?, next_run_at = ?, "
-                "finished_at = ?, record = ?, lease_owner = NULL, lease_expires = NULL "
-                "WHERE request_id = ? AND (lease_owner IS NULL OR lease_owner = ?) "
-                f"AND state NOT IN ({','.join('?' * len(_FINISHED))})",
-                args,
-            )
-            return cursor.rowcount
+            return int(conn.execute(sql(query), args).rowcount)
 
         updated = self._write(update)
         if updated and not record.state.finished:
@@ -778,11 +296,9 @@ class SQLiteJournal(Journal):
 
         def renew(conn: sqlite3.Connection) -> None:
             expires = self.clock.now() + self.lease
-            conn.executemany(
-                "UPDATE invocations SET lease_expires = ? "
-                "WHERE request_id = ? AND lease_owner = ? AND state = ?",
-                [(expires, rid, self.owner, State.RUNNING.value) for rid in ids],
-            )
+            for i in range(0, len(ids), _IDS_PER_UPDATE):
+                query, args = SQLITE.heartbeat(ids[i : i + _IDS_PER_UPDATE], self.owner, expires)
+                conn.execute(sql(query), args)
 
         self._write(renew, patient=False)
 
@@ -792,14 +308,14 @@ class SQLiteJournal(Journal):
 
         def take(conn: sqlite3.Connection) -> list[str]:
             now = self.clock.now()
-            where = "WHERE state = ? AND lease_expires < ?"
+            where = f"WHERE {SQLITE.expired()}"
             args = (self.owner, now + self.lease, State.RUNNING.value, now)
-            sql = "UPDATE invocations SET lease_owner = ?, lease_expires = ? "
+            update = sql("UPDATE {t} SET lease_owner = ?, lease_expires = ? ") + where
             if _RETURNING:
-                return [r[0] for r in conn.execute(sql + where + " RETURNING record", args)]
+                return [r[0] for r in conn.execute(update + " RETURNING record", args)]
             # Older SQLite: the same, in two statements of one IMMEDIATE transaction.
-            rows = conn.execute("SELECT record FROM invocations " + where, args[2:]).fetchall()
-            conn.execute(sql + where, args)
+            rows = conn.execute(sql("SELECT record FROM {t} ") + where, args[2:]).fetchall()
+            conn.execute(update, args)
             return [r[0] for r in rows]
 
         records = [self._loads(text) for text in self._write(take, patient=False)]
@@ -814,23 +330,14 @@ class SQLiteJournal(Journal):
 
     def get(self, request_id: str) -> InvocationRecord | None:
         """The whole record, body included (``select`` and ``unfinished`` leave bodies out)."""
-        rows = self._read(
-            "SELECT request_id, record, body FROM invocations WHERE request_id = ?",
-            (request_id,),
-        )
+        rows = self._read(sql(SQLITE.get("request_id, record, body")), (request_id,))
         if not rows:
             return None
         rid, text, body = rows[0]
-        record = self._record(rid, text)
-        if not body:
-            return record
-        try:
-            return record.with_body(bytes(body))
-        except ValueError as exc:
-            raise JournalError(f"SQLiteJournal {str(self.path)!r}: {exc}") from None
+        return _with_body(self._record(rid, text), body, self._where)
 
     def body(self, request_id: str) -> bytes | None:
-        rows = self._read("SELECT body FROM invocations WHERE request_id = ?", (request_id,))
+        rows = self._read(sql(SQLITE.get("body")), (request_id,))
         return None if not rows else bytes(rows[0][0] or b"")
 
     def select(
@@ -844,7 +351,7 @@ class SQLiteJournal(Journal):
 
     def unfinished(self) -> list[InvocationRecord]:
         before = set(self._parsed)  # one step under the GIL, as writers may add meanwhile
-        records = self._select(None, [State(s) for s in _UNFINISHED], None, newest_first=False)
+        records = self._select(None, [State(s) for s in UNFINISHED], None, newest_first=False)
         # Forget what finished elsewhere (another process); keep what was added meanwhile.
         for request_id in before.difference(r.request_id for r in records):
             self._parsed.pop(request_id, None)
@@ -858,24 +365,10 @@ class SQLiteJournal(Journal):
         *,
         newest_first: bool,
     ) -> list[InvocationRecord]:
-        clauses: list[str] = []
-        args: list[Any] = []
-        if function is not None:
-            clauses.append("function = ?")
-            args.append(function)
-        if state is not None:
-            states = [state] if isinstance(state, State) else list(state)
-            clauses.append(f"state IN ({','.join('?' * len(states))})")
-            args.extend(State(s).value for s in states)
-        order = "DESC" if newest_first else "ASC"
-        sql = "SELECT request_id, record FROM invocations"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += f" ORDER BY accepted_at {order}, rowid {order}"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(max(0, int(limit)))
-        return [self._record(rid, text) for rid, text in self._read(sql, tuple(args))]
+        query, args = SQLITE.select(
+            "request_id, record", function, state, limit, newest_first=newest_first
+        )
+        return [self._record(rid, text) for rid, text in self._read(sql(query), args)]
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         with self._reader_lock:
@@ -884,9 +377,9 @@ class SQLiteJournal(Journal):
             conn = self._readers.pop() if self._readers else None
         if conn is None:
             if self.read_only:
-                conn = self._connect_read_only()
+                conn = self._file.connect_read_only()
             else:
-                conn = self._connect()
+                conn = self._file.connect()
                 conn.execute("PRAGMA query_only = ON")
         try:
             return conn.execute(sql, args).fetchall()
@@ -921,13 +414,7 @@ class SQLiteJournal(Journal):
         return self._loads(text)
 
     def _loads(self, text: str) -> InvocationRecord:
-        try:
-            return InvocationRecord.from_json(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise JournalError(
-                f"SQLiteJournal {str(self.path)!r}: a record is not valid JSON of an "
-                f"invocation ({exc}): {text[:80]!r}"
-            ) from exc
+        return load_record(text, self._where, json.loads)
 
     # -- the rest ------------------------------------------------------------------------------
 
@@ -936,24 +423,10 @@ class SQLiteJournal(Journal):
         ``commits`` when group commit shared transactions), ``failed_commits``, ``pruned``."""
         return dict(self._stats)
 
-    def _execute_for_tests(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        """Run one statement on the write connection, outside any transaction.
-
-        For fault injection in tests only (``PRAGMA max_page_count``, ``PRAGMA query_only``):
-        those settings are per connection, so only the write connection can carry them.
-        """
-        return list(self._write(lambda conn: conn.execute(sql, args).fetchall(), raw=True))
-
     def close(self) -> None:
         """Commit what is queued, then close every connection. Idempotent."""
-        with self._cond:
-            self._closed = True
-            while self._leading:
-                self._cond.wait()
-            self._cond.notify_all()  # the committer thread, if any, ends
-            committer = self._committer
-        if committer is not None and committer is not threading.current_thread():
-            committer.join()
+        self._closed = True
+        self._group.close()
         with self._reader_lock:  # readers in use close themselves when they are done
             readers, self._readers = self._readers, []
         for conn in readers:
@@ -961,46 +434,10 @@ class SQLiteJournal(Journal):
         self._conn.close()
 
 
-_COMMITTER = object()
-"""The lead owner while the committer thread leads."""
-
-
-def _ignore() -> None:
-    """The settle callback of a write whose caller gave up waiting."""
-
-
 def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
     """The values of a new invocation's row (``text``: the record's JSON, without the body)."""
-    if not record.body_loaded:
-        raise ValueError(
-            f"SQLiteJournal.accepted: expected invocation {record.request_id} with its body "
-            f"({record.body_size} bytes); got a record without it"
-        )
-    return (
-        record.request_id,
-        record.function,
-        record.state.value,
-        len(record.attempts),
-        record.accepted_at,
-        record.next_run_at,
-        record.finished_at,
-        text,
-        record.body,
-    )
-
-
-def _values(rows: Sequence[_Write]) -> list[Any]:
-    return [value for write in rows for value in write.row or ()]
-
-
-@functools.cache
-def _insert_sql(rows: int) -> str:
-    # No lease yet: lease_owner and lease_expires are NULL.
-    return "INSERT INTO invocations VALUES " + ",".join(["(?,?,?,?,?,?,?,NULL,NULL,?,?)"] * rows)
-
-
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False).encode
+    return row_values(record, text, "SQLiteJournal")
 
 
 def _dumps(record: InvocationRecord) -> str:
-    return _encode(record.to_json(body=False))
+    return json.dumps(record.to_json(body=False), separators=(",", ":"), allow_nan=False)
