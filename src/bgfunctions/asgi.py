@@ -104,6 +104,7 @@ class ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
         """A lifespan context for Starlette/FastAPI when this app is mounted inside one."""
+        self.app.executor.serve_on(asyncio.get_running_loop())
         await asyncio.to_thread(self.app.start)
         try:
             yield
@@ -115,6 +116,7 @@ class ASGIApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    self.app.executor.serve_on(asyncio.get_running_loop())
                     await asyncio.to_thread(self.app.start)
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
