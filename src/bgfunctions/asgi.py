@@ -351,11 +351,13 @@ async def _send(send: Send, response: Response, *, head: bool = False) -> None:
     """Send ``response``; for ``head``, its headers (content-length included) and no body.
 
     A response made before any request id (a 400 or 413 of the adapter's) gets one."""
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.raw]
-    if "x-nf-request-id" not in response.headers:
+    raw = response.headers.raw
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in raw]
+    names = {k for k, _ in raw}
+    if "x-nf-request-id" not in names:
         headers.append((b"x-nf-request-id", new_request_id().encode("ascii")))
     body = response.body
-    if response.status not in (204, 304) and "content-length" not in response.headers:
+    if response.status not in (204, 304) and "content-length" not in names:
         headers.append((b"content-length", str(len(body)).encode("ascii")))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})
