@@ -27,8 +27,6 @@ _last_random = 0
 # Two base32 characters per 10 bits: 13 lookups encode the 130-bit (zero-padded) ULID.
 _PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
 _SHIFTS = tuple(range(120, -1, -10))
-_random_pool = b""
-_RANDOM_BYTES = _RANDOM_BITS // 8
 
 
 def _encode(value: int) -> str:
@@ -43,15 +41,6 @@ _RANDOM_SHIFTS = tuple(range(70, -1, -10))
 
 def _encode_random(random: int) -> str:
     return "".join([_PAIRS[(random >> shift) & 1023] for shift in _RANDOM_SHIFTS])
-
-
-def _random() -> int:
-    """80 random bits; the OS is asked for 4 KiB at a time (lock held), not once per id."""
-    global _random_pool
-    if len(_random_pool) < _RANDOM_BYTES:
-        _random_pool = secrets.token_bytes(4096)
-    chunk, _random_pool = _random_pool[:_RANDOM_BYTES], _random_pool[_RANDOM_BYTES:]
-    return int.from_bytes(chunk, "big")
 
 
 def new_request_id(clock: Clock | None = None) -> str:
@@ -70,7 +59,7 @@ def new_request_id(clock: Clock | None = None) -> str:
             random = _last_random + 1
         else:
             # A new millisecond, or (virtual clocks) an earlier one: ids follow that clock.
-            random = _random()
+            random = secrets.randbits(_RANDOM_BITS)
         _last_ms, _last_random = ms, random
     prefix, prefix_ms = _last_prefix
     if prefix_ms != ms:
