@@ -33,22 +33,12 @@ def _encode(value: int) -> str:
     return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
-# The time part (the first 10 characters) of the ids of the last millisecond, and the
-# shifts of the random part's 16: ids of the same millisecond encode 80 bits, not 130.
-_last_prefix = ("", -1)
-_RANDOM_SHIFTS = tuple(range(70, -1, -10))
-
-
-def _encode_random(random: int) -> str:
-    return "".join([_PAIRS[(random >> shift) & 1023] for shift in _RANDOM_SHIFTS])
-
-
 def new_request_id(clock: Clock | None = None) -> str:
     """A new ULID whose timestamp is ``clock.now()`` (the system clock when not given).
 
     Raises ``ValueError`` when the clock reads before 1970 or after the year 10889.
     """
-    global _last_ms, _last_random, _last_prefix
+    global _last_ms, _last_random
     now = (clock if clock is not None else SystemClock()).now()
     ms = int(now * 1000)
     if not 0 <= ms <= _MAX_TIME:
@@ -61,8 +51,4 @@ def new_request_id(clock: Clock | None = None) -> str:
             # A new millisecond, or (virtual clocks) an earlier one: ids follow that clock.
             random = secrets.randbits(_RANDOM_BITS)
         _last_ms, _last_random = ms, random
-    prefix, prefix_ms = _last_prefix
-    if prefix_ms != ms:
-        prefix = _encode(ms << _RANDOM_BITS)[:10]
-        _last_prefix = (prefix, ms)
-    return prefix + _encode_random(random)
+    return _encode((ms << _RANDOM_BITS) | random)
