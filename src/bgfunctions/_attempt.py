@@ -10,11 +10,11 @@ import asyncio
 import inspect
 import logging
 import sys
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from bgfunctions.clock import Clock
+from bgfunctions.clock import Clock, timed_steps
 from bgfunctions.context import Context, Site
 from bgfunctions.errors import DeadlineExceeded
 from bgfunctions.invocation import InvocationRecord, Outcome, error_type_name
@@ -194,6 +194,7 @@ async def run_on_loop(
     body: Coroutine[Any, Any, object] | None = None,
     limit: float | None = None,
     exit_is_failure: bool = True,
+    watch: tuple[float, Callable[[float], None]] | None = None,
 ) -> AttemptResult:
     """Run one attempt on the running loop (async handlers, and sync ones on virtual time).
 
@@ -206,15 +207,22 @@ async def run_on_loop(
     caller's own task (a shutdown) cancels the attempt and propagates. Any other exception,
     ``BaseException`` included, is the attempt's ``error``: that includes a ``CancelledError``
     nobody here asked for, which the handler raised itself.
+
+    ``watch``: ``(threshold, report)``: time the attempt's own steps (see
+    :func:`~bgfunctions.clock.timed_steps`), for a loop that has no blocked-loop hook.
     """
     loop = asyncio.get_running_loop()
     with invocation_scope(function.name, context.request_id, context.attempt):
         # The task copies the context now, so the handler's log lines carry the invocation.
-        task = loop.create_task(
+        coro = (
             contained(body)
             if body is not None
-            else _body(function, request, context, exit_is_failure),
-            name=f"{function.name}:{context.request_id}:{context.attempt}",
+            else _body(function, request, context, exit_is_failure)
+        )
+        if watch is not None:
+            coro = _watched(timed_steps(coro, *watch))
+        task = loop.create_task(
+            coro, name=f"{function.name}:{context.request_id}:{context.attempt}"
         )
     expired = False
 
@@ -243,6 +251,10 @@ async def run_on_loop(
     elif isinstance(error, DeadlineExceeded):
         return AttemptResult(Outcome.TIMED_OUT, error, ended_at=context.deadline)
     return AttemptResult(Outcome.ERROR, as_failure(error))
+
+
+async def _watched(steps: Awaitable[object]) -> object:
+    return await steps
 
 
 async def _until_done(task: asyncio.Task[object]) -> BaseException | None:

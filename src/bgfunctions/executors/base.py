@@ -484,9 +484,20 @@ class Executor(ABC):
             site=self.binding.site,
         )
 
-    async def _attempt_on_loop(self, record: InvocationRecord) -> InvocationRecord | None:
+    def serve_on(self, loop: asyncio.AbstractEventLoop) -> None:  # noqa: B027 - optional
+        """The event loop the host server runs on, called from that loop's thread before
+        :meth:`start` (``ASGIApp``'s lifespan does). Engines that can run async attempts on the
+        server's own loop use it; by default nothing changes."""
+
+    async def _attempt_on_loop(
+        self, record: InvocationRecord, *, watch: float | None = None
+    ) -> InvocationRecord | None:
         """Run the next attempt of ``record`` on the running loop; the ended record, or None
-        when it was cancelled before it started. Engines schedule what follows."""
+        when it was cancelled before it started. Engines schedule what follows.
+
+        ``watch``: on a loop the executor does not own (no ``on_blocked`` hook of ours), time
+        the handler's own steps and warn, naming the function, when one holds the loop longer
+        than this many seconds."""
         started = self._begin(record)
         if started is None:
             return None
@@ -503,6 +514,9 @@ class Executor(ABC):
                 timeout=timeout,
                 cancelled=self._cancel_requested,
                 exit_is_failure=self.exit_is_failure,
+                watch=None
+                if watch is None
+                else (watch, lambda seconds: self._report_blocked_handler(function.name, seconds)),
             )
         except asyncio.CancelledError:
             if not self._closed:
@@ -531,19 +545,23 @@ class Executor(ABC):
         name = task.get_name() if task is not None else ""
         function, _, rest = name.partition(":")
         if rest:
-            log.warning(
-                "async handler of function %r blocked the event loop for %.2f s (task %s); "
-                "await asyncio.sleep() or other awaitables instead of blocking calls",
-                function,
-                seconds,
-                name,
-            )
+            self._report_blocked_handler(function, seconds, name)
         else:
             log.warning(
                 "the executor's own %s held its event loop for %.2f s",
                 f"task {name}" if name else "callback",
                 seconds,
             )
+
+    def _report_blocked_handler(self, function: str, seconds: float, task: str = "") -> None:
+        """One step of ``function``'s async handler held the event loop ``seconds``."""
+        log.warning(
+            "async handler of function %r blocked the event loop for %.2f s%s; "
+            "await asyncio.sleep() or other awaitables instead of blocking calls",
+            function,
+            seconds,
+            f" (task {task})" if task else "",
+        )
 
     def _report_starved(self, seconds: float, callbacks: int) -> None:
         """The loop's ``on_starved`` hook: it fell behind with nothing blocking it. Said at
