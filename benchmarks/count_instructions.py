@@ -7,12 +7,14 @@ divided by the difference in invocations cancels start-up (imports, first calls)
 - ``inline``: bench_virtual_time's InlineExecutor run (fail, fail, succeed; 3 attempts);
 - ``simpy`` and ``heapq``: its two baselines;
 - ``threads``: bench_accept's throughput run (App + ThreadExecutor, a counting listener);
-- ``pool``: the same no-op through ``ThreadPoolExecutor.submit``.
+- ``pool``: the same no-op through ``ThreadPoolExecutor.submit``;
+- ``accept``: ``App.handle`` alone, ``Request`` to ``202``, on an ``InlineExecutor`` whose
+  virtual clock never moves (no attempt runs: one thread, the accept path only).
 
 Run on demand (needs valgrind: ``apt-get install -y valgrind``; slow, about 1 min per
 workload)::
 
-    .venv/bin/python benchmarks/count_instructions.py [inline simpy heapq threads pool]
+    .venv/bin/python benchmarks/count_instructions.py [inline simpy heapq threads pool accept]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"inline": (1000, 3000), "simpy": (1000, 3000), "heapq": (1000, 3000)}
-SIZES |= {"threads": (2000, 6000), "pool": (2000, 6000)}
+SIZES |= {"threads": (2000, 6000), "pool": (2000, 6000), "accept": (2000, 6000)}
 
 
 def run(workload: str, n: int) -> None:
@@ -47,6 +49,9 @@ def run(workload: str, n: int) -> None:
         return
     from bgfunctions import Request
 
+    if workload == "accept":
+        accept_only(n)
+        return
     done = ba.Done(n)
     app = ba.build_app(done)
     app.start()
@@ -55,6 +60,26 @@ def run(workload: str, n: int) -> None:
         app.handle(request)
     if not done.all_done.wait(600):
         raise SystemExit(f"only {done.count} of {n} invocations finished")
+    app.shutdown()
+
+
+def accept_only(n: int) -> None:
+    """``n`` accepts through ``App.handle``; the attempts stay due on a clock that never moves."""
+    import bench_accept as ba
+
+    from bgfunctions import App, Config, InlineExecutor, Registry, Request, State, VirtualClock
+    from bgfunctions.journals.base import MemoryJournal
+
+    registry = Registry()
+    registry.add("noop", ba.noop, config=Config(background=True))
+    executor = InlineExecutor(clock=VirtualClock(), journal=MemoryJournal(max_finished=n))
+    app = App(registry, executor=executor)
+    request = Request("POST", ba.URL)
+    for _ in range(n):
+        response = app.handle(request)
+    assert response.status == 202, response
+    waiting = executor.journal.select(state=State.ACCEPTED, limit=None)
+    assert len(waiting) == n, f"{len(waiting)} of {n} accepts are waiting"
     app.shutdown()
 
 

@@ -1,9 +1,11 @@
 """Fast copies of frozen, slotted dataclass instances with a few fields changed.
 
-Records and Contexts are copied on every state change of every attempt. ``dataclasses.replace``
-re-runs ``__init__`` (and its validation) and sets each field through ``object.__setattr__``;
-a copier made here is a function written out field by field for one class and one set of
-changed fields, which sets each slot through its own descriptor: several times faster.
+Records are copied on every state change of every attempt, and a retry's Context from the
+previous attempt's. ``dataclasses.replace`` re-runs ``__init__`` (and its validation) and sets
+each field through ``object.__setattr__``; a copier made here is a function written out field
+by field for one class and one set of changed fields, which sets each slot through its own
+descriptor: several times faster. Kept because it pays on the benchmarks' figures (issue 12,
+benchmarks/README.md: "Speed tricks on trial").
 """
 
 from __future__ import annotations

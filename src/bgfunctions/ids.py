@@ -27,31 +27,10 @@ _last_random = 0
 # Two base32 characters per 10 bits: 13 lookups encode the 130-bit (zero-padded) ULID.
 _PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
 _SHIFTS = tuple(range(120, -1, -10))
-_random_pool = b""
-_RANDOM_BYTES = _RANDOM_BITS // 8
 
 
 def _encode(value: int) -> str:
     return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
-
-
-# The time part (the first 10 characters) of the ids of the last millisecond, and the
-# shifts of the random part's 16: ids of the same millisecond encode 80 bits, not 130.
-_last_prefix = ("", -1)
-_RANDOM_SHIFTS = tuple(range(70, -1, -10))
-
-
-def _encode_random(random: int) -> str:
-    return "".join([_PAIRS[(random >> shift) & 1023] for shift in _RANDOM_SHIFTS])
-
-
-def _random() -> int:
-    """80 random bits; the OS is asked for 4 KiB at a time (lock held), not once per id."""
-    global _random_pool
-    if len(_random_pool) < _RANDOM_BYTES:
-        _random_pool = secrets.token_bytes(4096)
-    chunk, _random_pool = _random_pool[:_RANDOM_BYTES], _random_pool[_RANDOM_BYTES:]
-    return int.from_bytes(chunk, "big")
 
 
 def new_request_id(clock: Clock | None = None) -> str:
@@ -59,7 +38,7 @@ def new_request_id(clock: Clock | None = None) -> str:
 
     Raises ``ValueError`` when the clock reads before 1970 or after the year 10889.
     """
-    global _last_ms, _last_random, _last_prefix
+    global _last_ms, _last_random
     now = (clock if clock is not None else SystemClock()).now()
     ms = int(now * 1000)
     if not 0 <= ms <= _MAX_TIME:
@@ -70,10 +49,6 @@ def new_request_id(clock: Clock | None = None) -> str:
             random = _last_random + 1
         else:
             # A new millisecond, or (virtual clocks) an earlier one: ids follow that clock.
-            random = _random()
+            random = secrets.randbits(_RANDOM_BITS)
         _last_ms, _last_random = ms, random
-    prefix, prefix_ms = _last_prefix
-    if prefix_ms != ms:
-        prefix = _encode(ms << _RANDOM_BITS)[:10]
-        _last_prefix = (prefix, ms)
-    return prefix + _encode_random(random)
+    return _encode((ms << _RANDOM_BITS) | random)
