@@ -1326,6 +1326,9 @@ def test_a_read_only_journal_is_called_read_only_and_invocations_lists_it(
 
     path = read_only_site / ".bgfunctions" / "journal.sqlite3"
     before = path.read_bytes()
+    # The journal and the writers' lock file its writer left (see _sqlite_lock); nothing else.
+    files = sorted(p.name for p in path.parent.iterdir())
+    assert files == ["journal.sqlite3", "journal.sqlite3-lock"]
 
     def open_for_writing() -> str:
         SQLiteJournal(path)
@@ -1353,7 +1356,7 @@ def test_a_read_only_journal_is_called_read_only_and_invocations_lists_it(
     shown = json.loads(text)
     assert [(r["request_id"], r["body_size"]) for r in shown] == [("b", 256), ("a", 256)]
     assert path.read_bytes() == before
-    assert sorted(p.name for p in path.parent.iterdir()) == ["journal.sqlite3"]
+    assert sorted(p.name for p in path.parent.iterdir()) == files
 
 
 def test_a_read_only_journal_object_reads_a_live_file_and_takes_no_writes(

@@ -31,8 +31,9 @@ from bgfunctions.invocation import InvocationRecord, State
 from bgfunctions.journals._groupcommit import GroupCommit, Write
 from bgfunctions.journals._sql import SCHEMA_VERSION, SQLITE, UNFINISHED, load_record, row_values
 from bgfunctions.journals._sql import with_body as _with_body
-from bgfunctions.journals._sqlite_batch import Op, sql, transact
+from bgfunctions.journals._sqlite_batch import IMPATIENT_BUSY_TIMEOUT, Op, sql, transact
 from bgfunctions.journals._sqlite_file import APPLICATION_ID, SQLiteFile
+from bgfunctions.journals._sqlite_lock import WriterLock
 from bgfunctions.journals.base import Journal
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteJournal"]
@@ -133,6 +134,7 @@ class SQLiteJournal(Journal):
             busy_timeout=self.busy_timeout,
             max_size_bytes=max_size_bytes,
         )
+        self._writer_lock = WriterLock(self.path)
         if read_only:
             self._conn = self._file.open_reader_only()  # what would write refuses to (_write)
         else:
@@ -162,9 +164,35 @@ class SQLiteJournal(Journal):
     def _commit(self, writes: Sequence[Write[Op]]) -> None:
         """One transaction for ``writes``. A write's own error (a duplicate id) fails only that
         write: SQLite rolls back just the failed statement. An error of the database (full,
-        read-only, busy) rolls back everything, and every write in the batch gets it."""
+        read-only, busy) rolls back everything, and every write in the batch gets it.
+
+        The transaction runs in this process's turn among the processes that share the file
+        (see _sqlite_lock): they take turns promptly instead of sleeping in SQLite's busy
+        handler. A turn not had within the writes' busy timeout fails them as a locked file."""
         if not writes:
             return
+        patient = any(w.item.patient for w in writes)
+        timeout = self.busy_timeout if patient else min(self.busy_timeout, IMPATIENT_BUSY_TIMEOUT)
+        try:
+            turn = self._writer_lock.acquire(timeout)
+        except OSError as exc:
+            self._fail(writes, sqlite3.OperationalError(f"{self._writer_lock.path}: {exc}"))
+            return
+        if not turn:
+            self._fail(
+                writes,
+                sqlite3.OperationalError(
+                    f"database is locked (another process held {self._writer_lock.path.name} "
+                    f"for {timeout:g} s)"
+                ),
+            )
+            return
+        try:
+            self._transact(writes)
+        finally:
+            self._writer_lock.release()
+
+    def _transact(self, writes: Sequence[Write[Op]]) -> None:
         conn = self._conn
         try:
             transact(conn, writes, busy_timeout=self.busy_timeout, where=self._where)
@@ -181,13 +209,16 @@ class SQLiteJournal(Journal):
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     log.warning("ROLLBACK failed on %s", self.path, exc_info=True)
-            self._stats["failed_commits"] += 1
-            for write in writes:
-                write.result = None
-                write.error = self._unavailable(exc)
+            self._fail(writes, exc)
         else:
             self._stats["commits"] += 1
             self._stats["writes"] += len(writes)
+
+    def _fail(self, writes: Sequence[Write[Op]], exc: sqlite3.Error) -> None:
+        self._stats["failed_commits"] += 1
+        for write in writes:
+            write.result = None
+            write.error = self._unavailable(exc)
 
     def _unavailable(self, exc: sqlite3.Error) -> JournalUnavailableError:
         message = str(exc)
@@ -432,6 +463,7 @@ class SQLiteJournal(Journal):
         for conn in readers:
             conn.close()
         self._conn.close()
+        self._writer_lock.close()
 
 
 def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
