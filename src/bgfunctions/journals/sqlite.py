@@ -135,6 +135,7 @@ class SQLiteJournal(Journal):
             max_size_bytes=max_size_bytes,
         )
         self._writer_lock = WriterLock(self.path)
+        self._synchronous_now: str = synchronous  # the write connection's, switched per batch
         if read_only:
             self._conn = self._file.open_reader_only()  # what would write refuses to (_write)
         else:
@@ -146,16 +147,24 @@ class SQLiteJournal(Journal):
 
     # -- writes: group commit --------------------------------------------------------------------
 
-    def _write(self, fn: Callable[[sqlite3.Connection], Any], *, patient: bool = True) -> Any:
+    def _write(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        *,
+        patient: bool = True,
+        relaxed: bool = False,
+    ) -> Any:
         """Run ``fn`` in the next transaction; return its result once committed.
 
         ``patient=False`` for maintenance that is retried every few seconds anyway (lease
         renewals and takeovers): a transaction of such writes only waits briefly for another
         connection's lock, so that accepts queued behind it are not held for a whole
-        ``busy_timeout`` before they get their own chance (and their 503 in time)."""
+        ``busy_timeout`` before they get their own chance (and their 503 in time).
+        ``relaxed=True`` for transitions whose loss in a power cut only repeats an attempt
+        (claims, attempt ends, leases): committed without an fsync (see :meth:`_commit`)."""
         if self.read_only:
             raise self._no_writes()
-        return self._group.submit(Op(fn, None, patient))
+        return self._group.submit(Op(fn, None, patient, relaxed))
 
     def _no_writes(self) -> JournalUnavailableError:
         why = "is closed" if self._closed else "was opened read_only=True: it takes no writes"
@@ -168,7 +177,13 @@ class SQLiteJournal(Journal):
 
         The transaction runs in this process's turn among the processes that share the file
         (see _sqlite_lock): they take turns promptly instead of sleeping in SQLite's busy
-        handler. A turn not had within the writes' busy timeout fails them as a locked file."""
+        handler. A turn not had within the writes' busy timeout fails them as a locked file.
+
+        With ``synchronous="FULL"``, the batch's relaxed writes (claims, attempt ends, leases)
+        go first, in a transaction of their own committed with ``synchronous=NORMAL`` (no
+        fsync: see docs/durability.md), and their callers are woken at once; then the rest
+        (the accepts), committed with an fsync, which also makes the relaxed commit durable
+        (WAL frames reach the disk in order). A claim then waits for no fsync of its own."""
         if not writes:
             return
         patient = any(w.item.patient for w in writes)
@@ -188,13 +203,25 @@ class SQLiteJournal(Journal):
             )
             return
         try:
-            self._transact(writes)
+            if self.synchronous == "FULL" and any(w.item.relaxed for w in writes):
+                relaxed = [w for w in writes if w.item.relaxed]
+                strict = [w for w in writes if not w.item.relaxed]
+                self._transact(relaxed, "NORMAL")
+                if strict:
+                    for write in relaxed:
+                        write.settle()  # its caller need not wait for the accepts' fsync
+                    self._transact(strict, "FULL")
+            else:
+                self._transact(writes, self.synchronous)
         finally:
             self._writer_lock.release()
 
-    def _transact(self, writes: Sequence[Write[Op]]) -> None:
+    def _transact(self, writes: Sequence[Write[Op]], synchronous: str) -> None:
         conn = self._conn
         try:
+            if synchronous != self._synchronous_now:
+                conn.execute(f"PRAGMA synchronous = {synchronous}")
+                self._synchronous_now = synchronous
             transact(conn, writes, busy_timeout=self.busy_timeout, where=self._where)
         except BaseException as exc:
             if not isinstance(exc, sqlite3.Error):
@@ -290,7 +317,7 @@ class SQLiteJournal(Journal):
             query, args = SQLITE.claim(record, text, self.owner, self.clock.now() + self.lease)
             return conn.execute(sql(query), args).rowcount == 1
 
-        if not self._write(claim):
+        if not self._write(claim, relaxed=True):
             return False
         self._remember(record, text)
         return True
@@ -304,7 +331,9 @@ class SQLiteJournal(Journal):
         def update(conn: sqlite3.Connection) -> int:
             return int(conn.execute(sql(query), args).rowcount)
 
-        updated = self._write(update)
+        # A cancellation is a promise to a caller: synced. Any other end, if a power cut
+        # lost it, only repeats the attempt, as a process killed before its end would.
+        updated = self._write(update, relaxed=record.state is not State.CANCELLED)
         if updated and not record.state.finished:
             self._remember(record, text)
         else:
@@ -331,7 +360,7 @@ class SQLiteJournal(Journal):
                 query, args = SQLITE.heartbeat(ids[i : i + _IDS_PER_UPDATE], self.owner, expires)
                 conn.execute(sql(query), args)
 
-        self._write(renew, patient=False)
+        self._write(renew, patient=False, relaxed=True)
 
     def expire_leases(self) -> list[InvocationRecord]:
         """Claim running rows whose lease expired (their process died or hung): each is leased
@@ -349,7 +378,7 @@ class SQLiteJournal(Journal):
             conn.execute(update, args)
             return [r[0] for r in rows]
 
-        records = [self._loads(text) for text in self._write(take, patient=False)]
+        records = [self._loads(text) for text in self._write(take, patient=False, relaxed=True)]
         records.sort(key=lambda r: r.accepted_at)
         return records
 
