@@ -24,13 +24,16 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-import time
 from pathlib import Path
+
+from bgfunctions.clock import SystemClock
 
 __all__ = ["WriterLock"]
 
 _FIRST_SLEEP = 0.0002  # seconds; doubled up to _MAX_SLEEP while the lock is held elsewhere
 _MAX_SLEEP = 0.002  # well under one commit (an fsync is 1-10 ms): the turn is taken promptly
+# Real time even under a VirtualClock: the holder is another process, as SQLite's busy_timeout.
+_REAL = SystemClock()
 
 
 class WriterLock:
@@ -53,7 +56,7 @@ class WriterLock:
 
     def acquire(self, timeout: float) -> bool:
         fd = self._open()
-        deadline = time.monotonic() + timeout
+        deadline = _REAL.monotonic() + timeout
         sleep = _FIRST_SLEEP
         while True:
             try:
@@ -61,10 +64,10 @@ class WriterLock:
                 return True
             except BlockingIOError:
                 pass
-            now = time.monotonic()
+            now = _REAL.monotonic()
             if now >= deadline:
                 return False
-            time.sleep(min(sleep, deadline - now))
+            _REAL.sleep(min(sleep, deadline - now))
             sleep = min(sleep * 2, _MAX_SLEEP)
 
     def release(self) -> None:
