@@ -526,6 +526,64 @@ def test_writes_prune_automatically(
 # -- faults ----------------------------------------------------------------------------------
 
 
+def _accept_later(journal: PostgresJournal, records: list[InvocationRecord]) -> dict[str, Any]:
+    """accept_later each record from its own thread at once; what each one settled with."""
+    settled: dict[str, Any] = {}
+    done = threading.Event()
+    lock = threading.Lock()
+    start = threading.Barrier(len(records))
+
+    def accept(record: InvocationRecord) -> None:
+        def on_settled(error: Exception | None) -> None:
+            with lock:
+                settled[record.request_id] = error
+                if len(settled) == len(records):
+                    done.set()
+
+        start.wait()
+        journal.accept_later(record, on_settled)
+
+    threads = [threading.Thread(target=accept, args=(r,)) for r in records]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert done.wait(30)
+    return settled
+
+
+def test_accept_later_commits_groups_and_fails_only_a_known_request_id(
+    open_journal: Opener, dsn: str, table: str
+) -> None:
+    """accept_later returns at once and settles each record once its row is committed (rows
+    queued together share one INSERT); a known request id fails that record alone."""
+    journal = open_journal()
+    journal.accepted(_record("dup", at=1.0))
+    records = [_record(f"r{i}") for i in range(40)] + [_record("dup", at=2.0)]
+    settled = _accept_later(journal, records)
+    assert {rid for rid, error in settled.items() if error is None} == {f"r{i}" for i in range(40)}
+    assert isinstance(settled["dup"], ValueError)
+    assert "'dup' is already recorded" in str(settled["dup"])
+    assert set(_rows(dsn, table)) == {"dup", *(f"r{i}" for i in range(40))}
+    assert journal.get("dup") == _record("dup", at=1.0)
+    assert journal.get("r7") == _record("r7")
+    commits = journal.stats()["commits"]
+    assert commits < 1 + 40 + 1, "40 accepts queued together took a commit each"
+    journal.close()
+    with pytest.raises(JournalUnavailableError, match="closed"):
+        journal.accept_later(_record("late"), lambda error: None)
+
+
+def test_accept_later_on_an_unreachable_database_settles_unavailable() -> None:
+    """Nothing listening: accept_later settles with JournalUnavailableError (a 503)."""
+    journal = PostgresJournal(_closed_port_dsn())
+    try:
+        settled = _accept_later(journal, [_record("a"), _record("b")])
+        assert all(isinstance(e, JournalUnavailableError) for e in settled.values()), settled
+    finally:
+        journal.close()
+
+
 def test_unreachable_database_makes_accepted_raise_unavailable() -> None:
     """With nothing listening, accepted raises JournalUnavailableError (a NotAcceptedError with
     a Retry-After), reads raise JournalError; neither message shows the password."""

@@ -1326,6 +1326,9 @@ def test_a_read_only_journal_is_called_read_only_and_invocations_lists_it(
 
     path = read_only_site / ".bgfunctions" / "journal.sqlite3"
     before = path.read_bytes()
+    # The journal and the writers' lock file its writer left (see _sqlite_lock); nothing else.
+    files = sorted(p.name for p in path.parent.iterdir())
+    assert files == ["journal.sqlite3", "journal.sqlite3-lock"]
 
     def open_for_writing() -> str:
         SQLiteJournal(path)
@@ -1353,7 +1356,7 @@ def test_a_read_only_journal_is_called_read_only_and_invocations_lists_it(
     shown = json.loads(text)
     assert [(r["request_id"], r["body_size"]) for r in shown] == [("b", 256), ("a", 256)]
     assert path.read_bytes() == before
-    assert sorted(p.name for p in path.parent.iterdir()) == ["journal.sqlite3"]
+    assert sorted(p.name for p in path.parent.iterdir()) == files
 
 
 def test_a_read_only_journal_object_reads_a_live_file_and_takes_no_writes(
@@ -1467,3 +1470,65 @@ def test_a_body_that_cannot_be_loaded_once_is_a_failed_attempt_that_is_retried(
     assert record.attempts[0].error_type == "bgfunctions.errors.JournalUnavailableError"
     assert record.state is State.SUCCEEDED
     assert bodies == [b"hi"]
+
+
+def test_claims_and_ends_commit_without_fsync_and_accepts_with_it(
+    open_journal: Opener, clock: VirtualClock
+) -> None:
+    """With synchronous=FULL, claims and attempt ends (a power cut losing one only repeats
+    an attempt) commit with synchronous=NORMAL, accepts and cancellations with FULL, also when
+    they share a batch; every write of a mixed batch is committed. (The writer connection's
+    statements are traced: the sync level is not observable otherwise short of a power cut.)"""
+    journal = open_journal()
+    statements: list[str] = []
+    journal._conn.set_trace_callback(statements.append)
+    level = {"now": "FULL"}
+    seen: list[tuple[str, str]] = []  # (the statement's kind, the level it ran at)
+
+    def classify(text: str) -> None:
+        words = text.split()
+        if text.startswith("PRAGMA synchronous"):
+            level["now"] = words[-1]
+        elif words and words[0] in ("INSERT", "UPDATE"):
+            seen.append((words[0], level["now"]))
+
+    for i in range(4):
+        journal.accepted(_record(f"w{i}"))
+    records = [journal.get(f"w{i}") for i in range(4)]
+    barrier = threading.Barrier(8)
+    claimed: list[bool] = []
+
+    def claim(record: InvocationRecord | None) -> None:
+        assert record is not None
+        barrier.wait()
+        claimed.append(journal.attempt_started(record.start_attempt(clock.now())))
+
+    def accept(i: int) -> None:
+        barrier.wait()
+        journal.accepted(_record(f"n{i}"))
+
+    threads = [threading.Thread(target=claim, args=(r,)) for r in records]
+    threads += [threading.Thread(target=accept, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert claimed == [True] * 4
+    running = journal.get("w0")
+    assert running is not None
+    journal.attempt_ended(running.end_attempt(clock.now(), Outcome.SUCCEEDED, RETRY))
+    stopped = journal.get("w1")
+    assert stopped is not None
+    ended = stopped.end_attempt(clock.now(), Outcome.CANCELLED, RetryPolicy(delays=()))
+    journal.attempt_ended(dataclasses.replace(ended, state=State.CANCELLED))
+    for text in statements:
+        classify(text)
+    inserts = {lvl for kind, lvl in seen if kind == "INSERT"}
+    updates = [lvl for kind, lvl in seen if kind == "UPDATE"]
+    assert inserts == {"FULL"}
+    assert updates[:5] == ["NORMAL"] * 5  # four claims, one end
+    assert updates[5:] == ["FULL"]  # the cancellation
+    assert {r.request_id for r in journal.select()} == {f"w{i}" for i in range(4)} | {
+        f"n{i}" for i in range(4)
+    }
+    assert [journal.get(r).state for r in ("w0", "w1")] == [State.SUCCEEDED, State.CANCELLED]  # type: ignore[union-attr]

@@ -69,9 +69,10 @@ class GroupCommit(Generic[T]):
 
     ``name`` names the committer thread; ``closed_error()`` is raised by a submit after
     :meth:`close`; ``after()`` runs in the leader once the callers of a batch are woken, before
-    the next batch (maintenance such as pruning, off their latency). ``commit`` settles
-    nothing: it sets ``result`` or ``error`` on each write, and :class:`GroupCommit` wakes the
-    callers once it returns. If it raises, every write of the batch fails with
+    the next batch (maintenance such as pruning, off their latency). ``commit`` sets
+    ``result`` or ``error`` on each write, and :class:`GroupCommit` wakes the callers once it
+    returns; it may wake some earlier (:meth:`Write.settle`), once their part is committed. If
+    it raises, every write of the batch not yet settled fails with
     :class:`JournalUnavailableError`, and the exception reaches the caller that led.
     """
 

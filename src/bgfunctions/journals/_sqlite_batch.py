@@ -21,19 +21,23 @@ ROWS_PER_INSERT = 90  # 990 parameters: under SQLite's limit before 3.32 (999)
 class Op:
     """One write of a group commit: ``fn`` (run on the write connection, inside the batch's
     transaction) or ``row`` (the values of one new invocation, inserted together with the
-    other rows of its batch). ``patient``: waits up to busy_timeout for a lock (else briefly)."""
+    other rows of its batch). ``patient``: waits up to busy_timeout for a lock (else briefly).
+    ``relaxed``: a transition after the accept (a claim, an attempt's end, a lease), which a
+    ``FULL`` journal commits with ``synchronous=NORMAL`` (see SQLiteJournal._commit)."""
 
-    __slots__ = ("fn", "patient", "row")
+    __slots__ = ("fn", "patient", "relaxed", "row")
 
     def __init__(
         self,
         fn: Callable[[sqlite3.Connection], Any] | None,
         row: tuple[Any, ...] | None = None,
         patient: bool = True,
+        relaxed: bool = False,
     ) -> None:
         self.fn = fn
         self.row = row
         self.patient = patient
+        self.relaxed = relaxed
 
 
 def transact(

@@ -31,8 +31,9 @@ from bgfunctions.invocation import InvocationRecord, State
 from bgfunctions.journals._groupcommit import GroupCommit, Write
 from bgfunctions.journals._sql import SCHEMA_VERSION, SQLITE, UNFINISHED, load_record, row_values
 from bgfunctions.journals._sql import with_body as _with_body
-from bgfunctions.journals._sqlite_batch import Op, sql, transact
+from bgfunctions.journals._sqlite_batch import IMPATIENT_BUSY_TIMEOUT, Op, sql, transact
 from bgfunctions.journals._sqlite_file import APPLICATION_ID, SQLiteFile
+from bgfunctions.journals._sqlite_lock import WriterLock
 from bgfunctions.journals.base import Journal
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteJournal"]
@@ -133,6 +134,8 @@ class SQLiteJournal(Journal):
             busy_timeout=self.busy_timeout,
             max_size_bytes=max_size_bytes,
         )
+        self._writer_lock = WriterLock(self.path)
+        self._synchronous_now: str = synchronous  # the write connection's, switched per batch
         if read_only:
             self._conn = self._file.open_reader_only()  # what would write refuses to (_write)
         else:
@@ -144,16 +147,24 @@ class SQLiteJournal(Journal):
 
     # -- writes: group commit --------------------------------------------------------------------
 
-    def _write(self, fn: Callable[[sqlite3.Connection], Any], *, patient: bool = True) -> Any:
+    def _write(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        *,
+        patient: bool = True,
+        relaxed: bool = False,
+    ) -> Any:
         """Run ``fn`` in the next transaction; return its result once committed.
 
         ``patient=False`` for maintenance that is retried every few seconds anyway (lease
         renewals and takeovers): a transaction of such writes only waits briefly for another
         connection's lock, so that accepts queued behind it are not held for a whole
-        ``busy_timeout`` before they get their own chance (and their 503 in time)."""
+        ``busy_timeout`` before they get their own chance (and their 503 in time).
+        ``relaxed=True`` for transitions whose loss in a power cut only repeats an attempt
+        (claims, attempt ends, leases): committed without an fsync (see :meth:`_commit`)."""
         if self.read_only:
             raise self._no_writes()
-        return self._group.submit(Op(fn, None, patient))
+        return self._group.submit(Op(fn, None, patient, relaxed))
 
     def _no_writes(self) -> JournalUnavailableError:
         why = "is closed" if self._closed else "was opened read_only=True: it takes no writes"
@@ -162,11 +173,55 @@ class SQLiteJournal(Journal):
     def _commit(self, writes: Sequence[Write[Op]]) -> None:
         """One transaction for ``writes``. A write's own error (a duplicate id) fails only that
         write: SQLite rolls back just the failed statement. An error of the database (full,
-        read-only, busy) rolls back everything, and every write in the batch gets it."""
+        read-only, busy) rolls back everything, and every write in the batch gets it.
+
+        The transaction runs in this process's turn among the processes that share the file
+        (see _sqlite_lock): they take turns promptly instead of sleeping in SQLite's busy
+        handler. A turn not had within the writes' busy timeout fails them as a locked file.
+
+        With ``synchronous="FULL"``, the batch's relaxed writes (claims, attempt ends, leases)
+        go first, in a transaction of their own committed with ``synchronous=NORMAL`` (no
+        fsync: see docs/durability.md), and their callers are woken at once; then the rest
+        (the accepts), committed with an fsync, which also makes the relaxed commit durable
+        (WAL frames reach the disk in order). A claim then waits for no fsync of its own."""
         if not writes:
             return
+        patient = any(w.item.patient for w in writes)
+        timeout = self.busy_timeout if patient else min(self.busy_timeout, IMPATIENT_BUSY_TIMEOUT)
+        try:
+            turn = self._writer_lock.acquire(timeout)
+        except OSError as exc:
+            self._fail(writes, sqlite3.OperationalError(f"{self._writer_lock.path}: {exc}"))
+            return
+        if not turn:
+            self._fail(
+                writes,
+                sqlite3.OperationalError(
+                    f"database is locked (another process held {self._writer_lock.path.name} "
+                    f"for {timeout:g} s)"
+                ),
+            )
+            return
+        try:
+            if self.synchronous == "FULL" and any(w.item.relaxed for w in writes):
+                relaxed = [w for w in writes if w.item.relaxed]
+                strict = [w for w in writes if not w.item.relaxed]
+                self._transact(relaxed, "NORMAL")
+                if strict:
+                    for write in relaxed:
+                        write.settle()  # its caller need not wait for the accepts' fsync
+                    self._transact(strict, "FULL")
+            else:
+                self._transact(writes, self.synchronous)
+        finally:
+            self._writer_lock.release()
+
+    def _transact(self, writes: Sequence[Write[Op]], synchronous: str) -> None:
         conn = self._conn
         try:
+            if synchronous != self._synchronous_now:
+                conn.execute(f"PRAGMA synchronous = {synchronous}")
+                self._synchronous_now = synchronous
             transact(conn, writes, busy_timeout=self.busy_timeout, where=self._where)
         except BaseException as exc:
             if not isinstance(exc, sqlite3.Error):
@@ -181,13 +236,16 @@ class SQLiteJournal(Journal):
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     log.warning("ROLLBACK failed on %s", self.path, exc_info=True)
-            self._stats["failed_commits"] += 1
-            for write in writes:
-                write.result = None
-                write.error = self._unavailable(exc)
+            self._fail(writes, exc)
         else:
             self._stats["commits"] += 1
             self._stats["writes"] += len(writes)
+
+    def _fail(self, writes: Sequence[Write[Op]], exc: sqlite3.Error) -> None:
+        self._stats["failed_commits"] += 1
+        for write in writes:
+            write.result = None
+            write.error = self._unavailable(exc)
 
     def _unavailable(self, exc: sqlite3.Error) -> JournalUnavailableError:
         message = str(exc)
@@ -259,7 +317,7 @@ class SQLiteJournal(Journal):
             query, args = SQLITE.claim(record, text, self.owner, self.clock.now() + self.lease)
             return conn.execute(sql(query), args).rowcount == 1
 
-        if not self._write(claim):
+        if not self._write(claim, relaxed=True):
             return False
         self._remember(record, text)
         return True
@@ -273,7 +331,9 @@ class SQLiteJournal(Journal):
         def update(conn: sqlite3.Connection) -> int:
             return int(conn.execute(sql(query), args).rowcount)
 
-        updated = self._write(update)
+        # A cancellation is a promise to a caller: synced. Any other end, if a power cut
+        # lost it, only repeats the attempt, as a process killed before its end would.
+        updated = self._write(update, relaxed=record.state is not State.CANCELLED)
         if updated and not record.state.finished:
             self._remember(record, text)
         else:
@@ -300,7 +360,7 @@ class SQLiteJournal(Journal):
                 query, args = SQLITE.heartbeat(ids[i : i + _IDS_PER_UPDATE], self.owner, expires)
                 conn.execute(sql(query), args)
 
-        self._write(renew, patient=False)
+        self._write(renew, patient=False, relaxed=True)
 
     def expire_leases(self) -> list[InvocationRecord]:
         """Claim running rows whose lease expired (their process died or hung): each is leased
@@ -318,7 +378,7 @@ class SQLiteJournal(Journal):
             conn.execute(update, args)
             return [r[0] for r in rows]
 
-        records = [self._loads(text) for text in self._write(take, patient=False)]
+        records = [self._loads(text) for text in self._write(take, patient=False, relaxed=True)]
         records.sort(key=lambda r: r.accepted_at)
         return records
 
@@ -432,6 +492,7 @@ class SQLiteJournal(Journal):
         for conn in readers:
             conn.close()
         self._conn.close()
+        self._writer_lock.close()
 
 
 def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
