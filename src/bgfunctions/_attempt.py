@@ -22,6 +22,7 @@ from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
+from bgfunctions.steps import Steps, StoreStep
 
 __all__ = [
     "AttemptResult",
@@ -29,6 +30,7 @@ __all__ = [
     "as_failure",
     "contained",
     "make_context",
+    "make_steps",
     "record_request",
     "run_on_loop",
     "settle_pending",
@@ -69,6 +71,7 @@ def make_context(
     clock: Clock,
     trust_proxy: bool,
     site: Site | None,
+    step: Steps | None = None,
 ) -> Context:
     return Context.from_request(
         request,
@@ -81,6 +84,29 @@ def make_context(
         clock=clock,
         background=function.background,
         site=site,
+        step=step,
+    )
+
+
+def make_steps(
+    function: Function,
+    record: InvocationRecord,
+    clock: Clock,
+    store: StoreStep | None,
+    *,
+    refusal: str | None = None,
+) -> Steps:
+    """``context.step`` for the newest attempt of ``record``: its committed steps are
+    replayed, new ones go to ``store`` (see :mod:`bgfunctions.steps`)."""
+    return Steps(
+        function=function.name,
+        request_id=record.request_id,
+        attempt=len(record.attempts),
+        clock=clock,
+        is_async=function.is_async,
+        done=record.steps,
+        store=store,
+        refusal=refusal,
     )
 
 

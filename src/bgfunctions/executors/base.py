@@ -20,7 +20,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bgfunctions._attempt import make_context, record_request, run_on_loop, warn_ignored_return
+from bgfunctions._attempt import (
+    make_context,
+    make_steps,
+    record_request,
+    run_on_loop,
+    warn_ignored_return,
+)
 from bgfunctions.clock import Clock, ClockEventLoop
 from bgfunctions.context import Context, Site
 from bgfunctions.errors import (
@@ -37,6 +43,7 @@ from bgfunctions.invocation import (
     OnFailure,
     Outcome,
     State,
+    Step,
     error_type_name,
 )
 from bgfunctions.journals.base import Journal, MemoryJournal
@@ -437,10 +444,13 @@ class Executor(ABC):
         attempt = started.attempts[-1]
         handle = self._live.get(started.request_id)
         deadline = attempt.started_at + timeout
+        # Durable steps: the attempt replays started.steps and stores new ones in the journal;
+        # _end puts them on the ended record (_with_steps).
+        steps = make_steps(function, started, self.clock, self._step_store(started.request_id))
         if handle is not None and handle._context is not None:
             made_for, previous = handle._context
             if made_for is function and handle._request is not None:
-                context = previous._for_attempt(attempt.number, deadline)
+                context = previous._for_attempt(attempt.number, deadline, steps)
                 handle._context = (function, context)
                 return function, handle._request, context, timeout
         request = handle._request if handle is not None else None
@@ -456,12 +466,33 @@ class Executor(ABC):
             clock=self.clock,
             trust_proxy=self.binding.trust_proxy,
             site=self.binding.site,
+            step=steps,
         )
         if handle is not None:
             if not self.journal.durable:  # else the body stays in the journal between attempts
                 handle._request = request
             handle._context = (function, context)
         return function, request, context, timeout
+
+    def _step_store(self, request_id: str) -> Callable[[Step], None]:
+        """How an attempt of ``request_id`` stores a committed step: in the journal, durably,
+        before the handler goes on."""
+        journal = self.journal
+
+        def store(step: Step) -> None:
+            journal.step_completed(request_id, step)
+
+        return store
+
+    def _with_steps(self, record: InvocationRecord) -> InvocationRecord:
+        """``record`` with the steps its running attempt committed (the live Context's)."""
+        handle = self._live.get(record.request_id)
+        if handle is None or handle._context is None:
+            return record
+        completed = handle._context[1].step.completed
+        if len(completed) <= len(record.steps):
+            return record
+        return record.with_steps(completed)
 
     def _sync_context(
         self,
@@ -648,6 +679,7 @@ class Executor(ABC):
                 retry = RetryPolicy(delays=())  # its function is gone (a reload): no retries
         now = self.clock.now() if ended_at is None else ended_at
         cancel = record.request_id in self._cancel_requested
+        record = self._with_steps(record)
         ended = record.end_attempt(
             now,
             outcome,

@@ -43,6 +43,7 @@ from bgfunctions._attempt import (
     as_failure,
     contained,
     make_context,
+    make_steps,
     record_request,
     settle_pending,
     timeout_error,
@@ -441,6 +442,12 @@ def _load(message: Mapping[str, Any], cache: dict[tuple[str, int], Function]) ->
     return function
 
 
+_NO_STEPS = (
+    "the process executor cannot store durable steps yet; run this function on the inline, "
+    "thread or Celery executor (see docs/workflows.md)"
+)
+
+
 def _run_one(
     message: Mapping[str, Any], cache: dict[tuple[str, int], Function], clock: Clock
 ) -> dict[str, Any]:
@@ -460,6 +467,8 @@ def _run_one(
         clock=clock,
         trust_proxy=message["trust_proxy"],
         site=None,
+        # The store would have to reach the parent's journal from here: not built yet.
+        step=make_steps(function, record, clock, None, refusal=_NO_STEPS),
     )
     handler = function.handler
     assert handler is not None
