@@ -50,6 +50,7 @@ from bgfunctions.errors import (
     PayloadTooLargeError,
     QueueFullError,
     RequestError,
+    StepError,
     TomlError,
     UnknownFunctionError,
     UserCodeError,
@@ -67,6 +68,7 @@ from bgfunctions.invocation import (
     OnFailure,
     Outcome,
     State,
+    Step,
 )
 from bgfunctions.journals.base import Journal, MemoryJournal
 from bgfunctions.journals.sqlite import SQLiteJournal
@@ -141,6 +143,8 @@ __all__ = [
     "Server",
     "Site",
     "State",
+    "Step",
+    "StepError",
     "Subdivision",
     "SystemClock",
     "ThreadExecutor",
