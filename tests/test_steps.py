@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -410,3 +412,37 @@ def test_inline_executor_on_sqlite_virtual_time(tmp_path: Path) -> None:
     assert record.state is State.SUCCEEDED
     assert flaky.calls == {"reserve": 1, "charge": 2, "email": 1}
     assert [s.started_at - record.accepted_at for s in record.steps] == [0, 60, 60]
+
+
+def test_cli_invoke_prints_each_committed_step_under_its_attempt(tmp_path: Path) -> None:
+    functions = tmp_path / "netlify" / "functions"
+    functions.mkdir(parents=True)
+    (functions / "signup-background.py").write_text(
+        "def handler(request, context):\n"
+        "    context.step.run('billing', lambda: 'cus_1')\n"
+        "    if context.attempt == 1:\n"
+        "        raise RuntimeError('email down')\n"
+        "    context.step.run('email', lambda: None)\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bgfunctions",
+            "invoke",
+            "signup-background",
+            "--site",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [" ".join(line.split()).replace("t= ", "t=") for line in done.stdout.splitlines()[1:]]
+    assert lines[0].startswith("t=0.000s attempt 1 error")
+    assert lines[1].startswith("t=0.000s step billing committed")
+    assert lines[2].startswith("t=60.000s attempt 2 succeeded")
+    assert lines[3].startswith("t=60.000s step email committed")
+    assert lines[4] == "succeeded after 2 attempt(s)"
