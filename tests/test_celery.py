@@ -97,6 +97,26 @@ HANDLERS = {
             if context.attempt < 3:
                 os.kill(os.getpid(), signal.SIGKILL)
     """,
+    "steps-background": """
+        import os
+        import signal
+        from pathlib import Path
+
+        LOG = Path(__file__).parent.parent.parent / "steps.log"
+
+        def handler(request, context):
+            def run(name):
+                with open(LOG, "a") as f:
+                    f.write(f"{context.request_id} {name}\\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                return name
+
+            context.step.run("one", run, "one")
+            if context.attempt == 1:
+                os.kill(os.getpid(), signal.SIGKILL)  # after the step committed
+            context.step.run("two", run, "two")
+    """,
     "async-sleep-background": """
         import asyncio
 
@@ -326,6 +346,20 @@ def test_child_sigkill_is_crashed_and_retried(setup: Setup) -> None:
         Outcome.SUCCEEDED,
     ]
     _gaps_ok(record)
+
+
+def test_committed_step_is_not_run_again_after_the_child_is_killed(setup: Setup) -> None:
+    """A step commits, then the worker child is killed (-9): the next attempt, on whichever
+    child, replays it from the shared journal and runs only the step after it."""
+    record = setup.run("steps-background")
+    assert record.state is State.SUCCEEDED
+    assert record.attempts[0].outcome is Outcome.CRASHED
+    assert [(s.id, s.attempt) for s in record.steps] == [("one", 1), ("two", 2)]
+    log = (setup.site / "steps.log").read_text().split("\n")
+    assert [line.split()[1] for line in log if line.startswith(record.request_id)] == [
+        "one",
+        "two",
+    ]
 
 
 def test_a_message_the_broker_lost_is_published_again(setup: Setup) -> None:
