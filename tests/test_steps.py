@@ -446,3 +446,14 @@ def test_cli_invoke_prints_each_committed_step_under_its_attempt(tmp_path: Path)
     assert lines[2].startswith("t=60.000s attempt 2 succeeded")
     assert lines[3].startswith("t=60.000s step email committed")
     assert lines[4] == "succeeded after 2 attempt(s)"
+
+
+def test_the_invocations_view_lists_steps_without_their_results() -> None:
+    from bgfunctions.views import record_to_view
+
+    invocation = invoke(lambda request, context: context.step.run("card", lambda: "4242-secret"))
+    (shown,) = record_to_view(invocation.record)["steps"]
+    assert shown["id"] == "card"
+    assert shown["attempt"] == 1
+    assert shown["result_size"] == len('"4242-secret"')
+    assert "4242" not in json.dumps(shown)
