@@ -403,7 +403,7 @@ class InvocationRecord:
             "finished_at": self.finished_at,
             "replay_of": self.replay_of,
         }
-        if steps and self.steps:  # absent when empty: most records have none
+        if steps:
             data["steps"] = [step.to_json() for step in self.steps]
         if body:
             data["body"] = base64.b64encode(self.body).decode("ascii")
