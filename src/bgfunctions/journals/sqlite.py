@@ -294,17 +294,16 @@ class SQLiteJournal(Journal):
         with other writes). :class:`JournalError` when the row is not running under this
         owner's lease (the attempt is no longer ours: nothing stored)."""
         item = json.dumps(step.to_json(), separators=(",", ":"), allow_nan=False)
-        select = sql("SELECT steps FROM {t} WHERE request_id = ? AND state = ? AND lease_owner = ?")
-        update = sql("UPDATE {t} SET steps = ? WHERE request_id = ?")
+        # One statement, appended as text: the steps already stored are not parsed again.
+        update = sql(
+            "UPDATE {t} SET steps = CASE WHEN steps IS NULL THEN '[' || ?1 || ']' "
+            "ELSE substr(steps, 1, length(steps) - 1) || ',' || ?1 || ']' END "
+            "WHERE request_id = ?2 AND state = ?3 AND lease_owner = ?4"
+        )
+        args = (item, request_id, State.RUNNING.value, self.owner)
 
         def append(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(select, (request_id, State.RUNNING.value, self.owner)).fetchone()
-            if row is None:
-                return False
-            # Appended as text: the steps already stored are not parsed again.
-            steps = f"[{item}]" if not row[0] else f"{row[0][:-1]},{item}]"
-            conn.execute(update, (steps, request_id))
-            return True
+            return conn.execute(update, args).rowcount == 1
 
         if not self._write(append):
             raise JournalError(
