@@ -20,7 +20,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bgfunctions._attempt import make_context, record_request, run_on_loop, warn_ignored_return
+from bgfunctions.attempts import (
+    PreparedAttempt,
+    Stopping,
+    make_context,
+    record_request,
+    run_async,
+    warn_ignored_return,
+)
 from bgfunctions.clock import Clock, ClockEventLoop
 from bgfunctions.context import Context, Site
 from bgfunctions.errors import (
@@ -161,10 +168,8 @@ class Executor(ABC):
     :meth:`_begin` and :meth:`_end`.
     """
 
-    exit_is_failure: bool = True
-    """Whether a handler's ``sys.exit()`` is just its attempt's error (True: the engine's
-    threads and event loop live on) or ends the process (an engine whose worker processes are
-    meant to die that way, such as a Celery child at its hard time limit)."""
+    _stopping: Stopping | None = None
+    """Tells the engine's own stop from a handler's BaseException (see attempts.Stopping)."""
 
     def __init__(self, *, clock: Clock, journal: Journal | None = None) -> None:
         self.clock = clock
@@ -413,9 +418,7 @@ class Executor(ABC):
     def _dispatch(self, record: InvocationRecord) -> None:
         """Arrange for the next attempt of ``record`` at ``record.next_run_at``."""
 
-    def _prepare(
-        self, started: InvocationRecord
-    ) -> tuple[Function, Request, Context, float] | None:
+    def _prepare(self, started: InvocationRecord) -> PreparedAttempt | None:
         """:meth:`_attempt_inputs`, or None after ending the attempt as an error when they
         cannot be had: a claimed attempt always ends, and the thread that claimed it lives on.
         The function's retry schedule follows (a durable journal's body read can fail for a
@@ -428,9 +431,7 @@ class Executor(ABC):
                 self._dispatch(ended)
             return None
 
-    def _attempt_inputs(
-        self, started: InvocationRecord
-    ) -> tuple[Function, Request, Context, float]:
+    def _attempt_inputs(self, started: InvocationRecord) -> PreparedAttempt:
         """The function, Request, Context and time limit of ``started``'s newest attempt."""
         function = self.binding.lookup(started.function)
         timeout = self.binding.limits_for(function).background_timeout
@@ -442,7 +443,7 @@ class Executor(ABC):
             if made_for is function and handle._request is not None:
                 context = previous._for_attempt(attempt.number, deadline)
                 handle._context = (function, context)
-                return function, handle._request, context, timeout
+                return PreparedAttempt(function, handle._request, context, timeout)
         request = handle._request if handle is not None else None
         if request is None:
             request = record_request(self.journal.with_body(started))
@@ -461,7 +462,7 @@ class Executor(ABC):
             if not self.journal.durable:  # else the body stays in the journal between attempts
                 handle._request = request
             handle._context = (function, context)
-        return function, request, context, timeout
+        return PreparedAttempt(function, request, context, timeout)
 
     def _sync_context(
         self,
@@ -490,19 +491,14 @@ class Executor(ABC):
         started = self._begin(record)
         if started is None:
             return None
-        inputs = self._prepare(started)
-        if inputs is None:
+        prepared = self._prepare(started)
+        if prepared is None:
             return None
-        function, request, context, timeout = inputs
+        function, context = prepared.function, prepared.context
         self._running_count += 1
         try:
-            result = await run_on_loop(
-                function,
-                request,
-                context,
-                timeout=timeout,
-                cancelled=self._cancel_requested,
-                exit_is_failure=self.exit_is_failure,
+            result = await run_async(
+                prepared, cancelled=self._cancel_requested, stopping=self._stopping
             )
         except asyncio.CancelledError:
             if not self._closed:

@@ -43,7 +43,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         f"({_exc}); install them with: pip install 'bgfunctions[celery]'"
     ) from _exc
 
-from bgfunctions._attempt import timeout_error
+from bgfunctions.attempts import timeout_error
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import InvocationNotFoundError, NotAcceptedError
 from bgfunctions.executors.base import Binding, Executor, ExecutorStats, Invocation
@@ -550,13 +550,30 @@ class _WorkerState:
         self.side().handle(request_id, int(attempt), None if seen is None else float(seen))
 
 
+def _worker_stopping(error: BaseException) -> bool:
+    """Whether ``error`` is this Celery child's own stop, not the handler's: billiard's
+    terminate-signal handler marks that it fired, then raises ``SystemExit``."""
+    if not isinstance(error, SystemExit):
+        return False
+    try:
+        from billiard import common  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - Celery's pool always brings billiard
+        return True
+    fired = getattr(common, "terminate_handler_fired", None)
+    if fired is not None:
+        return bool(fired())
+    flag = getattr(common, "_should_have_exited", None)  # older billiard: the same flag
+    return bool(flag[0]) if flag else True
+
+
 class _WorkerSide(Executor):
     """Runs attempts in a Celery worker process through the shared state machine: journal
     writes and hooks happen exactly as for the embedded executors."""
 
-    # Celery's pool ends a child at the hard time limit by raising SystemExit in it: let it
-    # end the process, so the requeued message records the attempt as timed out.
-    exit_is_failure = False
+    # Celery's pool ends a child (at the hard time limit, at a shutdown) by raising SystemExit
+    # in it: that one ends the process, so the requeued message records the attempt as timed
+    # out. A handler's own sys.exit() is its attempt's error, as on every engine.
+    _stopping = staticmethod(_worker_stopping)
 
     def __init__(self, app: Any, journal: Journal) -> None:
         super().__init__(clock=SystemClock(), journal=journal)

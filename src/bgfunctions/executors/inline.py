@@ -10,25 +10,22 @@ caller's thread and wait with ``context.sleep()``, which moves the virtual clock
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from dataclasses import replace
+from typing import Any
 
-from bgfunctions._attempt import (
+from bgfunctions.attempts import (
     AttemptResult,
-    as_failure,
-    finish_async,
-    judge_return,
-    run_on_loop,
+    PreparedAttempt,
+    run_async,
+    start_sync,
     to_response,
     warn_ignored_return,
 )
 from bgfunctions.clock import ClockEventLoop, VirtualClock
-from bgfunctions.context import Context
-from bgfunctions.errors import DeadlineExceeded
 from bgfunctions.executors.base import Executor, ExecutorStats, Invocation
 from bgfunctions.invocation import InvocationRecord, Outcome, State
 from bgfunctions.journals.base import Journal
-from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
@@ -117,29 +114,16 @@ class InlineExecutor(Executor):
         started = self._begin(record)
         if started is None:
             return
-        inputs = self._prepare(started)
-        if inputs is None:
+        prepared = self._prepare(started)
+        if prepared is None:
             return
-        function, request, context, timeout = inputs
-        handler = function.handler
-        assert handler is not None
-        with invocation_scope(function.name, started.request_id, context.attempt):
-            try:
-                value = handler(request, context)
-            except DeadlineExceeded as exc:
-                result = AttemptResult(Outcome.TIMED_OUT, exc, ended_at=context.deadline)
-            except BaseException as exc:  # KeyboardInterrupt, sys.exit(): its failure too
-                result = AttemptResult(Outcome.ERROR, as_failure(exc))
-            else:
-                if inspect.isawaitable(value) or context._pending:
-                    # It left work to await: finish the attempt as a task, within its deadline.
-                    self._running_count += 1
-                    self._loop.create_task(
-                        self._finish(started, function, request, context, timeout, value)
-                    )
-                    return
-                result = judge_return(function, context, timeout, value)
-        self._settled(started, function, result)
+        result = start_sync(prepared)
+        if not isinstance(result, AttemptResult):
+            # It left work to await: finish the attempt as a task, within its deadline.
+            self._running_count += 1
+            self._loop.create_task(self._finish(started, prepared, result))
+            return
+        self._settled(started, prepared.function, result)
         # ``result`` may hold the handler's exception, whose traceback holds this very frame:
         # drop it, or every failed attempt leaves a reference cycle for the garbage collector.
         del result
@@ -147,29 +131,20 @@ class InlineExecutor(Executor):
     async def _finish(
         self,
         started: InvocationRecord,
-        function: Function,
-        request: Request,
-        context: Context,
-        timeout: float,
-        value: object,
+        prepared: PreparedAttempt,
+        rest: Coroutine[Any, Any, object],
     ) -> None:
-        left = max(0.0, (context.deadline or self.clock.now()) - self.clock.now())
+        now = self.clock.now()
+        left = max(0.0, (prepared.context.deadline or now) - now)
+        finishing = replace(prepared, timeout=left, limit=prepared.timeout)
         try:
-            result = await run_on_loop(
-                function,
-                request,
-                context,
-                timeout=left,
-                limit=timeout,
-                cancelled=self._cancel_requested,
-                body=finish_async(value, context),
-            )
+            result = await run_async(finishing, cancelled=self._cancel_requested, body=rest)
         except asyncio.CancelledError:
             # The executor is shutting down: the attempt was cut short, not finished.
             result = AttemptResult(Outcome.INTERRUPTED, None)
         finally:
             self._running_count -= 1
-        self._settled(started, function, result)
+        self._settled(started, prepared.function, result)
 
     def _settled(
         self, started: InvocationRecord, function: Function, result: AttemptResult
@@ -224,7 +199,7 @@ class InlineExecutor(Executor):
         timeout = self.binding.limits_for(function).sync_timeout
         context = self._sync_context(function, request, params, request_id, timeout)
         result = self._loop.run_until_complete(
-            run_on_loop(function, request, context, timeout=timeout)
+            run_async(PreparedAttempt(function, request, context, timeout))
         )
         if result.outcome is not Outcome.SUCCEEDED:
             assert result.error is not None

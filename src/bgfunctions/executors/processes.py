@@ -25,7 +25,6 @@ import asyncio
 import base64
 import contextlib
 import ctypes
-import inspect
 import json
 import logging
 import multiprocessing
@@ -39,23 +38,20 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from bgfunctions._attempt import (
-    as_failure,
-    contained,
+from bgfunctions._loader import find_handler, is_async_handler, load_module
+from bgfunctions.attempts import (
+    PreparedAttempt,
     make_context,
     record_request,
-    settle_pending,
+    run_sync,
     timeout_error,
     to_response,
 )
-from bgfunctions._loader import find_handler, is_async_handler, load_module
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.config import Config
-from bgfunctions.errors import DeadlineExceeded
 from bgfunctions.executors.threads import ThreadExecutor
 from bgfunctions.invocation import InvocationRecord, Outcome, error_type_name
 from bgfunctions.journals.base import Journal
-from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
@@ -461,21 +457,15 @@ def _run_one(
         trust_proxy=message["trust_proxy"],
         site=None,
     )
-    handler = function.handler
-    assert handler is not None
-    with invocation_scope(function.name, record.request_id, message["attempt"]):
-        try:
-            value = handler(request, context)
-            if inspect.isawaitable(value) or context._pending:
-                value = asyncio.run(_finish(value, context))
-        except DeadlineExceeded as exc:
-            return _failure(Outcome.TIMED_OUT, exc)
-        except BaseException as exc:
-            # KeyboardInterrupt, sys.exit(), a CancelledError of its own (nothing here cancels
-            # an attempt: the parent kills the process at the deadline): the handler's
-            # failure, reported by this process, which lives on. Only a process that really
-            # died is "crashed".
-            return _failure(Outcome.ERROR, as_failure(exc))
+    timeout = max(0.0, message["deadline"] - clock.now())
+    # Nothing here cancels an attempt (the parent kills the process at the deadline), so a
+    # CancelledError is the handler's own; sys.exit() and KeyboardInterrupt are its failure too,
+    # reported by this process, which lives on. Only a process that really died is "crashed".
+    result = run_sync(PreparedAttempt(function, request, context, timeout))
+    if result.outcome is not Outcome.SUCCEEDED:
+        assert result.error is not None
+        return _failure(result.outcome, result.error)
+    value = result.value
     reply: dict[str, Any] = {"outcome": Outcome.SUCCEEDED.value}
     if message["sync_call"]:
         try:
@@ -488,13 +478,6 @@ def _run_one(
             "body": base64.b64encode(response.body).decode("ascii"),
         }
     return reply
-
-
-async def _finish(value: object, context: Any) -> object:
-    if inspect.isawaitable(value):
-        value = await contained(value)  # KeyboardInterrupt would escape asyncio.run's task
-    await settle_pending(context)
-    return value
 
 
 def _failure(outcome: Outcome, exc: BaseException) -> dict[str, Any]:

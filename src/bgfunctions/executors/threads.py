@@ -17,22 +17,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import heapq
-import inspect
 import itertools
 import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from bgfunctions._attempt import (
+from bgfunctions.attempts import (
     AttemptResult,
-    as_failure,
-    contained,
-    run_on_loop,
-    settle_pending,
+    PreparedAttempt,
+    run_async,
+    run_sync,
     timeout_error,
     to_response,
     warn_ignored_return,
@@ -41,7 +39,6 @@ from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.context import Context
 from bgfunctions.errors import (
     ConfigError,
-    DeadlineExceeded,
     QueueFullError,
     UnknownFunctionError,
 )
@@ -49,7 +46,6 @@ from bgfunctions.executors._callpool import CallPool
 from bgfunctions.executors.base import Executor, ExecutorStats
 from bgfunctions.invocation import InvocationRecord, Outcome, State
 from bgfunctions.journals.base import Journal
-from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
@@ -418,10 +414,10 @@ class ThreadExecutor(Executor):
         started = self._begin(record)
         if started is None:
             return True
-        inputs = self._prepare(started)
-        if inputs is None:
+        prepared = self._prepare(started)
+        if prepared is None:
             return True
-        function, request, context, timeout = inputs
+        function, context, timeout = prepared.function, prepared.context, prepared.timeout
         attempt = started.attempts[-1]
         token = _Running(
             started, function, threading.current_thread(), context.deadline or 0.0, timeout
@@ -439,7 +435,7 @@ class ThreadExecutor(Executor):
                 self._lanes_armed.add(timeout)
         if arm:
             self._add_timer(token.due, lambda: self._check_lane(timeout))
-        result = self._call_sync(function, request, context)
+        result = run_sync(prepared, finish=self._on_loop)
         with self._running_lock:
             abandoned = token.settled
             if not abandoned:
@@ -525,22 +521,11 @@ class ThreadExecutor(Executor):
             )
         )
 
-    def _call_sync(self, function: Function, request: Request, context: Context) -> AttemptResult:
-        handler = function.handler
-        assert handler is not None
-        with invocation_scope(function.name, context.request_id, context.attempt):
-            try:
-                value = handler(request, context)
-                if inspect.isawaitable(value) or context._pending:
-                    value = self._on_loop(_await_and_settle(value, context))
-            except DeadlineExceeded as exc:
-                return AttemptResult(Outcome.TIMED_OUT, exc, ended_at=context.deadline)
-            except BaseException as exc:  # KeyboardInterrupt, sys.exit(): its failure too
-                # Signals reach only the main thread: in this worker, it is the handler's.
-                return AttemptResult(Outcome.ERROR, as_failure(exc))
-        return AttemptResult(Outcome.SUCCEEDED, value=value)
+    def _run_sync_call(self, prepared: PreparedAttempt) -> AttemptResult:
+        """A synchronous function's sync handler, on a thread of the call pool."""
+        return run_sync(prepared, finish=self._on_loop)
 
-    def _on_loop(self, coro: Any) -> Any:
+    def _on_loop(self, coro: Coroutine[Any, Any, object]) -> object:
         """Run a coroutine on the loop thread and wait for its result (from a worker)."""
         loop = self._ensure_loop()
         return self._wait_future(asyncio.run_coroutine_threadsafe(coro, loop), None)
@@ -591,12 +576,11 @@ class ThreadExecutor(Executor):
         self._check_open()
         timeout = self.binding.limits_for(function).sync_timeout
         context = self._sync_context(function, request, params, request_id, timeout)
+        prepared = PreparedAttempt(function, request, context, timeout)
         if function.is_async:
-            future = asyncio.run_coroutine_threadsafe(
-                run_on_loop(function, request, context, timeout=timeout), self._ensure_loop()
-            )
+            future = asyncio.run_coroutine_threadsafe(run_async(prepared), self._ensure_loop())
         else:
-            future = self._pool().submit(self._call_sync, function, request, context)
+            future = self._pool().submit(self._run_sync_call, prepared)
         try:
             # Enforced here too, not only on the loop: a handler that blocks the loop thread
             # cannot be cancelled there, and the caller must still get its answer on time.
@@ -611,14 +595,13 @@ class ThreadExecutor(Executor):
         self._check_open()
         timeout = self.binding.limits_for(function).sync_timeout
         context = self._sync_context(function, request, params, request_id, timeout)
+        prepared = PreparedAttempt(function, request, context, timeout)
         if function.is_async:
             # On the executor's loop, not the caller's: a handler that blocks (time.sleep)
             # then holds that loop, not the server's, and the time-out below still answers.
-            future = asyncio.run_coroutine_threadsafe(
-                run_on_loop(function, request, context, timeout=timeout), self._ensure_loop()
-            )
+            future = asyncio.run_coroutine_threadsafe(run_async(prepared), self._ensure_loop())
         else:
-            future = self._pool().submit(self._call_sync, function, request, context)
+            future = self._pool().submit(self._run_sync_call, prepared)
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except asyncio.TimeoutError:
@@ -667,13 +650,6 @@ class ThreadExecutor(Executor):
 def _notify(condition: threading.Condition) -> None:
     with condition:
         condition.notify_all()
-
-
-async def _await_and_settle(value: object, context: Context) -> object:
-    if inspect.isawaitable(value):
-        value = await contained(value)  # on the loop thread, which must outlive it
-    await settle_pending(context)
-    return value
 
 
 async def _finish_tasks(loop: asyncio.AbstractEventLoop, grace: float | None) -> None:
