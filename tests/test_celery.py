@@ -97,6 +97,13 @@ HANDLERS = {
             if context.attempt < 3:
                 os.kill(os.getpid(), signal.SIGKILL)
     """,
+    "sys-exit-background": """
+        import sys
+
+        def handler(request, context):
+            if context.attempt == 1:
+                sys.exit(3)
+    """,
     "async-sleep-background": """
         import asyncio
 
@@ -313,6 +320,18 @@ def test_child_exit_is_a_crashed_attempt(setup: Setup) -> None:
     record = setup.run("exit-background")
     assert record.state is State.SUCCEEDED
     assert [a.outcome for a in record.attempts] == [Outcome.CRASHED, Outcome.SUCCEEDED]
+    _gaps_ok(record)
+
+
+def test_a_handlers_sys_exit_is_an_error_and_its_child_lives_on(setup: Setup) -> None:
+    """sys.exit() in a handler is the attempt's error, recorded as SystemExit and retried, as on
+    every engine: not the end of the Celery child (that is only Celery's own stop)."""
+    record = setup.run("sys-exit-background")
+    assert record.state is State.SUCCEEDED
+    assert [(a.outcome, a.error_type) for a in record.attempts] == [
+        (Outcome.ERROR, "SystemExit"),
+        (Outcome.SUCCEEDED, None),
+    ]
     _gaps_ok(record)
 
 

@@ -410,15 +410,15 @@ class CeleryExecutor(Executor):
         except Exception as exc:
             rejected = record.reject(self.clock.now())
             self.journal.finished(rejected)
-            self._emit(EventKind.REJECTED, rejected)
+            self.lifecycle.emit(EventKind.REJECTED, rejected)
             error = NotAcceptedError(
                 f"the broker did not confirm invocation {record.request_id} of function "
                 f"{record.function!r} ({type(exc).__name__}: {exc}); recorded as rejected"
             )
             error.retry_after = 5.0
             raise error from exc
-        self._emit(EventKind.ACCEPTED, record)
-        return Invocation(self, record, request)
+        self.lifecycle.emit(EventKind.ACCEPTED, record)
+        return Invocation(self.lifecycle, record, request)
 
     def _dispatch(self, record: InvocationRecord) -> None:
         countdown = 0.0 if record.next_run_at is None else record.next_run_at - self.clock.now()
@@ -427,7 +427,7 @@ class CeleryExecutor(Executor):
     def _publish(self, record: InvocationRecord, attempt: int, countdown: float) -> None:
         with self._connections.acquire(block=True) as connection:
             _publish(
-                self.celery_app, self._binding, record, attempt, countdown, connection=connection
+                self.celery_app, self.binding, record, attempt, countdown, connection=connection
             )
 
     def cancel(self, request_id: str) -> InvocationRecord:
@@ -441,7 +441,7 @@ class CeleryExecutor(Executor):
         self.journal.finished(record.cancel(self.clock.now()))
         stored = self.journal.get(request_id) or record
         if stored.state is State.CANCELLED:
-            self._emit(EventKind.CANCELLED, stored)
+            self.lifecycle.emit(EventKind.CANCELLED, stored)
         return stored
 
     def _wait(self, handle: Invocation, timeout: float | None) -> None:
@@ -614,14 +614,16 @@ class _WorkerSide(Executor):
         # The record was just read from the journal: hand it to the claim as the live one, so
         # that it is not read a second time (the claim's conditional update still refuses it
         # if another worker changed the row meanwhile).
-        self._live[record.request_id] = Invocation(self, record)
+        self._live[record.request_id] = Invocation(self.lifecycle, record)
         self._beat(record.request_id, True)
         # One loop per worker child, reused by every attempt it runs (a new loop per attempt
         # cost about a millisecond each).
         if self._loop is None or self._loop.is_closed():
             self._loop = self.clock.new_event_loop()
         try:
-            ended = self._loop.run_until_complete(self._attempt_on_loop(record))
+            ended = self._loop.run_until_complete(
+                self.lifecycle.run_on_loop(record, stopping=self._stopping)
+            )
         finally:
             self._beat(record.request_id, False)
             self._live.pop(record.request_id, None)
@@ -663,7 +665,7 @@ class _WorkerSide(Executor):
             retry = self.binding.retry_for(function)
             limit = self.binding.limits_for(function).background_timeout
         if function is not None and seen - attempt.started_at >= limit:
-            ended = self._end(
+            ended = self.lifecycle.end(
                 record,
                 Outcome.TIMED_OUT,
                 timeout_error(function, limit, attempt.number),
@@ -677,7 +679,9 @@ class _WorkerSide(Executor):
                 "signal or out of memory)"
             )
             ended_at = max(seen, attempt.started_at)
-            ended = self._end(record, Outcome.CRASHED, error, ended_at=ended_at, retry=retry)
+            ended = self.lifecycle.end(
+                record, Outcome.CRASHED, error, ended_at=ended_at, retry=retry
+            )
         self._live.pop(record.request_id, None)
         if ended.state is State.RETRY_SCHEDULED:
             self._dispatch(ended)

@@ -53,7 +53,7 @@ class InlineExecutor(Executor):
             )
         super().__init__(clock=clock, journal=journal)
         self._loop: ClockEventLoop = clock.new_event_loop(
-            on_blocked=self._report_blocked, blocking_threshold=blocking_threshold
+            on_blocked=self.lifecycle.report_blocked, blocking_threshold=blocking_threshold
         )
         # Epoch due time -> the records whose next attempt falls due then (see _dispatch).
         self._due: dict[float, list[InvocationRecord]] = {}
@@ -111,10 +111,10 @@ class InlineExecutor(Executor):
             return
         # A sync handler runs right here, in the loop's thread: no task, no timer (it cannot be
         # interrupted anyway; context.sleep() past the deadline ends it).
-        started = self._begin(record)
+        started = self.lifecycle.begin(record)
         if started is None:
             return
-        prepared = self._prepare(started)
+        prepared = self.lifecycle.prepare(started)
         if prepared is None:
             return
         result = start_sync(prepared)
@@ -150,12 +150,12 @@ class InlineExecutor(Executor):
         self, started: InvocationRecord, function: Function, result: AttemptResult
     ) -> None:
         warn_ignored_return(function, result.value)
-        ended = self._end(started, result.outcome, result.error, ended_at=result.ended_at)
+        ended = self.lifecycle.end(started, result.outcome, result.error, ended_at=result.ended_at)
         if ended.state is State.RETRY_SCHEDULED:
             self._dispatch(ended)
 
     async def _run(self, record: InvocationRecord) -> None:
-        ended = await self._attempt_on_loop(record)
+        ended = await self.lifecycle.run_on_loop(record, stopping=self._stopping)
         if ended is not None and ended.state is State.RETRY_SCHEDULED:
             self._dispatch(ended)
 

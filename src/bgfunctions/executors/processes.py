@@ -74,6 +74,7 @@ class _Worker:
         self.process.start()
         child.close()
         self.timed_out = False
+        self.cancelled = False  # killed because its attempt was cancelled
         self.closed = False
         # Wait until it is ready, so that its start-up never eats into an attempt's time.
         ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], 60)
@@ -164,6 +165,7 @@ class ProcessExecutor(ThreadExecutor):
         )
         self.processes_spawned = 0
         self._processes: set[_Worker] = set()
+        self._running_in: dict[str, _Worker] = {}  # request id -> the process running it
 
     # Every attempt goes to a worker thread, which hands it to its process.
     def _ready(self, record: InvocationRecord) -> None:
@@ -184,7 +186,7 @@ class ProcessExecutor(ThreadExecutor):
         worker: _Worker | None = None
         try:
             while (record := self._next_record()) is not None:
-                started = self._begin(record)
+                started = self.lifecycle.begin(record)
                 if started is None:
                     continue
                 try:
@@ -196,20 +198,24 @@ class ProcessExecutor(ThreadExecutor):
                 except Exception as exc:
                     # No function (a reload removed it) or no process to run it in: the claimed
                     # attempt still ends, and this thread lives on.
-                    self._retry_or_finish(self._end(started, Outcome.ERROR, exc))
+                    self._retry_or_finish(self.lifecycle.end(started, Outcome.ERROR, exc))
                     continue
                 with self._lock:
                     self._running_count += 1
+                    self._running_in[started.request_id] = worker
                 try:
                     outcome, error, _ = self._attempt(worker, function, started, timeout, deadline)
                 finally:
                     with self._lock:
                         self._running_count -= 1
+                        del self._running_in[started.request_id]
                 if worker.closed:  # timed out, crashed, or killed with what the handler left
                     self._drop_process(worker)
                     worker = None
                 ended_at = deadline if outcome is Outcome.TIMED_OUT else None
-                self._retry_or_finish(self._end(started, outcome, error, ended_at=ended_at))
+                self._retry_or_finish(
+                    self.lifecycle.end(started, outcome, error, ended_at=ended_at)
+                )
         finally:
             if worker is not None:
                 worker.stop()
@@ -251,6 +257,8 @@ class ProcessExecutor(ThreadExecutor):
         }
         reply = worker.run(message, max(0.0, timeout))
         if reply is None:
+            if worker.cancelled:
+                return Outcome.CANCELLED, None, None
             if worker.timed_out:
                 log.warning(
                     "function %r (request %s) ran past its %g s limit; its worker process was "
@@ -327,6 +335,17 @@ class ProcessExecutor(ThreadExecutor):
             if killer is not None:
                 killer.cancel()
             self._kill_all()
+
+    def _cancel_running(self, request_id: str) -> None:
+        """A running attempt was cancelled: kill its process (and what the handler started);
+        the attempt ends ``cancelled`` and a new process takes the old one's place."""
+        with self._lock:
+            worker = self._running_in.get(request_id)
+            if worker is None or worker.closed:
+                return  # it ended meanwhile, or has not reached its process yet
+            worker.cancelled = True
+            worker.kill_group()
+        log.info("attempt of %s cancelled: its worker process was killed", request_id)
 
     def _kill_all(self) -> None:
         with self._lock:

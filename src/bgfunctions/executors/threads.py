@@ -170,7 +170,7 @@ class ThreadExecutor(Executor):
         if self._closed:
             return
         try:
-            self._heartbeat()
+            self.lifecycle.heartbeat()
             self.recover()
         except Exception:
             log.warning("journal maintenance failed; retrying", exc_info=True)
@@ -180,9 +180,9 @@ class ThreadExecutor(Executor):
         with self._lock:
             if self._loop is None:
                 loop = self.clock.new_event_loop(
-                    on_blocked=self._report_blocked,
+                    on_blocked=self.lifecycle.report_blocked,
                     blocking_threshold=self._blocking_threshold,
-                    on_starved=self._report_starved,
+                    on_starved=self.lifecycle.report_starved,
                 )
                 ready = threading.Event()
                 thread = threading.Thread(
@@ -278,9 +278,9 @@ class ThreadExecutor(Executor):
             # Its function was removed (a reload): end it as failed rather than strand it.
             with self._count_lock:
                 self._pending -= 1
-            started = self._begin(record)
+            started = self.lifecycle.begin(record)
             if started is not None:
-                self._end(started, Outcome.ERROR, exc, retry=RetryPolicy(delays=()))
+                self.lifecycle.end(started, Outcome.ERROR, exc, retry=RetryPolicy(delays=()))
             return
         if function.is_async:
             loop = self._ensure_loop()
@@ -364,7 +364,7 @@ class ThreadExecutor(Executor):
         self._loop.create_task(self._run_async(record))
 
     async def _run_async(self, record: InvocationRecord) -> None:
-        ended = await self._attempt_on_loop(record)
+        ended = await self.lifecycle.run_on_loop(record, stopping=self._stopping)
         if ended is not None:
             self._retry_or_finish(ended)
 
@@ -411,10 +411,10 @@ class ThreadExecutor(Executor):
 
     def _run_sync(self, record: InvocationRecord) -> bool:
         """Run one sync attempt; False when this thread was abandoned meanwhile."""
-        started = self._begin(record)
+        started = self.lifecycle.begin(record)
         if started is None:
             return True
-        prepared = self._prepare(started)
+        prepared = self.lifecycle.prepare(started)
         if prepared is None:
             return True
         function, context, timeout = prepared.function, prepared.context, prepared.timeout
@@ -458,7 +458,7 @@ class ThreadExecutor(Executor):
             return False
         warn_ignored_return(function, result.value)
         self._retry_or_finish(
-            self._end(started, result.outcome, result.error, ended_at=result.ended_at)
+            self.lifecycle.end(started, result.outcome, result.error, ended_at=result.ended_at)
         )
         return True
 
@@ -513,7 +513,7 @@ class ThreadExecutor(Executor):
             token.timeout,
         )
         self._retry_or_finish(
-            self._end(
+            self.lifecycle.end(
                 token.record,
                 Outcome.TIMED_OUT,
                 timeout_error(token.function, token.timeout, attempt),
