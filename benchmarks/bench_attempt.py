@@ -42,7 +42,7 @@ async def _per_attempt(app: App, n: int) -> float:
     executor = app.executor
     started = time.perf_counter()
     for _ in range(n):
-        context = executor._sync_context(function, request, {}, "bench", 60)
+        context = executor.lifecycle.sync_context(function, request, {}, "bench", 60)
         await run_on_loop(function, request, context, timeout=60)
     return (time.perf_counter() - started) / n * 1e6
 

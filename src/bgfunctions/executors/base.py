@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from bgfunctions.attempts import Stopping
 from bgfunctions.clock import Clock, ClockEventLoop
-from bgfunctions.context import Context
 from bgfunctions.errors import ExecutorShutdownError
 from bgfunctions.handles import Binding, Invocation
 from bgfunctions.invocation import EventKind, InvocationRecord
@@ -264,17 +263,6 @@ class Executor(ABC):
     def _wait(self, handle: Invocation, timeout: float | None) -> None:
         """How a caller waits for ``handle``: on the lifecycle's condition (threaded engines)."""
         self.lifecycle.wait_threaded(handle, timeout)
-
-    def _sync_context(
-        self,
-        function: Function,
-        request: Request,
-        params: Mapping[str, str],
-        request_id: str,
-        timeout: float,
-    ) -> Context:
-        """The Context of a synchronous function's one attempt, due in ``timeout`` s."""
-        return self.lifecycle.sync_context(function, request, params, request_id, timeout)
 
     def _check_accepting(self) -> None:
         if self._closed:

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from bgfunctions.attempts import timeout_error
 from bgfunctions.clock import SystemClock
@@ -40,19 +40,10 @@ EARLY = 1.0
 JournalSource = Journal | Callable[[], Journal]
 
 
-class Publish(Protocol):
-    """Sends ``run_attempt(record, attempt)`` (the executor module's ``_publish``)."""
-
-    def __call__(
-        self,
-        app: Any,
-        binding: Binding | None,
-        record: InvocationRecord,
-        attempt: int,
-        countdown: float,
-        *,
-        seen: float | None = None,
-    ) -> None: ...
+Publish = Callable[..., None]
+"""Sends ``run_attempt(record, attempt)``: the executor module's ``_publish(app, binding,
+record, attempt, countdown, *, seen=None)``, handed over so that neither module imports the
+other's privates."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -197,7 +197,7 @@ class InlineExecutor(Executor):
     ) -> Response:
         self._check_accepting()
         timeout = self.binding.limits_for(function).sync_timeout
-        context = self._sync_context(function, request, params, request_id, timeout)
+        context = self.lifecycle.sync_context(function, request, params, request_id, timeout)
         result = self._loop.run_until_complete(
             run_async(PreparedAttempt(function, request, context, timeout))
         )

@@ -575,7 +575,7 @@ class ThreadExecutor(Executor):
     ) -> Response:
         self._check_open()
         timeout = self.binding.limits_for(function).sync_timeout
-        context = self._sync_context(function, request, params, request_id, timeout)
+        context = self.lifecycle.sync_context(function, request, params, request_id, timeout)
         prepared = PreparedAttempt(function, request, context, timeout)
         if function.is_async:
             future = asyncio.run_coroutine_threadsafe(run_async(prepared), self._ensure_loop())
@@ -594,7 +594,7 @@ class ThreadExecutor(Executor):
     ) -> Response:
         self._check_open()
         timeout = self.binding.limits_for(function).sync_timeout
-        context = self._sync_context(function, request, params, request_id, timeout)
+        context = self.lifecycle.sync_context(function, request, params, request_id, timeout)
         prepared = PreparedAttempt(function, request, context, timeout)
         if function.is_async:
             # On the executor's loop, not the caller's: a handler that blocks (time.sleep)
