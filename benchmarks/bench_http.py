@@ -13,7 +13,9 @@ The apps, every one a no-op so that only the machinery is measured:
   async / a sync no-op (the peer: a FastAPI user's ``BackgroundTasks``);
 - ``bgf-async`` / ``bgf-sync``: bgfunctions' ``ASGIApp`` mounted in Starlette
   (``Mount("/fn", ...)``, the README's way), with an async / a sync no-op background function,
-  the default executor and the memory journal;
+  the default executor and the memory journal (async attempts on the server's own loop);
+- ``bgf-async-thread``: the same with ``ThreadExecutor(loop="thread")``: async attempts on the
+  executor's own loop thread, as before host mode;
 - ``serve``: ``bgfunctions serve`` on a site with the async no-op (its defaults: the SQLite
   journal, one line per event on its output). It picks its own stack, so it is in the first
   table only.
@@ -61,11 +63,17 @@ URLS = {
     "bt-async": ROUTE,
     "bt-sync": ROUTE,
     "bgf-async": "/fn" + ROUTE,
+    "bgf-async-thread": "/fn" + ROUTE,
     "bgf-sync": "/fn" + ROUTE,
     "serve": "/.netlify/functions/noop-background",
 }
 APPS = tuple(URLS)
-PEER = {"bgf-async": "bt-async", "bgf-sync": "bt-sync", "serve": "bt-async"}
+PEER = {
+    "bgf-async": "bt-async",
+    "bgf-async-thread": "bt-async",
+    "bgf-sync": "bt-sync",
+    "serve": "bt-async",
+}
 STACKS = {"uvloop": ("uvloop", "httptools"), "asyncio": ("asyncio", "h11")}
 WARMUP = 1.0
 BACKLOG_WAIT = 1.0
@@ -115,12 +123,15 @@ def bare_app(counters: Counters) -> Any:
     return app
 
 
-def bgfunctions_app(counters: Counters, is_async: bool) -> tuple[Any, Callable[[], int]]:
-    """(Starlette with bgfunctions' ASGIApp mounted at /fn, a function returning the backlog)."""
+def bgfunctions_app(
+    counters: Counters, is_async: bool, loop: str = "host"
+) -> tuple[Any, Callable[[], int]]:
+    """(Starlette with bgfunctions' ASGIApp mounted at /fn, a function returning the backlog).
+    ``loop``: the ThreadExecutor's placement of async attempts ("host": the server's loop)."""
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
-    from bgfunctions import App, Config, Event, EventKind, Registry
+    from bgfunctions import App, Config, Event, EventKind, Registry, ThreadExecutor
     from bgfunctions.asgi import ASGIApp
 
     def on_event(event: Event) -> None:
@@ -131,7 +142,7 @@ def bgfunctions_app(counters: Counters, is_async: bool) -> tuple[Any, Callable[[
 
     registry = Registry()
     registry.add("noop", async_noop if is_async else noop, config=Config(background=True))
-    app = App(registry, on_event=on_event)
+    app = App(registry, executor=ThreadExecutor(loop=loop), on_event=on_event)
     functions = ASGIApp(app)
 
     def backlog() -> int:
@@ -177,7 +188,9 @@ def serve(kind: str, port: int, stack: str, profile: str | None) -> None:
         app = bare_app(counters)
         backlog = lambda: 0  # noqa: E731
     elif kind.startswith("bgf-"):
-        app, backlog = bgfunctions_app(counters, kind == "bgf-async")
+        app, backlog = bgfunctions_app(
+            counters, kind.startswith("bgf-async"), "thread" if kind.endswith("-thread") else "host"
+        )
     else:
         app = starlette_app(counters, kind == "bt-async")
         # A BackgroundTask runs after its response: accepted minus completed is the backlog.

@@ -104,6 +104,7 @@ class ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
         """A lifespan context for Starlette/FastAPI when this app is mounted inside one."""
+        self.app.executor.serve_on(asyncio.get_running_loop())
         await asyncio.to_thread(self.app.start)
         try:
             yield
@@ -115,6 +116,7 @@ class ASGIApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    self.app.executor.serve_on(asyncio.get_running_loop())
                     await asyncio.to_thread(self.app.start)
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -349,11 +351,13 @@ async def _send(send: Send, response: Response, *, head: bool = False) -> None:
     """Send ``response``; for ``head``, its headers (content-length included) and no body.
 
     A response made before any request id (a 400 or 413 of the adapter's) gets one."""
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.raw]
-    if "x-nf-request-id" not in response.headers:
+    raw = response.headers.raw
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in raw]
+    names = {k for k, _ in raw}
+    if "x-nf-request-id" not in names:
         headers.append((b"x-nf-request-id", new_request_id().encode("ascii")))
     body = response.body
-    if response.status not in (204, 304) and "content-length" not in response.headers:
+    if response.status not in (204, 304) and "content-length" not in names:
         headers.append((b"content-length", str(len(body)).encode("ascii")))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})

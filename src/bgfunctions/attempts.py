@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from bgfunctions.clock import Clock
+from bgfunctions.clock import Clock, timed_steps
 from bgfunctions.context import Context, Site
 from bgfunctions.errors import DeadlineExceeded
 from bgfunctions.invocation import InvocationRecord, Outcome, error_type_name
@@ -245,6 +245,7 @@ async def run_async(
     cancelled: set[str] | None = None,
     body: Coroutine[Any, Any, object] | None = None,
     stopping: Stopping | None = None,
+    watch: tuple[float, Callable[[float], None]] | None = None,
 ) -> AttemptResult:
     """Run one attempt on the running loop (async handlers, and sync ones on virtual time);
     ``body``: the rest of an attempt :func:`start_sync` began, instead of calling the handler.
@@ -258,14 +259,19 @@ async def run_async(
     caller's own task (a shutdown) cancels the attempt and propagates. Any other exception,
     ``BaseException`` included, is the attempt's ``error``: that includes a ``CancelledError``
     nobody here asked for, which the handler raised itself.
+
+    ``watch``: ``(threshold, report)``: time the attempt's own steps (see
+    :func:`~bgfunctions.clock.timed_steps`), for a loop that has no blocked-loop hook.
     """
     function, request, context = prepared.function, prepared.request, prepared.context
     loop = asyncio.get_running_loop()
     with invocation_scope(function.name, context.request_id, context.attempt):
         # The task copies the context now, so the handler's log lines carry the invocation.
+        coro = contained(body) if body is not None else _body(function, request, context, stopping)
+        if watch is not None:
+            coro = _watched(timed_steps(coro, *watch))
         task = loop.create_task(
-            contained(body) if body is not None else _body(function, request, context, stopping),
-            name=f"{function.name}:{context.request_id}:{context.attempt}",
+            coro, name=f"{function.name}:{context.request_id}:{context.attempt}"
         )
     expired = False
 
@@ -355,6 +361,10 @@ def _timed_out(prepared: PreparedAttempt) -> AttemptResult:
         timeout_error(prepared.function, limit, prepared.context.attempt),
         ended_at=prepared.context.deadline,
     )
+
+
+async def _watched(steps: Awaitable[object]) -> object:
+    return await steps
 
 
 async def _until_done(task: asyncio.Task[object]) -> BaseException | None:

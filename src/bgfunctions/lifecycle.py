@@ -274,10 +274,18 @@ class Lifecycle:
         )
 
     async def run_on_loop(
-        self, record: InvocationRecord, *, stopping: Stopping | None = None
+        self,
+        record: InvocationRecord,
+        *,
+        stopping: Stopping | None = None,
+        watch: float | None = None,
     ) -> InvocationRecord | None:
         """Run the next attempt of ``record`` on the running loop; the ended record, or None
-        when it was cancelled before it started. Engines schedule what follows."""
+        when it was cancelled before it started. Engines schedule what follows.
+
+        ``watch``: on a loop the executor does not own (no ``on_blocked`` hook of ours), time
+        the handler's own steps and warn, naming the function, when one holds the loop longer
+        than this many seconds."""
         started = self.begin(record)
         if started is None:
             return None
@@ -287,7 +295,14 @@ class Lifecycle:
         function, context = prepared.function, prepared.context
         self.running += 1
         try:
-            result = await run_async(prepared, cancelled=self.cancel_requested, stopping=stopping)
+            result = await run_async(
+                prepared,
+                cancelled=self.cancel_requested,
+                stopping=stopping,
+                watch=None
+                if watch is None
+                else (watch, lambda seconds: self.report_blocked_handler(function.name, seconds)),
+            )
         except asyncio.CancelledError:
             if not self.closed:
                 raise
@@ -315,19 +330,23 @@ class Lifecycle:
         name = task.get_name() if task is not None else ""
         function, _, rest = name.partition(":")
         if rest:
-            log.warning(
-                "async handler of function %r blocked the event loop for %.2f s (task %s); "
-                "await asyncio.sleep() or other awaitables instead of blocking calls",
-                function,
-                seconds,
-                name,
-            )
+            self.report_blocked_handler(function, seconds, name)
         else:
             log.warning(
                 "the executor's own %s held its event loop for %.2f s",
                 f"task {name}" if name else "callback",
                 seconds,
             )
+
+    def report_blocked_handler(self, function: str, seconds: float, task: str = "") -> None:
+        """One step of ``function``'s async handler held the event loop ``seconds``."""
+        log.warning(
+            "async handler of function %r blocked the event loop for %.2f s%s; "
+            "await asyncio.sleep() or other awaitables instead of blocking calls",
+            function,
+            seconds,
+            f" (task {task})" if task else "",
+        )
 
     def report_starved(self, seconds: float, callbacks: int) -> None:
         """The loop's ``on_starved`` hook: it fell behind with nothing blocking it. Said at

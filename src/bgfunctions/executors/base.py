@@ -251,6 +251,11 @@ class Executor(ABC):
     def _dispatch(self, record: InvocationRecord) -> None:
         """Arrange for the next attempt of ``record`` at ``record.next_run_at``."""
 
+    def serve_on(self, loop: asyncio.AbstractEventLoop) -> None:  # noqa: B027 - optional
+        """The event loop the host server runs on, called from that loop's thread before
+        :meth:`start` (``ASGIApp``'s lifespan does). Engines that can run async attempts on the
+        server's own loop use it; by default nothing changes."""
+
     def _claim_unavailable(self, started: InvocationRecord) -> None:  # noqa: B027 - optional
         """The journal could not take the claim of ``started``'s attempt; it may even have
         committed it (a connection that broke after the statement was sent). Engines that will

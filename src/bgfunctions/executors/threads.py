@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import heapq
 import itertools
 import logging
@@ -35,7 +36,7 @@ from bgfunctions.attempts import (
     to_response,
     warn_ignored_return,
 )
-from bgfunctions.clock import Clock, SystemClock
+from bgfunctions.clock import Clock, ClockEventLoop, SystemClock
 from bgfunctions.context import Context
 from bgfunctions.errors import (
     ConfigError,
@@ -96,10 +97,23 @@ class ThreadExecutor(Executor):
         journal: Journal | None = None,
         blocking_threshold: float = 1.0,
         maintenance_interval: float = 1.0,
+        loop: str = "host",
     ) -> None:
         """``maintenance_interval``: seconds between lease renewals and polls of a durable
-        journal (keep it well below the journal's lease)."""
+        journal (keep it well below the journal's lease).
+
+        ``loop``: where async background attempts run once a server hands its loop over with
+        :meth:`serve_on` (``ASGIApp``'s lifespan does): ``"host"`` runs them on the server's
+        own loop, as Starlette's ``BackgroundTasks`` do (no thread hand-off; a handler that
+        blocks holds the server's requests too, and is named in a warning); ``"thread"`` keeps
+        them on the executor's own loop thread (isolated). Host mode applies only with a
+        non-durable journal (a durable journal's claims and ends are blocking commits, which
+        must not hold the server's loop) and a loop on the executor's clock; otherwise, and
+        until ``serve_on``, attempts run on the loop thread."""
         super().__init__(clock=clock if clock is not None else SystemClock(), journal=journal)
+        if loop not in ("host", "thread"):
+            raise ConfigError(f"ThreadExecutor.loop: expected 'host' or 'thread'; got {loop!r}")
+        self.loop_mode = loop
         self.maintenance_interval = maintenance_interval
         if max_workers is None:
             max_workers = min(32, (os.cpu_count() or 1) + 4)
@@ -148,6 +162,10 @@ class ThreadExecutor(Executor):
         self._loop_thread: threading.Thread | None = None
         self._call_pool: CallPool | None = None
         self._started = False
+        # The server's loop, its thread, and the attempts running on it (host mode).
+        self._host: asyncio.AbstractEventLoop | None = None
+        self._host_thread: int | None = None
+        self._host_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -163,6 +181,26 @@ class ThreadExecutor(Executor):
         if self.journal.durable:
             self.recover()
             self._add_timer(self.clock.monotonic() + self.maintenance_interval, self._maintain)
+
+    def serve_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run async attempts on ``loop``, the server's own, from now on (``loop="host"``;
+        see the constructor for when it applies). Call it from ``loop``'s thread."""
+        if self.loop_mode != "host" or self.journal.durable:
+            return
+        if isinstance(loop, ClockEventLoop):
+            if loop.clock is not self.clock:
+                return  # another clock's loop: its timers would not keep our time
+        elif not isinstance(self.clock, SystemClock):
+            return  # a virtual clock needs a loop that keeps its time
+        with self._lock:
+            self._host, self._host_thread = loop, threading.get_ident()
+
+    @property
+    def host_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The server's loop that async attempts run on, or None: they run on the executor's
+        own loop thread (``loop="thread"``, a durable journal, another clock, or no
+        :meth:`serve_on` yet)."""
+        return self._host
 
     def _maintain(self) -> None:
         """Every ``maintenance_interval``: renew leases, take over work of dead processes and
@@ -220,12 +258,13 @@ class ThreadExecutor(Executor):
             self._timer_lock.notify_all()
         limit = None if wait and grace is None else (grace or 0.0)
         end = None if limit is None else self.clock.monotonic() + limit
+        self._finish_host_tasks(end)
         for thread in workers:
             thread.join(None if end is None else max(0.0, end - self.clock.monotonic()))
         if self._loop is not None and self._loop_thread is not None:
             loop = self._loop
             left = None if end is None else max(0.0, end - self.clock.monotonic())
-            future = asyncio.run_coroutine_threadsafe(_finish_tasks(loop, left), loop)
+            future = asyncio.run_coroutine_threadsafe(_finish_tasks(None, left), loop)
             future.result()
             loop.call_soon_threadsafe(loop.stop)
             self._loop_thread.join()
@@ -234,6 +273,20 @@ class ThreadExecutor(Executor):
             self._timer_thread.join()
         if self._call_pool is not None:
             self._call_pool.shutdown(wait=wait)
+
+    def _finish_host_tasks(self, end: float | None) -> None:
+        """At shutdown: give the attempts running on the server's loop until ``end`` (None:
+        all they need), then cancel them (recorded ``interrupted``)."""
+        host, tasks = self._host, set(self._host_tasks)
+        if host is None or not tasks or host.is_closed():
+            return
+        left = None if end is None else max(0.0, end - self.clock.monotonic())
+        if threading.get_ident() == self._host_thread or not host.is_running():
+            # Called on the server's loop itself (or with it stopped): it cannot wait here.
+            for task in tasks:
+                host.call_soon_threadsafe(task.cancel)
+            return
+        asyncio.run_coroutine_threadsafe(_finish_tasks(tasks, left), host).result()
 
     def stats(self) -> ExecutorStats:
         with self._lock:
@@ -283,6 +336,9 @@ class ThreadExecutor(Executor):
                 self.lifecycle.end(started, Outcome.ERROR, exc, retry=RetryPolicy(delays=()))
             return
         if function.is_async:
+            host = self._host
+            if host is not None and self._start_on_host(host, record):
+                return
             loop = self._ensure_loop()
             loop.call_soon_threadsafe(self._start_async, record)
             return
@@ -363,22 +419,47 @@ class ThreadExecutor(Executor):
         assert self._loop is not None
         self._loop.create_task(self._run_async(record))
 
-    async def _run_async(self, record: InvocationRecord) -> None:
-        ended = await self.lifecycle.run_on_loop(record, stopping=self._stopping)
+    async def _run_async(self, record: InvocationRecord, watch: float | None = None) -> None:
+        ended = await self.lifecycle.run_on_loop(record, stopping=self._stopping, watch=watch)
         if ended is not None:
             self._retry_or_finish(ended)
 
-    def _cancel_running(self, request_id: str) -> None:
-        loop = self._loop
-        if loop is None:
-            return
+    # -- async attempts on the server's loop (host mode) --------------------------------------
 
-        def cancel() -> None:
+    def _start_on_host(self, host: asyncio.AbstractEventLoop, record: InvocationRecord) -> bool:
+        """Start ``record``'s async attempt on the server's loop: at once when called on it,
+        else through the loop's queue. False when that loop is gone (the loop thread runs it)."""
+        if threading.get_ident() == self._host_thread:
+            self._start_host_task(record)
+            return True
+        try:
+            host.call_soon_threadsafe(self._start_host_task, record)
+        except RuntimeError:  # closed: the server stopped without a lifespan shutdown
+            with self._lock:
+                self._host = None
+            return False
+        return True
+
+    def _start_host_task(self, record: InvocationRecord) -> None:
+        with self._count_lock:
+            self._pending -= 1
+        if self._closed:
+            return  # shutting down: it stays unfinished in the journal
+        assert self._host is not None
+        task = self._host.create_task(self._run_async(record, watch=self._blocking_threshold))
+        self._host_tasks.add(task)
+        task.add_done_callback(self._host_tasks.discard)
+
+    def _cancel_running(self, request_id: str) -> None:
+        def cancel(loop: asyncio.AbstractEventLoop) -> None:
             for task in asyncio.all_tasks(loop):
                 if task.get_name().split(":")[1:2] == [request_id]:
                     task.cancel()
 
-        loop.call_soon_threadsafe(cancel)
+        for loop in (self._loop, self._host):
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # closed meanwhile
+                    loop.call_soon_threadsafe(cancel, loop)
 
     # -- sync attempts on worker threads ------------------------------------------------------
 
@@ -652,9 +733,12 @@ def _notify(condition: threading.Condition) -> None:
         condition.notify_all()
 
 
-async def _finish_tasks(loop: asyncio.AbstractEventLoop, grace: float | None) -> None:
+async def _finish_tasks(given: set[asyncio.Task[None]] | None, grace: float | None) -> None:
+    """Wait up to ``grace`` for ``given`` tasks (None: every other task of this loop), then
+    cancel those still running and wait for them to record how they ended."""
     current = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks(loop) if t is not current]
+    pool = asyncio.all_tasks() if given is None else given
+    tasks = [t for t in pool if t is not current and not t.done()]
     if not tasks:
         return
     _, still = await asyncio.wait(tasks, timeout=grace)
