@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -49,6 +48,7 @@ from bgfunctions.invocation import (
 )
 from bgfunctions.journals.base import Journal
 from bgfunctions.registry import Function
+from bgfunctions.reports import LoopReports, log_failure
 from bgfunctions.requests import Request
 from bgfunctions.retry import RetryPolicy
 
@@ -99,7 +99,8 @@ class Lifecycle:
         self.closed = False
         self.running = 0
         """Attempts running on a loop (engines add their own counts)."""
-        self._starved_said = -math.inf
+        self.reports = LoopReports(clock)
+        """The hooks of the engine's loops (a blocked handler, a loop that fell behind)."""
 
     @property
     def binding(self) -> Binding:
@@ -301,7 +302,7 @@ class Lifecycle:
                 stopping=stopping,
                 watch=None
                 if watch is None
-                else (watch, lambda seconds: self.report_blocked_handler(function.name, seconds)),
+                else (watch, lambda seconds: self.reports.blocked_handler(function.name, seconds)),
             )
         except asyncio.CancelledError:
             if not self.closed:
@@ -321,46 +322,6 @@ class Lifecycle:
             self.running -= 1
         warn_ignored_return(function, result.value)
         return self.end(started, result.outcome, result.error, ended_at=result.ended_at)
-
-    def report_blocked(self, task: asyncio.Task[Any] | None, seconds: float) -> None:
-        """The loop's ``on_blocked`` hook: one step of ``task`` held the loop ``seconds``.
-
-        An attempt's handler runs in a task named ``function:request_id:attempt``: that names
-        the function. Any other task or callback is the engine's own, and is named as such."""
-        name = task.get_name() if task is not None else ""
-        function, _, rest = name.partition(":")
-        if rest:
-            self.report_blocked_handler(function, seconds, name)
-        else:
-            log.warning(
-                "the executor's own %s held its event loop for %.2f s",
-                f"task {name}" if name else "callback",
-                seconds,
-            )
-
-    def report_blocked_handler(self, function: str, seconds: float, task: str = "") -> None:
-        """One step of ``function``'s async handler held the event loop ``seconds``."""
-        log.warning(
-            "async handler of function %r blocked the event loop for %.2f s%s; "
-            "await asyncio.sleep() or other awaitables instead of blocking calls",
-            function,
-            seconds,
-            f" (task {task})" if task else "",
-        )
-
-    def report_starved(self, seconds: float, callbacks: int) -> None:
-        """The loop's ``on_starved`` hook: it fell behind with nothing blocking it. Said at
-        most once a minute, at INFO: it describes the machine's load, not a handler's fault."""
-        now = self.clock.monotonic()
-        if now - self._starved_said < 60.0:
-            return
-        self._starved_said = now
-        log.info(
-            "the executor's event loop fell behind: one pass over %d ready callbacks took "
-            "%.2f s, none of them long; the process is short of CPU",
-            callbacks,
-            seconds,
-        )
 
     def current(self, request_id: str, fallback: InvocationRecord) -> InvocationRecord:
         handle = self.live.get(request_id)
@@ -455,7 +416,7 @@ class Lifecycle:
             return ended
         self.emit(EventKind.ATTEMPT_ENDED, ended)
         if error is not None and outcome.failed:
-            _log_failure(ended, error)  # after the event: its line, then the traceback
+            log_failure(ended, error)  # after the event: its line, then the traceback
         state = ended.state
         if state is State.RETRY_SCHEDULED:
             self.emit(EventKind.RETRY_SCHEDULED, ended)
@@ -556,38 +517,3 @@ class Lifecycle:
         """Await ``handle`` from any event loop, without blocking it."""
         if not handle.done():
             await asyncio.get_running_loop().run_in_executor(None, self.wait, handle, None)
-
-
-def _log_failure(ended: InvocationRecord, error: BaseException) -> None:
-    """Log a failed attempt with its traceback: at INFO while retries are left (a handler may
-    fail and recover), at WARNING when the invocation failed for good."""
-    final = ended.state is State.FAILED
-    level = logging.WARNING if final else logging.INFO
-    if not log.isEnabledFor(level):
-        return  # failures with retries left, unless INFO is on: no formatting, no traceback
-    attempt = ended.attempts[-1]
-    if final:
-        what = "no attempts left"
-    elif ended.next_run_at is not None and attempt.ended_at is not None:
-        what = f"retry in {ended.next_run_at - attempt.ended_at:g} s"
-    else:
-        what = str(ended.state)
-    log.log(
-        level,
-        "attempt %d of function %r (request %s) %s: %s: %s; %s",
-        attempt.number,
-        ended.function,
-        ended.request_id,
-        attempt.outcome,
-        attempt.error_type,
-        attempt.error_message,
-        what,
-        exc_info=error if error.__traceback__ is not None else None,
-        # What InvocationFilter adds inside a handler: this is logged just after it.
-        extra={
-            "bg_function": ended.function,
-            "bg_request_id": ended.request_id,
-            "bg_attempt": attempt.number,
-            "bg_failed_attempt": True,  # what bgfunctions serve shows as a traceback only
-        },
-    )

@@ -53,7 +53,7 @@ class InlineExecutor(Executor):
             )
         super().__init__(clock=clock, journal=journal)
         self._loop: ClockEventLoop = clock.new_event_loop(
-            on_blocked=self.lifecycle.report_blocked, blocking_threshold=blocking_threshold
+            on_blocked=self.lifecycle.reports.blocked, blocking_threshold=blocking_threshold
         )
         # Epoch due time -> the records whose next attempt falls due then (see _dispatch).
         self._due: dict[float, list[InvocationRecord]] = {}

@@ -218,9 +218,9 @@ class ThreadExecutor(Executor):
         with self._lock:
             if self._loop is None:
                 loop = self.clock.new_event_loop(
-                    on_blocked=self.lifecycle.report_blocked,
+                    on_blocked=self.lifecycle.reports.blocked,
                     blocking_threshold=self._blocking_threshold,
-                    on_starved=self.lifecycle.report_starved,
+                    on_starved=self.lifecycle.reports.starved,
                 )
                 ready = threading.Event()
                 thread = threading.Thread(
