@@ -75,13 +75,14 @@ class Lifecycle:
         cancel_running: Callable[[str], None] = _nothing,
         claim_unavailable: Callable[[InvocationRecord], None] = _nothing,
         waiter: Callable[[Invocation, float | None], None] | None = None,
+        closed: Callable[[], bool] = lambda: False,
     ) -> None:
         """``dispatch``: arrange the next attempt of a record at its ``next_run_at``.
         ``cancel_running``: stop a running attempt, if the engine can (else it runs to its
         end). ``claim_unavailable``: the journal could not take a claim (it may even have
         committed it); engines that will not see that row again by themselves arrange to look
         at it later. ``waiter``: how a caller waits for an invocation (default: on a condition
-        the engine's threads notify)."""
+        the engine's threads notify). ``closed``: whether the engine was shut down."""
         self.name = name
         self.clock = clock
         self.journal = journal
@@ -96,11 +97,17 @@ class Lifecycle:
         self._finished = threading.Condition(self.lock)
         self._waiters = 0
         self.cancel_requested: set[str] = set()
-        self.closed = False
+        self._engine_closed = closed
         self.running = 0
         """Attempts running on a loop (engines add their own counts)."""
         self.reports = LoopReports(clock)
         """The hooks of the engine's loops (a blocked handler, a loop that fell behind)."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the engine was shut down: no recovery, and an attempt cut off is recorded
+        ``interrupted``."""
+        return self._engine_closed()
 
     @property
     def binding(self) -> Binding:

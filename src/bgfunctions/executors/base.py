@@ -73,7 +73,9 @@ class Executor(ABC):
             cancel_running=self._cancel_running,
             claim_unavailable=self._claim_unavailable,
             waiter=self._wait,
+            closed=lambda: self._closed,
         )
+        self._closed = False
         lifecycle = self.lifecycle
         # The lifecycle's tables, under the names the engines use (the same objects).
         self._live = lifecycle.live
@@ -83,14 +85,6 @@ class Executor(ABC):
         # against a bound on waiting work (ThreadExecutor.max_pending) like dispatched ones.
         self._committing = 0
         self._committing_lock = threading.Lock()
-
-    @property
-    def _closed(self) -> bool:
-        return self.lifecycle.closed
-
-    @_closed.setter
-    def _closed(self, closed: bool) -> None:
-        self.lifecycle.closed = closed
 
     @property
     def _running_count(self) -> int:
