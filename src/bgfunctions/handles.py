@@ -51,7 +51,7 @@ class Invocation:
     ) -> None:
         self._lifecycle = lifecycle
         self._record = record
-        # Serialises this invocation's claim (_begin) against cancel(): one small lock per
+        # Serialises this invocation's claim (Lifecycle.begin) against cancel(): one small lock per
         # invocation, so threads working on different invocations never wait on each other.
         self._guard = threading.Lock()
         # The accepted Request, reused by every attempt in this process (records carry the same

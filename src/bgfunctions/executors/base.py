@@ -56,7 +56,8 @@ class Executor(ABC):
 
     Subclasses implement where attempts run (:meth:`_dispatch`, :meth:`call`,
     :meth:`call_async`, :meth:`shutdown`) and change records only through
-    :meth:`_begin` and :meth:`_end`.
+    :attr:`lifecycle` (``begin`` and ``end``): the one
+    :class:`~bgfunctions.lifecycle.Lifecycle` every executor holds.
     """
 
     _stopping: Stopping | None = None

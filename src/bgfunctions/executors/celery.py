@@ -10,8 +10,9 @@ invocation X, attempt N":
   record becomes ``rejected`` and the App answers 503, never 202;
 * a worker (``bgfunctions worker``, or ``celery -A bgfunctions.executors.celery:app worker``)
   claims the attempt in the journal, runs the handler, ends the attempt through the shared
-  state machine of :class:`~bgfunctions.executor.Executor`, and publishes the next attempt with an
-  explicit countdown (the retry delay) when one is due. Celery never retries anything;
+  :class:`~bgfunctions.lifecycle.Lifecycle` (in :mod:`.celery_worker`), and publishes the
+  next attempt with an explicit countdown (the retry delay) when one is due. Celery never
+  retries anything;
 * a message redelivered while its attempt is still ``running`` (its worker child was killed at
   the hard limit, or died) takes the attempt over once its lease expired and ends it as
   ``timed_out`` or ``crashed``: a failed attempt, retried on the usual schedule.
