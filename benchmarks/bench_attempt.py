@@ -1,8 +1,8 @@
 """What one attempt of an async handler costs, and what an async synchronous function's call
 costs through ``App.handle_async`` on the ThreadExecutor.
 
-- ``run_async``: the one attempt runner (:mod:`bgfunctions.attempts`), on the running loop, for a handler that returns at
-  once. It awaits the attempt's task directly (Python 3.11+) rather than through
+- ``run_async``: the one attempt runner (:mod:`bgfunctions.attempts`), on the running loop,
+  for a handler that returns at once. It awaits the attempt's task directly (Python 3.11+) rather than through
   ``asyncio.wait``; ``--wait`` times both forms on a bare task: the difference is what the
   direct await buys per attempt.
 - ``handle_async``: an async synchronous function's call, which runs on the executor's loop
