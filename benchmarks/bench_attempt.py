@@ -2,9 +2,9 @@
 costs through ``App.handle_async`` on the ThreadExecutor.
 
 - ``run_async``: the one attempt runner (:mod:`bgfunctions.attempts`), on the running loop,
-  for a handler that returns at once. It awaits the attempt's task directly (Python 3.11+) rather than through
-  ``asyncio.wait``; ``--wait`` times both forms on a bare task: the difference is what the
-  direct await buys per attempt.
+  for a handler that returns at once. It awaits the attempt's task directly (Python 3.11+)
+  rather than through ``asyncio.wait``; ``--wait`` times both forms on a bare task: the
+  difference is what the direct await buys per attempt.
 - ``handle_async``: an async synchronous function's call, which runs on the executor's loop
   thread (never the server's, so that a blocking call in a handler cannot hold the server):
   the price of that hand-off, each way.
