@@ -17,14 +17,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import heapq
-import itertools
 import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bgfunctions.attempts import (
@@ -45,6 +43,7 @@ from bgfunctions.errors import (
 )
 from bgfunctions.executors._callpool import CallPool
 from bgfunctions.executors.base import Executor, ExecutorStats
+from bgfunctions.executors.timers import TimerThread
 from bgfunctions.invocation import InvocationRecord, Outcome, State
 from bgfunctions.journals.base import Journal
 from bgfunctions.registry import Function
@@ -76,13 +75,6 @@ class _Running:
     due: float = 0.0
     """The deadline on the clock's monotonic time."""
     settled: bool = False
-
-
-@dataclass(order=True, slots=True)
-class _Timer:
-    when: float
-    seq: int
-    action: Callable[[], None] = field(compare=False)
 
 
 class ThreadExecutor(Executor):
@@ -154,10 +146,7 @@ class ThreadExecutor(Executor):
         # watches them all, instead of a timer per attempt. Limits with a timer armed:
         self._lanes: dict[float, dict[int, _Running]] = {}
         self._lanes_armed: set[float] = set()
-        self._timers: list[_Timer] = []
-        self._timer_lock = threading.Condition(threading.Lock())
-        self._timer_seq = itertools.count()
-        self._timer_thread: threading.Thread | None = None
+        self._timers = TimerThread(self.clock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._call_pool: CallPool | None = None
@@ -174,13 +163,10 @@ class ThreadExecutor(Executor):
             if self._started or self._closed:
                 return
             self._started = True
-            self._timer_thread = threading.Thread(
-                target=self._timer_main, name="bgfunctions-timers", daemon=True
-            )
-            self._timer_thread.start()
+            self._timers.start()
         if self.journal.durable:
             self.recover()
-            self._add_timer(self.clock.monotonic() + self.maintenance_interval, self._maintain)
+            self._timers.add(self.clock.monotonic() + self.maintenance_interval, self._maintain)
 
     def serve_on(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run async attempts on ``loop``, the server's own, from now on (``loop="host"``;
@@ -212,7 +198,7 @@ class ThreadExecutor(Executor):
             self.recover()
         except Exception:
             log.warning("journal maintenance failed; retrying", exc_info=True)
-        self._add_timer(self.clock.monotonic() + self.maintenance_interval, self._maintain)
+        self._timers.add(self.clock.monotonic() + self.maintenance_interval, self._maintain)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -254,8 +240,7 @@ class ThreadExecutor(Executor):
             workers = list(self._workers)
         for _ in workers:
             self._queue.put(None)  # one stop signal per worker
-        with self._timer_lock:
-            self._timer_lock.notify_all()
+        self._timers.stop()
         limit = None if wait and grace is None else (grace or 0.0)
         end = None if limit is None else self.clock.monotonic() + limit
         self._finish_host_tasks(end)
@@ -269,8 +254,7 @@ class ThreadExecutor(Executor):
             loop.call_soon_threadsafe(loop.stop)
             self._loop_thread.join()
             loop.close()
-        if self._timer_thread is not None:
-            self._timer_thread.join()
+        self._timers.join()
         if self._call_pool is not None:
             self._call_pool.shutdown(wait=wait)
 
@@ -319,7 +303,7 @@ class ThreadExecutor(Executor):
         due = record.next_run_at if record.next_run_at is not None else self.clock.now()
         delay = due - self.clock.now()
         if delay > 0:
-            self._add_timer(self.clock.monotonic() + delay, lambda: self._ready(record))
+            self._timers.add(self.clock.monotonic() + delay, lambda: self._ready(record))
         else:
             self._ready(record)
 
@@ -370,7 +354,7 @@ class ThreadExecutor(Executor):
         # block), start another. Checked on the timer thread, one check at a time.
         if not self._stall_check_armed:
             self._stall_check_armed = True
-            self._add_timer(self.clock.monotonic() + STALL_CHECK, self._check_stall)
+            self._timers.add(self.clock.monotonic() + STALL_CHECK, self._check_stall)
 
     def _check_stall(self) -> None:
         """Start a worker when work waits and no attempt finished since the last check."""
@@ -387,7 +371,7 @@ class ThreadExecutor(Executor):
         self._last_progress = finished
         if len(self._workers) < self.max_workers:
             self._stall_check_armed = True
-            self._add_timer(self.clock.monotonic() + STALL_CHECK, self._check_stall)
+            self._timers.add(self.clock.monotonic() + STALL_CHECK, self._check_stall)
 
     def _spawn_worker(self) -> None:
         """Start a worker (lock held). When the OS refuses a thread, the work stays queued and
@@ -405,7 +389,7 @@ class ThreadExecutor(Executor):
             log.warning("cannot start a worker thread (%s); queued work waits for one", exc)
             if not self._stall_check_armed:
                 self._stall_check_armed = True
-                self._add_timer(self.clock.monotonic() + STALL_CHECK, self._check_stall)
+                self._timers.add(self.clock.monotonic() + STALL_CHECK, self._check_stall)
 
     def _retry_or_finish(self, ended: InvocationRecord) -> None:
         if ended.state is State.RETRY_SCHEDULED:
@@ -515,7 +499,7 @@ class ThreadExecutor(Executor):
             if arm:
                 self._lanes_armed.add(timeout)
         if arm:
-            self._add_timer(token.due, lambda: self._check_lane(timeout))
+            self._timers.add(token.due, lambda: self._check_lane(timeout))
         result = run_sync(prepared, finish=self._on_loop)
         with self._running_lock:
             abandoned = token.settled
@@ -565,7 +549,7 @@ class ThreadExecutor(Executor):
                     log.exception("ending timed-out attempt of %s failed", token.record.request_id)
         finally:
             if next_due is not None:  # the lane stays armed: it must keep its timer
-                self._add_timer(next_due, lambda: self._check_lane(timeout))
+                self._timers.add(next_due, lambda: self._check_lane(timeout))
 
     def _expire(self, token: _Running) -> None:
         """A sync attempt reached its deadline: record it timed out and abandon its thread."""
@@ -619,35 +603,6 @@ class ThreadExecutor(Executor):
             if not future.done() and not self.clock.wait(done, timeout) and not future.done():
                 raise concurrent.futures.TimeoutError
         return future.result()
-
-    # -- timers ---------------------------------------------------------------------------------
-
-    def _add_timer(self, when: float, action: Callable[[], None]) -> None:
-        timer = _Timer(when, next(self._timer_seq), action)
-        with self._timer_lock:
-            heapq.heappush(self._timers, timer)
-            if self._timers[0] is timer:
-                self._timer_lock.notify()
-
-    def _timer_main(self) -> None:
-        while True:
-            due: list[_Timer] = []
-            with self._timer_lock:
-                while True:
-                    if self._closed:
-                        return
-                    now = self.clock.monotonic()
-                    while self._timers and self._timers[0].when <= now:
-                        due.append(heapq.heappop(self._timers))
-                    if due:
-                        break
-                    timeout = self._timers[0].when - now if self._timers else None
-                    self.clock.wait(self._timer_lock, timeout)
-            for timer in due:
-                try:
-                    timer.action()
-                except Exception:  # pragma: no cover - a bug, never the user's
-                    log.exception("bgfunctions timer action failed")
 
     # -- synchronous functions ----------------------------------------------------------------
 
