@@ -6,7 +6,7 @@ and a warning names the function; the thread is abandoned (it stops counting aga
 ``max_workers``, a replacement is started, and ``stats().abandoned_threads`` counts it until it
 returns), and its late result is ignored. Use the process executor to kill hung handlers for real.
 
-Synchronous functions: sync handlers run on a :class:`~bgfunctions._callpool.CallPool`, which
+Synchronous functions: sync handlers run on a :class:`~bgfunctions.executors.calls.CallPool`, which
 abandons a call's thread at ``sync_timeout`` the same way; async handlers run on the loop thread,
 never on the caller's loop, so a blocking call in one holds that loop and not the server's, and
 the caller enforces the time-out from its side of the hand-off.
@@ -41,8 +41,8 @@ from bgfunctions.errors import (
     QueueFullError,
     UnknownFunctionError,
 )
-from bgfunctions.executors._callpool import CallPool
 from bgfunctions.executors.base import Executor, ExecutorStats
+from bgfunctions.executors.calls import CallPool, LoopThread, finish_tasks
 from bgfunctions.executors.timers import TimerThread
 from bgfunctions.invocation import InvocationRecord, Outcome, State
 from bgfunctions.journals.base import Journal
@@ -147,8 +147,12 @@ class ThreadExecutor(Executor):
         self._lanes: dict[float, dict[int, _Running]] = {}
         self._lanes_armed: set[float] = set()
         self._timers = TimerThread(self.clock)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
+        self._loop_thread = LoopThread(
+            self.clock,
+            on_blocked=self.lifecycle.reports.blocked,
+            on_starved=self.lifecycle.reports.starved,
+            blocking_threshold=blocking_threshold,
+        )
         self._call_pool: CallPool | None = None
         self._started = False
         # The server's loop, its thread, and the attempts running on it (host mode).
@@ -201,30 +205,7 @@ class ThreadExecutor(Executor):
         self._timers.add(self.clock.monotonic() + self.maintenance_interval, self._maintain)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = self.clock.new_event_loop(
-                    on_blocked=self.lifecycle.reports.blocked,
-                    blocking_threshold=self._blocking_threshold,
-                    on_starved=self.lifecycle.reports.starved,
-                )
-                ready = threading.Event()
-                thread = threading.Thread(
-                    target=self._loop_main,
-                    args=(loop, ready),
-                    name="bgfunctions-loop",
-                    daemon=True,
-                )
-                thread.start()
-                ready.wait()
-                self._loop, self._loop_thread = loop, thread
-            return self._loop
-
-    @staticmethod
-    def _loop_main(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-        asyncio.set_event_loop(loop)
-        loop.call_soon(ready.set)
-        loop.run_forever()
+        return self._loop_thread.ensure()
 
     def shutdown(self, wait: bool = True, *, grace: float | None = None) -> None:
         """Stop accepting and stop the threads.
@@ -246,14 +227,7 @@ class ThreadExecutor(Executor):
         self._finish_host_tasks(end)
         for thread in workers:
             thread.join(None if end is None else max(0.0, end - self.clock.monotonic()))
-        if self._loop is not None and self._loop_thread is not None:
-            loop = self._loop
-            left = None if end is None else max(0.0, end - self.clock.monotonic())
-            future = asyncio.run_coroutine_threadsafe(_finish_tasks(None, left), loop)
-            future.result()
-            loop.call_soon_threadsafe(loop.stop)
-            self._loop_thread.join()
-            loop.close()
+        self._loop_thread.stop(None if end is None else max(0.0, end - self.clock.monotonic()))
         self._timers.join()
         if self._call_pool is not None:
             self._call_pool.shutdown(wait=wait)
@@ -270,7 +244,7 @@ class ThreadExecutor(Executor):
             for task in tasks:
                 host.call_soon_threadsafe(task.cancel)
             return
-        asyncio.run_coroutine_threadsafe(_finish_tasks(tasks, left), host).result()
+        asyncio.run_coroutine_threadsafe(finish_tasks(tasks, left), host).result()
 
     def stats(self) -> ExecutorStats:
         with self._lock:
@@ -400,8 +374,9 @@ class ThreadExecutor(Executor):
     def _start_async(self, record: InvocationRecord) -> None:
         with self._count_lock:
             self._pending -= 1
-        assert self._loop is not None
-        self._loop.create_task(self._run_async(record))
+        loop = self._loop_thread.loop
+        assert loop is not None
+        loop.create_task(self._run_async(record))
 
     async def _run_async(self, record: InvocationRecord, watch: float | None = None) -> None:
         ended = await self.lifecycle.run_on_loop(record, stopping=self._stopping, watch=watch)
@@ -440,7 +415,7 @@ class ThreadExecutor(Executor):
                 if task.get_name().split(":")[1:2] == [request_id]:
                     task.cancel()
 
-        for loop in (self._loop, self._host):
+        for loop in (self._loop_thread.loop, self._host):
             if loop is not None and not loop.is_closed():
                 with contextlib.suppress(RuntimeError):  # closed meanwhile
                     loop.call_soon_threadsafe(cancel, loop)
@@ -686,21 +661,6 @@ class ThreadExecutor(Executor):
 def _notify(condition: threading.Condition) -> None:
     with condition:
         condition.notify_all()
-
-
-async def _finish_tasks(given: set[asyncio.Task[None]] | None, grace: float | None) -> None:
-    """Wait up to ``grace`` for ``given`` tasks (None: every other task of this loop), then
-    cancel those still running and wait for them to record how they ended."""
-    current = asyncio.current_task()
-    pool = asyncio.all_tasks() if given is None else given
-    tasks = [t for t in pool if t is not current and not t.done()]
-    if not tasks:
-        return
-    _, still = await asyncio.wait(tasks, timeout=grace)
-    for task in still:
-        task.cancel()
-    if still:
-        await asyncio.wait(still)
 
 
 def _response(result: AttemptResult, function: Function, context: Context) -> Response:
