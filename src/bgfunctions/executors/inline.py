@@ -189,9 +189,6 @@ class InlineExecutor(Executor):
                 f"{'running until idle' if timeout is None else f'{timeout} virtual s'}"
             )
 
-    async def _wait_async(self, handle: Invocation) -> None:
-        await asyncio.to_thread(self._wait, handle, None)
-
     def call(
         self, function: Function, request: Request, params: Mapping[str, str], request_id: str
     ) -> Response:
