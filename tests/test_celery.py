@@ -104,6 +104,23 @@ HANDLERS = {
             if context.attempt == 1:
                 sys.exit(3)
     """,
+    "interrupt-background": """
+        def handler(request, context):
+            if context.attempt == 1:
+                raise KeyboardInterrupt
+    """,
+    "generator-exit-background": """
+        def handler(request, context):
+            if context.attempt == 1:
+                raise GeneratorExit
+    """,
+    "async-cancelled-background": """
+        import asyncio
+
+        async def handler(request, context):
+            if context.attempt == 1:
+                raise asyncio.CancelledError()
+    """,
     "async-sleep-background": """
         import asyncio
 
@@ -330,6 +347,28 @@ def test_a_handlers_sys_exit_is_an_error_and_its_child_lives_on(setup: Setup) ->
     assert record.state is State.SUCCEEDED
     assert [(a.outcome, a.error_type) for a in record.attempts] == [
         (Outcome.ERROR, "SystemExit"),
+        (Outcome.SUCCEEDED, None),
+    ]
+    _gaps_ok(record)
+
+
+@pytest.mark.parametrize(
+    ("name", "error_type"),
+    [
+        ("interrupt-background", "KeyboardInterrupt"),
+        ("generator-exit-background", "GeneratorExit"),
+        ("async-cancelled-background", "asyncio.exceptions.CancelledError"),
+    ],
+)
+def test_a_handlers_base_exception_is_an_error_as_on_every_engine(
+    setup: Setup, name: str, error_type: str
+) -> None:
+    """KeyboardInterrupt, GeneratorExit or its own CancelledError raised by a handler is the
+    attempt's error under its type's name, retried on the schedule (not a crash or a hang)."""
+    record = setup.run(name)
+    assert record.state is State.SUCCEEDED
+    assert [(a.outcome, a.error_type) for a in record.attempts] == [
+        (Outcome.ERROR, error_type),
         (Outcome.SUCCEEDED, None),
     ]
     _gaps_ok(record)
