@@ -1,5 +1,5 @@
-"""What an App hands its engine (:class:`Binding`) and what a caller holds on an accepted
-invocation (:class:`Invocation`)."""
+"""What an App hands its engine (:class:`Binding`), what a caller holds on an accepted
+invocation (:class:`Invocation`), and the table of those a process runs (:class:`LiveTable`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from bgfunctions.clock import Clock
 from bgfunctions.context import Context, Site
 from bgfunctions.invocation import Attempt, InvocationRecord, OnEvent, OnFailure, State
+from bgfunctions.journals.base import Journal
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.retry import Limits, RetryPolicy
@@ -17,7 +19,7 @@ from bgfunctions.retry import Limits, RetryPolicy
 if TYPE_CHECKING:
     from bgfunctions.lifecycle import Lifecycle
 
-__all__ = ["Binding", "Invocation"]
+__all__ = ["Binding", "Invocation", "LiveTable"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,3 +106,67 @@ class Invocation:
         return (
             f"<Invocation {r.request_id} {r.function} {r.state.value} attempts={len(r.attempts)}>"
         )
+
+
+class LiveTable:
+    """The invocations this process runs, by request id, until they finish; and the callers
+    waiting for them."""
+
+    def __init__(self, lock: threading.RLock, clock: Clock, journal: Journal) -> None:
+        self._lock = lock
+        self.clock = clock
+        self.journal = journal
+        self.live: dict[str, Invocation] = {}
+        self._finished = threading.Condition(lock)
+        self._waiters = 0
+
+    def forget(self, handle: Invocation) -> None:
+        """Drop ``handle`` from the live table, if it is still the one there."""
+        with self._lock:
+            if self.live.get(handle.request_id) is handle:
+                del self.live[handle.request_id]
+
+    def store(self, record: InvocationRecord) -> None:
+        """Update the live handle; wake waiters when it finished.
+
+        Single dict and attribute stores are atomic, so no lock is needed but to notify: a
+        waiter counts itself (under the lock) before it looks at the record, and the record is
+        stored before ``_waiters`` is read here, so no wake-up is lost."""
+        handle = self.live.get(record.request_id)
+        if handle is not None:
+            handle._record = record
+            if record.state.finished:
+                self.live.pop(record.request_id, None)
+                handle._context = None  # no attempt follows; users may keep the handle
+        if record.state.finished and self._waiters:
+            with self._lock:
+                self._finished.notify_all()
+
+    def wait(self, handle: Invocation, timeout: float | None) -> None:
+        """Wait until ``handle`` is finished, woken by :meth:`store` (or, for a handle this
+        process does not run, by looking at the journal again)."""
+        deadline = None if timeout is None else self.clock.monotonic() + timeout
+        with self._lock:
+            self._waiters += 1
+            try:
+                while not handle.done():
+                    followed = self.live.get(handle.request_id) is not handle
+                    if followed:
+                        # Not updated by this executor (rebuilt from the journal, or run by
+                        # another process sharing it): follow the journal instead.
+                        stored = self.journal.get(handle.request_id)
+                        if stored is not None:
+                            handle._record = stored
+                            if handle.done():
+                                break
+                    left = None if deadline is None else deadline - self.clock.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(
+                            f"invocation {handle.request_id} not finished after {timeout} s "
+                            f"(state {handle.state.value})"
+                        )
+                    if followed:  # nothing here will notify: look at the journal again soon
+                        left = 0.5 if left is None else min(left, 0.5)
+                    self.clock.wait(self._finished, left)
+            finally:
+                self._waiters -= 1

@@ -37,7 +37,7 @@ from bgfunctions.errors import (
     InvocationNotFoundError,
     JournalUnavailableError,
 )
-from bgfunctions.handles import Binding, Invocation
+from bgfunctions.handles import Binding, Invocation, LiveTable
 from bgfunctions.invocation import (
     Event,
     EventKind,
@@ -91,11 +91,10 @@ class Lifecycle:
         self._on_claim_unavailable = claim_unavailable
         self._waiter = waiter if waiter is not None else self.wait_threaded
         self._binding: Binding | None = None
-        self.live: dict[str, Invocation] = {}
-        """The invocations this process knows, by request id, until they finish."""
         self.lock = threading.RLock()
-        self._finished = threading.Condition(self.lock)
-        self._waiters = 0
+        self.table = LiveTable(self.lock, clock, journal)
+        self.live = self.table.live
+        """The invocations this process knows, by request id, until they finish."""
         self.cancel_requested: set[str] = set()
         self._engine_closed = closed
         self.running = 0
@@ -210,7 +209,7 @@ class Lifecycle:
             cancelled = record.cancel(self.clock.now())
             self.journal.finished(cancelled)
             with self.lock:
-                self.store(cancelled)
+                self.table.store(cancelled)
         self.emit(EventKind.CANCELLED, cancelled)
         return cancelled
 
@@ -352,7 +351,7 @@ class Lifecycle:
             current = handle._record
             if current.state not in (State.ACCEPTED, State.RETRY_SCHEDULED):
                 if current.state.finished:
-                    self.forget(handle)
+                    self.table.forget(handle)
                 return None  # finished, or a second dispatch of a running attempt
             started = current.start_attempt(self.clock.now())
             try:
@@ -365,7 +364,7 @@ class Lifecycle:
                 self._on_claim_unavailable(started)
                 claimed = False
             if not claimed:
-                self.forget(handle)
+                self.table.forget(handle)
                 return None
             handle._record = started
         self.emit(EventKind.ATTEMPT_STARTED, started)
@@ -402,7 +401,7 @@ class Lifecycle:
                 if record.request_id in self.cancel_requested:
                     ended = ended.cancel(now)  # cancelled while this attempt ended
                 else:
-                    self.store(ended)
+                    self.table.store(ended)
         try:
             if ended.state.finished:
                 self.journal.finished(ended)
@@ -447,30 +446,8 @@ class Lifecycle:
             # Waiters wake only now, so that when wait() returns the journal has the final
             # record and the hooks have seen it.
             self.cancel_requested.discard(ended.request_id)
-            self.store(ended)
+            self.table.store(ended)
         return ended
-
-    def forget(self, handle: Invocation) -> None:
-        """Drop ``handle`` from the live table, if it is still the one there."""
-        with self.lock:
-            if self.live.get(handle.request_id) is handle:
-                del self.live[handle.request_id]
-
-    def store(self, record: InvocationRecord) -> None:
-        """Update the live handle; wake waiters when it finished.
-
-        Single dict and attribute stores are atomic, so no lock is needed but to notify: a
-        waiter counts itself (under the lock) before it looks at the record, and the record is
-        stored before ``_waiters`` is read here, so no wake-up is lost."""
-        handle = self.live.get(record.request_id)
-        if handle is not None:
-            handle._record = record
-            if record.state.finished:
-                self.live.pop(record.request_id, None)
-                handle._context = None  # no attempt follows; users may keep the handle
-        if record.state.finished and self._waiters:
-            with self.lock:
-                self._finished.notify_all()
 
     def emit(self, kind: EventKind, record: InvocationRecord) -> None:
         listeners = self._binding.on_event if self._binding is not None else ()
@@ -494,31 +471,7 @@ class Lifecycle:
 
     def wait_threaded(self, handle: Invocation, timeout: float | None) -> None:
         """Wait for ``handle`` on a threaded engine (the inline one runs virtual time)."""
-        deadline = None if timeout is None else self.clock.monotonic() + timeout
-        with self.lock:
-            self._waiters += 1
-            try:
-                while not handle.done():
-                    followed = self.live.get(handle.request_id) is not handle
-                    if followed:
-                        # Not updated by this executor (rebuilt from the journal, or run by
-                        # another process sharing it): follow the journal instead.
-                        stored = self.journal.get(handle.request_id)
-                        if stored is not None:
-                            handle._record = stored
-                            if handle.done():
-                                break
-                    left = None if deadline is None else deadline - self.clock.monotonic()
-                    if left is not None and left <= 0:
-                        raise TimeoutError(
-                            f"invocation {handle.request_id} not finished after {timeout} s "
-                            f"(state {handle.state.value})"
-                        )
-                    if followed:  # nothing here will notify: look at the journal again soon
-                        left = 0.5 if left is None else min(left, 0.5)
-                    self.clock.wait(self._finished, left)
-            finally:
-                self._waiters -= 1
+        self.table.wait(handle, timeout)
 
     async def wait_async(self, handle: Invocation) -> None:
         """Await ``handle`` from any event loop, without blocking it."""
