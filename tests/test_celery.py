@@ -117,6 +117,30 @@ HANDLERS = {
                 os.kill(os.getpid(), signal.SIGKILL)  # after the step committed
             context.step.run("two", run, "two")
     """,
+    "sys-exit-background": """
+        import sys
+
+        def handler(request, context):
+            if context.attempt == 1:
+                sys.exit(3)
+    """,
+    "interrupt-background": """
+        def handler(request, context):
+            if context.attempt == 1:
+                raise KeyboardInterrupt
+    """,
+    "generator-exit-background": """
+        def handler(request, context):
+            if context.attempt == 1:
+                raise GeneratorExit
+    """,
+    "async-cancelled-background": """
+        import asyncio
+
+        async def handler(request, context):
+            if context.attempt == 1:
+                raise asyncio.CancelledError()
+    """,
     "async-sleep-background": """
         import asyncio
 
@@ -333,6 +357,40 @@ def test_child_exit_is_a_crashed_attempt(setup: Setup) -> None:
     record = setup.run("exit-background")
     assert record.state is State.SUCCEEDED
     assert [a.outcome for a in record.attempts] == [Outcome.CRASHED, Outcome.SUCCEEDED]
+    _gaps_ok(record)
+
+
+def test_a_handlers_sys_exit_is_an_error_and_its_child_lives_on(setup: Setup) -> None:
+    """sys.exit() in a handler is the attempt's error, recorded as SystemExit and retried, as on
+    every engine: not the end of the Celery child (that is only Celery's own stop)."""
+    record = setup.run("sys-exit-background")
+    assert record.state is State.SUCCEEDED
+    assert [(a.outcome, a.error_type) for a in record.attempts] == [
+        (Outcome.ERROR, "SystemExit"),
+        (Outcome.SUCCEEDED, None),
+    ]
+    _gaps_ok(record)
+
+
+@pytest.mark.parametrize(
+    ("name", "error_type"),
+    [
+        ("interrupt-background", "KeyboardInterrupt"),
+        ("generator-exit-background", "GeneratorExit"),
+        ("async-cancelled-background", "asyncio.exceptions.CancelledError"),
+    ],
+)
+def test_a_handlers_base_exception_is_an_error_as_on_every_engine(
+    setup: Setup, name: str, error_type: str
+) -> None:
+    """KeyboardInterrupt, GeneratorExit or its own CancelledError raised by a handler is the
+    attempt's error under its type's name, retried on the schedule (not a crash or a hang)."""
+    record = setup.run(name)
+    assert record.state is State.SUCCEEDED
+    assert [(a.outcome, a.error_type) for a in record.attempts] == [
+        (Outcome.ERROR, error_type),
+        (Outcome.SUCCEEDED, None),
+    ]
     _gaps_ok(record)
 
 
