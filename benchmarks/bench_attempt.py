@@ -1,10 +1,10 @@
 """What one attempt of an async handler costs, and what an async synchronous function's call
 costs through ``App.handle_async`` on the ThreadExecutor.
 
-- ``run_on_loop``: the one attempt runner, on the running loop, for a handler that returns at
-  once. It awaits the attempt's task directly (Python 3.11+) rather than through
-  ``asyncio.wait``; ``--wait`` times both forms on a bare task: the difference is what the
-  direct await buys per attempt.
+- ``run_async``: the one attempt runner (:mod:`bgfunctions.attempts`), on the running loop,
+  for a handler that returns at once. It awaits the attempt's task directly (Python 3.11+)
+  rather than through ``asyncio.wait``; ``--wait`` times both forms on a bare task: the
+  difference is what the direct await buys per attempt.
 - ``handle_async``: an async synchronous function's call, which runs on the executor's loop
   thread (never the server's, so that a blocking call in a handler cannot hold the server):
   the price of that hand-off, each way.
@@ -21,7 +21,7 @@ import asyncio
 import time
 
 from bgfunctions import App, Context, InlineExecutor, Registry, Request, ThreadExecutor
-from bgfunctions._attempt import run_on_loop
+from bgfunctions.attempts import PreparedAttempt, run_async
 
 URL = "/.netlify/functions/hello"
 
@@ -42,8 +42,8 @@ async def _per_attempt(app: App, n: int) -> float:
     executor = app.executor
     started = time.perf_counter()
     for _ in range(n):
-        context = executor._sync_context(function, request, {}, "bench", 60)
-        await run_on_loop(function, request, context, timeout=60)
+        context = executor.lifecycle.sync_context(function, request, {}, "bench", 60)
+        await run_async(PreparedAttempt(function, request, context, 60))
     return (time.perf_counter() - started) / n * 1e6
 
 
@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     inline = App(_registry(), executor=InlineExecutor())
     best = min(asyncio.run(_per_attempt(inline, args.n)) for _ in range(5))
-    print(f"run_on_loop, one attempt:          {best:8.1f} us")
+    print(f"run_async, one attempt:            {best:8.1f} us")
     if args.wait:
         for via_wait, label in ((False, "await task"), (True, "asyncio.wait((task,))")):
             best = min(asyncio.run(_bare_task(args.n, via_wait)) for _ in range(5))

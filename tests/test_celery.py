@@ -97,6 +97,50 @@ HANDLERS = {
             if context.attempt < 3:
                 os.kill(os.getpid(), signal.SIGKILL)
     """,
+    "steps-background": """
+        import os
+        import signal
+        from pathlib import Path
+
+        LOG = Path(__file__).parent.parent.parent / "steps.log"
+
+        def handler(request, context):
+            def run(name):
+                with open(LOG, "a") as f:
+                    f.write(f"{context.request_id} {name}\\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                return name
+
+            context.step.run("one", run, "one")
+            if context.attempt == 1:
+                os.kill(os.getpid(), signal.SIGKILL)  # after the step committed
+            context.step.run("two", run, "two")
+    """,
+    "sys-exit-background": """
+        import sys
+
+        def handler(request, context):
+            if context.attempt == 1:
+                sys.exit(3)
+    """,
+    "interrupt-background": """
+        def handler(request, context):
+            if context.attempt == 1:
+                raise KeyboardInterrupt
+    """,
+    "generator-exit-background": """
+        def handler(request, context):
+            if context.attempt == 1:
+                raise GeneratorExit
+    """,
+    "async-cancelled-background": """
+        import asyncio
+
+        async def handler(request, context):
+            if context.attempt == 1:
+                raise asyncio.CancelledError()
+    """,
     "async-sleep-background": """
         import asyncio
 
@@ -316,6 +360,40 @@ def test_child_exit_is_a_crashed_attempt(setup: Setup) -> None:
     _gaps_ok(record)
 
 
+def test_a_handlers_sys_exit_is_an_error_and_its_child_lives_on(setup: Setup) -> None:
+    """sys.exit() in a handler is the attempt's error, recorded as SystemExit and retried, as on
+    every engine: not the end of the Celery child (that is only Celery's own stop)."""
+    record = setup.run("sys-exit-background")
+    assert record.state is State.SUCCEEDED
+    assert [(a.outcome, a.error_type) for a in record.attempts] == [
+        (Outcome.ERROR, "SystemExit"),
+        (Outcome.SUCCEEDED, None),
+    ]
+    _gaps_ok(record)
+
+
+@pytest.mark.parametrize(
+    ("name", "error_type"),
+    [
+        ("interrupt-background", "KeyboardInterrupt"),
+        ("generator-exit-background", "GeneratorExit"),
+        ("async-cancelled-background", "asyncio.exceptions.CancelledError"),
+    ],
+)
+def test_a_handlers_base_exception_is_an_error_as_on_every_engine(
+    setup: Setup, name: str, error_type: str
+) -> None:
+    """KeyboardInterrupt, GeneratorExit or its own CancelledError raised by a handler is the
+    attempt's error under its type's name, retried on the schedule (not a crash or a hang)."""
+    record = setup.run(name)
+    assert record.state is State.SUCCEEDED
+    assert [(a.outcome, a.error_type) for a in record.attempts] == [
+        (Outcome.ERROR, error_type),
+        (Outcome.SUCCEEDED, None),
+    ]
+    _gaps_ok(record)
+
+
 def test_child_sigkill_is_crashed_and_retried(setup: Setup) -> None:
     """A child that SIGKILLs itself is a crashed attempt each time, retried on the schedule."""
     record = setup.run("kill-background")
@@ -326,6 +404,20 @@ def test_child_sigkill_is_crashed_and_retried(setup: Setup) -> None:
         Outcome.SUCCEEDED,
     ]
     _gaps_ok(record)
+
+
+def test_committed_step_is_not_run_again_after_the_child_is_killed(setup: Setup) -> None:
+    """A step commits, then the worker child is killed (-9): the next attempt, on whichever
+    child, replays it from the shared journal and runs only the step after it."""
+    record = setup.run("steps-background")
+    assert record.state is State.SUCCEEDED
+    assert record.attempts[0].outcome is Outcome.CRASHED
+    assert [(s.id, s.attempt) for s in record.steps] == [("one", 1), ("two", 2)]
+    log = (setup.site / "steps.log").read_text().split("\n")
+    assert [line.split()[1] for line in log if line.startswith(record.request_id)] == [
+        "one",
+        "two",
+    ]
 
 
 def test_a_message_the_broker_lost_is_published_again(setup: Setup) -> None:

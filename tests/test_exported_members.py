@@ -66,6 +66,8 @@ EXPORTED = [
     "Server",
     "Site",
     "State",
+    "Step",
+    "StepError",
     "Subdivision",
     "SystemClock",
     "ThreadExecutor",

@@ -56,6 +56,7 @@ KINDS: dict[str, tuple[Callable[[], BaseException], str]] = {
     "keyboard-interrupt": (KeyboardInterrupt, "KeyboardInterrupt"),
     "system-exit": (_exit, "SystemExit"),
     "cancelled": (asyncio.CancelledError, "asyncio.exceptions.CancelledError"),
+    "generator-exit": (GeneratorExit, "GeneratorExit"),
     "custom": (Custom, f"{Custom.__module__}.Custom"),
 }
 

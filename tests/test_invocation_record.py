@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bgfunctions import InvocationRecord, Outcome, Request, RetryPolicy, State
-from bgfunctions.invocation import Attempt
+from bgfunctions.invocation import Attempt, Step
 
 OUTCOMES = st.sampled_from(list(Outcome))
 
@@ -61,6 +61,8 @@ def test_json_names_every_field() -> None:
     fields = {f.name for f in dataclasses.fields(InvocationRecord)}
     assert set(record.to_json()) == fields
     assert set(record.attempts[0].to_json()) == {f.name for f in dataclasses.fields(Attempt)}
+    step = Step(id="s", attempt=1, started_at=101.0, ended_at=101.5)
+    assert set(step.to_json()) == {f.name for f in dataclasses.fields(Step)}
 
 
 def test_copies_change_only_what_the_transition_changes() -> None:

@@ -757,3 +757,37 @@ def test_a_restarted_app_runs_what_a_dead_one_accepted(
     finally:
         app.shutdown()
         journal.close()
+
+
+def test_steps_are_stored_replayed_and_kept_apart_from_the_record(
+    open_journal: Opener, clock: VirtualClock, dsn: str, table: str
+) -> None:
+    """A retry replays the step its first attempt committed; the steps column is the truth
+    (the record's JSON leaves them out), read back by a second journal; a step of an
+    invocation not running under this owner's lease is refused."""
+    calls: list[str] = []
+
+    def handler(request: Request, context: Context) -> None:
+        context.step.run("reserve", calls.append, "reserve")
+        context.step.run("charge", calls.append, "charge")
+        if context.attempt == 1:
+            raise RuntimeError("after the steps")
+
+    registry = Registry()
+    registry.add("order-background", handler)
+    journal = open_journal()
+    app = App(registry, executor=InlineExecutor(clock=clock, journal=journal))
+    try:
+        record = app.enqueue("order-background", Request("POST", "/")).wait()
+    finally:
+        app.shutdown()
+    assert record.state is State.SUCCEEDED
+    assert calls == ["reserve", "charge"]
+    kept = open_journal().get(record.request_id)
+    assert kept is not None
+    assert [(s.id, s.attempt) for s in kept.steps] == [("reserve", 1), ("charge", 1)]
+    assert journal.select()[0].steps == kept.steps
+    stored = _query(dsn, f"SELECT record ? 'steps', jsonb_array_length(steps) FROM {table}")
+    assert stored == [(False, 2)]
+    with pytest.raises(JournalError, match="step charge of invocation nope not stored"):
+        journal.step_completed("nope", kept.steps[1])

@@ -7,6 +7,7 @@ attempt limit, retries after 0.1 s and 0.2 s); tolerances are stated where timin
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,6 +91,18 @@ HANDLERS = {
     "interrupt": """
         async def handler(request, context):
             raise KeyboardInterrupt
+    """,
+    "started-then-sleeps-background": """
+        import time
+        from pathlib import Path
+
+        def handler(request, context):
+            Path(__file__).with_name(context.request_id + ".started").touch()
+            time.sleep(60)
+    """,
+    "generator-exit-background": """
+        def handler(request, context):
+            raise GeneratorExit
     """,
     "hello": """
         import os
@@ -178,6 +191,7 @@ def test_a_process_that_dies_is_a_crashed_attempt(app: App, name: str) -> None:
         ("custom-background", "Custom"),
         ("async-interrupt-background", "KeyboardInterrupt"),
         ("async-cancelled-background", "asyncio.exceptions.CancelledError"),
+        ("generator-exit-background", "GeneratorExit"),
     ],
 )
 def test_a_base_exception_is_an_error_and_its_process_lives_on(
@@ -246,3 +260,32 @@ def test_functions_added_in_code_are_refused_clearly(functions: Path) -> None:
     assert record.state is State.FAILED
     assert record.attempts[0].error_message is not None
     assert "from their files" in record.attempts[0].error_message
+
+
+def test_cancel_of_a_running_attempt_kills_its_process(functions: Path) -> None:
+    """cancel() of an attempt running in a worker process kills that process (a thread could
+    not be stopped; a process can): the record ends cancelled, with a cancelled attempt and no
+    retry, and a new process takes the old one's place."""
+    executor = ProcessExecutor(max_workers=1)
+    app = App(
+        discover(functions),
+        executor=executor,
+        limits=Limits(background_timeout=120.0),  # far beyond the test: only cancel ends it
+        retry=RetryPolicy(delays=DELAYS),
+    )
+    try:
+        handle = app.enqueue("started-then-sleeps-background")
+        started = functions / f"{handle.request_id}.started"
+        give_up = time.monotonic() + 30
+        while not started.exists():  # a poll for a fact, not a timing
+            assert time.monotonic() < give_up, "the handler never started"
+            time.sleep(0.01)
+        app.cancel(handle.request_id)
+        record = handle.wait(30)
+        assert record.state is State.CANCELLED
+        assert [a.outcome for a in record.attempts] == [Outcome.CANCELLED]
+        spawned = executor.processes_spawned
+        assert app.enqueue("ok-background").wait(30).state is State.SUCCEEDED
+        assert executor.processes_spawned == spawned + 1  # the killed one was replaced
+    finally:
+        app.shutdown(grace=0)

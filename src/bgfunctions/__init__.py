@@ -4,9 +4,9 @@ Layers (a lower layer never imports a higher one; ``tests/test_layers.py`` check
 
     L0  errors, ids*, _slots              (* ids reads time only through a Clock)
     L1  clock, config, _cron, datastructures, requests, responses, context, retry, invocation,
-        logs, _pathmatch, _urlpattern, redaction
+        steps, logs, _pathmatch, _urlpattern, redaction
     L2  routing, _loader, _netlify_toml, journals.*
-    L3  registry, _attempt, executors.*
+    L3  registry, attempts, handles, reports, lifecycle, executors.*
     L4  app
     L5  asgi, wsgi, hosts, staticfiles, devserver, serverlog, views, testing, pytest_plugin,
         cli, __main__, contrib.*
@@ -50,6 +50,7 @@ from bgfunctions.errors import (
     PayloadTooLargeError,
     QueueFullError,
     RequestError,
+    StepError,
     TomlError,
     UnknownFunctionError,
     UserCodeError,
@@ -67,6 +68,7 @@ from bgfunctions.invocation import (
     OnFailure,
     Outcome,
     State,
+    Step,
 )
 from bgfunctions.journals.base import Journal, MemoryJournal
 from bgfunctions.journals.sqlite import SQLiteJournal
@@ -141,6 +143,8 @@ __all__ = [
     "Server",
     "Site",
     "State",
+    "Step",
+    "StepError",
     "Subdivision",
     "SystemClock",
     "ThreadExecutor",

@@ -492,6 +492,12 @@ def _print_timeline(record: InvocationRecord) -> None:
             f"  t={attempt.started_at - start:>8.3f}s  attempt {attempt.number}  "
             f"{outcome:<10} ran {took:.3f}s{error}"
         )
+        for step in record.steps:  # the durable steps this attempt committed
+            if step.attempt == attempt.number:
+                print(
+                    f"  t={step.started_at - start:>8.3f}s    step {step.id}  committed, "
+                    f"ran {step.duration:.3f}s"
+                )
     print(f"  {record.state.value} after {len(record.attempts)} attempt(s)")
 
 

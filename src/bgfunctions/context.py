@@ -35,6 +35,7 @@ from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import DeadlineExceeded
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
+from bgfunctions.steps import Steps
 
 __all__ = [
     "Account",
@@ -316,6 +317,10 @@ class Context:
     """What ``next()`` calls, when the host supplies one."""
     rewrite_handler: Callable[..., Any] | None = field(default=None, repr=False)
     """What ``rewrite()`` calls, when the host supplies one."""
+    step: Steps = field(default_factory=Steps, repr=False, compare=False)
+    """Durable steps: ``context.step.run("charge", charge, order)`` runs once per invocation,
+    its result replayed on later attempts (see docs/workflows.md). Executors give each attempt
+    one that stores steps in the journal; a Context built by hand keeps them in memory."""
     _log: logging.LoggerAdapter[logging.Logger] | None = field(
         init=False, repr=False, default=None, compare=False
     )
@@ -357,6 +362,7 @@ class Context:
         site: Site | None = None,
         next_handler: Callable[..., Any] | None = None,
         rewrite_handler: Callable[..., Any] | None = None,
+        step: Steps | None = None,
     ) -> Context:
         """The Context of one attempt of ``request``.
 
@@ -395,17 +401,19 @@ class Context:
             background=background,
             next_handler=next_handler,
             rewrite_handler=rewrite_handler,
+            step=step if step is not None else Steps(),
         )
 
-    def _for_attempt(self, attempt: int, deadline: float | None) -> Context:
+    def _for_attempt(self, attempt: int, deadline: float | None, step: Steps) -> Context:
         """This Context for another attempt of the same invocation: the same request data,
-        fresh cookie changes, no ``wait_until`` work, no logger yet. For executors; a copy, no
-        re-parsing of the request. A copier rather than ``dataclasses.replace``: a retry
-        costs about 50,000 fewer instructions (benchmarks/README.md, issue 12)."""
+        fresh cookie changes, no ``wait_until`` work, no logger yet, ``step`` for its steps.
+        For executors; a copy, no re-parsing of the request. A copier rather than
+        ``dataclasses.replace``: a retry costs about 50,000 fewer instructions
+        (benchmarks/README.md, issue 12)."""
         cookies = _new_cookies(Cookies)
         cookies._request = self.cookies._request  # never changed after __init__
         cookies._changes = {}
-        return _next_attempt(self, cookies, attempt, deadline, None, [])
+        return _next_attempt(self, cookies, attempt, deadline, None, [], step)
 
     def remaining_time(self) -> float | None:
         """Seconds left before the deadline (never negative); None when there is none."""
@@ -491,8 +499,8 @@ def _checked(attempt: int, deadline: float | None, params: Mapping[str, str]) ->
 
 _new_cookies = object.__new__
 _next_attempt: Callable[
-    [Context, Cookies, int, float | None, None, list[Awaitable[object]]], Context
-] = copier(Context, ("cookies", "attempt", "deadline", "_log", "_pending"))
+    [Context, Cookies, int, float | None, None, list[Awaitable[object]], Steps], Context
+] = copier(Context, ("cookies", "attempt", "deadline", "_log", "_pending", "step"))
 
 
 def _absolute_url(request: Request) -> SplitResult:

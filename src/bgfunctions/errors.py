@@ -50,6 +50,7 @@ __all__ = [
     "PayloadTooLargeError",
     "QueueFullError",
     "RequestError",
+    "StepError",
     "TomlError",
     "UnknownFunctionError",
     "UserCodeError",
@@ -140,6 +141,12 @@ class BlockingHandlerError(BgFunctionsError, RuntimeError):
 
 class DeadlineExceeded(BgFunctionsError, TimeoutError):
     """An attempt reached its deadline (raised by ``Context.sleep`` past the deadline)."""
+
+
+class StepError(BgFunctionsError):
+    """A durable step (``context.step.run``) was misused: an id that is not a non-empty str or
+    was used twice in one attempt, a result that cannot be stored as JSON, or an engine that
+    cannot store steps. It fails the attempt, as any exception of the handler does."""
 
 
 class BgFunctionsWarning(UserWarning):

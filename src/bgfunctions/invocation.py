@@ -19,6 +19,7 @@ below returns a new record for every change, and every engine moves through it t
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -38,6 +39,7 @@ __all__ = [
     "OnFailure",
     "Outcome",
     "State",
+    "Step",
     "error_type_name",
 ]
 
@@ -153,6 +155,62 @@ class Attempt:
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
+    """One durable step of an invocation (``context.step.run``), kept once it committed.
+
+    Only committed steps are kept: a step whose function raised, or whose attempt ended before
+    its result was stored, leaves nothing and runs again on the next attempt. ``kind`` is
+    ``"run"``; the record's JSON keeps ``kind`` so that other kinds (a durable sleep with a wake
+    time) can join without a change of format.
+    """
+
+    id: str
+    """The step id the handler gave; unique within an invocation."""
+    kind: str = "run"
+    status: str = "succeeded"
+    """``succeeded``: its result is stored and replayed on every later attempt."""
+    result: str = "null"
+    """The function's return value as JSON text."""
+    attempt: int
+    """The attempt that ran it (1-based)."""
+    started_at: float
+    """Epoch seconds on the executor's clock when its function was called."""
+    ended_at: float
+    """Epoch seconds when its function returned (its result was stored just after)."""
+
+    @property
+    def duration(self) -> float:
+        return self.ended_at - self.started_at
+
+    def value(self) -> Any:
+        """The stored result, decoded from its JSON (a fresh copy at every call)."""
+        return json.loads(self.result)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "result": self.result,
+            "attempt": self.attempt,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Step:
+        return cls(
+            id=str(data["id"]),
+            kind=str(data.get("kind", "run")),
+            status=str(data.get("status", "succeeded")),
+            result=str(data.get("result", "null")),
+            attempt=int(data["attempt"]),
+            started_at=float(data["started_at"]),
+            ended_at=float(data["ended_at"]),
+        )
+
+
 _NO_ATTEMPT = Attempt(number=1, started_at=0.0)
 """The blank that new attempts are copied from (faster than ``__init__``)."""
 
@@ -188,6 +246,8 @@ class InvocationRecord:
     finished_at: float | None = None
     replay_of: str | None = None
     """The request id of the invocation this one replays, if any."""
+    steps: tuple[Step, ...] = ()
+    """The committed steps (``context.step.run``), in the order they committed."""
 
     def __post_init__(self) -> None:
         size = len(self.body)
@@ -320,9 +380,14 @@ class InvocationRecord:
 
     # -- JSON ------------------------------------------------------------------------------------
 
-    def to_json(self, *, body: bool = True) -> dict[str, Any]:
+    def with_steps(self, steps: tuple[Step, ...]) -> InvocationRecord:
+        """This record with ``steps`` as its committed steps."""
+        return self if steps == self.steps else _evolve(self, steps=steps)
+
+    def to_json(self, *, body: bool = True, steps: bool = True) -> dict[str, Any]:
         """A JSON-able dict (the body is base64); ``body=False`` leaves the body out, as
-        durable journals store it in a column of its own (``body_size`` is always there)."""
+        durable journals store it in a column of its own (``body_size`` is always there);
+        ``steps=False`` leaves the steps out, as SQL journals keep them in a column too."""
         data: dict[str, Any] = {
             "request_id": self.request_id,
             "function": self.function,
@@ -339,6 +404,8 @@ class InvocationRecord:
             "finished_at": self.finished_at,
             "replay_of": self.replay_of,
         }
+        if steps:
+            data["steps"] = [step.to_json() for step in self.steps]
         if body:
             data["body"] = base64.b64encode(self.body).decode("ascii")
         return data
@@ -362,6 +429,9 @@ class InvocationRecord:
             next_run_at=None if data.get("next_run_at") is None else float(data["next_run_at"]),
             finished_at=None if data.get("finished_at") is None else float(data["finished_at"]),
             replay_of=data.get("replay_of"),
+            steps=tuple(
+                Step.from_json(s) for s in data.get("steps", ())
+            ),  # absent before steps existed
         )
 
 

@@ -56,11 +56,13 @@ from bgfunctions.registry import Function, Registry
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
 from bgfunctions.retry import Limits, RetryPolicy
+from bgfunctions.steps import Steps
 
 __all__ = [
     "TestAttempt",
     "TestClient",
     "TestInvocation",
+    "TestStep",
     "drain",
     "invoke",
     "make_app",
@@ -160,13 +162,14 @@ def invoke(
     nothing is printed unless asked (:meth:`TestInvocation.print_tracebacks`).
     """
     errors: dict[int, BaseException] = {}
+    seen: dict[int, Steps] = {}
     registry = Registry()
     if isinstance(handler, Function):
         fn = handler
         assert fn.handler is not None
         registry.add(
             fn.name,
-            _recording(fn.handler, errors),
+            _recording(fn.handler, errors, seen),
             config=fn.config,
             limits=fn.limits,
             retry=fn.retry,
@@ -180,7 +183,7 @@ def invoke(
         # It runs as a background invocation, so its Context says so unless config says otherwise.
         if config is None:
             config = Config(background=True)
-        registry.add(fname, _recording(handler, errors), config=config)
+        registry.add(fname, _recording(handler, errors, seen), config=config)
     app = App(
         registry,
         executor=InlineExecutor(clock=clock),
@@ -190,7 +193,7 @@ def invoke(
         on_failure=on_failure,
     )
     invocation = TestInvocation(
-        app.enqueue(fname, request if request is not None else make_request()), errors, app
+        app.enqueue(fname, request if request is not None else make_request()), errors, app, seen
     )
     if drain:
         executor = app.executor
@@ -214,18 +217,87 @@ class TestAttempt(Attempt):
     """``error``'s traceback, formatted; None without an error."""
 
 
-class TestInvocation:
-    """What :func:`invoke` returns: the invocation's state and attempts, each failed attempt
-    with the exception its handler raised and its traceback."""
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TestStep:
+    """A durable step (``context.step.run``) as the test kit saw it across attempts."""
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, handle: Invocation, errors: Mapping[int, BaseException], app: App) -> None:
+    id: str
+    committed: bool
+    """True when its result was stored (it is in ``record.steps``)."""
+    result: Any
+    """The stored result, decoded; None when it never committed."""
+    attempt: int | None
+    """The attempt that ran it to its commit; None when it never committed."""
+    started_at: float | None
+    """When the committed run started (clock seconds); None when it never committed."""
+    ended_at: float | None
+    calls: int
+    """How many times its function was called (runs that raised included)."""
+    replayed: tuple[int, ...]
+    """The attempts that got its stored result without calling the function."""
+    failed: tuple[int, ...]
+    """The attempts in which its function raised (or its result could not be stored)."""
+
+
+class TestInvocation:
+    """What :func:`invoke` returns: the invocation's state and attempts, each failed attempt
+    with the exception its handler raised and its traceback, and its durable steps."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        handle: Invocation,
+        errors: Mapping[int, BaseException],
+        app: App,
+        seen: Mapping[int, Steps] | None = None,
+    ) -> None:
         self.handle = handle
         """The executor's handle on the invocation."""
         self.app = app
         """The App it ran in (with ``drain=False``, shut it down when done)."""
         self._errors = errors
+        self._seen = seen if seen is not None else {}
+
+    @property
+    def steps(self) -> tuple[TestStep, ...]:
+        """Every step the handler ran, committed ones first in commit order, then those that
+        never committed, with how often each was called, replayed or failed."""
+        calls: dict[str, int] = {}
+        replayed: dict[str, list[int]] = {}
+        failed: dict[str, list[int]] = {}
+        order: list[str] = []
+        for number in sorted(self._seen):
+            for step_id, what, _at in self._seen[number].events:
+                if step_id not in calls:
+                    order.append(step_id)
+                    calls[step_id] = 0
+                if what == "replayed":
+                    replayed.setdefault(step_id, []).append(number)
+                else:
+                    calls[step_id] += 1
+                    if what == "failed":
+                        failed.setdefault(step_id, []).append(number)
+        kept = {step.id: step for step in self.record.steps}
+        out = []
+        for step_id in [*kept, *(i for i in order if i not in kept)]:
+            step = kept.get(step_id)
+            out.append(
+                TestStep(
+                    id=step_id,
+                    committed=step is not None,
+                    result=None if step is None else step.value(),
+                    attempt=None if step is None else step.attempt,
+                    started_at=None if step is None else step.started_at,
+                    ended_at=None if step is None else step.ended_at,
+                    calls=calls.get(step_id, 0),
+                    replayed=tuple(replayed.get(step_id, ())),
+                    failed=tuple(failed.get(step_id, ())),
+                )
+            )
+        return tuple(out)
 
     @property
     def record(self) -> InvocationRecord:
@@ -299,8 +371,11 @@ class TestInvocation:
         return repr(self.handle).replace("<Invocation", "<TestInvocation", 1)
 
 
-def _recording(handler: Callable[..., Any], errors: dict[int, BaseException]) -> Any:
-    """``handler``, keeping what each attempt raised in ``errors`` (by attempt number)."""
+def _recording(
+    handler: Callable[..., Any], errors: dict[int, BaseException], seen: dict[int, Steps]
+) -> Any:
+    """``handler``, keeping what each attempt raised in ``errors`` and its ``context.step``
+    in ``seen`` (by attempt number)."""
 
     def keep(exc: BaseException, context: Context) -> None:
         # Drop this wrapper's frame: the traceback starts in the handler.
@@ -319,6 +394,7 @@ def _recording(handler: Callable[..., Any], errors: dict[int, BaseException]) ->
 
         @functools.wraps(handler)
         async def recording_async(request: Request, context: Context) -> Any:
+            seen[context.attempt] = context.step
             try:
                 return await handler(request, context)
             except BaseException as exc:
@@ -329,6 +405,7 @@ def _recording(handler: Callable[..., Any], errors: dict[int, BaseException]) ->
 
     @functools.wraps(handler)
     def recording(request: Request, context: Context) -> Any:
+        seen[context.attempt] = context.step
         try:
             value = handler(request, context)
         except BaseException as exc:

@@ -107,6 +107,19 @@ def record_to_view(
         "finished_at_iso": iso_utc(record.finished_at),
         "replay_of": record.replay_of,
         "attempts": [_attempt_to_view(a) for a in record.attempts],
+        # The durable steps, without their results: like the body, they may hold user data.
+        "steps": [
+            {
+                "id": step.id,
+                "kind": step.kind,
+                "status": step.status,
+                "attempt": step.attempt,
+                "started_at": step.started_at,
+                "ended_at": step.ended_at,
+                "result_size": len(step.result),
+            }
+            for step in record.steps
+        ],
     }
 
 

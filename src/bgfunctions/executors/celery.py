@@ -10,8 +10,9 @@ invocation X, attempt N":
   record becomes ``rejected`` and the App answers 503, never 202;
 * a worker (``bgfunctions worker``, or ``celery -A bgfunctions.executors.celery:app worker``)
   claims the attempt in the journal, runs the handler, ends the attempt through the shared
-  state machine of :class:`~bgfunctions.executor.Executor`, and publishes the next attempt with an
-  explicit countdown (the retry delay) when one is due. Celery never retries anything;
+  :class:`~bgfunctions.lifecycle.Lifecycle` (in :mod:`.celery_worker`), and publishes the
+  next attempt with an explicit countdown (the retry delay) when one is due. Celery never
+  retries anything;
 * a message redelivered while its attempt is still ``running`` (its worker child was killed at
   the hard limit, or died) takes the attempt over once its lease expired and ends it as
   ``timed_out`` or ``crashed``: a failed attempt, retried on the usual schedule.
@@ -22,7 +23,6 @@ web process, attempt events and ``on_failure`` in the worker process that ran th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -30,7 +30,6 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +42,12 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         f"({_exc}); install them with: pip install 'bgfunctions[celery]'"
     ) from _exc
 
-from bgfunctions._attempt import timeout_error
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import InvocationNotFoundError, NotAcceptedError
 from bgfunctions.executors.base import Binding, Executor, ExecutorStats, Invocation
+from bgfunctions.executors.celery_worker import EARLY, JournalSource, Options, WorkerState
 from bgfunctions.executors.threads import ThreadExecutor
-from bgfunctions.invocation import EventKind, InvocationRecord, OnEvent, OnFailure, Outcome, State
+from bgfunctions.invocation import EventKind, InvocationRecord, OnEvent, OnFailure, State
 from bgfunctions.journals.base import Journal, MemoryJournal
 from bgfunctions.registry import Function, Registry
 from bgfunctions.requests import Request
@@ -77,31 +76,11 @@ log = logging.getLogger("bgfunctions.celery")
 TASK_NAME = "bgfunctions.run_attempt"
 """The one Celery task: ``run_attempt(request_id, attempt)``, JSON arguments only."""
 _KILL_MARGIN = 2.0  # seconds past the limit before Celery kills the child (async ones end at it)
-# A message at most this early waits in place rather than being published again: RabbitMQ's
-# delayed delivery counts whole seconds, so a shorter countdown is delivered at once.
-_EARLY = 1.0
 _AMQP = ("amqp", "amqps", "pyamqp")
-JournalSource = Journal | Callable[[], Journal]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Options:
-    """What ``make_celery`` was given; kept beside the Celery app for both tiers."""
-
-    journal: JournalSource
-    site: Path | None
-    registry: Registry | None
-    limits: Limits
-    retry: RetryPolicy
-    queue: Any
-    """The kombu Queue attempts travel on."""
-    on_event: tuple[OnEvent, ...]
-    on_failure: tuple[OnFailure, ...]
-    kill_margin: float
-
-
-_OPTIONS: weakref.WeakKeyDictionary[Any, _Options] = weakref.WeakKeyDictionary()
-_WORKERS: weakref.WeakKeyDictionary[Any, _WorkerState] = weakref.WeakKeyDictionary()
+_OPTIONS: weakref.WeakKeyDictionary[Any, Options] = weakref.WeakKeyDictionary()
+_WORKERS: weakref.WeakKeyDictionary[Any, WorkerState] = weakref.WeakKeyDictionary()
 
 
 def _is_amqp(broker: str) -> bool:
@@ -224,7 +203,7 @@ def make_celery(
     function sets none. ``kill_margin``: seconds past ``background_timeout`` after which Celery
     kills a child still running a sync handler. Hooks run in the worker process.
     """
-    options = _Options(
+    options = Options(
         journal=journal,
         site=None if site is None else Path(site),
         registry=registry,
@@ -242,7 +221,7 @@ def make_celery(
         )
     )
     _OPTIONS[app] = options
-    state = _WorkerState(app, options)
+    state = WorkerState(app, options, _publish)
     _WORKERS[app] = state
     # shared=False: a shared task (Celery's default) is also registered with every Celery app
     # finalized later in the process, so a second make_celery() app would run the first one's
@@ -257,7 +236,7 @@ def _listeners(value: Any) -> tuple[Any, ...]:
     return tuple(value)
 
 
-def _options(app: Any) -> _Options:
+def _options(app: Any) -> Options:
     try:
         return _OPTIONS[app]
     except KeyError:
@@ -286,8 +265,8 @@ def _publish(
     if binding is not None:
         with contextlib.suppress(LookupError):
             limits = binding.limits_for(binding.lookup(record.function))
-    if countdown < _EARLY:
-        countdown = 0.0  # the worker waits out the rest (see _EARLY)
+    if countdown < EARLY:
+        countdown = 0.0  # the worker waits out the rest (see EARLY)
     app.send_task(
         TASK_NAME,
         args=[record.request_id, attempt],
@@ -410,15 +389,15 @@ class CeleryExecutor(Executor):
         except Exception as exc:
             rejected = record.reject(self.clock.now())
             self.journal.finished(rejected)
-            self._emit(EventKind.REJECTED, rejected)
+            self.lifecycle.emit(EventKind.REJECTED, rejected)
             error = NotAcceptedError(
                 f"the broker did not confirm invocation {record.request_id} of function "
                 f"{record.function!r} ({type(exc).__name__}: {exc}); recorded as rejected"
             )
             error.retry_after = 5.0
             raise error from exc
-        self._emit(EventKind.ACCEPTED, record)
-        return Invocation(self, record, request)
+        self.lifecycle.emit(EventKind.ACCEPTED, record)
+        return Invocation(self.lifecycle, record, request)
 
     def _dispatch(self, record: InvocationRecord) -> None:
         countdown = 0.0 if record.next_run_at is None else record.next_run_at - self.clock.now()
@@ -427,7 +406,7 @@ class CeleryExecutor(Executor):
     def _publish(self, record: InvocationRecord, attempt: int, countdown: float) -> None:
         with self._connections.acquire(block=True) as connection:
             _publish(
-                self.celery_app, self._binding, record, attempt, countdown, connection=connection
+                self.celery_app, self.binding, record, attempt, countdown, connection=connection
             )
 
     def cancel(self, request_id: str) -> InvocationRecord:
@@ -441,7 +420,7 @@ class CeleryExecutor(Executor):
         self.journal.finished(record.cancel(self.clock.now()))
         stored = self.journal.get(request_id) or record
         if stored.state is State.CANCELLED:
-            self._emit(EventKind.CANCELLED, stored)
+            self.lifecycle.emit(EventKind.CANCELLED, stored)
         return stored
 
     def _wait(self, handle: Invocation, timeout: float | None) -> None:
@@ -497,241 +476,6 @@ def declare_queues(app: celery.Celery) -> None:
         if _is_amqp(conn.as_uri()):
             dead: Any = dead_letter_queue(options.queue.name)(channel)
             dead.declare()
-
-
-# -- the worker side ---------------------------------------------------------------------------
-
-
-class _WorkerState:
-    """The worker side of one Celery app: the functions, and one executor per process."""
-
-    def __init__(self, app: Any, options: _Options) -> None:
-        self.app = app
-        self.options = options
-        self._lock = threading.Lock()
-        self._registry = options.registry
-        self._side: _WorkerSide | None = None
-        self._pid = 0
-
-    def registry(self) -> Registry:
-        with self._lock:
-            if self._registry is None:
-                if self.options.site is None:
-                    raise RuntimeError(
-                        "make_celery(): a worker needs site= (a site directory) or registry=; "
-                        "got neither"
-                    )
-                self._registry = Registry.from_site(self.options.site)
-            return self._registry
-
-    def side(self) -> _WorkerSide:
-        registry = self.registry()
-        with self._lock:
-            # A prefork child inherits the parent's objects but not its threads or sockets:
-            # every process opens its own journal.
-            if self._side is None or self._pid != os.getpid():
-                source = self.options.journal
-                journal = source if isinstance(source, Journal) else source()
-                side = _WorkerSide(self.app, journal)
-                side.bind(
-                    Binding(
-                        lookup=registry.__getitem__,
-                        limits=self.options.limits,
-                        retry=self.options.retry,
-                        on_event=self.options.on_event,
-                        on_failure=self.options.on_failure,
-                    )
-                )
-                self._side, self._pid = side, os.getpid()
-            return self._side
-
-    def run_attempt(self, request_id: str, attempt: int, seen: float | None = None) -> None:
-        """The Celery task body."""
-        self.side().handle(request_id, int(attempt), None if seen is None else float(seen))
-
-
-class _WorkerSide(Executor):
-    """Runs attempts in a Celery worker process through the shared state machine: journal
-    writes and hooks happen exactly as for the embedded executors."""
-
-    # Celery's pool ends a child at the hard time limit by raising SystemExit in it: let it
-    # end the process, so the requeued message records the attempt as timed out.
-    exit_is_failure = False
-
-    def __init__(self, app: Any, journal: Journal) -> None:
-        super().__init__(clock=SystemClock(), journal=journal)
-        self.app = app
-        lease = float(getattr(journal, "lease", 10.0))
-        self.recheck = lease  # a live-looking lease is looked at again after this long
-        self._beat_every = lease / 3
-        self._beating: set[str] = set()
-        self._beat_cond = threading.Condition()
-        self._beat_thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def handle(self, request_id: str, attempt: int, seen: float | None = None) -> None:
-        record = self.journal.get(request_id)
-        if record is None:
-            log.warning("run_attempt: no invocation %s in the journal; dropped", request_id)
-            return
-        if record.state.finished:
-            return
-        count = record.attempt_count
-        if record.state is State.RUNNING:
-            if attempt == count:
-                self._take_over(record, attempt, self.clock.now() if seen is None else seen)
-            return  # an older duplicate: the running attempt's own message covers it
-        if attempt > count + 1:
-            return
-        # Any message for this invocation carries its next attempt (a requeued one included).
-        due = record.next_run_at if record.next_run_at is not None else record.accepted_at
-        early = due - self.clock.now()
-        if early >= _EARLY:
-            self._send(record, count + 1, early)
-            return
-        if early > 0:
-            self.clock.sleep(early)
-        self._run(record)
-
-    def _run(self, record: InvocationRecord) -> None:
-        # The record was just read from the journal: hand it to the claim as the live one, so
-        # that it is not read a second time (the claim's conditional update still refuses it
-        # if another worker changed the row meanwhile).
-        self._live[record.request_id] = Invocation(self, record)
-        self._beat(record.request_id, True)
-        # One loop per worker child, reused by every attempt it runs (a new loop per attempt
-        # cost about a millisecond each).
-        if self._loop is None or self._loop.is_closed():
-            self._loop = self.clock.new_event_loop()
-        try:
-            ended = self._loop.run_until_complete(self._attempt_on_loop(record))
-        finally:
-            self._beat(record.request_id, False)
-            self._live.pop(record.request_id, None)
-        if ended is not None and ended.state is State.RETRY_SCHEDULED:
-            self._dispatch(ended)
-
-    def _claim_unavailable(self, started: InvocationRecord) -> None:
-        # This message is acked when the task returns. If the claim did commit, the row stays
-        # running under a lease nobody renews, and no message would come for it again: publish
-        # one that looks after a lease. If the row is then running this attempt, it is taken
-        # over (crashed, retried); if the claim never committed, that message runs the attempt.
-        attempt = started.attempt_count
-        self._send(started, attempt, self.recheck, seen=self.clock.now())
-
-    def _take_over(self, record: InvocationRecord, attempt: int, seen: float) -> None:
-        """A redelivered message of a running attempt: its child died or was killed at the hard
-        limit (Celery requeues the message at once, so ``seen`` is about when it ended)."""
-        found = False
-        for dead in self.journal.expire_leases():
-            mine = dead.request_id == record.request_id
-            found = found or mine
-            self._end_dead(dead, seen if mine else self.clock.now())
-        if not found:
-            # Its lease is live: the child died less than a lease ago, or (a redelivery after
-            # a lost connection) it still runs. Look again later; the message stays one.
-            self._send(record, attempt, self.recheck, seen=seen)
-
-    def _end_dead(self, record: InvocationRecord, seen: float) -> None:
-        """End the attempt of a process found dead at ``seen``: ``timed_out`` (at its deadline)
-        when it had run to its limit by then, else ``crashed`` (at ``seen``)."""
-        attempt = record.last_attempt
-        assert attempt is not None
-        function: Function | None
-        try:
-            function = self.binding.lookup(record.function)
-        except LookupError:
-            function, retry, limit = None, RetryPolicy(delays=()), 0.0
-        else:
-            retry = self.binding.retry_for(function)
-            limit = self.binding.limits_for(function).background_timeout
-        if function is not None and seen - attempt.started_at >= limit:
-            ended = self._end(
-                record,
-                Outcome.TIMED_OUT,
-                timeout_error(function, limit, attempt.number),
-                ended_at=attempt.started_at + limit,
-                retry=retry,
-            )
-        else:
-            error = RuntimeError(
-                f"attempt {attempt.number} of function {record.function!r} (request "
-                f"{record.request_id}): its worker process died before the attempt ended (exit, "
-                "signal or out of memory)"
-            )
-            ended_at = max(seen, attempt.started_at)
-            ended = self._end(record, Outcome.CRASHED, error, ended_at=ended_at, retry=retry)
-        self._live.pop(record.request_id, None)
-        if ended.state is State.RETRY_SCHEDULED:
-            self._dispatch(ended)
-
-    def _dispatch(self, record: InvocationRecord) -> None:
-        countdown = 0.0 if record.next_run_at is None else record.next_run_at - self.clock.now()
-        self._send(record, record.attempt_count + 1, countdown)
-
-    def _send(
-        self, record: InvocationRecord, attempt: int, countdown: float, *, seen: float | None = None
-    ) -> None:
-        """Publish the next message of ``record``. If the broker does not take it, the message
-        being handled is requeued instead of acked: its redelivery publishes again."""
-        try:
-            _publish(self.app, self.binding, record, attempt, countdown, seen=seen)
-        except Exception as exc:
-            log.warning(
-                "could not publish attempt %d of %s (%s): %s; requeueing the current message",
-                attempt,
-                record.request_id,
-                record.function,
-                exc,
-            )
-            from celery.exceptions import Reject
-
-            raise Reject(str(exc), requeue=True) from exc
-
-    # Leases: a running attempt's lease is renewed while it runs, so that only a dead child's
-    # attempt can be taken over.
-    def _beat(self, request_id: str, running: bool) -> None:
-        with self._beat_cond:
-            if running:
-                self._beating.add(request_id)
-            else:
-                self._beating.discard(request_id)
-            if self._beat_thread is None or not self._beat_thread.is_alive():
-                self._beat_thread = threading.Thread(
-                    target=self._beat_main, name="bgfunctions-heartbeat", daemon=True
-                )
-                self._beat_thread.start()
-
-    def _beat_main(self) -> None:
-        while True:
-            with self._beat_cond:
-                self.clock.wait(self._beat_cond, self._beat_every)
-                ids = list(self._beating)
-            if ids:
-                try:
-                    self.journal.heartbeat(ids)
-                except Exception:
-                    log.warning("journal heartbeat failed; retrying", exc_info=True)
-
-    def start(self) -> None:
-        """Nothing to start: Celery runs the loop."""
-
-    def shutdown(self, wait: bool = True, *, grace: float | None = None) -> None:
-        self._closed = True
-
-    def call(
-        self, function: Function, request: Request, params: Mapping[str, str], request_id: str
-    ) -> Response:
-        raise RuntimeError("synchronous functions run in the web process, not on workers")
-
-    async def call_async(
-        self, function: Function, request: Request, params: Mapping[str, str], request_id: str
-    ) -> Response:
-        raise RuntimeError("synchronous functions run in the web process, not on workers")
-
-    def stats(self) -> ExecutorStats:
-        with self._beat_cond:
-            return ExecutorStats(pending=0, running=len(self._beating))
 
 
 # -- configuration from strings (the command line, environment variables) ----------------------

@@ -10,25 +10,22 @@ caller's thread and wait with ``context.sleep()``, which moves the virtual clock
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from dataclasses import replace
+from typing import Any
 
-from bgfunctions._attempt import (
+from bgfunctions.attempts import (
     AttemptResult,
-    as_failure,
-    finish_async,
-    judge_return,
-    run_on_loop,
+    PreparedAttempt,
+    run_async,
+    start_sync,
     to_response,
     warn_ignored_return,
 )
 from bgfunctions.clock import ClockEventLoop, VirtualClock
-from bgfunctions.context import Context
-from bgfunctions.errors import DeadlineExceeded
 from bgfunctions.executors.base import Executor, ExecutorStats, Invocation
 from bgfunctions.invocation import InvocationRecord, Outcome, State
 from bgfunctions.journals.base import Journal
-from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
@@ -56,7 +53,7 @@ class InlineExecutor(Executor):
             )
         super().__init__(clock=clock, journal=journal)
         self._loop: ClockEventLoop = clock.new_event_loop(
-            on_blocked=self._report_blocked, blocking_threshold=blocking_threshold
+            on_blocked=self.lifecycle.reports.blocked, blocking_threshold=blocking_threshold
         )
         # Epoch due time -> the records whose next attempt falls due then (see _dispatch).
         self._due: dict[float, list[InvocationRecord]] = {}
@@ -114,32 +111,19 @@ class InlineExecutor(Executor):
             return
         # A sync handler runs right here, in the loop's thread: no task, no timer (it cannot be
         # interrupted anyway; context.sleep() past the deadline ends it).
-        started = self._begin(record)
+        started = self.lifecycle.begin(record)
         if started is None:
             return
-        inputs = self._prepare(started)
-        if inputs is None:
+        prepared = self.lifecycle.prepare(started)
+        if prepared is None:
             return
-        function, request, context, timeout = inputs
-        handler = function.handler
-        assert handler is not None
-        with invocation_scope(function.name, started.request_id, context.attempt):
-            try:
-                value = handler(request, context)
-            except DeadlineExceeded as exc:
-                result = AttemptResult(Outcome.TIMED_OUT, exc, ended_at=context.deadline)
-            except BaseException as exc:  # KeyboardInterrupt, sys.exit(): its failure too
-                result = AttemptResult(Outcome.ERROR, as_failure(exc))
-            else:
-                if inspect.isawaitable(value) or context._pending:
-                    # It left work to await: finish the attempt as a task, within its deadline.
-                    self._running_count += 1
-                    self._loop.create_task(
-                        self._finish(started, function, request, context, timeout, value)
-                    )
-                    return
-                result = judge_return(function, context, timeout, value)
-        self._settled(started, function, result)
+        result = start_sync(prepared)
+        if not isinstance(result, AttemptResult):
+            # It left work to await: finish the attempt as a task, within its deadline.
+            self._running_count += 1
+            self._loop.create_task(self._finish(started, prepared, result))
+            return
+        self._settled(started, prepared.function, result)
         # ``result`` may hold the handler's exception, whose traceback holds this very frame:
         # drop it, or every failed attempt leaves a reference cycle for the garbage collector.
         del result
@@ -147,40 +131,31 @@ class InlineExecutor(Executor):
     async def _finish(
         self,
         started: InvocationRecord,
-        function: Function,
-        request: Request,
-        context: Context,
-        timeout: float,
-        value: object,
+        prepared: PreparedAttempt,
+        rest: Coroutine[Any, Any, object],
     ) -> None:
-        left = max(0.0, (context.deadline or self.clock.now()) - self.clock.now())
+        now = self.clock.now()
+        left = max(0.0, (prepared.context.deadline or now) - now)
+        finishing = replace(prepared, timeout=left, limit=prepared.timeout)
         try:
-            result = await run_on_loop(
-                function,
-                request,
-                context,
-                timeout=left,
-                limit=timeout,
-                cancelled=self._cancel_requested,
-                body=finish_async(value, context),
-            )
+            result = await run_async(finishing, cancelled=self._cancel_requested, body=rest)
         except asyncio.CancelledError:
             # The executor is shutting down: the attempt was cut short, not finished.
             result = AttemptResult(Outcome.INTERRUPTED, None)
         finally:
             self._running_count -= 1
-        self._settled(started, function, result)
+        self._settled(started, prepared.function, result)
 
     def _settled(
         self, started: InvocationRecord, function: Function, result: AttemptResult
     ) -> None:
         warn_ignored_return(function, result.value)
-        ended = self._end(started, result.outcome, result.error, ended_at=result.ended_at)
+        ended = self.lifecycle.end(started, result.outcome, result.error, ended_at=result.ended_at)
         if ended.state is State.RETRY_SCHEDULED:
             self._dispatch(ended)
 
     async def _run(self, record: InvocationRecord) -> None:
-        ended = await self._attempt_on_loop(record)
+        ended = await self.lifecycle.run_on_loop(record, stopping=self._stopping)
         if ended is not None and ended.state is State.RETRY_SCHEDULED:
             self._dispatch(ended)
 
@@ -214,17 +189,14 @@ class InlineExecutor(Executor):
                 f"{'running until idle' if timeout is None else f'{timeout} virtual s'}"
             )
 
-    async def _wait_async(self, handle: Invocation) -> None:
-        await asyncio.to_thread(self._wait, handle, None)
-
     def call(
         self, function: Function, request: Request, params: Mapping[str, str], request_id: str
     ) -> Response:
         self._check_accepting()
         timeout = self.binding.limits_for(function).sync_timeout
-        context = self._sync_context(function, request, params, request_id, timeout)
+        context = self.lifecycle.sync_context(function, request, params, request_id, timeout)
         result = self._loop.run_until_complete(
-            run_on_loop(function, request, context, timeout=timeout)
+            run_async(PreparedAttempt(function, request, context, timeout))
         )
         if result.outcome is not Outcome.SUCCEEDED:
             assert result.error is not None

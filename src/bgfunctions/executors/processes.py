@@ -25,7 +25,6 @@ import asyncio
 import base64
 import contextlib
 import ctypes
-import inspect
 import json
 import logging
 import multiprocessing
@@ -39,23 +38,21 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from bgfunctions._attempt import (
-    as_failure,
-    contained,
+from bgfunctions._loader import find_handler, is_async_handler, load_module
+from bgfunctions.attempts import (
+    PreparedAttempt,
     make_context,
+    make_steps,
     record_request,
-    settle_pending,
+    run_sync,
     timeout_error,
     to_response,
 )
-from bgfunctions._loader import find_handler, is_async_handler, load_module
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.config import Config
-from bgfunctions.errors import DeadlineExceeded
 from bgfunctions.executors.threads import ThreadExecutor
 from bgfunctions.invocation import InvocationRecord, Outcome, error_type_name
 from bgfunctions.journals.base import Journal
-from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
@@ -78,6 +75,7 @@ class _Worker:
         self.process.start()
         child.close()
         self.timed_out = False
+        self.cancelled = False  # killed because its attempt was cancelled
         self.closed = False
         # Wait until it is ready, so that its start-up never eats into an attempt's time.
         ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], 60)
@@ -168,6 +166,7 @@ class ProcessExecutor(ThreadExecutor):
         )
         self.processes_spawned = 0
         self._processes: set[_Worker] = set()
+        self._running_in: dict[str, _Worker] = {}  # request id -> the process running it
 
     # Every attempt goes to a worker thread, which hands it to its process.
     def _ready(self, record: InvocationRecord) -> None:
@@ -188,7 +187,7 @@ class ProcessExecutor(ThreadExecutor):
         worker: _Worker | None = None
         try:
             while (record := self._next_record()) is not None:
-                started = self._begin(record)
+                started = self.lifecycle.begin(record)
                 if started is None:
                     continue
                 try:
@@ -200,20 +199,24 @@ class ProcessExecutor(ThreadExecutor):
                 except Exception as exc:
                     # No function (a reload removed it) or no process to run it in: the claimed
                     # attempt still ends, and this thread lives on.
-                    self._retry_or_finish(self._end(started, Outcome.ERROR, exc))
+                    self._retry_or_finish(self.lifecycle.end(started, Outcome.ERROR, exc))
                     continue
                 with self._lock:
                     self._running_count += 1
+                    self._running_in[started.request_id] = worker
                 try:
                     outcome, error, _ = self._attempt(worker, function, started, timeout, deadline)
                 finally:
                     with self._lock:
                         self._running_count -= 1
+                        del self._running_in[started.request_id]
                 if worker.closed:  # timed out, crashed, or killed with what the handler left
                     self._drop_process(worker)
                     worker = None
                 ended_at = deadline if outcome is Outcome.TIMED_OUT else None
-                self._retry_or_finish(self._end(started, outcome, error, ended_at=ended_at))
+                self._retry_or_finish(
+                    self.lifecycle.end(started, outcome, error, ended_at=ended_at)
+                )
         finally:
             if worker is not None:
                 worker.stop()
@@ -255,6 +258,8 @@ class ProcessExecutor(ThreadExecutor):
         }
         reply = worker.run(message, max(0.0, timeout))
         if reply is None:
+            if worker.cancelled:
+                return Outcome.CANCELLED, None, None
             if worker.timed_out:
                 log.warning(
                     "function %r (request %s) ran past its %g s limit; its worker process was "
@@ -331,6 +336,17 @@ class ProcessExecutor(ThreadExecutor):
             if killer is not None:
                 killer.cancel()
             self._kill_all()
+
+    def _cancel_running(self, request_id: str) -> None:
+        """A running attempt was cancelled: kill its process (and what the handler started);
+        the attempt ends ``cancelled`` and a new process takes the old one's place."""
+        with self._lock:
+            worker = self._running_in.get(request_id)
+            if worker is None or worker.closed:
+                return  # it ended meanwhile, or has not reached its process yet
+            worker.cancelled = True
+            worker.kill_group()
+        log.info("attempt of %s cancelled: its worker process was killed", request_id)
 
     def _kill_all(self) -> None:
         with self._lock:
@@ -441,6 +457,12 @@ def _load(message: Mapping[str, Any], cache: dict[tuple[str, int], Function]) ->
     return function
 
 
+_NO_STEPS = (
+    "the process executor cannot store durable steps yet; run this function on the inline, "
+    "thread or Celery executor (see docs/workflows.md)"
+)
+
+
 def _run_one(
     message: Mapping[str, Any], cache: dict[tuple[str, int], Function], clock: Clock
 ) -> dict[str, Any]:
@@ -460,22 +482,18 @@ def _run_one(
         clock=clock,
         trust_proxy=message["trust_proxy"],
         site=None,
+        # The store would have to reach the parent's journal from here: not built yet.
+        step=make_steps(function, record, clock, None, refusal=_NO_STEPS),
     )
-    handler = function.handler
-    assert handler is not None
-    with invocation_scope(function.name, record.request_id, message["attempt"]):
-        try:
-            value = handler(request, context)
-            if inspect.isawaitable(value) or context._pending:
-                value = asyncio.run(_finish(value, context))
-        except DeadlineExceeded as exc:
-            return _failure(Outcome.TIMED_OUT, exc)
-        except BaseException as exc:
-            # KeyboardInterrupt, sys.exit(), a CancelledError of its own (nothing here cancels
-            # an attempt: the parent kills the process at the deadline): the handler's
-            # failure, reported by this process, which lives on. Only a process that really
-            # died is "crashed".
-            return _failure(Outcome.ERROR, as_failure(exc))
+    timeout = max(0.0, message["deadline"] - clock.now())
+    # Nothing here cancels an attempt (the parent kills the process at the deadline), so a
+    # CancelledError is the handler's own; sys.exit() and KeyboardInterrupt are its failure too,
+    # reported by this process, which lives on. Only a process that really died is "crashed".
+    result = run_sync(PreparedAttempt(function, request, context, timeout))
+    if result.outcome is not Outcome.SUCCEEDED:
+        assert result.error is not None
+        return _failure(result.outcome, result.error)
+    value = result.value
     reply: dict[str, Any] = {"outcome": Outcome.SUCCEEDED.value}
     if message["sync_call"]:
         try:
@@ -488,13 +506,6 @@ def _run_one(
             "body": base64.b64encode(response.body).decode("ascii"),
         }
     return reply
-
-
-async def _finish(value: object, context: Any) -> object:
-    if inspect.isawaitable(value):
-        value = await contained(value)  # KeyboardInterrupt would escape asyncio.run's task
-    await settle_pending(context)
-    return value
 
 
 def _failure(outcome: Outcome, exc: BaseException) -> dict[str, Any]:

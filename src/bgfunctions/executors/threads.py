@@ -6,7 +6,7 @@ and a warning names the function; the thread is abandoned (it stops counting aga
 ``max_workers``, a replacement is started, and ``stats().abandoned_threads`` counts it until it
 returns), and its late result is ignored. Use the process executor to kill hung handlers for real.
 
-Synchronous functions: sync handlers run on a :class:`~bgfunctions._callpool.CallPool`, which
+Synchronous functions: sync handlers run on a :class:`~bgfunctions.executors.calls.CallPool`, which
 abandons a call's thread at ``sync_timeout`` the same way; async handlers run on the loop thread,
 never on the caller's loop, so a blocking call in one holds that loop and not the server's, and
 the caller enforces the time-out from its side of the hand-off.
@@ -17,23 +17,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import heapq
-import inspect
-import itertools
 import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from bgfunctions._attempt import (
+from bgfunctions.attempts import (
     AttemptResult,
-    as_failure,
-    contained,
-    run_on_loop,
-    settle_pending,
+    PreparedAttempt,
+    run_async,
+    run_sync,
     timeout_error,
     to_response,
     warn_ignored_return,
@@ -42,15 +38,14 @@ from bgfunctions.clock import Clock, ClockEventLoop, SystemClock
 from bgfunctions.context import Context
 from bgfunctions.errors import (
     ConfigError,
-    DeadlineExceeded,
     QueueFullError,
     UnknownFunctionError,
 )
-from bgfunctions.executors._callpool import CallPool
 from bgfunctions.executors.base import Executor, ExecutorStats
+from bgfunctions.executors.calls import CallPool, LoopThread, finish_tasks
+from bgfunctions.executors.timers import TimerThread
 from bgfunctions.invocation import InvocationRecord, Outcome, State
 from bgfunctions.journals.base import Journal
-from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
@@ -80,13 +75,6 @@ class _Running:
     due: float = 0.0
     """The deadline on the clock's monotonic time."""
     settled: bool = False
-
-
-@dataclass(order=True, slots=True)
-class _Timer:
-    when: float
-    seq: int
-    action: Callable[[], None] = field(compare=False)
 
 
 class ThreadExecutor(Executor):
@@ -158,12 +146,13 @@ class ThreadExecutor(Executor):
         # watches them all, instead of a timer per attempt. Limits with a timer armed:
         self._lanes: dict[float, dict[int, _Running]] = {}
         self._lanes_armed: set[float] = set()
-        self._timers: list[_Timer] = []
-        self._timer_lock = threading.Condition(threading.Lock())
-        self._timer_seq = itertools.count()
-        self._timer_thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
+        self._timers = TimerThread(self.clock)
+        self._loop_thread = LoopThread(
+            self.clock,
+            on_blocked=self.lifecycle.reports.blocked,
+            on_starved=self.lifecycle.reports.starved,
+            blocking_threshold=blocking_threshold,
+        )
         self._call_pool: CallPool | None = None
         self._started = False
         # The server's loop, its thread, and the attempts running on it (host mode).
@@ -178,13 +167,10 @@ class ThreadExecutor(Executor):
             if self._started or self._closed:
                 return
             self._started = True
-            self._timer_thread = threading.Thread(
-                target=self._timer_main, name="bgfunctions-timers", daemon=True
-            )
-            self._timer_thread.start()
+            self._timers.start()
         if self.journal.durable:
             self.recover()
-            self._add_timer(self.clock.monotonic() + self.maintenance_interval, self._maintain)
+            self._timers.add(self.clock.monotonic() + self.maintenance_interval, self._maintain)
 
     def serve_on(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run async attempts on ``loop``, the server's own, from now on (``loop="host"``;
@@ -212,37 +198,14 @@ class ThreadExecutor(Executor):
         if self._closed:
             return
         try:
-            self._heartbeat()
+            self.lifecycle.heartbeat()
             self.recover()
         except Exception:
             log.warning("journal maintenance failed; retrying", exc_info=True)
-        self._add_timer(self.clock.monotonic() + self.maintenance_interval, self._maintain)
+        self._timers.add(self.clock.monotonic() + self.maintenance_interval, self._maintain)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = self.clock.new_event_loop(
-                    on_blocked=self._report_blocked,
-                    blocking_threshold=self._blocking_threshold,
-                    on_starved=self._report_starved,
-                )
-                ready = threading.Event()
-                thread = threading.Thread(
-                    target=self._loop_main,
-                    args=(loop, ready),
-                    name="bgfunctions-loop",
-                    daemon=True,
-                )
-                thread.start()
-                ready.wait()
-                self._loop, self._loop_thread = loop, thread
-            return self._loop
-
-    @staticmethod
-    def _loop_main(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-        asyncio.set_event_loop(loop)
-        loop.call_soon(ready.set)
-        loop.run_forever()
+        return self._loop_thread.ensure()
 
     def shutdown(self, wait: bool = True, *, grace: float | None = None) -> None:
         """Stop accepting and stop the threads.
@@ -258,23 +221,14 @@ class ThreadExecutor(Executor):
             workers = list(self._workers)
         for _ in workers:
             self._queue.put(None)  # one stop signal per worker
-        with self._timer_lock:
-            self._timer_lock.notify_all()
+        self._timers.stop()
         limit = None if wait and grace is None else (grace or 0.0)
         end = None if limit is None else self.clock.monotonic() + limit
         self._finish_host_tasks(end)
         for thread in workers:
             thread.join(None if end is None else max(0.0, end - self.clock.monotonic()))
-        if self._loop is not None and self._loop_thread is not None:
-            loop = self._loop
-            left = None if end is None else max(0.0, end - self.clock.monotonic())
-            future = asyncio.run_coroutine_threadsafe(_finish_tasks(None, left), loop)
-            future.result()
-            loop.call_soon_threadsafe(loop.stop)
-            self._loop_thread.join()
-            loop.close()
-        if self._timer_thread is not None:
-            self._timer_thread.join()
+        self._loop_thread.stop(None if end is None else max(0.0, end - self.clock.monotonic()))
+        self._timers.join()
         if self._call_pool is not None:
             self._call_pool.shutdown(wait=wait)
 
@@ -290,7 +244,7 @@ class ThreadExecutor(Executor):
             for task in tasks:
                 host.call_soon_threadsafe(task.cancel)
             return
-        asyncio.run_coroutine_threadsafe(_finish_tasks(tasks, left), host).result()
+        asyncio.run_coroutine_threadsafe(finish_tasks(tasks, left), host).result()
 
     def stats(self) -> ExecutorStats:
         with self._lock:
@@ -323,7 +277,7 @@ class ThreadExecutor(Executor):
         due = record.next_run_at if record.next_run_at is not None else self.clock.now()
         delay = due - self.clock.now()
         if delay > 0:
-            self._add_timer(self.clock.monotonic() + delay, lambda: self._ready(record))
+            self._timers.add(self.clock.monotonic() + delay, lambda: self._ready(record))
         else:
             self._ready(record)
 
@@ -335,9 +289,9 @@ class ThreadExecutor(Executor):
             # Its function was removed (a reload): end it as failed rather than strand it.
             with self._count_lock:
                 self._pending -= 1
-            started = self._begin(record)
+            started = self.lifecycle.begin(record)
             if started is not None:
-                self._end(started, Outcome.ERROR, exc, retry=RetryPolicy(delays=()))
+                self.lifecycle.end(started, Outcome.ERROR, exc, retry=RetryPolicy(delays=()))
             return
         if function.is_async:
             host = self._host
@@ -374,7 +328,7 @@ class ThreadExecutor(Executor):
         # block), start another. Checked on the timer thread, one check at a time.
         if not self._stall_check_armed:
             self._stall_check_armed = True
-            self._add_timer(self.clock.monotonic() + STALL_CHECK, self._check_stall)
+            self._timers.add(self.clock.monotonic() + STALL_CHECK, self._check_stall)
 
     def _check_stall(self) -> None:
         """Start a worker when work waits and no attempt finished since the last check."""
@@ -391,7 +345,7 @@ class ThreadExecutor(Executor):
         self._last_progress = finished
         if len(self._workers) < self.max_workers:
             self._stall_check_armed = True
-            self._add_timer(self.clock.monotonic() + STALL_CHECK, self._check_stall)
+            self._timers.add(self.clock.monotonic() + STALL_CHECK, self._check_stall)
 
     def _spawn_worker(self) -> None:
         """Start a worker (lock held). When the OS refuses a thread, the work stays queued and
@@ -409,7 +363,7 @@ class ThreadExecutor(Executor):
             log.warning("cannot start a worker thread (%s); queued work waits for one", exc)
             if not self._stall_check_armed:
                 self._stall_check_armed = True
-                self._add_timer(self.clock.monotonic() + STALL_CHECK, self._check_stall)
+                self._timers.add(self.clock.monotonic() + STALL_CHECK, self._check_stall)
 
     def _retry_or_finish(self, ended: InvocationRecord) -> None:
         if ended.state is State.RETRY_SCHEDULED:
@@ -420,11 +374,12 @@ class ThreadExecutor(Executor):
     def _start_async(self, record: InvocationRecord) -> None:
         with self._count_lock:
             self._pending -= 1
-        assert self._loop is not None
-        self._loop.create_task(self._run_async(record))
+        loop = self._loop_thread.loop
+        assert loop is not None
+        loop.create_task(self._run_async(record))
 
     async def _run_async(self, record: InvocationRecord, watch: float | None = None) -> None:
-        ended = await self._attempt_on_loop(record, watch=watch)
+        ended = await self.lifecycle.run_on_loop(record, stopping=self._stopping, watch=watch)
         if ended is not None:
             self._retry_or_finish(ended)
 
@@ -460,7 +415,7 @@ class ThreadExecutor(Executor):
                 if task.get_name().split(":")[1:2] == [request_id]:
                     task.cancel()
 
-        for loop in (self._loop, self._host):
+        for loop in (self._loop_thread.loop, self._host):
             if loop is not None and not loop.is_closed():
                 with contextlib.suppress(RuntimeError):  # closed meanwhile
                     loop.call_soon_threadsafe(cancel, loop)
@@ -496,13 +451,13 @@ class ThreadExecutor(Executor):
 
     def _run_sync(self, record: InvocationRecord) -> bool:
         """Run one sync attempt; False when this thread was abandoned meanwhile."""
-        started = self._begin(record)
+        started = self.lifecycle.begin(record)
         if started is None:
             return True
-        inputs = self._prepare(started)
-        if inputs is None:
+        prepared = self.lifecycle.prepare(started)
+        if prepared is None:
             return True
-        function, request, context, timeout = inputs
+        function, context, timeout = prepared.function, prepared.context, prepared.timeout
         attempt = started.attempts[-1]
         token = _Running(
             started, function, threading.current_thread(), context.deadline or 0.0, timeout
@@ -519,8 +474,8 @@ class ThreadExecutor(Executor):
             if arm:
                 self._lanes_armed.add(timeout)
         if arm:
-            self._add_timer(token.due, lambda: self._check_lane(timeout))
-        result = self._call_sync(function, request, context)
+            self._timers.add(token.due, lambda: self._check_lane(timeout))
+        result = run_sync(prepared, finish=self._on_loop)
         with self._running_lock:
             abandoned = token.settled
             if not abandoned:
@@ -543,7 +498,7 @@ class ThreadExecutor(Executor):
             return False
         warn_ignored_return(function, result.value)
         self._retry_or_finish(
-            self._end(started, result.outcome, result.error, ended_at=result.ended_at)
+            self.lifecycle.end(started, result.outcome, result.error, ended_at=result.ended_at)
         )
         return True
 
@@ -569,7 +524,7 @@ class ThreadExecutor(Executor):
                     log.exception("ending timed-out attempt of %s failed", token.record.request_id)
         finally:
             if next_due is not None:  # the lane stays armed: it must keep its timer
-                self._add_timer(next_due, lambda: self._check_lane(timeout))
+                self._timers.add(next_due, lambda: self._check_lane(timeout))
 
     def _expire(self, token: _Running) -> None:
         """A sync attempt reached its deadline: record it timed out and abandon its thread."""
@@ -598,7 +553,7 @@ class ThreadExecutor(Executor):
             token.timeout,
         )
         self._retry_or_finish(
-            self._end(
+            self.lifecycle.end(
                 token.record,
                 Outcome.TIMED_OUT,
                 timeout_error(token.function, token.timeout, attempt),
@@ -606,22 +561,11 @@ class ThreadExecutor(Executor):
             )
         )
 
-    def _call_sync(self, function: Function, request: Request, context: Context) -> AttemptResult:
-        handler = function.handler
-        assert handler is not None
-        with invocation_scope(function.name, context.request_id, context.attempt):
-            try:
-                value = handler(request, context)
-                if inspect.isawaitable(value) or context._pending:
-                    value = self._on_loop(_await_and_settle(value, context))
-            except DeadlineExceeded as exc:
-                return AttemptResult(Outcome.TIMED_OUT, exc, ended_at=context.deadline)
-            except BaseException as exc:  # KeyboardInterrupt, sys.exit(): its failure too
-                # Signals reach only the main thread: in this worker, it is the handler's.
-                return AttemptResult(Outcome.ERROR, as_failure(exc))
-        return AttemptResult(Outcome.SUCCEEDED, value=value)
+    def _run_sync_call(self, prepared: PreparedAttempt) -> AttemptResult:
+        """A synchronous function's sync handler, on a thread of the call pool."""
+        return run_sync(prepared, finish=self._on_loop)
 
-    def _on_loop(self, coro: Any) -> Any:
+    def _on_loop(self, coro: Coroutine[Any, Any, object]) -> object:
         """Run a coroutine on the loop thread and wait for its result (from a worker)."""
         loop = self._ensure_loop()
         return self._wait_future(asyncio.run_coroutine_threadsafe(coro, loop), None)
@@ -635,35 +579,6 @@ class ThreadExecutor(Executor):
                 raise concurrent.futures.TimeoutError
         return future.result()
 
-    # -- timers ---------------------------------------------------------------------------------
-
-    def _add_timer(self, when: float, action: Callable[[], None]) -> None:
-        timer = _Timer(when, next(self._timer_seq), action)
-        with self._timer_lock:
-            heapq.heappush(self._timers, timer)
-            if self._timers[0] is timer:
-                self._timer_lock.notify()
-
-    def _timer_main(self) -> None:
-        while True:
-            due: list[_Timer] = []
-            with self._timer_lock:
-                while True:
-                    if self._closed:
-                        return
-                    now = self.clock.monotonic()
-                    while self._timers and self._timers[0].when <= now:
-                        due.append(heapq.heappop(self._timers))
-                    if due:
-                        break
-                    timeout = self._timers[0].when - now if self._timers else None
-                    self.clock.wait(self._timer_lock, timeout)
-            for timer in due:
-                try:
-                    timer.action()
-                except Exception:  # pragma: no cover - a bug, never the user's
-                    log.exception("bgfunctions timer action failed")
-
     # -- synchronous functions ----------------------------------------------------------------
 
     def call(
@@ -671,13 +586,12 @@ class ThreadExecutor(Executor):
     ) -> Response:
         self._check_open()
         timeout = self.binding.limits_for(function).sync_timeout
-        context = self._sync_context(function, request, params, request_id, timeout)
+        context = self.lifecycle.sync_context(function, request, params, request_id, timeout)
+        prepared = PreparedAttempt(function, request, context, timeout)
         if function.is_async:
-            future = asyncio.run_coroutine_threadsafe(
-                run_on_loop(function, request, context, timeout=timeout), self._ensure_loop()
-            )
+            future = asyncio.run_coroutine_threadsafe(run_async(prepared), self._ensure_loop())
         else:
-            future = self._pool().submit(self._call_sync, function, request, context)
+            future = self._pool().submit(self._run_sync_call, prepared)
         try:
             # Enforced here too, not only on the loop: a handler that blocks the loop thread
             # cannot be cancelled there, and the caller must still get its answer on time.
@@ -691,15 +605,14 @@ class ThreadExecutor(Executor):
     ) -> Response:
         self._check_open()
         timeout = self.binding.limits_for(function).sync_timeout
-        context = self._sync_context(function, request, params, request_id, timeout)
+        context = self.lifecycle.sync_context(function, request, params, request_id, timeout)
+        prepared = PreparedAttempt(function, request, context, timeout)
         if function.is_async:
             # On the executor's loop, not the caller's: a handler that blocks (time.sleep)
             # then holds that loop, not the server's, and the time-out below still answers.
-            future = asyncio.run_coroutine_threadsafe(
-                run_on_loop(function, request, context, timeout=timeout), self._ensure_loop()
-            )
+            future = asyncio.run_coroutine_threadsafe(run_async(prepared), self._ensure_loop())
         else:
-            future = self._pool().submit(self._call_sync, function, request, context)
+            future = self._pool().submit(self._run_sync_call, prepared)
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except asyncio.TimeoutError:
@@ -748,28 +661,6 @@ class ThreadExecutor(Executor):
 def _notify(condition: threading.Condition) -> None:
     with condition:
         condition.notify_all()
-
-
-async def _await_and_settle(value: object, context: Context) -> object:
-    if inspect.isawaitable(value):
-        value = await contained(value)  # on the loop thread, which must outlive it
-    await settle_pending(context)
-    return value
-
-
-async def _finish_tasks(given: set[asyncio.Task[None]] | None, grace: float | None) -> None:
-    """Wait up to ``grace`` for ``given`` tasks (None: every other task of this loop), then
-    cancel those still running and wait for them to record how they ended."""
-    current = asyncio.current_task()
-    pool = asyncio.all_tasks() if given is None else given
-    tasks = [t for t in pool if t is not current and not t.done()]
-    if not tasks:
-        return
-    _, still = await asyncio.wait(tasks, timeout=grace)
-    for task in still:
-        task.cancel()
-    if still:
-        await asyncio.wait(still)
 
 
 def _response(result: AttemptResult, function: Function, context: Context) -> Response:

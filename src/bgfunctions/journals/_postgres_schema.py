@@ -60,6 +60,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "record = (record - 'body') || jsonb_build_object('body_size', "
         "length(decode(COALESCE(record->>'body', ''), 'base64')))",
     ),
+    ("ALTER TABLE {t} ADD COLUMN steps JSONB",),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

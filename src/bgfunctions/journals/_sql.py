@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bgfunctions.errors import JournalError
-from bgfunctions.invocation import InvocationRecord, State
+from bgfunctions.invocation import InvocationRecord, State, Step
 
 __all__ = [
     "COLUMNS",
@@ -30,17 +30,22 @@ __all__ = [
     "check_version",
     "load_record",
     "row_values",
+    "steps_of",
     "with_body",
+    "with_steps",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema version both journals write; an older one is migrated forward on open, a newer
 one refused.
 
 1: one row per invocation, the whole record (body included, base64) as JSON.
 2: the body in a column of its own (SQLite BLOB, PostgreSQL BYTEA), the JSON without it (with
 ``body_size``): listing and recovery never read a body; an attempt loads its own when it
-starts."""
+starts.
+3: a ``steps`` column (SQLite TEXT, PostgreSQL JSONB): the JSON array of the invocation's
+committed durable steps, NULL when it has none. The record's JSON leaves them out: a step is
+appended to the column alone, and an attempt's end rewrites the JSON without touching it."""
 
 FINISHED = tuple(s.value for s in State if s.finished)
 UNFINISHED = tuple(s.value for s in State if not s.finished)
@@ -238,3 +243,22 @@ def check_version(version: int, refuse: Callable[[str], JournalError]) -> None:
             f"expected schema version <= {SCHEMA_VERSION}, found {version}: written by a "
             "newer bgfunctions"
         )
+
+
+def steps_of(data: Any, where: str) -> tuple[Step, ...]:
+    """The steps a row's ``steps`` column holds (parsed JSON: a list of step objects)."""
+    try:
+        return tuple(Step.from_json(item) for item in data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise JournalError(
+            f"{where}: the steps column is not a JSON array of steps ({exc}): {str(data)[:80]!r}"
+        ) from exc
+
+
+def with_steps(
+    record: InvocationRecord, data: Any, where: str, parse: Callable[[Any], Any] = lambda d: d
+) -> InvocationRecord:
+    """``record`` with the steps its row's ``steps`` column holds (NULL: as it is)."""
+    if data is None:
+        return record
+    return record.with_steps(steps_of(parse(data), where))

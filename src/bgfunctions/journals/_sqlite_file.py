@@ -66,6 +66,7 @@ _MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     CREATE INDEX invocations_finished ON invocations (finished_at);
     """,
     _move_bodies,
+    "ALTER TABLE invocations ADD COLUMN steps TEXT",
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

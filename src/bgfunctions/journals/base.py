@@ -12,8 +12,9 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from bgfunctions._slots import evolve
 from bgfunctions.errors import JournalError
-from bgfunctions.invocation import InvocationRecord, State
+from bgfunctions.invocation import InvocationRecord, State, Step
 
 __all__ = ["Journal", "MemoryJournal"]
 
@@ -58,6 +59,20 @@ class Journal(ABC):
     @abstractmethod
     def attempt_ended(self, record: InvocationRecord) -> None:
         """``record``'s newest attempt ended: it is succeeded, failed or retry-scheduled."""
+
+    def step_completed(self, request_id: str, step: Step) -> None:
+        """A durable step of the running attempt of ``request_id`` committed: store it with the
+        invocation (``get``, ``select`` and ``unfinished`` return it in ``record.steps``) and
+        return once it survives what the journal promises. Raise when it cannot be stored,
+        or when the invocation is not running here (its lease was lost): the step then
+        counts as not committed and runs again.
+
+        Journals that predate steps inherit this refusal."""
+        raise JournalError(
+            f"{type(self).__name__}.step_completed: this journal cannot store durable steps "
+            f"(invocation {request_id}, step {step.id}); use MemoryJournal, SQLiteJournal "
+            "or PostgresJournal"
+        )
 
     def scheduled(self, record: InvocationRecord) -> None:
         """``record`` waits for its next attempt at ``next_run_at``."""
@@ -154,8 +169,22 @@ class MemoryJournal(Journal):
             self._records[record.request_id] = record
             return True
 
+    def step_completed(self, request_id: str, step: Step) -> None:
+        with self._lock:
+            current = self._records.get(request_id)
+            if current is None or current.state is not State.RUNNING:
+                found = "no record" if current is None else f"state {current.state}"
+                raise JournalError(
+                    f"MemoryJournal.step_completed: expected invocation {request_id} running, "
+                    f"found {found}; step {step.id} not stored"
+                )
+            self._records[request_id] = evolve(current, steps=(*current.steps, step))
+
     def attempt_ended(self, record: InvocationRecord) -> None:
         with self._lock:
+            current = self._records.get(record.request_id)
+            if current is not None and len(current.steps) > len(record.steps):
+                record = record.with_steps(current.steps)  # an engine that did not merge them
             self._records[record.request_id] = record
             if record.state.finished:
                 self._retire(record.request_id)

@@ -34,7 +34,7 @@ except ImportError as exc:  # tested by importing the module again without psyco
 
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import BgFunctionsError, JournalError, JournalUnavailableError
-from bgfunctions.invocation import InvocationRecord, State
+from bgfunctions.invocation import InvocationRecord, State, Step
 from bgfunctions.journals._groupcommit import GroupCommit, Write
 from bgfunctions.journals._postgres_pool import Conn, Cursor, Pool
 from bgfunctions.journals._postgres_schema import migrate, names
@@ -45,6 +45,7 @@ from bgfunctions.journals._sql import (
     load_record,
     row_values,
     with_body,
+    with_steps,
 )
 from bgfunctions.journals.base import Journal
 
@@ -283,6 +284,27 @@ class PostgresJournal(Journal):
                 record.state.value,
             )
 
+    def step_completed(self, request_id: str, step: Step) -> None:
+        """Append ``step`` to the row's ``steps``; returns once committed (a synchronous
+        commit). :class:`JournalError` when the row is not running under this owner's lease
+        (the attempt is no longer ours: nothing stored)."""
+        query = self._q(
+            "UPDATE {t} SET steps = COALESCE(steps, '[]'::jsonb) || jsonb_build_array(%s) "
+            "WHERE request_id = %s AND state = %s AND lease_owner = %s"
+        )
+        args = (Jsonb(step.to_json(), dumps=_dumps), request_id, State.RUNNING.value, self.owner)
+
+        def append(cursor: Cursor) -> int:
+            cursor.execute(query, args)
+            return cursor.rowcount
+
+        if self._write(append) != 1:
+            raise JournalError(
+                f"PostgresJournal {self._where}: step {step.id} of invocation {request_id} "
+                f"not stored: expected the invocation running under this owner's lease "
+                f"({self.owner}), found it finished, unknown or leased by another owner"
+            )
+
     def heartbeat(self, request_ids: Iterable[str]) -> None:
         """Renew this owner's leases on these running attempts."""
         ids = list(request_ids)
@@ -305,7 +327,7 @@ class PostgresJournal(Journal):
             "UPDATE {t} SET lease_owner = %s, lease_expires = %s "
             f"WHERE request_id IN (SELECT request_id FROM {{t}} WHERE {expired} "
             f"FOR UPDATE SKIP LOCKED) AND {expired} "
-            "RETURNING record, accepted_at, seq"
+            "RETURNING record, accepted_at, seq, steps"
         )
 
         def take(cursor: Cursor) -> list[tuple[Any, ...]]:
@@ -315,7 +337,7 @@ class PostgresJournal(Journal):
             return cursor.fetchall()
 
         rows = sorted(self._write(take), key=lambda row: (row[1], row[2]))
-        return [self._loads(row[0]) for row in rows]
+        return [self._steps(self._loads(row[0]), row[3]) for row in rows]
 
     def prune(self) -> int:
         """Delete finished records older than ``retention``; how many were deleted."""
@@ -349,10 +371,11 @@ class PostgresJournal(Journal):
 
     def get(self, request_id: str) -> InvocationRecord | None:
         """The whole record, body included (``select`` and ``unfinished`` leave bodies out)."""
-        rows = self._read(self._q(POSTGRES.get("record, body")), (request_id,))
+        rows = self._read(self._q(POSTGRES.get("record, body, steps")), (request_id,))
         if not rows:
             return None
-        return with_body(self._loads(rows[0][0]), rows[0][1], f"PostgresJournal {self._where}")
+        record = self._steps(self._loads(rows[0][0]), rows[0][2])
+        return with_body(record, rows[0][1], f"PostgresJournal {self._where}")
 
     def body(self, request_id: str) -> bytes | None:
         rows = self._read(self._q(POSTGRES.get("body")), (request_id,))
@@ -379,8 +402,10 @@ class PostgresJournal(Journal):
         newest_first: bool,
     ) -> list[InvocationRecord]:
         # seq breaks ties in insertion order, as SQLite's rowid does.
-        text, args = POSTGRES.select("record", function, state, limit, newest_first=newest_first)
-        return [self._loads(row[0]) for row in self._read(self._q(text), args)]
+        text, args = POSTGRES.select(
+            "record, steps", function, state, limit, newest_first=newest_first
+        )
+        return [self._steps(self._loads(row[0]), row[1]) for row in self._read(self._q(text), args)]
 
     def _read(self, query: sql.Composed, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         def fetch(cursor: Cursor) -> list[tuple[Any, ...]]:
@@ -388,6 +413,9 @@ class PostgresJournal(Journal):
             return cursor.fetchall()
 
         return self._pool.run(fetch, write=False)
+
+    def _steps(self, record: InvocationRecord, steps: Any) -> InvocationRecord:
+        return with_steps(record, steps, f"PostgresJournal {self._where}")
 
     def _loads(self, data: Any) -> InvocationRecord:
         return load_record(data, f"PostgresJournal {self._where}")
@@ -421,7 +449,7 @@ def _executes(query: sql.Composed, args: list[Any]) -> Callable[[Cursor], None]:
 
 def _jsonb(record: InvocationRecord) -> Jsonb:
     """The record's JSON, without its body, as the ``record`` column takes it."""
-    return Jsonb(record.to_json(body=False), dumps=_dumps)
+    return Jsonb(record.to_json(body=False, steps=False), dumps=_dumps)
 
 
 def _dumps(data: Any) -> str:

@@ -27,10 +27,11 @@ from typing import Any, Literal
 
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import JournalError, JournalUnavailableError
-from bgfunctions.invocation import InvocationRecord, State
+from bgfunctions.invocation import InvocationRecord, State, Step
 from bgfunctions.journals._groupcommit import GroupCommit, Write
 from bgfunctions.journals._sql import SCHEMA_VERSION, SQLITE, UNFINISHED, load_record, row_values
 from bgfunctions.journals._sql import with_body as _with_body
+from bgfunctions.journals._sql import with_steps as _with_steps
 from bgfunctions.journals._sqlite_batch import IMPATIENT_BUSY_TIMEOUT, Op, sql, transact
 from bgfunctions.journals._sqlite_file import APPLICATION_ID, SQLiteFile
 from bgfunctions.journals._sqlite_lock import WriterLock
@@ -348,6 +349,29 @@ class SQLiteJournal(Journal):
                 record.state.value,
             )
 
+    def step_completed(self, request_id: str, step: Step) -> None:
+        """Append ``step`` to the row's ``steps``; returns once committed (group-committed
+        with other writes). :class:`JournalError` when the row is not running under this
+        owner's lease (the attempt is no longer ours: nothing stored)."""
+        item = json.dumps(step.to_json(), separators=(",", ":"), allow_nan=False)
+        # One statement, appended as text: the steps already stored are not parsed again.
+        update = sql(
+            "UPDATE {t} SET steps = CASE WHEN steps IS NULL THEN '[' || ?1 || ']' "
+            "ELSE substr(steps, 1, length(steps) - 1) || ',' || ?1 || ']' END "
+            "WHERE request_id = ?2 AND state = ?3 AND lease_owner = ?4"
+        )
+        args = (item, request_id, State.RUNNING.value, self.owner)
+
+        def append(conn: sqlite3.Connection) -> bool:
+            return conn.execute(update, args).rowcount == 1
+
+        if not self._write(append):
+            raise JournalError(
+                f"SQLiteJournal {str(self.path)!r}: step {step.id} of invocation {request_id} "
+                f"not stored: expected the invocation running under this owner's lease "
+                f"({self.owner}), found it finished, unknown or leased by another owner"
+            )
+
     def heartbeat(self, request_ids: Iterable[str]) -> None:
         """Renew this owner's leases on these running attempts."""
         ids = list(request_ids)
@@ -366,19 +390,24 @@ class SQLiteJournal(Journal):
         """Claim running rows whose lease expired (their process died or hung): each is leased
         to this owner and returned (state running) to exactly one caller among processes."""
 
-        def take(conn: sqlite3.Connection) -> list[str]:
+        def take(conn: sqlite3.Connection) -> list[tuple[str, str | None]]:
             now = self.clock.now()
             where = f"WHERE {SQLITE.expired()}"
             args = (self.owner, now + self.lease, State.RUNNING.value, now)
             update = sql("UPDATE {t} SET lease_owner = ?, lease_expires = ? ") + where
             if _RETURNING:
-                return [r[0] for r in conn.execute(update + " RETURNING record", args)]
+                return [
+                    (r[0], r[1]) for r in conn.execute(update + " RETURNING record, steps", args)
+                ]
             # Older SQLite: the same, in two statements of one IMMEDIATE transaction.
-            rows = conn.execute(sql("SELECT record FROM {t} ") + where, args[2:]).fetchall()
+            rows = conn.execute(sql("SELECT record, steps FROM {t} ") + where, args[2:]).fetchall()
             conn.execute(update, args)
-            return [r[0] for r in rows]
+            return [(r[0], r[1]) for r in rows]
 
-        records = [self._loads(text) for text in self._write(take, patient=False, relaxed=True)]
+        records = [
+            self._steps(self._loads(text), steps)
+            for text, steps in self._write(take, patient=False, relaxed=True)
+        ]
         records.sort(key=lambda r: r.accepted_at)
         return records
 
@@ -390,11 +419,11 @@ class SQLiteJournal(Journal):
 
     def get(self, request_id: str) -> InvocationRecord | None:
         """The whole record, body included (``select`` and ``unfinished`` leave bodies out)."""
-        rows = self._read(sql(SQLITE.get("request_id, record, body")), (request_id,))
+        rows = self._read(sql(SQLITE.get("request_id, record, body, steps")), (request_id,))
         if not rows:
             return None
-        rid, text, body = rows[0]
-        return _with_body(self._record(rid, text), body, self._where)
+        rid, text, body, steps = rows[0]
+        return _with_body(self._steps(self._record(rid, text), steps), body, self._where)
 
     def body(self, request_id: str) -> bytes | None:
         rows = self._read(sql(SQLITE.get("body")), (request_id,))
@@ -426,9 +455,12 @@ class SQLiteJournal(Journal):
         newest_first: bool,
     ) -> list[InvocationRecord]:
         query, args = SQLITE.select(
-            "request_id, record", function, state, limit, newest_first=newest_first
+            "request_id, record, steps", function, state, limit, newest_first=newest_first
         )
-        return [self._record(rid, text) for rid, text in self._read(sql(query), args)]
+        return [
+            self._steps(self._record(rid, text), steps)
+            for rid, text, steps in self._read(sql(query), args)
+        ]
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         with self._reader_lock:
@@ -473,6 +505,9 @@ class SQLiteJournal(Journal):
             return known[1]
         return self._loads(text)
 
+    def _steps(self, record: InvocationRecord, steps: str | None) -> InvocationRecord:
+        return _with_steps(record, steps, self._where, json.loads)
+
     def _loads(self, text: str) -> InvocationRecord:
         return load_record(text, self._where, json.loads)
 
@@ -501,4 +536,6 @@ def _row(record: InvocationRecord, text: str) -> tuple[Any, ...]:
 
 
 def _dumps(record: InvocationRecord) -> str:
-    return json.dumps(record.to_json(body=False), separators=(",", ":"), allow_nan=False)
+    # Without body and steps: each has a column of its own.
+    data = record.to_json(body=False, steps=False)
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)

@@ -1,4 +1,8 @@
-"""The threads that run synchronous functions' calls, which a caller may give up on.
+"""The threads an executor runs calls on: :class:`LoopThread` (the executor's own event loop,
+on a thread of its own, for async handlers) and :class:`CallPool` (synchronous functions'
+sync handlers, on threads a caller may give up on).
+
+``CallPool``:
 
 ``concurrent.futures.ThreadPoolExecutor`` never gets back a thread whose call hangs: once all
 its threads hold hung calls, every later call waits in its queue, times out and answers 500,
@@ -14,6 +18,7 @@ call returns and its thread ends.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import queue
 import threading
@@ -21,9 +26,82 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["CallPool"]
+from bgfunctions.clock import Clock
+
+__all__ = ["CallPool", "LoopThread", "finish_tasks"]
 
 T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop on the executor's clock, on a thread of its own, started on first use."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        on_blocked: Callable[[asyncio.Task[Any] | None, float], None],
+        on_starved: Callable[[float, int], None],
+        blocking_threshold: float,
+    ) -> None:
+        self.clock = clock
+        self._on_blocked = on_blocked
+        self._on_starved = on_starved
+        self._blocking_threshold = blocking_threshold
+        self._lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The loop once started, else None."""
+        self._thread: threading.Thread | None = None
+
+    def ensure(self) -> asyncio.AbstractEventLoop:
+        """The loop, started (with its thread) if it was not yet."""
+        with self._lock:
+            if self.loop is None:
+                loop = self.clock.new_event_loop(
+                    on_blocked=self._on_blocked,
+                    blocking_threshold=self._blocking_threshold,
+                    on_starved=self._on_starved,
+                )
+                ready = threading.Event()
+                thread = threading.Thread(
+                    target=_loop_main, args=(loop, ready), name="bgfunctions-loop", daemon=True
+                )
+                thread.start()
+                ready.wait()
+                self.loop, self._thread = loop, thread
+            return self.loop
+
+    def stop(self, grace: float | None) -> None:
+        """Give the loop's tasks ``grace`` seconds (None: all they need), cancel those still
+        running (they record how they ended), then stop and close the loop."""
+        loop, thread = self.loop, self._thread
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(finish_tasks(None, grace), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+def _loop_main(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+    asyncio.set_event_loop(loop)
+    loop.call_soon(ready.set)
+    loop.run_forever()
+
+
+async def finish_tasks(given: set[asyncio.Task[None]] | None, grace: float | None) -> None:
+    """Wait up to ``grace`` for ``given`` tasks (None: every other task of this loop), then
+    cancel those still running and wait for them to record how they ended."""
+    current = asyncio.current_task()
+    pool = asyncio.all_tasks() if given is None else given
+    tasks = [t for t in pool if t is not current and not t.done()]
+    if not tasks:
+        return
+    _, still = await asyncio.wait(tasks, timeout=grace)
+    for task in still:
+        task.cancel()
+    if still:
+        await asyncio.wait(still)
 
 
 @dataclass(slots=True)

@@ -1,7 +1,22 @@
-"""Running one attempt of a handler: building its Context, calling it, classifying how it ended.
+"""What happens in an attempt: the one runner every engine calls.
 
-Engines differ in where this code runs (a virtual-time loop, a worker thread, a worker process),
-not in what it does: every engine calls these functions.
+An engine prepares an attempt (:class:`PreparedAttempt`: the function, its Request and Context,
+the time limit) and hands it to :func:`run_async` (on the running loop), :func:`run_sync` (in
+this thread) or :func:`start_sync` (in this thread, leaving any awaiting to the engine's loop).
+The runner calls the handler and classifies how it ended (:class:`AttemptResult`): ``succeeded``,
+``error``, ``timed_out``, ``cancelled`` or ``interrupted``. Engines differ in where this code runs
+(a virtual-time loop, a worker thread, a worker process, a Celery child), not in what it decides.
+``crashed`` is the one outcome the runner never gives: only the engine that watched a process die
+knows it.
+
+The rules, the same on every engine (docs/executors.md):
+
+- A handler's ``BaseException`` that is not an ``Exception`` (``SystemExit``,
+  ``KeyboardInterrupt``, ``GeneratorExit``, its own ``asyncio.CancelledError``, a custom one) is
+  the attempt's ``error``, recorded under the exception's own type name, and retried on the
+  normal schedule. Only an engine's own stop (``stopping``: a Celery child told to end) passes.
+- A sync handler cannot be interrupted: one that returns after its deadline is ``timed_out``,
+  at exactly its deadline, and what it returned is ignored.
 """
 
 from __future__ import annotations
@@ -22,19 +37,45 @@ from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
+from bgfunctions.steps import Steps, StoreStep
 
 __all__ = [
     "AttemptResult",
     "HandlerBaseException",
+    "PreparedAttempt",
     "as_failure",
     "contained",
     "make_context",
+    "make_steps",
     "record_request",
-    "run_on_loop",
+    "run_async",
+    "run_sync",
     "settle_pending",
+    "start_sync",
     "timeout_error",
     "to_response",
 ]
+
+Stopping = Callable[[BaseException], bool]
+"""Whether a ``BaseException`` is the engine's own stop (not the handler's): it then passes."""
+
+
+@dataclass(slots=True)
+class PreparedAttempt:
+    """Everything one attempt needs: what to call, with what, and for how long."""
+
+    function: Function
+    request: Request
+    context: Context
+    timeout: float
+    """Seconds the attempt may run from now."""
+    limit: float | None = None
+    """The function's whole time limit, named in a time-out's error (default: ``timeout``)."""
+
+    @property
+    def attempt(self) -> int:
+        return self.context.attempt
+
 
 log = logging.getLogger("bgfunctions.executor")
 T = TypeVar("T")
@@ -69,6 +110,7 @@ def make_context(
     clock: Clock,
     trust_proxy: bool,
     site: Site | None,
+    step: Steps | None = None,
 ) -> Context:
     return Context.from_request(
         request,
@@ -81,6 +123,29 @@ def make_context(
         clock=clock,
         background=function.background,
         site=site,
+        step=step,
+    )
+
+
+def make_steps(
+    function: Function,
+    record: InvocationRecord,
+    clock: Clock,
+    store: StoreStep | None,
+    *,
+    refusal: str | None = None,
+) -> Steps:
+    """``context.step`` for the newest attempt of ``record``: its committed steps are
+    replayed, new ones go to ``store`` (see :mod:`bgfunctions.steps`)."""
+    return Steps(
+        function=function.name,
+        request_id=record.request_id,
+        attempt=len(record.attempts),
+        clock=clock,
+        is_async=function.is_async,
+        done=record.steps,
+        store=store,
+        refusal=refusal,
     )
 
 
@@ -158,49 +223,62 @@ async def contained(awaitable: Awaitable[T]) -> T:
 
 
 async def _body(
-    function: Function, request: Request, context: Context, exit_is_failure: bool = True
+    function: Function, request: Request, context: Context, stopping: Stopping | None
 ) -> object:
     handler = function.handler
     assert handler is not None  # invalid names never reach an executor
     try:
         value = handler(request, context)
+    except BaseException as exc:
+        return await _failed(exc, context, stopping)
+    return await _complete(value, context, stopping)
+
+
+async def _complete(value: object, context: Context, stopping: Stopping | None) -> object:
+    """Await what a handler returned (a coroutine, or a sync handler's awaitable) and its
+    ``wait_until`` tasks; a ``BaseException`` comes out as :class:`HandlerBaseException`."""
+    try:
         if inspect.isawaitable(value):
             value = await value
-    except asyncio.CancelledError:
+    except BaseException as exc:
+        return await _failed(exc, context, stopping)
+    await settle_pending(context)
+    return value
+
+
+async def _failed(exc: BaseException, context: Context, stopping: Stopping | None) -> Any:
+    """The handler raised ``exc``: settle what it left, and raise it as the attempt's error."""
+    if isinstance(exc, asyncio.CancelledError):
+        # Cancelled at the deadline, by cancel(), by a shutdown, or by itself: whoever awaits
+        # tells which; what it left running is cancelled with it.
         for pending in context._take_pending():
             if isinstance(pending, asyncio.Future):
                 pending.cancel()
             elif inspect.iscoroutine(pending):
                 pending.close()
-        raise
-    except BaseException as exc:
-        if isinstance(exc, SystemExit) and not exit_is_failure:
-            raise  # the process is meant to end (a Celery child at its hard limit)
-        await settle_pending(context)
-        if isinstance(exc, Exception):
-            raise
-        raise HandlerBaseException(exc) from exc
+        raise exc
+    if stopping is not None and stopping(exc):
+        raise exc  # the engine's own stop (a Celery child told to end): it ends the process
     await settle_pending(context)
-    return value
+    if isinstance(exc, Exception):
+        raise exc
+    raise HandlerBaseException(exc) from exc
 
 
-async def run_on_loop(
-    function: Function,
-    request: Request,
-    context: Context,
+async def run_async(
+    prepared: PreparedAttempt,
     *,
-    timeout: float,
     cancelled: set[str] | None = None,
     body: Coroutine[Any, Any, object] | None = None,
-    limit: float | None = None,
-    exit_is_failure: bool = True,
+    stopping: Stopping | None = None,
     watch: tuple[float, Callable[[float], None]] | None = None,
 ) -> AttemptResult:
-    """Run one attempt on the running loop (async handlers, and sync ones on virtual time).
+    """Run one attempt on the running loop (async handlers, and sync ones on virtual time);
+    ``body``: the rest of an attempt :func:`start_sync` began, instead of calling the handler.
 
-    The attempt is cancelled at its deadline (``timeout`` seconds of loop time from now); a
-    sync handler cannot be interrupted, so it is judged on return: past its deadline it timed
-    out, at exactly the deadline.
+    The attempt is cancelled at its deadline (``prepared.timeout`` seconds of loop time from
+    now); a sync handler cannot be interrupted, so it is judged on return: past its deadline it
+    timed out, at exactly the deadline.
 
     How it ended: a cancellation at the deadline is ``timed_out``; one asked for by
     ``cancel()`` (its request id in ``cancelled``) is ``cancelled``; a cancellation of the
@@ -211,14 +289,11 @@ async def run_on_loop(
     ``watch``: ``(threshold, report)``: time the attempt's own steps (see
     :func:`~bgfunctions.clock.timed_steps`), for a loop that has no blocked-loop hook.
     """
+    function, request, context = prepared.function, prepared.request, prepared.context
     loop = asyncio.get_running_loop()
     with invocation_scope(function.name, context.request_id, context.attempt):
         # The task copies the context now, so the handler's log lines carry the invocation.
-        coro = (
-            contained(body)
-            if body is not None
-            else _body(function, request, context, exit_is_failure)
-        )
+        coro = contained(body) if body is not None else _body(function, request, context, stopping)
         if watch is not None:
             coro = _watched(timed_steps(coro, *watch))
         task = loop.create_task(
@@ -231,26 +306,87 @@ async def run_on_loop(
         expired = True
         task.cancel()
 
-    timer = loop.call_later(timeout, expire)
+    timer = loop.call_later(prepared.timeout, expire)
     try:
         error = await _until_done(task)
     finally:
         timer.cancel()
     if error is None:
-        return judge_return(function, context, timeout, task.result())
+        return judge_return(prepared, task.result())
     if task.cancelled():
         if expired:
-            return AttemptResult(
-                Outcome.TIMED_OUT,
-                timeout_error(function, limit if limit is not None else timeout, context.attempt),
-                ended_at=context.deadline,
-            )
+            return _timed_out(prepared)
         if cancelled is not None and context.request_id in cancelled:
             return AttemptResult(Outcome.CANCELLED)
         # A CancelledError nobody here asked for: the handler raised it itself.
     elif isinstance(error, DeadlineExceeded):
         return AttemptResult(Outcome.TIMED_OUT, error, ended_at=context.deadline)
+    elif stopping is not None and stopping(error.__cause__ or error):
+        raise error.__cause__ or error
     return AttemptResult(Outcome.ERROR, as_failure(error))
+
+
+def start_sync(
+    prepared: PreparedAttempt, *, stopping: Stopping | None = None
+) -> AttemptResult | Coroutine[Any, Any, object]:
+    """Call a sync handler in this thread: how it ended, or, when it left work to await (it
+    returned an awaitable, or registered ``wait_until`` tasks), the coroutine that finishes it,
+    for the engine to run on a loop (:func:`run_async` with ``body=``, or :func:`run_sync`)."""
+    function, request, context = prepared.function, prepared.request, prepared.context
+    handler = function.handler
+    assert handler is not None  # invalid names never reach an executor
+    with invocation_scope(function.name, context.request_id, context.attempt):
+        try:
+            value = handler(request, context)
+        except BaseException as exc:
+            return _classify(prepared, exc, stopping)
+    if inspect.isawaitable(value) or context._pending:
+        return _complete(value, context, stopping)
+    return judge_return(prepared, value)
+
+
+def run_sync(
+    prepared: PreparedAttempt,
+    *,
+    finish: Callable[[Coroutine[Any, Any, object]], object] = asyncio.run,
+    stopping: Stopping | None = None,
+) -> AttemptResult:
+    """Run one attempt of a sync handler in this thread (a worker thread or process);
+    ``finish`` runs what it left to await to the end (default: a loop of its own)."""
+    started = start_sync(prepared, stopping=stopping)
+    if isinstance(started, AttemptResult):
+        return started
+    context = prepared.context
+    with invocation_scope(prepared.function.name, context.request_id, context.attempt):
+        try:
+            value = finish(started)
+        except BaseException as exc:
+            return _classify(prepared, exc, stopping)
+    return judge_return(prepared, value)
+
+
+def _classify(
+    prepared: PreparedAttempt, exc: BaseException, stopping: Stopping | None
+) -> AttemptResult:
+    """A sync handler (or what it left to await) raised ``exc``."""
+    if isinstance(exc, HandlerBaseException) and isinstance(exc.__cause__, BaseException):
+        exc = exc.__cause__  # the loop that finished it carried it as an Exception
+    if stopping is not None and stopping(exc):
+        raise exc
+    if isinstance(exc, DeadlineExceeded):
+        return AttemptResult(Outcome.TIMED_OUT, exc, ended_at=prepared.context.deadline)
+    # KeyboardInterrupt, sys.exit(): the handler's failure too. Signals reach only a main
+    # thread: in a worker thread, it is the handler's own; a process's stop is ``stopping``.
+    return AttemptResult(Outcome.ERROR, as_failure(exc))
+
+
+def _timed_out(prepared: PreparedAttempt) -> AttemptResult:
+    limit = prepared.limit if prepared.limit is not None else prepared.timeout
+    return AttemptResult(
+        Outcome.TIMED_OUT,
+        timeout_error(prepared.function, limit, prepared.context.attempt),
+        ended_at=prepared.context.deadline,
+    )
 
 
 async def _watched(steps: Awaitable[object]) -> object:
@@ -288,25 +424,13 @@ async def _until_done(task: asyncio.Task[object]) -> BaseException | None:
         return task.exception()
 
 
-def judge_return(
-    function: Function, context: Context, timeout: float, value: object
-) -> AttemptResult:
+def judge_return(prepared: PreparedAttempt, value: object) -> AttemptResult:
     """A handler returned ``value``: it succeeded, unless it returned past its deadline (a
     sync handler cannot be interrupted, so it is judged on return, at exactly the deadline)."""
-    deadline = context.deadline
-    if deadline is not None and context.clock.now() > deadline:
-        return AttemptResult(
-            Outcome.TIMED_OUT, timeout_error(function, timeout, context.attempt), ended_at=deadline
-        )
+    deadline = prepared.context.deadline
+    if deadline is not None and prepared.context.clock.now() > deadline:
+        return _timed_out(prepared)
     return AttemptResult(Outcome.SUCCEEDED, value=value)
-
-
-async def finish_async(value: object, context: Context) -> object:
-    """Await what a sync handler returned (a coroutine) and its ``wait_until`` tasks."""
-    if inspect.isawaitable(value):
-        value = await value
-    await settle_pending(context)
-    return value
 
 
 def to_response(value: object, function: Function, context: Context) -> Response:

@@ -1,0 +1,506 @@
+"""The lifecycle of an invocation, one object every engine holds.
+
+An engine decides *where* an attempt runs (the caller's thread on virtual time, a thread pool,
+worker processes, a Celery child) and how a stuck one is stopped; :class:`Lifecycle` decides
+*what happens around it*: each state change of an invocation (accepted -> running -> succeeded |
+retry_scheduled | failed | cancelled) goes through :class:`InvocationRecord`'s state machine,
+then the journal, then the ``on_event`` listeners and hooks, in that order, in one place. So
+every engine records the same attempts, with the same retry schedule, and fires the same hooks.
+What happens *in* an attempt is :mod:`bgfunctions.attempts`.
+
+An engine gives its lifecycle three things (:class:`Engine`): how to schedule a record's next
+attempt, how to stop a running one (optional) and what to do when the journal could not take a
+claim (optional).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bgfunctions.attempts import (
+    PreparedAttempt,
+    Stopping,
+    make_context,
+    make_steps,
+    record_request,
+    run_async,
+    warn_ignored_return,
+)
+from bgfunctions.clock import Clock
+from bgfunctions.context import Context
+from bgfunctions.errors import (
+    ExecutorShutdownError,
+    InvocationNotFoundError,
+    JournalUnavailableError,
+)
+from bgfunctions.handles import Binding, Invocation, LiveTable
+from bgfunctions.invocation import (
+    Event,
+    EventKind,
+    InvocationRecord,
+    Outcome,
+    State,
+    Step,
+    error_type_name,
+)
+from bgfunctions.journals.base import Journal
+from bgfunctions.registry import Function
+from bgfunctions.reports import LoopReports, log_failure
+from bgfunctions.requests import Request
+from bgfunctions.retry import RetryPolicy
+
+__all__ = ["Lifecycle"]
+
+log = logging.getLogger("bgfunctions.executor")
+
+
+def _nothing(_: Any) -> None:
+    """An engine hook the engine does not need."""
+
+
+class Lifecycle:
+    """The state machine, journal writes, events, hooks and waiters of one engine's
+    invocations. Engines change records only through :meth:`begin` and :meth:`end`."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        clock: Clock,
+        journal: Journal,
+        dispatch: Callable[[InvocationRecord], None],
+        cancel_running: Callable[[str], None] = _nothing,
+        claim_unavailable: Callable[[InvocationRecord], None] = _nothing,
+        waiter: Callable[[Invocation, float | None], None] | None = None,
+        closed: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """``dispatch``: arrange the next attempt of a record at its ``next_run_at``.
+        ``cancel_running``: stop a running attempt, if the engine can (else it runs to its
+        end). ``claim_unavailable``: the journal could not take a claim (it may even have
+        committed it); engines that will not see that row again by themselves arrange to look
+        at it later. ``waiter``: how a caller waits for an invocation (default: on a condition
+        the engine's threads notify). ``closed``: whether the engine was shut down."""
+        self.name = name
+        self.clock = clock
+        self.journal = journal
+        self._dispatch = dispatch
+        self._on_cancel_running = cancel_running
+        self._on_claim_unavailable = claim_unavailable
+        self._waiter = waiter if waiter is not None else self.wait_threaded
+        self._binding: Binding | None = None
+        self.lock = threading.RLock()
+        self.table = LiveTable(self.lock, clock, journal)
+        self.live = self.table.live
+        """The invocations this process knows, by request id, until they finish."""
+        self.cancel_requested: set[str] = set()
+        self._engine_closed = closed
+        self.running = 0
+        """Attempts running on a loop (engines add their own counts)."""
+        self.reports = LoopReports(clock)
+        """The hooks of the engine's loops (a blocked handler, a loop that fell behind)."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the engine was shut down: no recovery, and an attempt cut off is recorded
+        ``interrupted``."""
+        return self._engine_closed()
+
+    @property
+    def binding(self) -> Binding:
+        if self._binding is None:
+            raise RuntimeError(
+                f"{self.name} is not bound to an App; pass it to App(registry, executor=...) first"
+            )
+        return self._binding
+
+    @binding.setter
+    def binding(self, binding: Binding) -> None:
+        self._binding = binding
+
+    def resume(self, record: InvocationRecord) -> Invocation:
+        """Take over an unfinished record that is already in the journal (recovery)."""
+        handle = Invocation(self, record)
+        with self.lock:
+            self.live[record.request_id] = handle
+        self._dispatch(record)
+        return handle
+
+    def recover(self) -> int:
+        """Take over what a durable journal holds: attempts whose process died are ended as
+        ``interrupted`` (a failed attempt; the retry schedule follows from now), and accepted
+        or retry-scheduled invocations this executor does not know yet are scheduled at their
+        ``next_run_at``. Returns how many invocations were taken over. Safe to call often."""
+        if self.closed:
+            return 0
+        taken = 0
+        for record in self.journal.expire_leases():
+            live = self.live.get(record.request_id)
+            if live is not None and live.state is State.RUNNING:
+                continue  # ours and still running (a late heartbeat): the claim renewed it
+            self.interrupted(record)
+            taken += 1
+        for record in self.journal.unfinished():
+            if record.state is State.RUNNING:
+                continue  # leased by a live process (maybe this one)
+            with self.lock:
+                known = record.request_id in self.live
+            if not known:
+                self.resume(record)
+                taken += 1
+        return taken
+
+    def interrupted(self, record: InvocationRecord) -> None:
+        """End an attempt found dead (its lease expired) as interrupted."""
+        with self.lock:
+            self.live.setdefault(record.request_id, Invocation(self, record))
+        attempt = record.last_attempt
+        error = RuntimeError(
+            f"attempt {attempt.number if attempt else '?'} of function {record.function!r} was "
+            "running when its process stopped or vanished"
+        )
+        try:
+            retry = self.binding.retry_for(self.binding.lookup(record.function))
+        except LookupError:
+            retry = RetryPolicy(delays=())  # its function is gone: nothing to retry with
+        ended = self.end(record, Outcome.INTERRUPTED, error, retry=retry)
+        if ended.state is State.RETRY_SCHEDULED:
+            self._dispatch(ended)
+
+    def heartbeat(self) -> None:
+        """Renew the leases of this executor's running attempts (durable journals)."""
+        with self.lock:
+            # submit() adds entries without the lock. dict.copy() is one C call with no
+            # allocation mid-way; list(items()) could grow its list, run the garbage
+            # collector, let another thread in, and fail with "changed size during iteration".
+            live = self.live.copy()
+        running = [rid for rid, h in live.items() if h.state is State.RUNNING]
+        if running:
+            self.journal.heartbeat(running)
+
+    def get(self, request_id: str) -> Invocation:
+        """A handle on a live invocation, or one rebuilt from the journal."""
+        with self.lock:
+            live = self.live.get(request_id)
+        if live is not None:
+            return live
+        record = self.journal.get(request_id)
+        if record is None:
+            raise InvocationNotFoundError(f"no invocation with request id {request_id!r}")
+        return Invocation(self, record)
+
+    def cancel(self, request_id: str) -> InvocationRecord:
+        """No further attempts; a running attempt finishes (or is cancelled, if the engine can)."""
+        handle = self.live.get(request_id)
+        guard = handle._guard if handle is not None else threading.Lock()
+        with guard:  # no claim of this invocation can slip in between
+            record = handle.record if handle is not None else self.journal.get(request_id)
+            if record is None:
+                raise InvocationNotFoundError(f"no invocation with request id {request_id!r}")
+            if record.state.finished:
+                return record
+            if record.state is State.RUNNING:
+                with self.lock:
+                    self.cancel_requested.add(request_id)
+                self._on_cancel_running(request_id)
+                return record
+            cancelled = record.cancel(self.clock.now())
+            self.journal.finished(cancelled)
+            with self.lock:
+                self.table.store(cancelled)
+        self.emit(EventKind.CANCELLED, cancelled)
+        return cancelled
+
+    def prepare(self, started: InvocationRecord) -> PreparedAttempt | None:
+        """:meth:`_attempt_inputs`, or None after ending the attempt as an error when they
+        cannot be had: a claimed attempt always ends, and the thread that claimed it lives on.
+        The function's retry schedule follows (a durable journal's body read can fail for a
+        moment), except when the function is gone (removed by a reload): then none."""
+        try:
+            return self._attempt_inputs(started)
+        except Exception as exc:
+            ended = self.end(started, Outcome.ERROR, exc)  # no retries for a function gone
+            if ended.state is State.RETRY_SCHEDULED:
+                self._dispatch(ended)
+            return None
+
+    def _attempt_inputs(self, started: InvocationRecord) -> PreparedAttempt:
+        """The function, Request, Context and time limit of ``started``'s newest attempt."""
+        function = self.binding.lookup(started.function)
+        timeout = self.binding.limits_for(function).background_timeout
+        attempt = started.attempts[-1]
+        handle = self.live.get(started.request_id)
+        deadline = attempt.started_at + timeout
+        # Durable steps: the attempt replays started.steps and stores new ones in the journal;
+        # end() puts them on the ended record (_with_steps).
+        steps = make_steps(function, started, self.clock, self._step_store(started.request_id))
+        if handle is not None and handle._context is not None:
+            made_for, previous = handle._context
+            if made_for is function and handle._request is not None:
+                context = previous._for_attempt(attempt.number, deadline, steps)
+                handle._context = (function, context)
+                return PreparedAttempt(function, handle._request, context, timeout)
+        request = handle._request if handle is not None else None
+        if request is None:
+            request = record_request(self.journal.with_body(started))
+        context = make_context(
+            function,
+            request,
+            request_id=started.request_id,
+            params=started.params,
+            attempt=attempt.number,
+            deadline=deadline,
+            clock=self.clock,
+            trust_proxy=self.binding.trust_proxy,
+            site=self.binding.site,
+            step=steps,
+        )
+        if handle is not None:
+            if not self.journal.durable:  # else the body stays in the journal between attempts
+                handle._request = request
+            handle._context = (function, context)
+        return PreparedAttempt(function, request, context, timeout)
+
+    def _step_store(self, request_id: str) -> Callable[[Step], None]:
+        """How an attempt of ``request_id`` stores a committed step: in the journal, durably,
+        before the handler goes on."""
+        journal = self.journal
+
+        def store(step: Step) -> None:
+            journal.step_completed(request_id, step)
+
+        return store
+
+    def _with_steps(self, record: InvocationRecord) -> InvocationRecord:
+        """``record`` with the steps its running attempt committed (the live Context's)."""
+        handle = self.live.get(record.request_id)
+        if handle is None or handle._context is None:
+            return record
+        completed = handle._context[1].step.completed
+        if len(completed) <= len(record.steps):
+            return record
+        return record.with_steps(completed)
+
+    def sync_context(
+        self,
+        function: Function,
+        request: Request,
+        params: Mapping[str, str],
+        request_id: str,
+        timeout: float,
+    ) -> Context:
+        """The Context of a synchronous function's one attempt, due in ``timeout`` s."""
+        return make_context(
+            function,
+            request,
+            request_id=request_id,
+            params=params,
+            attempt=1,
+            deadline=self.clock.now() + timeout,
+            clock=self.clock,
+            trust_proxy=self.binding.trust_proxy,
+            site=self.binding.site,
+        )
+
+    async def run_on_loop(
+        self,
+        record: InvocationRecord,
+        *,
+        stopping: Stopping | None = None,
+        watch: float | None = None,
+    ) -> InvocationRecord | None:
+        """Run the next attempt of ``record`` on the running loop; the ended record, or None
+        when it was cancelled before it started. Engines schedule what follows.
+
+        ``watch``: on a loop the executor does not own (no ``on_blocked`` hook of ours), time
+        the handler's own steps and warn, naming the function, when one holds the loop longer
+        than this many seconds."""
+        started = self.begin(record)
+        if started is None:
+            return None
+        prepared = self.prepare(started)
+        if prepared is None:
+            return None
+        function, context = prepared.function, prepared.context
+        self.running += 1
+        try:
+            result = await run_async(
+                prepared,
+                cancelled=self.cancel_requested,
+                stopping=stopping,
+                watch=None
+                if watch is None
+                else (watch, lambda seconds: self.reports.blocked_handler(function.name, seconds)),
+            )
+        except asyncio.CancelledError:
+            if not self.closed:
+                raise
+            # Cut off by shutdown past its grace: record it rather than leave it "running".
+            # None: nothing more is scheduled; the journal keeps it for recovery.
+            self.end(
+                started,
+                Outcome.INTERRUPTED,
+                ExecutorShutdownError(
+                    f"{self.name} shut down while attempt {context.attempt} of "
+                    f"function {function.name!r} ran"
+                ),
+            )
+            return None
+        finally:
+            self.running -= 1
+        warn_ignored_return(function, result.value)
+        return self.end(started, result.outcome, result.error, ended_at=result.ended_at)
+
+    def current(self, request_id: str, fallback: InvocationRecord) -> InvocationRecord:
+        handle = self.live.get(request_id)
+        return handle.record if handle is not None else fallback
+
+    def begin(self, record: InvocationRecord) -> InvocationRecord | None:
+        """Claim and start the next attempt; None when it is not ours to run (cancelled,
+        finished, already running, or claimed by another process sharing the journal)."""
+        rid = record.request_id
+        handle = self.live.get(rid)
+        if handle is None:
+            # _store drops the live handle once finished (e.g. cancelled while waiting),
+            # so the record we were dispatched with may be stale: trust the journal.
+            stored = self.journal.get(rid)
+            if stored is None or stored.state.finished:
+                return None
+            handle = self.live.setdefault(rid, Invocation(self, stored))
+        # The invocation's own lock, not the executor's: threads running different
+        # invocations never wait on each other (under the GIL that became a lock convoy).
+        with handle._guard:
+            current = handle._record
+            if current.state not in (State.ACCEPTED, State.RETRY_SCHEDULED):
+                if current.state.finished:
+                    self.table.forget(handle)
+                return None  # finished, or a second dispatch of a running attempt
+            started = current.start_attempt(self.clock.now())
+            try:
+                claimed = self.journal.attempt_started(started)
+            except JournalUnavailableError as exc:
+                # The journal cannot take the claim now (locked, full): the row still waits
+                # in it. Forget it here so that recover() takes it up again once the journal
+                # works, rather than let the exception end this worker.
+                log.warning("cannot start %s (%s) now: %s", rid, current.function, exc)
+                self._on_claim_unavailable(started)
+                claimed = False
+            if not claimed:
+                self.table.forget(handle)
+                return None
+            handle._record = started
+        self.emit(EventKind.ATTEMPT_STARTED, started)
+        return started
+
+    def end(
+        self,
+        record: InvocationRecord,
+        outcome: Outcome,
+        error: BaseException | None = None,
+        *,
+        ended_at: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> InvocationRecord:
+        """End the running attempt; the record then is retry-scheduled or finished."""
+        if retry is None:
+            try:
+                retry = self.binding.retry_for(self.binding.lookup(record.function))
+            except LookupError:
+                retry = RetryPolicy(delays=())  # its function is gone (a reload): no retries
+        now = self.clock.now() if ended_at is None else ended_at
+        cancel = record.request_id in self.cancel_requested
+        record = self._with_steps(record)
+        ended = record.end_attempt(
+            now,
+            outcome,
+            RetryPolicy(delays=()) if cancel else retry,
+            error_type=None if error is None else error_type_name(error),
+            error_message=None if error is None else str(error),
+        )
+        if cancel and ended.state is State.FAILED:
+            ended = dataclasses.replace(ended, state=State.CANCELLED)
+        if not ended.state.finished:
+            with self.lock:
+                if record.request_id in self.cancel_requested:
+                    ended = ended.cancel(now)  # cancelled while this attempt ended
+                else:
+                    self.table.store(ended)
+        try:
+            if ended.state.finished:
+                self.journal.finished(ended)
+            else:
+                self.journal.scheduled(ended)
+        except JournalUnavailableError as exc:
+            # The journal still says running, leased to us. Stop renewing that lease: once it
+            # expires, recover() ends the attempt as interrupted and the schedule goes on
+            # (at least once), instead of the row staying running for ever.
+            log.warning(
+                "cannot record the end of %s (%s) now: %s; it will be retried as interrupted",
+                ended.request_id,
+                ended.function,
+                exc,
+            )
+            with self.lock:
+                self.live.pop(ended.request_id, None)
+            return ended
+        self.emit(EventKind.ATTEMPT_ENDED, ended)
+        if error is not None and outcome.failed:
+            log_failure(ended, error)  # after the event: its line, then the traceback
+        state = ended.state
+        if state is State.RETRY_SCHEDULED:
+            self.emit(EventKind.RETRY_SCHEDULED, ended)
+        elif state is State.SUCCEEDED:
+            self.emit(EventKind.SUCCEEDED, ended)
+        elif state is State.CANCELLED:
+            self.emit(EventKind.CANCELLED, ended)
+        elif state is State.FAILED:
+            self.emit(EventKind.FAILED, ended)
+            for hook in self.binding.on_failure:
+                try:
+                    hook(ended)
+                except Exception:
+                    log.exception(
+                        "on_failure hook %r raised for %s (%s); ignored",
+                        hook,
+                        ended.request_id,
+                        ended.function,
+                    )
+        if state.finished:
+            # Waiters wake only now, so that when wait() returns the journal has the final
+            # record and the hooks have seen it.
+            self.cancel_requested.discard(ended.request_id)
+            self.table.store(ended)
+        return ended
+
+    def emit(self, kind: EventKind, record: InvocationRecord) -> None:
+        listeners = self._binding.on_event if self._binding is not None else ()
+        if not listeners:
+            return
+        event = Event(kind, record, self.clock.now())
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception(
+                    "on_event listener %r raised for %s %s; ignored",
+                    listener,
+                    kind.value,
+                    record.request_id,
+                )
+
+    def wait(self, handle: Invocation, timeout: float | None) -> None:
+        """Wait until ``handle`` is finished: the engine's own way, when it has one."""
+        self._waiter(handle, timeout)
+
+    def wait_threaded(self, handle: Invocation, timeout: float | None) -> None:
+        """Wait for ``handle`` on a threaded engine (the inline one runs virtual time)."""
+        self.table.wait(handle, timeout)
+
+    async def wait_async(self, handle: Invocation) -> None:
+        """Await ``handle`` from any event loop, without blocking it."""
+        if not handle.done():
+            await asyncio.get_running_loop().run_in_executor(None, self.wait, handle, None)
