@@ -124,14 +124,15 @@ HANDLERS = {
             if context.attempt == 1:
                 await asyncio.sleep(3600)
     """,
-    # Holds the only worker slot until the file named by the body exists (bounded by LIMIT).
+    # Holds the only worker slot until the file named by the body exists, for at most the
+    # seconds the body names (kept under the limit, so the hold never times out).
     "hold-background": """
         import os
         import time
 
         def handler(request, context):
-            path = request.body.decode()
-            end = time.monotonic() + 1.0
+            path, seconds = request.body.decode().split("|")
+            end = time.monotonic() + float(seconds)
             while not os.path.exists(path) and time.monotonic() < end:
                 time.sleep(0.01)
     """,
@@ -234,7 +235,7 @@ class Pair:
             yield
             return
         release = self.root / f"release-{uuid.uuid4().hex}"
-        hold = self.enqueue("hold-background", str(release).encode())
+        hold = self.enqueue("hold-background", f"{release}|{self.limit * 0.8}".encode())
         self.until("the hold to run", lambda: self.state(hold.request_id) is not State.ACCEPTED)
         try:
             yield
