@@ -8,7 +8,8 @@ worker process lands in the same ordered ledger as one heard in the web tier.
 Real-time pairs use short limits (``LIMIT`` per attempt, retries ``DELAYS`` after the previous
 attempt ended); the inline pair keeps Netlify's own values (900 s, 60 s then 120 s) on its
 virtual clock. Celery pairs run one worker process each (concurrency 1), shared by the module,
-started and stopped by pid; their queue, PostgreSQL table and Redis db are the run's own.
+started and stopped by pid; their queue and PostgreSQL table are the run's own, and they delete
+what they leave in Redis by their queue's name.
 """
 
 from __future__ import annotations
@@ -53,17 +54,19 @@ DELAYS = (0.2, 0.4)
 """Seconds between a failed attempt's end and the next attempt on the real-time pairs."""
 LEASE = 1.0
 """Seconds a claimed attempt stays claimed without a heartbeat (durable journals)."""
-CELERY_LIMIT = 6.0
-"""Seconds an attempt may run on the Celery pairs. A Celery worker tells a child that died from
-one killed at the limit only by when it notices the death (about 5 s after it on this machine:
-Celery's own lost-child detection, then a lease): with a shorter limit an ``os._exit`` would be
-recorded ``timed_out``. Netlify's 900 s limit leaves a wide margin."""
+DYING = ("crash-background", "exit-background")
+"""Functions whose process may die under them (``os._exit``; ``sys.exit`` on Celery, see
+KNOWN_BUGS). A Celery worker tells a child that died from one killed at the limit only by when
+the dead child's message is handled again: 0.1 to 5.3 s after the death on this machine (while
+a new child starts). So these functions get DYING_LIMIT, as a user sets a per-function limit,
+lest a crash be recorded ``timed_out``; Netlify's 900 s limit leaves a wide margin."""
+DYING_LIMIT = 15.0
 KILL_MARGIN = 1.0
 """Seconds past LIMIT after which Celery kills a child still running a sync handler."""
 WAIT = 60.0
 """Seconds of real time to wait for an invocation to finish; never reached when all is well."""
-BLOCK = 9.0
-"""Seconds the uninterruptible sync handler blocks for: well past CELERY_LIMIT + KILL_MARGIN, and
+BLOCK = 6.0
+"""Seconds the uninterruptible sync handler blocks for: well past LIMIT + KILL_MARGIN, and
 bounded, so that an abandoned thread does end."""
 CLOCK = SystemClock()
 
@@ -249,13 +252,24 @@ class Pair:
             stop()
 
 
-def _app(
-    executor: Any, site: Path, ledger: Ledger, *, virtual: bool = False, limit: float = LIMIT
-) -> App:
+def load_registry(site: Path | str) -> Registry:
+    """The site's functions, the DYING ones with their own limit (``Registry.add(limits=)``)."""
+    registry = Registry()
+    for function in Registry.from_site(site):
+        limits = Limits(background_timeout=DYING_LIMIT) if function.name in DYING else None
+        assert function.handler is not None
+        registry.add(
+            function.name, function.handler, config=function.config, file=function.file,
+            limits=limits,
+        )  # fmt: skip
+    return registry
+
+
+def _app(executor: Any, site: Path, ledger: Ledger, *, virtual: bool = False) -> App:
     return App(
-        Registry.from_site(site),
+        load_registry(site),
         executor=executor,
-        limits=Limits() if virtual else Limits(background_timeout=limit),
+        limits=Limits() if virtual else Limits(background_timeout=LIMIT),
         retry=RetryPolicy() if virtual else RetryPolicy(delays=DELAYS),
         on_event=ledger.on_event,
         on_failure=ledger.on_failure,
@@ -289,7 +303,7 @@ def embedded(name: str, site: Path, root: Path) -> Pair:
 
 AMQP = os.environ.get("BGFUNCTIONS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS = os.environ.get("BGFUNCTIONS_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
-REDIS_DB = 9  # this suite's own db (test_celery uses 7, test_celery_faults 8); flushed after
+REDIS_DB = 9  # this suite's own db (test_celery uses 7, test_celery_faults 8)
 POSTGRES_CANDIDATES = [
     os.environ.get("BGFUNCTIONS_TEST_POSTGRES_DSN", ""),
     "postgresql://postgres@127.0.0.1:5432/test",
@@ -302,7 +316,9 @@ import sys
 from bgfunctions import Limits, RetryPolicy
 from bgfunctions.executors.celery import make_celery, run_worker
 
-broker, journal_spec, table, site, queue, ledger_path = sys.argv[1:7]
+broker, journal_spec, table, site, queue, ledger_path, tests = sys.argv[1:8]
+sys.path.insert(0, tests)
+from contract_pairs import load_registry  # noqa: E402
 
 
 import os
@@ -330,7 +346,7 @@ def journal():
 app = make_celery(
     broker=broker,
     journal=journal,
-    site=site,
+    registry=load_registry(site),
     limits=Limits(background_timeout={limit}),
     retry=RetryPolicy(delays={delays}),
     queue=queue,
@@ -440,16 +456,17 @@ def celery(name: str, site: Path, root: Path) -> Pair:
         journal = SQLiteJournal(spec, lease=LEASE)
     celery_app = make_celery(broker=broker, journal=journal, queue=queue)
     executor = CeleryExecutor(celery_app, journal=journal, poll_interval=0.02)
-    app = _app(executor, site, ledger, limit=CELERY_LIMIT)
+    app = _app(executor, site, ledger)
     app.start()
     script = root / "worker.py"
     script.write_text(
-        WORKER.format(lease=LEASE, limit=CELERY_LIMIT, delays=DELAYS, kill_margin=KILL_MARGIN)
+        WORKER.format(lease=LEASE, limit=LIMIT, delays=DELAYS, kill_margin=KILL_MARGIN)
     )
     argv = [sys.executable, str(script), broker, spec, table, str(site), queue, str(ledger.path)]
+    argv.append(str(Path(__file__).parent))
     worker = _Worker(argv, root / "worker.log")
     worker.ensure()
-    pair = Pair(name, app, ledger, root, CELERY_LIMIT, DELAYS, runs_processes=True)
+    pair = Pair(name, app, ledger, root, LIMIT, DELAYS, runs_processes=True)
 
     def cleanup() -> None:
         worker.stop()
@@ -469,7 +486,15 @@ def _drop_queue(celery_app: Any, broker: str, queue: str) -> None:
     if broker.startswith("redis"):
         import redis
 
-        redis.Redis.from_url(broker).flushdb()
+        # Only this run's keys (its queue and the bindings named after it): another run of the
+        # suite may share the db.
+        client = redis.Redis.from_url(broker)
+        try:
+            keys = list(client.scan_iter(match=f"*{queue}*"))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
         return
     with celery_app.connection_for_write() as conn:
         channel = conn.default_channel
