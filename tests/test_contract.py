@@ -167,24 +167,11 @@ ALLOWED: dict[tuple[str, str], Allowed] = {
 }
 
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("process+sqlite", "cancel_running"): (
-        "ProcessExecutor: cancel() of a running attempt does not stop its worker process: the "
-        "attempt runs on to its time limit and is recorded timed_out / TimeoutError, not "
-        "cancelled (the invocation does end cancelled, without a retry)"
-    ),
     **{
         (pair, "cancel_running"): (
             "CeleryExecutor.cancel() of a running attempt records nothing and reaches no worker: "
             "the attempt runs on to its time limit (timed_out), is retried, and the invocation "
             "ends succeeded instead of cancelled"
-        )
-        for pair in CELERY
-    },
-    **{
-        (pair, "sys_exit"): (
-            "Celery worker: a handler's sys.exit() ends the worker child (_WorkerSide."
-            "exit_is_failure = False), so the attempt is crashed / RuntimeError, not error / "
-            "SystemExit"
         )
         for pair in CELERY
     },

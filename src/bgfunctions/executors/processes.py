@@ -204,8 +204,15 @@ class ProcessExecutor(ThreadExecutor):
                 with self._lock:
                     self._running_count += 1
                     self._running_in[started.request_id] = worker
+                    # A cancel between the claim and here found no process to kill: honour it.
+                    early = started.request_id in self.lifecycle.cancel_requested
                 try:
-                    outcome, error, _ = self._attempt(worker, function, started, timeout, deadline)
+                    if early:
+                        outcome, error = Outcome.CANCELLED, None
+                    else:
+                        outcome, error, _ = self._attempt(
+                            worker, function, started, timeout, deadline
+                        )
                 finally:
                     with self._lock:
                         self._running_count -= 1
