@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -268,12 +269,7 @@ class Lifecycle:
     def _step_store(self, request_id: str) -> Callable[[Step], None]:
         """How an attempt of ``request_id`` stores a committed step: in the journal, durably,
         before the handler goes on."""
-        journal = self.journal
-
-        def store(step: Step) -> None:
-            journal.step_completed(request_id, step)
-
-        return store
+        return functools.partial(self.journal.step_completed, request_id)
 
     def _with_steps(self, record: InvocationRecord) -> InvocationRecord:
         """``record`` with the steps its running attempt committed (the live Context's)."""

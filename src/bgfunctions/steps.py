@@ -115,12 +115,12 @@ class Steps:
         try:
             value = fn(*args, **kwargs)
         except BaseException:
-            self.events.append((step_id, "failed", self._clock.now()))
+            self._failed(step_id)
             raise
         if inspect.isawaitable(value):
             if inspect.iscoroutine(value):
                 value.close()  # never awaited: no "was never awaited" warning on top of this
-            self.events.append((step_id, "failed", self._clock.now()))
+            self._failed(step_id)
             raise self._error(
                 step_id,
                 f"{_name(fn)} returned an awaitable ({type(value).__name__}) in a sync "
@@ -140,7 +140,7 @@ class Steps:
             if inspect.isawaitable(value):
                 value = await value
         except BaseException:
-            self.events.append((step_id, "failed", self._clock.now()))
+            self._failed(step_id)
             raise
         return self._commit(step_id, value, started)
 
@@ -161,6 +161,9 @@ class Steps:
             raise self._error(step_id, self._refusal)
         self._used.add(step_id)
 
+    def _failed(self, step_id: str) -> None:
+        self.events.append((step_id, "failed", self._clock.now()))
+
     def _replay(self, stored: Step) -> Any:
         self.events.append((stored.id, "replayed", self._clock.now()))
         return json.loads(stored.result)
@@ -169,14 +172,14 @@ class Steps:
         try:
             text = json.dumps(value, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
-            self.events.append((step_id, "failed", self._clock.now()))
+            self._failed(step_id)
             raise self._error(
                 step_id,
                 f"expected a result that can be stored as JSON, found {type(value).__name__} "
                 f"({exc}); return plain data (dict, list, str, int, float, bool, None)",
             ) from exc
         if len(text) > MAX_RESULT_BYTES:  # characters; bytes when the JSON is ASCII (default)
-            self.events.append((step_id, "failed", self._clock.now()))
+            self._failed(step_id)
             raise self._error(
                 step_id,
                 f"expected a result of at most {MAX_RESULT_BYTES} bytes as JSON, found "
@@ -190,7 +193,7 @@ class Steps:
             try:
                 self._store(step)
             except BaseException:
-                self.events.append((step_id, "failed", self._clock.now()))
+                self._failed(step_id)
                 raise
         self._done[step_id] = step
         self.completed = (*self.completed, step)
