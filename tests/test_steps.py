@@ -444,8 +444,9 @@ def test_cli_invoke_prints_each_committed_step_under_its_attempt(tmp_path: Path)
     assert lines[0].startswith("t=0.000s attempt 1 error")
     assert lines[1].startswith("t=0.000s step billing committed")
     assert lines[2].startswith("t=60.000s attempt 2 succeeded")
-    assert lines[3].startswith("t=60.000s step email committed")
-    assert lines[4] == "succeeded after 2 attempt(s)"
+    assert lines[3] == "step billing replayed: stored by attempt 1, not run again"
+    assert lines[4].startswith("t=60.000s step email committed")
+    assert lines[5] == "succeeded after 2 attempt(s)"
 
 
 def test_the_invocations_view_lists_steps_without_their_results() -> None:
