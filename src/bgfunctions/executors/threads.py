@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -55,6 +56,9 @@ __all__ = ["ThreadExecutor"]
 
 log = logging.getLogger("bgfunctions.executor")
 
+IDLE_CPU_SHARE = 0.5
+"""Below this share of one CPU used by the whole process between two stall checks, busy
+workers are waiting (on I/O, a sleep, a commit) rather than computing: more may start."""
 STALL_CHECK = 0.05
 """Seconds between checks that busy workers still finish attempts; when none finished, more
 start. Longer than the GIL's switch interval (5 ms), so a worker merely waiting for the GIL
@@ -138,6 +142,9 @@ class ThreadExecutor(Executor):
         self._stall_check_armed = False
         self._finished_count = 0  # sync attempts finished (approximate: a progress signal)
         self._last_progress = -1
+        # The process's CPU time and the wall time at the last stall check: busy workers that
+        # leave the CPU mostly idle are blocked (I/O, sleeps, commits), not fighting for it.
+        self._last_cpu = (time.process_time(), time.perf_counter())
         self._reserved = 0
         self._spawned = 0
         self._sync_running: dict[int, _Running] = {}
@@ -331,17 +338,30 @@ class ThreadExecutor(Executor):
             self._timers.add(self.clock.monotonic() + STALL_CHECK, self._check_stall)
 
     def _check_stall(self) -> None:
-        """Start a worker when work waits and no attempt finished since the last check."""
+        """Start workers while work waits and every worker is busy: enough for what waits when
+        no attempt finished since the last check (handlers that block); twice as many when
+        attempts finish but the process left the CPU mostly idle meanwhile (handlers that
+        wait on I/O between short bursts: API calls, durable steps' commits). Busy workers on
+        a busy CPU get no company: one more thread would only fight them for the GIL."""
         self._stall_check_armed = False
+        cpu, wall = time.process_time(), time.perf_counter()
+        last_cpu, last_wall = self._last_cpu
+        self._last_cpu = (cpu, wall)
         if self._closed or self._queue.empty():
             return
         finished = self._finished_count
-        if finished == self._last_progress and self._idle <= 0:
-            # Stalled: enough workers for what waits (handlers that block, such as I/O).
-            with self._lock:
-                wanted = min(self._queue.qsize(), self.max_workers - len(self._workers))
-                for _ in range(wanted):
-                    self._spawn_worker()
+        if self._idle <= 0:
+            waiting = self._queue.qsize()
+            if finished == self._last_progress:  # stalled
+                wanted = waiting
+            elif cpu - last_cpu < IDLE_CPU_SHARE * (wall - last_wall):  # waiting on I/O
+                wanted = min(waiting, len(self._workers))
+            else:
+                wanted = 0
+            if wanted > 0:
+                with self._lock:
+                    for _ in range(min(wanted, self.max_workers - len(self._workers))):
+                        self._spawn_worker()
         self._last_progress = finished
         if len(self._workers) < self.max_workers:
             self._stall_check_armed = True
