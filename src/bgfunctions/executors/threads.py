@@ -99,6 +99,9 @@ class ThreadExecutor(Executor):
         self._host: asyncio.AbstractEventLoop | None = None
         self._host_thread: int | None = None
         self._host_tasks: set[asyncio.Task[None]] = set()
+        # Async attempts running on either loop: they count against max_pending.
+        self._on_loops = 0
+        self._loops_lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -163,7 +166,7 @@ class ThreadExecutor(Executor):
         pool = self._pool
         return ExecutorStats(
             pending=pool.pending,
-            running=self._lanes.running + self._running_count,
+            running=self._lanes.running + self._on_loops,
             abandoned_threads=pool.abandoned + self._calls.abandoned,
             workers=pool.workers,
             spawned=pool.spawned,
@@ -173,7 +176,9 @@ class ThreadExecutor(Executor):
 
     def _check_accepting(self) -> None:
         super()._check_accepting()
-        self._pool.check_room(self._committing)
+        # Async attempts hold no worker thread, so nothing else bounds how many run at once
+        # (each with its request): they count against max_pending as waiting ones do.
+        self._pool.check_room(self._committing, self._on_loops)
 
     def _dispatch(self, record: InvocationRecord) -> None:
         self._pool.schedule(record)
@@ -200,13 +205,34 @@ class ThreadExecutor(Executor):
     # -- async attempts on the loop thread ----------------------------------------------------
 
     def _start_async(self, record: InvocationRecord) -> None:
-        self._pool.taken()
+        self._count_on_loop(1)
         loop = self._loop_thread.loop
         assert loop is not None
-        loop.create_task(self._run_async(record))
+        counted = [True]
+        task = loop.create_task(self._run_async(record, counted))
+        task.add_done_callback(lambda _: self._leave_loop(counted))
 
-    async def _run_async(self, record: InvocationRecord, watch: float | None = None) -> None:
-        ended = await self.lifecycle.run_on_loop(record, stopping=self._stopping, watch=watch)
+    def _count_on_loop(self, change: int) -> None:
+        """An async attempt left the pool's count for a loop (1), or ended there (-1)."""
+        if change > 0:
+            self._pool.taken()
+        with self._loops_lock:
+            self._on_loops += change
+
+    def _leave_loop(self, counted: list[bool]) -> None:
+        """Once per attempt: when it ended, or (a task cancelled before it ran) when its task
+        is done."""
+        if counted[0]:
+            counted[0] = False
+            self._count_on_loop(-1)
+
+    async def _run_async(
+        self, record: InvocationRecord, counted: list[bool], watch: float | None = None
+    ) -> None:
+        try:
+            ended = await self.lifecycle.run_on_loop(record, stopping=self._stopping, watch=watch)
+        finally:
+            self._leave_loop(counted)  # before what follows: a retry counts as waiting again
         if ended is not None:
             self._pool.after(ended)
 
@@ -227,13 +253,18 @@ class ThreadExecutor(Executor):
         return True
 
     def _start_host_task(self, record: InvocationRecord) -> None:
-        self._pool.taken()
         if self._closed:
+            self._pool.taken()
             return  # shutting down: it stays unfinished in the journal
+        self._count_on_loop(1)
         assert self._host is not None
-        task = self._host.create_task(self._run_async(record, watch=self._blocking_threshold))
+        counted = [True]
+        task = self._host.create_task(
+            self._run_async(record, counted, watch=self._blocking_threshold)
+        )
         self._host_tasks.add(task)
         task.add_done_callback(self._host_tasks.discard)
+        task.add_done_callback(lambda _: self._leave_loop(counted))
 
     def _cancel_running(self, request_id: str) -> None:
         def cancel(loop: asyncio.AbstractEventLoop) -> None:

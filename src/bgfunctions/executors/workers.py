@@ -154,15 +154,18 @@ class WorkerPool:
 
     # -- accepting and scheduling ---------------------------------------------------------------
 
-    def check_room(self, committing: int) -> None:
-        """Raise :class:`QueueFullError` when ``max_pending`` records already wait
-        (``committing``: accepts handed to the journal, about to be scheduled)."""
+    def check_room(self, committing: int, on_loops: int = 0) -> None:
+        """Raise :class:`QueueFullError` when ``max_pending`` invocations are already held
+        (``committing``: accepts handed to the journal, about to be scheduled; ``on_loops``:
+        async attempts running on an event loop, which no worker thread bounds)."""
         if not self._started:
             self.start()
-        waiting = self.pending + committing
-        if self.max_pending is not None and waiting >= self.max_pending:
+        held = self.pending + committing + on_loops
+        if self.max_pending is not None and held >= self.max_pending:
+            running = f" and {on_loops} async attempts running" if on_loops else ""
             error = QueueFullError(
-                f"{self.owner} has {waiting} invocations waiting (max_pending={self.max_pending})"
+                f"{self.owner} has {held - on_loops} invocations waiting{running} "
+                f"(max_pending={self.max_pending})"
             )
             error.retry_after = 5.0
             raise error
