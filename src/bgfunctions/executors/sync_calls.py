@@ -3,6 +3,11 @@
 async handlers run on the executor's loop thread, never on the caller's loop, so a blocking call
 in one holds that loop and not the server's, and the caller enforces the time-out from its side
 of the hand-off.
+
+One function cannot take every thread with calls that hang: once ``max_hung`` of its calls run
+on past their time-out (abandoned threads), its next calls are refused at once (503 with
+``Retry-After``, no thread taken) until one of them returns. Other functions keep the pool, and
+the pool's bound on abandoned threads is left for the next function that hangs.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from bgfunctions.attempts import (
     to_response,
 )
 from bgfunctions.context import Context
+from bgfunctions.errors import QueueFullError
 from bgfunctions.executors.calls import CallPool, LoopThread, wait_future
 from bgfunctions.invocation import Outcome
 from bgfunctions.lifecycle import Lifecycle
@@ -44,6 +50,9 @@ class SyncCalls:
         self._threads = threads
         self._lock = threading.Lock()
         self._call_pool: CallPool | None = None  # started on the first sync handler's call
+        self.max_hung = max(1, threads // 2)
+        """Calls of one function running on past their time-out before its calls are refused."""
+        self._hung: dict[str, int] = {}  # function name -> its abandoned calls still running
 
     @property
     def abandoned(self) -> int:
@@ -89,6 +98,14 @@ class SyncCalls:
         self, function: Function, request: Request, params: Mapping[str, str], request_id: str
     ) -> PreparedAttempt:
         timeout = self.lifecycle.binding.limits_for(function).sync_timeout
+        hung = self._hung.get(function.name, 0)
+        if hung >= self.max_hung:
+            error = QueueFullError(
+                f"function {function.name!r} has {hung} calls still running past their "
+                f"{timeout:g} s time-out (at most {self.max_hung}): refused until one returns"
+            )
+            error.retry_after = max(1.0, timeout)
+            raise error
         context = self.lifecycle.sync_context(function, request, params, request_id, timeout)
         return PreparedAttempt(function, request, context, timeout)
 
@@ -114,6 +131,8 @@ class SyncCalls:
         """A synchronous call ran out of time: stop waiting for it, and free its thread."""
         future.cancel()  # still queued: it must not run after the client got its 500
         if not function.is_async and self._pool().abandon(future):
+            self._count_hung(function.name, 1)
+            future.add_done_callback(lambda _: self._count_hung(function.name, -1))
             log.warning(
                 "function %r (request %s) timed out after %g s; its thread cannot be stopped "
                 "and keeps running, another takes its place, and whatever it returns will be "
@@ -123,6 +142,14 @@ class SyncCalls:
                 timeout,
             )
         return timeout_error(function, timeout, 1)
+
+    def _count_hung(self, name: str, change: int) -> None:
+        with self._lock:
+            hung = self._hung.get(name, 0) + change
+            if hung > 0:
+                self._hung[name] = hung
+            else:
+                self._hung.pop(name, None)
 
     def _pool(self) -> CallPool:
         with self._lock:
