@@ -18,6 +18,10 @@ What it shares with the thread engine (the queue of due records, the worker thre
 thread, journal maintenance) is the :class:`~bgfunctions.executors.workers.WorkerPool` it holds;
 the processes themselves, both sides of the pipe, are :mod:`~bgfunctions.executors.process_worker`.
 
+Durable steps (``context.step.run``) work here as on the other engines: a worker process never
+opens the journal, so it sends each step to this process, which commits it through the lifecycle
+before the handler goes on; each attempt is sent with the steps committed so far.
+
 Choose it when handlers may hang in code that cannot be interrupted (C extensions, blocking
 I/O without timeouts), or must not share memory with the server. It costs a process per worker
 and a JSON round trip per attempt; the thread executor is lighter for well-behaved handlers.
