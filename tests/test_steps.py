@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 
-from bgfunctions import App, Registry, RetryPolicy, discover
+from bgfunctions import App, Registry, RetryPolicy
 from bgfunctions.clock import VirtualClock
 from bgfunctions.errors import JournalError, StepError
 from bgfunctions.executors.inline import InlineExecutor
-from bgfunctions.executors.processes import ProcessExecutor
 from bgfunctions.executors.threads import ThreadExecutor
 from bgfunctions.invocation import InvocationRecord, Outcome, State, Step
 from bgfunctions.journals.base import MemoryJournal
@@ -373,27 +372,6 @@ def test_schema_2_file_migrates_to_steps(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         text = conn.execute("SELECT record FROM invocations").fetchone()[0]
     assert "steps" not in json.loads(text)  # the column is the truth
-
-
-def test_process_executor_refuses_steps_clearly(tmp_path: Path) -> None:
-    """The process executor cannot store steps yet: the step fails before its function runs,
-    with an error that says where steps work."""
-    (tmp_path / "steps-background.py").write_text(
-        "def handler(request, context):\n    context.step.run('charge', print, 'charging')\n"
-    )
-    app = App(
-        discover(tmp_path), executor=ProcessExecutor(max_workers=1), retry=RetryPolicy(delays=())
-    )
-    try:
-        record = app.enqueue("steps-background").wait(30)
-    finally:
-        app.shutdown(grace=0)
-    assert record.state is State.FAILED
-    assert record.attempts[0].error_type == "bgfunctions.errors.StepError"
-    message = record.attempts[0].error_message or ""
-    assert "process executor cannot store durable steps" in message
-    assert "step charge" in message
-    assert "'steps-background'" in message
 
 
 def test_inline_executor_on_sqlite_virtual_time(tmp_path: Path) -> None:

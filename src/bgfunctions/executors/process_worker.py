@@ -23,7 +23,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ from bgfunctions.attempts import (
 )
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.config import Config
-from bgfunctions.invocation import InvocationRecord, Outcome, error_type_name
+from bgfunctions.errors import JournalError
+from bgfunctions.invocation import InvocationRecord, Outcome, Step, error_type_name
 from bgfunctions.registry import Function
 
 __all__ = ["RemoteError", "WorkerProcess"]
@@ -71,20 +73,45 @@ class WorkerProcess:
             )
         self.conn.recv_bytes()
 
-    def run(self, message: Mapping[str, Any], timeout: float) -> dict[str, Any] | None:
+    def run(
+        self,
+        message: Mapping[str, Any],
+        timeout: float,
+        on_step: Callable[[Step], str | None] | None = None,
+    ) -> dict[str, Any] | None:
         """Send one attempt; its reply, or None when the process died or ran out of time. Then,
-        or when the handler left processes running, the worker and its group are killed."""
+        or when the handler left processes running, the worker and its group are killed.
+
+        Each durable step the attempt commits comes first, as a message of its own: ``on_step``
+        stores it (None) or says why it could not (a text), and the worker waits for that
+        answer before its handler goes on."""
         try:
             self.conn.send_bytes(json.dumps(message).encode())
         except (BrokenPipeError, OSError):
             self.kill()
             return None
-        ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], timeout)
-        self.timed_out = not ready
+        end = time.monotonic() + timeout
         reply: dict[str, Any] | None = None
-        if self.conn in ready:
-            with contextlib.suppress(EOFError, OSError):
-                reply = json.loads(self.conn.recv_bytes())
+        while True:
+            left = max(0.0, end - time.monotonic())
+            ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], left)
+            self.timed_out = not ready
+            if self.conn not in ready:
+                break  # out of time, or the process died without a word
+            try:
+                received = json.loads(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                break
+            if not (isinstance(received, dict) and "step" in received):
+                reply = received
+                break
+            refused: str | None = "this attempt cannot store steps"
+            if on_step is not None:
+                refused = on_step(Step.from_json(received["step"]))
+            try:
+                self.conn.send_bytes(json.dumps({"refused": refused}).encode())
+            except (BrokenPipeError, OSError):
+                break
         if reply is None or reply.get("leftover"):
             self.kill()
         return reply
@@ -159,7 +186,7 @@ def _process_main(conn: multiprocessing.connection.Connection) -> None:
             return
         if message is None:
             return
-        reply = _run_one(message, cache, clock)
+        reply = _run_one(message, cache, clock, _ParentStore(conn))
         if _has_children():
             # The parent kills this process's group, and with it what the handler left running.
             reply["leftover"] = True
@@ -234,14 +261,25 @@ def _load(message: Mapping[str, Any], cache: dict[tuple[str, int], Function]) ->
     return function
 
 
-_NO_STEPS = (
-    "the process executor cannot store durable steps yet; run this function on the inline, "
-    "thread or Celery executor (see docs/workflows.md)"
-)
+class _ParentStore:
+    """How a worker process stores a durable step: it sends the step to the parent, which
+    commits it in the journal, and waits for the answer before the handler goes on."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self.conn = conn
+
+    def __call__(self, step: Step) -> None:
+        self.conn.send_bytes(json.dumps({"step": step.to_json()}).encode())
+        refused = json.loads(self.conn.recv_bytes())["refused"]
+        if refused is not None:
+            raise JournalError(refused)
 
 
 def _run_one(
-    message: Mapping[str, Any], cache: dict[tuple[str, int], Function], clock: Clock
+    message: Mapping[str, Any],
+    cache: dict[tuple[str, int], Function],
+    clock: Clock,
+    store: _ParentStore,
 ) -> dict[str, Any]:
     record = InvocationRecord.from_json(message["record"])
     try:
@@ -259,8 +297,8 @@ def _run_one(
         clock=clock,
         trust_proxy=message["trust_proxy"],
         site=None,
-        # The store would have to reach the parent's journal from here: not built yet.
-        step=make_steps(function, record, clock, None, refusal=_NO_STEPS),
+        # A synchronous function's steps stay in its one attempt, as on the other engines.
+        step=None if message["sync_call"] else make_steps(function, record, clock, store),
     )
     timeout = max(0.0, message["deadline"] - clock.now())
     # Nothing here cancels an attempt (the parent kills the process at the deadline), so a

@@ -18,6 +18,10 @@ What it shares with the thread engine (the queue of due records, the worker thre
 thread, journal maintenance) is the :class:`~bgfunctions.executors.workers.WorkerPool` it holds;
 the processes themselves, both sides of the pipe, are :mod:`~bgfunctions.executors.process_worker`.
 
+Durable steps (``context.step.run``) work here as on the other engines: a worker process never
+opens the journal, so it sends each step to this process, which commits it through the lifecycle
+before the handler goes on; each attempt is sent with the steps committed so far.
+
 Choose it when handlers may hang in code that cannot be interrupted (C extensions, blocking
 I/O without timeouts), or must not share memory with the server. It costs a process per worker
 and a JSON round trip per attempt; the thread executor is lighter for well-behaved handlers.
@@ -38,7 +42,7 @@ from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.executors.base import Executor, ExecutorStats
 from bgfunctions.executors.process_worker import RemoteError, WorkerProcess
 from bgfunctions.executors.workers import WorkerPool
-from bgfunctions.invocation import InvocationRecord, Outcome
+from bgfunctions.invocation import InvocationRecord, Outcome, Step
 from bgfunctions.journals.base import Journal
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
@@ -157,15 +161,24 @@ class ProcessExecutor(Executor):
     def _run(self, record: InvocationRecord, worker: WorkerProcess | None) -> WorkerProcess | None:
         """Run ``record``'s next attempt in ``worker`` (started if None); the process to use
         next (None when this one was killed)."""
+        # The process starts before the claim: its start-up (a spawn, a second or more on a
+        # loaded machine) must not eat into the attempt's time limit.
+        no_process: Exception | None = None
+        if worker is None:
+            try:
+                worker = self._new_process()
+            except Exception as exc:
+                no_process = exc
         started = self.lifecycle.begin(record)
         if started is None:
             return worker
         try:
+            if no_process is not None:
+                raise no_process
+            assert worker is not None
             function = self.binding.lookup(started.function)
             timeout = self.binding.limits_for(function).background_timeout
             deadline = started.attempts[-1].started_at + timeout
-            if worker is None:
-                worker = self._new_process()
         except Exception as exc:
             # No function (a reload removed it) or no process to run it in: the claimed
             # attempt still ends, and this thread lives on.
@@ -176,11 +189,14 @@ class ProcessExecutor(Executor):
             self._running_in[started.request_id] = worker
             # A cancel between the claim and here found no process to kill: honour it.
             early = started.request_id in self.lifecycle.cancel_requested
+        stored: list[Step] = []  # the durable steps this attempt committed
         try:
             if early:
                 outcome, error = Outcome.CANCELLED, None
             else:
-                outcome, error, _ = self._attempt(worker, function, started, timeout, deadline)
+                outcome, error, _ = self._attempt(
+                    worker, function, started, timeout, deadline, steps=stored
+                )
         finally:
             with self._lock:
                 self._running_count -= 1
@@ -189,7 +205,9 @@ class ProcessExecutor(Executor):
             self._drop_process(worker)
             worker = None
         ended_at = deadline if outcome is Outcome.TIMED_OUT else None
-        self._pool.after(self.lifecycle.end(started, outcome, error, ended_at=ended_at))
+        # Committed steps stay committed however the attempt ended: the next one replays them.
+        ended = started.with_steps((*started.steps, *stored))
+        self._pool.after(self.lifecycle.end(ended, outcome, error, ended_at=ended_at))
         return worker
 
     def _attempt(
@@ -201,7 +219,10 @@ class ProcessExecutor(Executor):
         deadline: float,
         *,
         sync_call: bool = False,
+        steps: list[Step] | None = None,
     ) -> tuple[Outcome, BaseException | None, dict[str, Any] | None]:
+        """Run one attempt in ``worker``: how it ended, and the worker's reply. Each durable
+        step the handler commits is stored through the lifecycle, then added to ``steps``."""
         if function.file is None:
             return (
                 Outcome.ERROR,
@@ -226,7 +247,18 @@ class ProcessExecutor(Executor):
             "trust_proxy": self.binding.trust_proxy,
             "sync_call": sync_call,
         }
-        reply = worker.run(message, max(0.0, timeout))
+
+        def store(step: Step) -> str | None:
+            if steps is None:
+                return "a synchronous function's call stores no steps"
+            try:
+                self.lifecycle.store_step(record.request_id, step)
+            except Exception as exc:
+                return str(exc)
+            steps.append(step)
+            return None
+
+        reply = worker.run(message, max(0.0, timeout), store)
         if reply is None:
             if worker.cancelled:
                 return Outcome.CANCELLED, None, None
