@@ -87,7 +87,7 @@ def stepped_site(site: Site) -> Site:
     return site
 
 
-@pytest.mark.parametrize("executor", ["thread"])
+@pytest.mark.parametrize("executor", ["thread", "process"])
 def test_kill_9_mid_burst_runs_no_committed_step_twice(
     site: Site, servers: list[Server], executor: str
 ) -> None:
