@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -30,6 +31,7 @@ from bgfunctions.attempts import (
     make_steps,
     record_request,
     run_async,
+    run_here,
     warn_ignored_return,
 )
 from bgfunctions.clock import Clock
@@ -58,6 +60,8 @@ from bgfunctions.retry import RetryPolicy
 __all__ = ["Lifecycle"]
 
 log = logging.getLogger("bgfunctions.executor")
+_CANCELLING = sys.version_info >= (3, 11)
+"""Whether tasks count the cancellations asked of them (what ``run_here`` needs)."""
 
 
 def _nothing(_: Any) -> None:
@@ -308,13 +312,15 @@ class Lifecycle:
         *,
         stopping: Stopping | None = None,
         watch: float | None = None,
+        here: bool = False,
     ) -> InvocationRecord | None:
         """Run the next attempt of ``record`` on the running loop; the ended record, or None
         when it was cancelled before it started. Engines schedule what follows.
 
         ``watch``: on a loop the executor does not own (no ``on_blocked`` hook of ours), time
         the handler's own steps and warn, naming the function, when one holds the loop longer
-        than this many seconds."""
+        than this many seconds. ``here``: the current task was made for this attempt alone;
+        on Python >= 3.11 the handler runs in it (:func:`~bgfunctions.attempts.run_here`)."""
         started = self.begin(record)
         if started is None:
             return None
@@ -324,7 +330,7 @@ class Lifecycle:
         function, context = prepared.function, prepared.context
         self.running += 1
         try:
-            result = await run_async(
+            result = await (run_here if here and _CANCELLING else run_async)(
                 prepared,
                 cancelled=self.cancel_requested,
                 stopping=stopping,

@@ -378,8 +378,12 @@ class ThreadExecutor(Executor):
         assert loop is not None
         loop.create_task(self._run_async(record))
 
-    async def _run_async(self, record: InvocationRecord, watch: float | None = None) -> None:
-        ended = await self.lifecycle.run_on_loop(record, stopping=self._stopping, watch=watch)
+    async def _run_async(
+        self, record: InvocationRecord, watch: float | None = None, here: bool = False
+    ) -> None:
+        ended = await self.lifecycle.run_on_loop(
+            record, stopping=self._stopping, watch=watch, here=here
+        )
         if ended is not None:
             self._retry_or_finish(ended)
 
@@ -405,7 +409,11 @@ class ThreadExecutor(Executor):
         if self._closed:
             return  # shutting down: it stays unfinished in the journal
         assert self._host is not None
-        task = self._host.create_task(self._run_async(record, watch=self._blocking_threshold))
+        # One task per attempt, named as the handler's tasks are (cancel() finds it by name).
+        task = self._host.create_task(
+            self._run_async(record, watch=self._blocking_threshold, here=True),
+            name=f"{record.function}:{record.request_id}:{len(record.attempts) + 1}",
+        )
         self._host_tasks.add(task)
         task.add_done_callback(self._host_tasks.discard)
 
