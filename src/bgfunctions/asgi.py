@@ -293,10 +293,11 @@ def _raw_route_path(scope: Scope, path: str) -> str:
     if (
         isinstance(raw, bytes)
         and _PLAIN_PATH.fullmatch(raw)
-        and not scope.get("root_path")
-        and raw.decode("ascii") == path
+        and raw.decode("ascii") == scope["path"]
     ):
-        return path  # nothing to encode, nothing encoded, no mount: the common case
+        # Nothing to encode and nothing encoded: every part of the raw path reads as decoded,
+        # and ``path`` is such a part (below the mount, if any). The common case.
+        return path
     fallback = quote(path, safe=_PATH_SAFE.replace("%", ""))
     if not isinstance(raw, (bytes, bytearray)) or not raw:
         return fallback
