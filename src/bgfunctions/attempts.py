@@ -158,6 +158,8 @@ def timeout_error(function: Function, seconds: float, attempt: int) -> TimeoutEr
 
 async def settle_pending(context: Context) -> None:
     """Wait for every ``wait_until`` task (including ones they register); log failures."""
+    if not context._pending:
+        return  # most attempts register none: no list, no loop
     while True:
         pending = context._take_pending()
         if not pending:
@@ -497,6 +499,8 @@ def to_response(value: object, function: Function, context: Context) -> Response
 
 def warn_ignored_return(function: Function, value: object) -> None:
     """Background handlers' return values are discarded; a stream is not even consumed."""
+    if value is None:
+        return
     if inspect.isasyncgen(value) or inspect.isgenerator(value):
         log.warning(
             "background function %r returned a stream; background functions cannot stream, "
