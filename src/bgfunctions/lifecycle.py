@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bgfunctions._slots import copier
 from bgfunctions.attempts import (
     PreparedAttempt,
     Stopping,
@@ -62,6 +63,17 @@ __all__ = ["Lifecycle"]
 log = logging.getLogger("bgfunctions.executor")
 _CANCELLING = sys.version_info >= (3, 11)
 """Whether tasks count the cancellations asked of them (what ``run_here`` needs)."""
+
+
+_BLANK_EVENT = Event(
+    EventKind.ACCEPTED,
+    InvocationRecord(request_id="", function="", method="GET", url="/", accepted_at=0.0),
+    0.0,
+)
+_new_event: Callable[[Event, EventKind, InvocationRecord, float], Event] = copier(
+    Event, ("kind", "record", "at")
+)
+"""Event(kind, record, at) without the frozen dataclass's __init__: up to four per invocation."""
 
 
 def _nothing(_: Any) -> None:
@@ -482,7 +494,7 @@ class Lifecycle:
         listeners = self._binding.on_event if self._binding is not None else ()
         if not listeners:
             return
-        event = Event(kind, record, self.clock.now())
+        event = _new_event(_BLANK_EVENT, kind, record, self.clock.now())
         for listener in listeners:
             try:
                 listener(event)
