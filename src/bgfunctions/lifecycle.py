@@ -19,10 +19,12 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bgfunctions._slots import copier
 from bgfunctions.attempts import (
     PreparedAttempt,
     Stopping,
@@ -30,6 +32,7 @@ from bgfunctions.attempts import (
     make_steps,
     record_request,
     run_async,
+    run_here,
     warn_ignored_return,
 )
 from bgfunctions.clock import Clock
@@ -58,6 +61,19 @@ from bgfunctions.retry import RetryPolicy
 __all__ = ["Lifecycle"]
 
 log = logging.getLogger("bgfunctions.executor")
+_CANCELLING = sys.version_info >= (3, 11)
+"""Whether tasks count the cancellations asked of them (what ``run_here`` needs)."""
+
+
+_BLANK_EVENT = Event(
+    EventKind.ACCEPTED,
+    InvocationRecord(request_id="", function="", method="GET", url="/", accepted_at=0.0),
+    0.0,
+)
+_new_event: Callable[[Event, EventKind, InvocationRecord, float], Event] = copier(
+    Event, ("kind", "record", "at")
+)
+"""Event(kind, record, at) without the frozen dataclass's __init__: up to four per invocation."""
 
 
 def _nothing(_: Any) -> None:
@@ -315,13 +331,15 @@ class Lifecycle:
         *,
         stopping: Stopping | None = None,
         watch: float | None = None,
+        here: bool = False,
     ) -> InvocationRecord | None:
         """Run the next attempt of ``record`` on the running loop; the ended record, or None
         when it was cancelled before it started. Engines schedule what follows.
 
         ``watch``: on a loop the executor does not own (no ``on_blocked`` hook of ours), time
         the handler's own steps and warn, naming the function, when one holds the loop longer
-        than this many seconds."""
+        than this many seconds. ``here``: the current task was made for this attempt alone;
+        on Python >= 3.11 the handler runs in it (:func:`~bgfunctions.attempts.run_here`)."""
         started = self.begin(record)
         if started is None:
             return None
@@ -331,7 +349,7 @@ class Lifecycle:
         function, context = prepared.function, prepared.context
         self.running += 1
         try:
-            result = await run_async(
+            result = await (run_here if here and _CANCELLING else run_async)(
                 prepared,
                 cancelled=self.cancel_requested,
                 stopping=stopping,
@@ -483,7 +501,7 @@ class Lifecycle:
         listeners = self._binding.on_event if self._binding is not None else ()
         if not listeners:
             return
-        event = Event(kind, record, self.clock.now())
+        event = _new_event(_BLANK_EVENT, kind, record, self.clock.now())
         for listener in listeners:
             try:
                 listener(event)

@@ -227,10 +227,16 @@ class ThreadExecutor(Executor):
             self._count_on_loop(-1)
 
     async def _run_async(
-        self, record: InvocationRecord, counted: list[bool], watch: float | None = None
+        self,
+        record: InvocationRecord,
+        counted: list[bool],
+        watch: float | None = None,
+        here: bool = False,
     ) -> None:
         try:
-            ended = await self.lifecycle.run_on_loop(record, stopping=self._stopping, watch=watch)
+            ended = await self.lifecycle.run_on_loop(
+                record, stopping=self._stopping, watch=watch, here=here
+            )
         finally:
             self._leave_loop(counted)  # before what follows: a retry counts as waiting again
         if ended is not None:
@@ -259,8 +265,10 @@ class ThreadExecutor(Executor):
         self._count_on_loop(1)
         assert self._host is not None
         counted = [True]
+        # One task per attempt, named as the handler's tasks are (cancel() finds it by name).
         task = self._host.create_task(
-            self._run_async(record, counted, watch=self._blocking_threshold)
+            self._run_async(record, counted, watch=self._blocking_threshold, here=True),
+            name=f"{record.function}:{record.request_id}:{len(record.attempts) + 1}",
         )
         self._host_tasks.add(task)
         task.add_done_callback(self._host_tasks.discard)
