@@ -16,6 +16,7 @@ claim (optional).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -26,6 +27,7 @@ from typing import Any
 
 from bgfunctions._slots import copier
 from bgfunctions.attempts import (
+    AttemptResult,
     PreparedAttempt,
     Stopping,
     make_context,
@@ -61,6 +63,9 @@ from bgfunctions.retry import RetryPolicy
 __all__ = ["Lifecycle"]
 
 log = logging.getLogger("bgfunctions.executor")
+COMMIT_THREADS = 32
+"""Threads that claim and end async attempts on a durable journal (see run_on_loop): as many
+commits as can share one group commit."""
 _CANCELLING = sys.version_info >= (3, 11)
 """Whether tasks count the cancellations asked of them (what ``run_here`` needs)."""
 
@@ -119,6 +124,11 @@ class Lifecycle:
         self.running = 0
         """Attempts running on a loop (engines add their own counts)."""
         self.reports = LoopReports(clock)
+        self._commits: concurrent.futures.ThreadPoolExecutor | None = None
+        self.commit_off_loop = False
+        """Whether :meth:`run_on_loop` claims and ends attempts on a durable journal on commit
+        threads (real-time engines) rather than on the loop (a virtual-time loop must not wait
+        for other threads)."""
         """The hooks of the engine's loops (a blocked handler, a loop that fell behind)."""
 
     @property
@@ -340,7 +350,8 @@ class Lifecycle:
         the handler's own steps and warn, naming the function, when one holds the loop longer
         than this many seconds. ``here``: the current task was made for this attempt alone;
         on Python >= 3.11 the handler runs in it (:func:`~bgfunctions.attempts.run_here`)."""
-        started = self.begin(record)
+        off_loop = self.commit_off_loop and self.journal.durable
+        started = await self._begin_off_loop(record) if off_loop else self.begin(record)
         if started is None:
             return None
         prepared = self.prepare(started)
@@ -374,7 +385,62 @@ class Lifecycle:
         finally:
             self.running -= 1
         warn_ignored_return(function, result.value)
+        if off_loop:
+            return await self._end_off_loop(started, result)
         return self.end(started, result.outcome, result.error, ended_at=result.ended_at)
+
+    # -- a durable journal's commits, off the loop ------------------------------------------------
+    # A claim or an attempt's end on a durable journal waits for a commit: on a thread of the
+    # commit pool, so the loop goes on serving, and the commits of concurrent attempts share a
+    # group commit instead of following one another.
+
+    def _commit_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self.lock:
+            if self._commits is None:
+                self._commits = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=COMMIT_THREADS, thread_name_prefix="bgfunctions-commit"
+                )
+            return self._commits
+
+    def stop_commits(self) -> None:
+        """End the commit threads once their commits are done (engines call this at shutdown,
+        after their loops)."""
+        with self.lock:
+            pool, self._commits = self._commits, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    async def _begin_off_loop(self, record: InvocationRecord) -> InvocationRecord | None:
+        """:meth:`begin` on a commit thread. Cancelled meanwhile (a shutdown, or ``cancel()`` of
+        the attempt the claim just started): a claim that went through is ended at once, so
+        that nothing is left running that nobody runs."""
+        future = self._commit_pool().submit(self.begin, record)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if future.cancelled():
+                raise  # never claimed
+            started = future.result()  # claimed or refused meanwhile: a commit, on the way out
+            if started is not None:
+                cancelled = record.request_id in self.cancel_requested
+                self.end(
+                    started,
+                    Outcome.CANCELLED if cancelled else Outcome.INTERRUPTED,
+                    None
+                    if cancelled
+                    else ExecutorShutdownError(f"{self.name} shut down as the attempt began"),
+                )
+            raise
+
+    async def _end_off_loop(
+        self, started: InvocationRecord, result: AttemptResult
+    ) -> InvocationRecord | None:
+        """:meth:`end` on a commit thread; a cancellation meanwhile (a shutdown) does not stop
+        it (the engine then schedules nothing: the journal keeps what follows)."""
+        future = self._commit_pool().submit(
+            self.end, started, result.outcome, result.error, ended_at=result.ended_at
+        )
+        return await asyncio.shield(asyncio.wrap_future(future))
 
     def current(self, request_id: str, fallback: InvocationRecord) -> InvocationRecord:
         handle = self.live.get(request_id)
