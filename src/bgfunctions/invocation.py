@@ -12,6 +12,8 @@ below returns a new record for every change, and every engine moves through it t
                    ▼
                  failed            (attempt failed, none left)
 
+    running ──► sleeping ──► running   (a durable sleep suspended it: not a failure)
+
     any unfinished state ──► cancelled
     accepted ──► rejected          (the engine refused it after it was recorded)
 """
@@ -61,13 +63,19 @@ class State(str, Enum):
     """Cancelled before it finished; no further attempts."""
     REJECTED = "rejected"
     """Recorded, but the engine refused to take it; the client got a 503, never a 202."""
+    SLEEPING = "sleeping"
+    """A durable sleep (``context.step.sleep``) suspended it; it resumes at ``next_run_at``."""
 
     _value_: str
     finished: bool
     """True when no further attempt will run (a plain attribute: read on every transition)."""
+    waiting: bool
+    """True when its next attempt is due at ``next_run_at`` (accepted, retry_scheduled,
+    sleeping): what an engine schedules, a journal's claim takes and recovery resumes."""
 
     def __init__(self, value: str) -> None:
         self.finished = value in ("succeeded", "failed", "cancelled", "rejected")
+        self.waiting = value in ("accepted", "retry_scheduled", "sleeping")
 
     def __str__(self) -> str:
         return self._value_
@@ -88,11 +96,14 @@ class Outcome(str, Enum):
     """It was running when its executor stopped or vanished; found dead later."""
     CANCELLED = "cancelled"
     """The invocation was cancelled while this attempt ran."""
+    SUSPENDED = "suspended"
+    """A durable sleep ended it; the invocation resumes at the wake time. Not a failure, and
+    not one of the retries."""
 
     @property
     def failed(self) -> bool:
         """True when this outcome counts as a failed attempt (and may be retried)."""
-        return self not in (Outcome.SUCCEEDED, Outcome.CANCELLED)
+        return self not in (Outcome.SUCCEEDED, Outcome.CANCELLED, Outcome.SUSPENDED)
 
     def __str__(self) -> str:
         return self.value
@@ -157,12 +168,12 @@ class Attempt:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Step:
-    """One durable step of an invocation (``context.step.run``), kept once it committed.
+    """One durable step of an invocation, kept once it committed.
 
     Only committed steps are kept: a step whose function raised, or whose attempt ended before
     its result was stored, leaves nothing and runs again on the next attempt. ``kind`` is
-    ``"run"``; the record's JSON keeps ``kind`` so that other kinds (a durable sleep with a wake
-    time) can join without a change of format.
+    ``"run"`` (``context.step.run``: ``result`` is its function's return value) or ``"sleep"``
+    (``context.step.sleep``: it began at ``started_at`` and wakes at ``ended_at``).
     """
 
     id: str
@@ -177,7 +188,8 @@ class Step:
     started_at: float
     """Epoch seconds on the executor's clock when its function was called."""
     ended_at: float
-    """Epoch seconds when its function returned (its result was stored just after)."""
+    """Epoch seconds when its function returned (its result was stored just after); for a
+    sleep, its wake time."""
 
     @property
     def duration(self) -> float:
@@ -335,7 +347,7 @@ class InvocationRecord:
 
     def start_attempt(self, now: float) -> InvocationRecord:
         """A new attempt starts at ``now``."""
-        if self.state not in (State.ACCEPTED, State.RETRY_SCHEDULED):
+        if not self.state.waiting:
             raise ValueError(
                 f"invocation {self.request_id}: cannot start an attempt in state {self.state}"
             )
@@ -350,8 +362,13 @@ class InvocationRecord:
         *,
         error_type: str | None = None,
         error_message: str | None = None,
+        wake_at: float | None = None,
     ) -> InvocationRecord:
-        """The running attempt ended at ``now``; schedule the next one or finish."""
+        """The running attempt ended at ``now``; schedule the next one or finish.
+
+        ``Outcome.SUSPENDED`` (a durable sleep) needs ``wake_at``: the invocation sleeps until
+        then. The retry schedule counts failed attempts only: after a sleep, the first failure
+        still gets the first delay."""
         attempt = self.last_attempt
         if self.state is not State.RUNNING or attempt is None:
             raise ValueError(
@@ -363,7 +380,16 @@ class InvocationRecord:
             return _with_end(self, State.SUCCEEDED, attempts, now)
         if outcome is Outcome.CANCELLED:
             return _with_end(self, State.CANCELLED, attempts, now)
-        delay = retry.delay_after(ended.number)
+        if outcome is Outcome.SUSPENDED:
+            if wake_at is None:
+                raise ValueError(
+                    f"invocation {self.request_id}: a suspended attempt needs its wake time"
+                )
+            return _with_schedule(self, State.SLEEPING, attempts, max(now, wake_at))
+        failures = ended.number
+        if failures > 1:  # a suspended attempt is not a used retry
+            failures = sum(1 for a in attempts if a.outcome is not None and a.outcome.failed)
+        delay = retry.delay_after(failures)
         if delay is None:
             return _with_end(self, State.FAILED, attempts, now)
         return _with_schedule(self, State.RETRY_SCHEDULED, attempts, now + delay)
@@ -478,6 +504,8 @@ class EventKind(str, Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
+    SLEEPING = "sleeping"
+    """An attempt ended in a durable sleep; the record's ``next_run_at`` is the wake time."""
 
     def __str__(self) -> str:
         return self.value

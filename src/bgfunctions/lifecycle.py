@@ -6,6 +6,9 @@ worker processes, a Celery child) and how a stuck one is stopped; :class:`Lifecy
 retry_scheduled | failed | cancelled) goes through :class:`InvocationRecord`'s state machine,
 then the journal, then the ``on_event`` listeners and hooks, in that order, in one place. So
 every engine records the same attempts, with the same retry schedule, and fires the same hooks.
+A durable sleep (``context.step.sleep``) ends an attempt as ``suspended``, whatever the handler
+made of the :class:`~bgfunctions.errors.Suspended` it raised: the record sleeps until the wake
+time, and the engine schedules it then as it schedules a retry (``State.waiting``).
 What happens *in* an attempt is :mod:`bgfunctions.attempts`.
 
 An engine gives its lifecycle three things (:class:`Engine`): how to schedule a record's next
@@ -58,6 +61,10 @@ from bgfunctions.retry import RetryPolicy
 __all__ = ["Lifecycle"]
 
 log = logging.getLogger("bgfunctions.executor")
+
+
+_MAY_SLEEP = frozenset((Outcome.SUCCEEDED, Outcome.ERROR, Outcome.SUSPENDED))
+"""Outcomes a durable sleep turns into ``suspended`` (a handler may catch ``Suspended``)."""
 
 
 def _nothing(_: Any) -> None:
@@ -169,7 +176,7 @@ class Lifecycle:
         except LookupError:
             retry = RetryPolicy(delays=())  # its function is gone: nothing to retry with
         ended = self.end(record, Outcome.INTERRUPTED, error, retry=retry)
-        if ended.state is State.RETRY_SCHEDULED:
+        if ended.state.waiting:
             self._dispatch(ended)
 
     def heartbeat(self) -> None:
@@ -225,7 +232,7 @@ class Lifecycle:
             return self._attempt_inputs(started)
         except Exception as exc:
             ended = self.end(started, Outcome.ERROR, exc)  # no retries for a function gone
-            if ended.state is State.RETRY_SCHEDULED:
+            if ended.state.waiting:
                 self._dispatch(ended)
             return None
 
@@ -270,6 +277,13 @@ class Lifecycle:
         """How an attempt of ``request_id`` stores a committed step: in the journal, durably,
         before the handler goes on."""
         return functools.partial(self.journal.step_completed, request_id)
+
+    def _sleeping(self, request_id: str) -> float | None:
+        """The wake time when a durable sleep suspended the running attempt of ``request_id``."""
+        handle = self.live.get(request_id)
+        if handle is None or handle._context is None:
+            return None
+        return handle._context[1].step.sleeping
 
     def _with_steps(self, record: InvocationRecord) -> InvocationRecord:
         """``record`` with the steps its running attempt committed (the live Context's)."""
@@ -371,7 +385,7 @@ class Lifecycle:
         # invocations never wait on each other (under the GIL that became a lock convoy).
         with handle._guard:
             current = handle._record
-            if current.state not in (State.ACCEPTED, State.RETRY_SCHEDULED):
+            if not current.state.waiting:
                 if current.state.finished:
                     self.table.forget(handle)
                 return None  # finished, or a second dispatch of a running attempt
@@ -409,6 +423,11 @@ class Lifecycle:
                 retry = RetryPolicy(delays=())  # its function is gone (a reload): no retries
         now = self.clock.now() if ended_at is None else ended_at
         cancel = record.request_id in self.cancel_requested
+        wake = None
+        if outcome in _MAY_SLEEP:
+            wake = self._sleeping(record.request_id)
+            if wake is not None:
+                outcome, error = Outcome.SUSPENDED, None
         record = self._with_steps(record)
         ended = record.end_attempt(
             now,
@@ -416,6 +435,7 @@ class Lifecycle:
             RetryPolicy(delays=()) if cancel else retry,
             error_type=None if error is None else error_type_name(error),
             error_message=None if error is None else str(error),
+            wake_at=wake,
         )
         if cancel and ended.state is State.FAILED:
             ended = dataclasses.replace(ended, state=State.CANCELLED)
@@ -449,6 +469,8 @@ class Lifecycle:
         state = ended.state
         if state is State.RETRY_SCHEDULED:
             self.emit(EventKind.RETRY_SCHEDULED, ended)
+        elif state is State.SLEEPING:
+            self.emit(EventKind.SLEEPING, ended)
         elif state is State.SUCCEEDED:
             self.emit(EventKind.SUCCEEDED, ended)
         elif state is State.CANCELLED:

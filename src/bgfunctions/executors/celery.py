@@ -359,7 +359,7 @@ class CeleryExecutor(Executor):
         now = self.clock.now()
         horizon = now - self.republish_after
         published = 0
-        for record in self.journal.select(state=[State.ACCEPTED, State.RETRY_SCHEDULED]):
+        for record in self.journal.select(state=[s for s in State if s.waiting]):
             due = record.next_run_at if record.next_run_at is not None else record.accepted_at
             last = self._republished.get(record.request_id, due)
             if due > horizon or last > horizon:
@@ -451,7 +451,7 @@ class CeleryExecutor(Executor):
 
     def stats(self) -> ExecutorStats:
         """Counts from the shared journal: waiting and running across every worker."""
-        waiting = self.journal.select(state=[State.ACCEPTED, State.RETRY_SCHEDULED])
+        waiting = self.journal.select(state=[s for s in State if s.waiting])
         running = self.journal.select(state=State.RUNNING)
         return ExecutorStats(pending=len(waiting), running=len(running))
 

@@ -44,7 +44,7 @@ from bgfunctions.errors import (
 from bgfunctions.executors.base import Executor, ExecutorStats
 from bgfunctions.executors.calls import CallPool, LoopThread, finish_tasks
 from bgfunctions.executors.timers import TimerThread
-from bgfunctions.invocation import InvocationRecord, Outcome, State
+from bgfunctions.invocation import InvocationRecord, Outcome
 from bgfunctions.journals.base import Journal
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
@@ -366,7 +366,7 @@ class ThreadExecutor(Executor):
                 self._timers.add(self.clock.monotonic() + STALL_CHECK, self._check_stall)
 
     def _retry_or_finish(self, ended: InvocationRecord) -> None:
-        if ended.state is State.RETRY_SCHEDULED:
+        if ended.state.waiting:
             self._dispatch(ended)
 
     # -- async attempts on the loop thread ----------------------------------------------------

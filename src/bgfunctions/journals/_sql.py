@@ -49,7 +49,7 @@ appended to the column alone, and an attempt's end rewrites the JSON without tou
 
 FINISHED = tuple(s.value for s in State if s.finished)
 UNFINISHED = tuple(s.value for s in State if not s.finished)
-WAITING = (State.ACCEPTED.value, State.RETRY_SCHEDULED.value)
+WAITING = tuple(s.value for s in State if s.waiting)
 
 COLUMNS = (
     "request_id",

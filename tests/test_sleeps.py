@@ -1,0 +1,329 @@
+"""Durable sleeps (``context.step.sleep`` / ``sleep_until``): a suspended attempt, then a resume
+at the wake time with every committed step remembered (issue 14, item 2)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bgfunctions import App, Registry, RetryPolicy, Suspended
+from bgfunctions.clock import VirtualClock
+from bgfunctions.errors import StepError
+from bgfunctions.executors.inline import InlineExecutor
+from bgfunctions.executors.threads import ThreadExecutor
+from bgfunctions.invocation import EventKind, Outcome, State
+from bgfunctions.journals.sqlite import SQLiteJournal
+from bgfunctions.testing import invoke, make_request
+
+DAY = 86400.0
+
+
+class Trial:
+    """sign up, sleep 7 days, then email; the email fails ``fail_times`` times."""
+
+    def __init__(self, fail_times: int = 0) -> None:
+        self.calls: list[tuple[str, float]] = []
+        self.fail_times = fail_times
+        self.lock = threading.Lock()
+
+    def signup(self, now: float) -> str:
+        with self.lock:
+            self.calls.append(("signup", now))
+        return "cus_1"
+
+    def email(self, now: float) -> str:
+        with self.lock:
+            self.calls.append(("email", now))
+            failures = sum(1 for name, _ in self.calls if name == "email") <= self.fail_times
+        if failures:
+            raise ConnectionError("mail server down")
+        return "sent"
+
+    def handler(self, request: Any, context: Any) -> None:
+        customer = context.step.run("signup", self.signup, context.clock.now())
+        context.step.sleep("wait-for-trial", days=7)
+        assert customer == "cus_1"
+        context.step.run("email", self.email, context.clock.now())
+
+
+def test_a_seven_day_sleep_between_steps_with_one_failure_on_virtual_time() -> None:
+    trial = Trial(fail_times=1)
+    invocation = invoke(trial.handler)
+    assert invocation.state is State.SUCCEEDED
+    accepted = invocation.record.accepted_at
+    assert [(name, at - accepted) for name, at in trial.calls] == [
+        ("signup", 0.0),
+        ("email", 7 * DAY),
+        ("email", 7 * DAY + 60),  # the first retry delay: the sleep used no retry
+    ]
+    attempts = [(a.number, a.outcome, a.started_at - accepted) for a in invocation.attempts]
+    assert attempts == [
+        (1, Outcome.SUSPENDED, 0.0),
+        (2, Outcome.ERROR, 7 * DAY),
+        (3, Outcome.SUCCEEDED, 7 * DAY + 60),
+    ]
+    assert invocation.attempts[0].error is None and invocation.attempts[0].error_type is None
+    signup, wait, email = invocation.steps
+    assert (signup.calls, signup.attempt, signup.replayed) == (1, 1, (2, 3))
+    assert (wait.kind, wait.calls, wait.attempt, wait.replayed) == ("sleep", 1, 1, (2, 3))
+    assert (wait.started_at - accepted, wait.ended_at - accepted) == (0.0, 7 * DAY)
+    assert (email.calls, email.failed, email.attempt) == (2, (2,), 3)
+    assert email.started_at - accepted == 7 * DAY + 60
+
+
+def test_the_retry_schedule_after_a_sleep_counts_failures_only() -> None:
+    """One retry allowed: sleep, fail, fail is failed (two failures), though three attempts ran
+    and the second failure came after attempt 2."""
+    trial = Trial(fail_times=2)
+    invocation = invoke(trial.handler, retry=RetryPolicy(delays=(30.0,)))
+    assert invocation.state is State.FAILED
+    outcomes = [a.outcome for a in invocation.attempts]
+    assert outcomes == [Outcome.SUSPENDED, Outcome.ERROR, Outcome.ERROR]
+    gap = invocation.attempts[2].started_at - invocation.attempts[1].ended_at
+    assert gap == 30.0
+
+
+def test_sleeps_use_no_retries_and_each_segment_gets_the_full_limit() -> None:
+    deadlines: list[float] = []
+
+    def handler(request: Any, context: Any) -> None:
+        deadlines.append(context.deadline - context.clock.now())
+        for n in range(3):
+            context.step.sleep(f"nap-{n}", hours=1)
+        deadlines.append(context.deadline - context.clock.now())
+
+    invocation = invoke(handler, retry=RetryPolicy(delays=()))
+    assert invocation.state is State.SUCCEEDED
+    assert [a.outcome for a in invocation.attempts] == [Outcome.SUSPENDED] * 3 + [
+        Outcome.SUCCEEDED
+    ]
+    assert [a.started_at - invocation.record.accepted_at for a in invocation.attempts] == [
+        0,
+        3600,
+        7200,
+        10800,
+    ]
+    assert deadlines == [900.0] * 5
+
+
+def test_durations_timedelta_and_sleep_until() -> None:
+    woke: list[float] = []
+    start = VirtualClock().now()
+    until = dt.datetime.fromtimestamp(start + 5 * DAY, tz=dt.timezone.utc)
+
+    async def handler(request: Any, context: Any) -> None:
+        await context.step.sleep("a", dt.timedelta(minutes=2))
+        await context.step.sleep("b", 30)
+        await context.step.sleep("c", minutes=1, seconds=30)
+        await context.step.sleep_until("d", until)
+        await context.step.sleep_until("e", start)  # past: returns at once, still a step
+        woke.append(context.clock.now())
+
+    invocation = invoke(handler)
+    assert invocation.state is State.SUCCEEDED
+    steps = [(s.id, s.ended_at - s.started_at) for s in invocation.record.steps]
+    assert steps[:3] == [("a", 120.0), ("b", 30.0), ("c", 90.0)]
+    assert invocation.record.steps[3].ended_at == start + 5 * DAY
+    assert steps[4] == ("e", 0.0)
+    assert woke == [start + 5 * DAY]
+    assert len(invocation.attempts) == 5  # four sleeps suspended it; "e" did not
+
+
+@pytest.mark.parametrize(
+    ("call", "found"),
+    [
+        (lambda s: s.sleep("x", seconds=-1), "expected seconds as a finite number of 0 or more"),
+        (lambda s: s.sleep("x", days=float("nan")), "found nan"),
+        (lambda s: s.sleep("x", hours="2"), "expected hours as a number or a timedelta"),
+        (lambda s: s.sleep("x", True), "found True (bool)"),
+        (lambda s: s.sleep("x", 5, minutes=1), "expected a duration or keywords"),
+        (lambda s: s.sleep_until("x", dt.datetime(2030, 1, 1)), "expected an aware datetime"),
+        (lambda s: s.sleep_until("x", "tomorrow"), "found 'tomorrow' (str)"),
+        (lambda s: s.sleep("", seconds=1), "expected a non-empty str as the step id"),
+    ],
+)
+def test_bad_sleeps_are_clear_errors(call: Any, found: str) -> None:
+    def handler(request: Any, context: Any) -> None:
+        call(context.step)
+
+    invocation = invoke(handler, retry=RetryPolicy(delays=()))
+    assert invocation.state is State.FAILED
+    error = invocation.attempts[0].error
+    assert isinstance(error, StepError)
+    assert found in str(error)
+    assert "function 'handler'" in str(error)
+
+
+def test_a_sleep_inside_a_step_and_an_id_shared_with_a_step_are_refused() -> None:
+    def inside(request: Any, context: Any) -> None:
+        context.step.run("outer", lambda: context.step.sleep("nap", seconds=1))
+
+    error = invoke(inside, retry=RetryPolicy(delays=())).attempts[0].error
+    assert isinstance(error, StepError)
+    assert "a sleep inside the function of step outer" in str(error)
+
+    def shared(request: Any, context: Any) -> None:
+        if context.attempt == 1:
+            context.step.sleep("same", seconds=1)
+        context.step.run("same", int, "1")
+
+    record = invoke(shared, retry=RetryPolicy(delays=()))
+    error = record.attempts[1].error
+    assert isinstance(error, StepError)
+    assert "found a 'sleep' step stored under this id by attempt 1" in str(error)
+
+
+def test_a_handler_that_catches_the_suspension_is_still_suspended() -> None:
+    def handler(request: Any, context: Any) -> None:
+        try:
+            context.step.sleep("nap", minutes=5)
+        except BaseException as exc:
+            assert isinstance(exc, Suspended)
+            raise RuntimeError("swallowed and raised something else") from None
+
+    invocation = invoke(handler)
+    assert [a.outcome for a in invocation.attempts] == [Outcome.SUSPENDED, Outcome.SUCCEEDED]
+    assert invocation.attempts[0].error_type is None
+
+
+def test_cancel_while_sleeping_runs_no_further_attempt() -> None:
+    trial = Trial()
+    registry = Registry()
+    registry.add("trial-background", trial.handler)
+    heard: list[EventKind] = []
+    app = App(registry, executor=InlineExecutor(), on_event=lambda e: heard.append(e.kind))
+    try:
+        handle = app.enqueue("trial-background", make_request())
+        app.executor.run_until(app.clock.now() + DAY)
+        assert handle.state is State.SLEEPING
+        assert handle.record.next_run_at == handle.record.accepted_at + 7 * DAY
+        cancelled = app.cancel(handle.request_id)
+        app.executor.drain()
+    finally:
+        app.shutdown()
+    assert cancelled.state is State.CANCELLED
+    assert [name for name, _ in trial.calls] == ["signup"]
+    assert heard[-2:] == [EventKind.SLEEPING, EventKind.CANCELLED]
+
+
+def test_thread_executor_holds_no_worker_while_sleeping(tmp_path: Path) -> None:
+    """Real time (0.3 s): while it sleeps, nothing runs; it wakes no earlier than its time."""
+    calls: list[str] = []
+
+    def handler(request: Any, context: Any) -> None:
+        context.step.run("one", calls.append, "one")
+        context.step.sleep("nap", seconds=0.3)
+        context.step.run("two", calls.append, "two")
+
+    registry = Registry()
+    registry.add("nap-background", handler)
+    journal = SQLiteJournal(tmp_path / "j.db")
+    app = App(registry, executor=ThreadExecutor(journal=journal, max_workers=1))
+    try:
+        handle = app.enqueue("nap-background", make_request())
+        for _ in range(3000):
+            if handle.state is State.SLEEPING:
+                break
+            threading.Event().wait(0.01)  # polls for the state, not a timing assertion
+        assert handle.state is State.SLEEPING
+        assert app.executor.stats().running == 0
+        record = handle.wait(timeout=30)
+    finally:
+        app.shutdown()
+        journal.close()
+    assert record.state is State.SUCCEEDED
+    assert calls == ["one", "two"]
+    nap = record.steps[1]
+    assert record.attempts[1].started_at >= nap.ended_at
+    assert nap.ended_at - nap.started_at == pytest.approx(0.3)
+
+
+def test_a_sleep_survives_a_restart_of_the_server(tmp_path: Path) -> None:
+    """The first App stops while the invocation sleeps (a day); the file keeps the wake time,
+    and a new App recovers it and resumes it at that time, running only the step after it."""
+    path = tmp_path / "j.db"
+    first = Trial()
+    journal = SQLiteJournal(path)
+    registry = Registry()
+    registry.add("trial-background", first.handler)
+    app = App(registry, executor=ThreadExecutor(journal=journal))
+    try:
+        handle = app.enqueue("trial-background", make_request())
+        for _ in range(3000):
+            if handle.state is State.SLEEPING:
+                break
+            threading.Event().wait(0.01)  # polls for the state, not a timing assertion
+    finally:
+        app.shutdown()
+        journal.close()
+    reopened = SQLiteJournal(path, read_only=True)
+    try:
+        kept = reopened.get(handle.request_id)
+    finally:
+        reopened.close()
+    assert kept is not None and kept.state is State.SLEEPING
+    assert kept.next_run_at == pytest.approx(kept.accepted_at + 7 * DAY)
+    assert [(s.id, s.kind) for s in kept.steps] == [("signup", "run"), ("wait-for-trial", "sleep")]
+    # Seven days pass while the server is down: the virtual clock of the second App starts then.
+    clock = VirtualClock(start=kept.accepted_at + 7 * DAY)
+    second = Trial()
+    registry = Registry()
+    registry.add("trial-background", second.handler)
+    journal = SQLiteJournal(path, clock=clock)
+    app = App(registry, executor=InlineExecutor(clock=clock, journal=journal))
+    try:
+        assert app.executor.recover() == 1
+        record = app.executor.get(handle.request_id).wait()
+    finally:
+        app.shutdown()
+        journal.close()
+    assert record.state is State.SUCCEEDED
+    assert [name for name, _ in second.calls] == ["email"]
+    assert record.attempts[1].started_at == kept.next_run_at
+    assert [a.outcome for a in record.attempts] == [Outcome.SUSPENDED, Outcome.SUCCEEDED]
+
+
+def test_resumed_before_the_wake_time_it_sleeps_on_without_a_write(tmp_path: Path) -> None:
+    """A resume that comes early (its row edited to be due now, as after a crash between the
+    sleep's commit and the attempt's end) sleeps again until the stored wake time."""
+    path = tmp_path / "j.db"
+    clock = VirtualClock()
+    journal = SQLiteJournal(path, clock=clock)
+    trial = Trial()
+    registry = Registry()
+    registry.add("trial-background", trial.handler)
+    app = App(registry, executor=InlineExecutor(clock=clock, journal=journal))
+    try:
+        handle = app.enqueue("trial-background", make_request())
+        app.executor.run_until(clock.now() + 1)
+        wake = handle.record.next_run_at
+        assert handle.state is State.SLEEPING and wake is not None
+    finally:
+        app.shutdown()
+        journal.close()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute(
+            "UPDATE invocations SET next_run_at = 0, record = json_set(record, '$.next_run_at', 0)"
+        )
+    journal = SQLiteJournal(path, clock=clock)
+    app = App(registry, executor=InlineExecutor(clock=clock, journal=journal))
+    try:
+        app.executor.recover()
+        record = app.executor.get(handle.request_id).wait()
+    finally:
+        app.shutdown()
+        journal.close()
+    assert [a.outcome for a in record.attempts] == [
+        Outcome.SUSPENDED,
+        Outcome.SUSPENDED,  # early: slept on to the same wake time
+        Outcome.SUCCEEDED,
+    ]
+    assert record.attempts[2].started_at == wake
+    assert len([s for s in record.steps if s.kind == "sleep"]) == 1
+    assert [name for name, _ in trial.calls] == ["signup", "email"]
