@@ -68,7 +68,8 @@ def test_a_seven_day_sleep_between_steps_with_one_failure_on_virtual_time() -> N
         (2, Outcome.ERROR, 7 * DAY),
         (3, Outcome.SUCCEEDED, 7 * DAY + 60),
     ]
-    assert invocation.attempts[0].error is None and invocation.attempts[0].error_type is None
+    assert invocation.attempts[0].error is None
+    assert invocation.attempts[0].error_type is None
     signup, wait, email = invocation.steps
     assert (signup.calls, signup.attempt, signup.replayed) == (1, 1, (2, 3))
     assert (wait.kind, wait.calls, wait.attempt, wait.replayed) == ("sleep", 1, 1, (2, 3))
@@ -100,9 +101,7 @@ def test_sleeps_use_no_retries_and_each_segment_gets_the_full_limit() -> None:
 
     invocation = invoke(handler, retry=RetryPolicy(delays=()))
     assert invocation.state is State.SUCCEEDED
-    assert [a.outcome for a in invocation.attempts] == [Outcome.SUSPENDED] * 3 + [
-        Outcome.SUCCEEDED
-    ]
+    assert [a.outcome for a in invocation.attempts] == [Outcome.SUSPENDED] * 3 + [Outcome.SUCCEEDED]
     assert [a.started_at - invocation.record.accepted_at for a in invocation.attempts] == [
         0,
         3600,
@@ -180,14 +179,18 @@ def test_a_sleep_inside_a_step_and_an_id_shared_with_a_step_are_refused() -> Non
 
 
 def test_a_handler_that_catches_the_suspension_is_still_suspended() -> None:
+    caught: list[BaseException] = []
+
     def handler(request: Any, context: Any) -> None:
         try:
             context.step.sleep("nap", minutes=5)
         except BaseException as exc:
-            assert isinstance(exc, Suspended)
+            caught.append(exc)
             raise RuntimeError("swallowed and raised something else") from None
 
     invocation = invoke(handler)
+    assert isinstance(caught[0], Suspended)
+    assert len(caught) == 1  # the resumed attempt's sleep returned
     assert [a.outcome for a in invocation.attempts] == [Outcome.SUSPENDED, Outcome.SUCCEEDED]
     assert invocation.attempts[0].error_type is None
 
@@ -267,7 +270,8 @@ def test_a_sleep_survives_a_restart_of_the_server(tmp_path: Path) -> None:
         kept = reopened.get(handle.request_id)
     finally:
         reopened.close()
-    assert kept is not None and kept.state is State.SLEEPING
+    assert kept is not None
+    assert kept.state is State.SLEEPING
     assert kept.next_run_at == pytest.approx(kept.accepted_at + 7 * DAY)
     assert [(s.id, s.kind) for s in kept.steps] == [("signup", "run"), ("wait-for-trial", "sleep")]
     # Seven days pass while the server is down: the virtual clock of the second App starts then.
@@ -303,7 +307,8 @@ def test_resumed_before_the_wake_time_it_sleeps_on_without_a_write(tmp_path: Pat
         handle = app.enqueue("trial-background", make_request())
         app.executor.run_until(clock.now() + 1)
         wake = handle.record.next_run_at
-        assert handle.state is State.SLEEPING and wake is not None
+        assert handle.state is State.SLEEPING
+        assert wake is not None
     finally:
         app.shutdown()
         journal.close()
