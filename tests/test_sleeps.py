@@ -333,3 +333,59 @@ def test_resumed_before_the_wake_time_it_sleeps_on_without_a_write(tmp_path: Pat
     assert record.attempts[2].started_at == wake
     assert len([s for s in record.steps if s.kind == "sleep"]) == 1
     assert [name for name, _ in trial.calls] == ["signup", "email"]
+
+
+V3_FILE = Path(__file__).parent / "data" / "journal-v3.sqlite3"
+
+
+def test_a_schema_3_file_written_before_sleeps_migrates_to_4(tmp_path: Path) -> None:
+    """tests/data/journal-v3.sqlite3 was written by bgfunctions 560107a (schema 3; see
+    make_journal_v3.py): a finished invocation with two steps and one retry-scheduled after its
+    first step. Opened now, it is migrated to schema 4: rows and steps kept, priority 0, and the
+    retry runs, replaying its step, then sleeps and finishes."""
+    path = tmp_path / "journal.sqlite3"
+    path.write_bytes(V3_FILE.read_bytes())
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        before = conn.execute("SELECT request_id, state FROM invocations ORDER BY rowid").fetchall()
+    calls: list[str] = []
+
+    def retrying(request: Any, context: Any) -> None:
+        assert context.step.run("reserve", calls.append, "reserve") == {"order": 2}
+        context.step.sleep("cool-off", hours=1)
+        context.step.run("charge", calls.append, "charge")
+
+    registry = Registry()
+    registry.add("retry-background", retrying)
+    registry.add("done-background", retrying)
+    clock = VirtualClock(start=VirtualClock().now() + 3600)  # the retry is due
+    journal = SQLiteJournal(path, clock=clock)
+    app = App(registry, executor=InlineExecutor(clock=clock, journal=journal))
+    try:
+        done, waiting = (journal.get(rid) for rid, _ in before)
+        assert done is not None
+        assert waiting is not None
+        assert (done.state, waiting.state) == (State.SUCCEEDED, State.RETRY_SCHEDULED)
+        assert [s.id for s in done.steps] == ["reserve", "charge"]
+        assert (done.priority, done.not_before) == (0, None)
+        assert [r.request_id for r in journal.unfinished()] == [waiting.request_id]
+        assert app.executor.recover() == 1
+        record = app.executor.get(waiting.request_id).wait()
+    finally:
+        app.shutdown()
+        journal.close()
+    assert calls == ["charge"]  # "reserve" replayed from the v3 row
+    assert [a.outcome for a in record.attempts] == [
+        Outcome.ERROR,
+        Outcome.SUSPENDED,
+        Outcome.SUCCEEDED,
+    ]
+    assert [(s.id, s.kind) for s in record.steps] == [
+        ("reserve", "run"),
+        ("cool-off", "sleep"),
+        ("charge", "run"),
+    ]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        rows = conn.execute("SELECT state, priority FROM invocations ORDER BY rowid").fetchall()
+    assert rows == [("succeeded", 0), ("succeeded", 0)]

@@ -493,7 +493,14 @@ def _print_timeline(record: InvocationRecord) -> None:
             f"{outcome:<10} ran {took:.3f}s{error}"
         )
         for step in record.steps:  # the durable steps this attempt committed
-            if step.attempt == attempt.number:
+            if step.attempt != attempt.number:
+                continue
+            if step.kind == "sleep":
+                print(
+                    f"  t={step.started_at - start:>8.3f}s    sleep {step.id}  until "
+                    f"t={step.ended_at - start:.3f}s ({step.duration:g} s)"
+                )
+            else:
                 print(
                     f"  t={step.started_at - start:>8.3f}s    step {step.id}  committed, "
                     f"ran {step.duration:.3f}s"
@@ -553,7 +560,8 @@ def _add_invocations(commands: argparse._SubParsersAction[argparse.ArgumentParse
         description=(
             "Read SITE_DIR/.bgfunctions/journal.sqlite3 (what `bgfunctions serve` records) and "
             "show each invocation: request id, function, state, attempts, when it was accepted "
-            "(UTC) and its last error. Secret headers are redacted in --json; bodies are omitted."
+            "(UTC), when it runs next (a delay, a sleep, a retry) and its priority when any has "
+            "one, and its last error. Secret headers are redacted in --json; bodies are omitted."
         ),
     )
     parser.add_argument("site_dir", nargs="?", default=".", metavar="SITE_DIR", help=_SITE_HELP)
@@ -593,10 +601,14 @@ def _cmd_invocations(args: argparse.Namespace) -> int:
     if not records:
         print("no invocations")
         return EXIT_OK
-    # A REPLAY OF column only when a listed invocation is a replay: the usual table stays narrow.
+    # Columns for replays, waits (a delay, a sleep, a retry) and priorities only when a listed
+    # invocation has one: the usual table stays narrow.
     replays = any(record.replay_of for record in records)
+    waits = any(r.state.waiting and r.next_run_at != r.accepted_at for r in records)
+    priorities = any(record.priority for record in records)
     head = ["REQUEST ID", "FUNCTION", "STATE", "ATTEMPTS", "ACCEPTED AT (UTC)"]
-    rows = [[*head, "REPLAY OF", "LAST ERROR"] if replays else [*head, "LAST ERROR"]]
+    head += ["NEXT RUN (UTC)"] * waits + ["PRIORITY"] * priorities + ["REPLAY OF"] * replays
+    rows = [[*head, "LAST ERROR"]]
     for record in records:
         row = [
             record.request_id,
@@ -605,6 +617,11 @@ def _cmd_invocations(args: argparse.Namespace) -> int:
             str(record.attempt_count),
             iso_utc(record.accepted_at) or "",
         ]
+        if waits:
+            due = record.next_run_at if record.state.waiting else None
+            row.append(iso_utc(due) or "-")
+        if priorities:
+            row.append(f"{record.priority:+d}" if record.priority else "0")
         if replays:
             row.append(record.replay_of or "-")
         rows.append([*row, _last_error(record)])

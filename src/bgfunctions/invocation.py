@@ -259,7 +259,13 @@ class InvocationRecord:
     replay_of: str | None = None
     """The request id of the invocation this one replays, if any."""
     steps: tuple[Step, ...] = ()
-    """The committed steps (``context.step.run``), in the order they committed."""
+    """The committed steps (``context.step.run`` and ``sleep``), in the order they committed."""
+    priority: int = 0
+    """-50 to 50 (``enqueue(priority=)``): among due invocations, a higher one starts first
+    when workers are scarce."""
+    not_before: float | None = None
+    """The first attempt's earliest start (``enqueue(delay=)`` / ``not_before=``), epoch
+    seconds; None when it was due at once."""
 
     def __post_init__(self) -> None:
         size = len(self.body)
@@ -429,6 +435,8 @@ class InvocationRecord:
             "next_run_at": self.next_run_at,
             "finished_at": self.finished_at,
             "replay_of": self.replay_of,
+            "priority": self.priority,
+            "not_before": self.not_before,
         }
         if steps:
             data["steps"] = [step.to_json() for step in self.steps]
@@ -458,6 +466,8 @@ class InvocationRecord:
             steps=tuple(
                 Step.from_json(s) for s in data.get("steps", ())
             ),  # absent before steps existed
+            priority=int(data.get("priority", 0)),  # absent before schema 4
+            not_before=None if data.get("not_before") is None else float(data["not_before"]),
         )
 
 

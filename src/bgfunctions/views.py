@@ -106,6 +106,9 @@ def record_to_view(
         "finished_at": record.finished_at,
         "finished_at_iso": iso_utc(record.finished_at),
         "replay_of": record.replay_of,
+        "priority": record.priority,
+        "not_before": record.not_before,
+        "not_before_iso": iso_utc(record.not_before),
         "attempts": [_attempt_to_view(a) for a in record.attempts],
         # The durable steps, without their results: like the body, they may hold user data.
         "steps": [
@@ -263,7 +266,7 @@ th{background:#eee}
 code{font:12px ui-monospace,monospace}
 .state{font-weight:600}
 .state-succeeded{color:#17702b}.state-failed,.state-rejected{color:#b00020}
-.state-running{color:#0b57d0}.state-retry_scheduled,.state-accepted{color:#a15c00}
+.state-running{color:#0b57d0}.state-retry_scheduled,.state-accepted,.state-sleeping{color:#a15c00}
 .state-cancelled{color:#666}
 tr.attempts td{border-bottom:2px solid #ccc;background:#fcfcfc}
 .timeline{position:relative;height:14px;background:#eef;margin:.2em 0 .4em;border-radius:3px}

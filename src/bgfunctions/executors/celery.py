@@ -384,8 +384,9 @@ class CeleryExecutor(Executor):
         if record.next_run_at is None:
             record = dataclasses.replace(record, next_run_at=record.accepted_at)
         self.journal.accepted(record)
-        try:
-            self._publish(record, 1, 0.0)
+        try:  # due later when enqueued with a delay (record.not_before)
+            due = record.next_run_at or record.accepted_at
+            self._publish(record, 1, max(0.0, due - self.clock.now()))
         except Exception as exc:
             rejected = record.reject(self.clock.now())
             self.journal.finished(rejected)

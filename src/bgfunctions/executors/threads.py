@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import queue
@@ -52,6 +54,9 @@ from bgfunctions.responses import Response
 from bgfunctions.retry import RetryPolicy
 
 __all__ = ["ThreadExecutor"]
+
+_FROM_HEAP = InvocationRecord(request_id="", function="", method="", url="", accepted_at=0.0)
+"""What the queue carries for a record that waits in the priority heap."""
 
 log = logging.getLogger("bgfunctions.executor")
 
@@ -125,6 +130,11 @@ class ThreadExecutor(Executor):
         # A C queue: workers block in get() without the GIL or any lock of ours, so handing
         # work over costs no lock convoy between the accepting thread and the workers.
         self._queue: queue.SimpleQueue[InvocationRecord | None] = queue.SimpleQueue()
+        # Records with a priority other than 0 wait in a heap; the queue carries _FROM_HEAP
+        # for each, so that it still counts every waiting record (see _by_priority).
+        self._heap: list[tuple[int, int, InvocationRecord]] = []
+        self._heap_lock = threading.Lock()
+        self._heap_order = itertools.count()
         self._workers: set[threading.Thread] = set()
         self._abandoned: set[threading.Thread] = set()
         self._idle = 0
@@ -315,7 +325,11 @@ class ThreadExecutor(Executor):
             if reserved:
                 self._idle -= 1
                 self._reserved += 1
-        self._queue.put(record)
+        if record.priority:
+            self._push(record)
+            self._queue.put(_FROM_HEAP)
+        else:
+            self._queue.put(record)
         if reserved or len(self._workers) >= self.max_workers:
             return
         if not self._workers:
@@ -439,7 +453,38 @@ class ThreadExecutor(Executor):
             with self._lock:
                 self._workers.discard(threading.current_thread())
             return None
+        if record is _FROM_HEAP or self._heap:
+            return self._by_priority(record)
         return record
+
+    def _push(self, record: InvocationRecord) -> None:
+        with self._heap_lock:
+            heapq.heappush(self._heap, (-record.priority, next(self._heap_order), record))
+
+    def _by_priority(self, got: InvocationRecord) -> InvocationRecord:
+        """The due record to run of ``got`` (taken from the queue) and those in the heap: the
+        highest priority, the first queued among equals. Records of priority 0 wait in the
+        queue in order; the others in the heap. A record of the queue outranked by the heap
+        joins the heap instead of running; a record of negative priority yields to one of
+        priority 0 still queued (it goes back to the heap, its token to the end)."""
+        with self._heap_lock:
+            if got is not _FROM_HEAP:
+                if not self._heap or -self._heap[0][0] <= got.priority:
+                    return got
+                heapq.heappush(self._heap, (-got.priority, next(self._heap_order), got))
+            best = heapq.heappop(self._heap)[2]
+        if best.priority >= 0:
+            return best
+        try:
+            other = self._queue.get_nowait()
+        except queue.Empty:
+            return best
+        if other is None or other is _FROM_HEAP:
+            self._queue.put(other)  # a stop, or another heap record: none outranks best
+            return best
+        self._push(best)
+        self._queue.put(_FROM_HEAP)
+        return other
 
     def _worker_main(self) -> None:
         while (record := self._next_record()) is not None:
