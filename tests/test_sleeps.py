@@ -389,3 +389,44 @@ def test_a_schema_3_file_written_before_sleeps_migrates_to_4(tmp_path: Path) -> 
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
         rows = conn.execute("SELECT state, priority FROM invocations ORDER BY rowid").fetchall()
     assert rows == [("succeeded", 0), ("succeeded", 0)]
+
+
+def test_cli_invoke_and_the_server_log_show_the_sleep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bgfunctions.cli import main
+    from bgfunctions.invocation import Event
+    from bgfunctions.serverlog import format_event
+
+    functions = tmp_path / "netlify" / "functions"
+    functions.mkdir(parents=True)
+    (functions / "trial-background.py").write_text(
+        "def handler(request, context):\n"
+        "    context.step.run('billing', lambda: 'cus_1')\n"
+        "    context.step.sleep('wait-for-trial', days=7)\n"
+        "    context.step.run('email', lambda: None)\n"
+    )
+    assert main(["invoke", "trial-background", "--site", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()[1:]
+    lines = [" ".join(line.split()).replace("t= ", "t=") for line in out]
+    assert lines[0].startswith("t=0.000s attempt 1 suspended")
+    assert lines[1].startswith("t=0.000s step billing committed")
+    assert lines[2] == "t=0.000s sleep wait-for-trial until t=604800.000s (604800 s)"
+    assert lines[3].startswith("t=604800.000s attempt 2 succeeded")
+    assert lines[4].startswith("t=604800.000s step email committed")
+    assert lines[5] == "succeeded after 2 attempt(s)"
+
+    seen: list[Event] = []
+    registry = Registry()
+    registry.add("trial-background", Trial().handler)
+    executor = InlineExecutor()
+    app = App(registry, executor=executor, on_event=seen.append)
+    try:
+        app.enqueue("trial-background")
+        executor.run_until(app.clock.now() + DAY)
+        sleeping = [e for e in seen if e.kind is EventKind.SLEEPING]
+        line = format_event(sleeping[0], app.clock)
+    finally:
+        app.shutdown(wait=False)
+    assert line is not None
+    assert line.endswith("trial-background: sleeping, wakes in 518400.0 s")
