@@ -430,3 +430,27 @@ def test_cli_invoke_and_the_server_log_show_the_sleep(
         app.shutdown(wait=False)
     assert line is not None
     assert line.endswith("trial-background: sleeping, wakes in 518400.0 s")
+
+
+def test_sleeping_invocations_do_not_fill_the_thread_executors_queue() -> None:
+    """max_pending bounds work waiting for a worker; invocations asleep for an hour are not."""
+
+    def handler(request: Any, context: Any) -> None:
+        context.step.sleep("nap", hours=1)
+
+    registry = Registry()
+    registry.add("nap-background", handler)
+    executor = ThreadExecutor(max_workers=1, max_pending=2)
+    app = App(registry, executor=executor)
+    try:
+        handles = []
+        for _ in range(5):
+            handles.append(app.enqueue("nap-background"))
+            for _ in range(3000):
+                if handles[-1].state is State.SLEEPING:
+                    break
+                threading.Event().wait(0.01)  # polls for the state, not a timing assertion
+        assert [h.state for h in handles] == [State.SLEEPING] * 5
+        assert executor.stats().pending == 0
+    finally:
+        app.shutdown()

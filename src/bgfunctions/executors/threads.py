@@ -46,7 +46,7 @@ from bgfunctions.errors import (
 from bgfunctions.executors.base import Executor, ExecutorStats
 from bgfunctions.executors.calls import CallPool, LoopThread, finish_tasks
 from bgfunctions.executors.timers import TimerThread
-from bgfunctions.invocation import InvocationRecord, Outcome
+from bgfunctions.invocation import InvocationRecord, Outcome, State
 from bgfunctions.journals.base import Journal
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
@@ -282,10 +282,15 @@ class ThreadExecutor(Executor):
             raise error
 
     def _dispatch(self, record: InvocationRecord) -> None:
-        with self._count_lock:  # held for one addition only: never contended for long
-            self._pending += 1
         due = record.next_run_at if record.next_run_at is not None else self.clock.now()
         delay = due - self.clock.now()
+        if delay > 0 and record.state is State.SLEEPING:
+            # A durable sleep (days, perhaps) is not work waiting for a worker: it counts as
+            # pending (max_pending, stats) only once it wakes.
+            self._timers.add(self.clock.monotonic() + delay, lambda: self._dispatch(record))
+            return
+        with self._count_lock:  # held for one addition only: never contended for long
+            self._pending += 1
         if delay > 0:
             self._timers.add(self.clock.monotonic() + delay, lambda: self._ready(record))
         else:
