@@ -454,3 +454,46 @@ def test_sleeping_invocations_do_not_fill_the_thread_executors_queue() -> None:
         assert executor.stats().pending == 0
     finally:
         app.shutdown()
+
+
+def test_an_async_workflow_sleeps_and_resumes_on_the_servers_own_loop() -> None:
+    """The host loop (ASGI, memory journal): both segments run on the server's loop thread,
+    and nothing runs there while the invocation sleeps (0.2 s, real time)."""
+    import asyncio
+
+    import httpx
+
+    from bgfunctions.asgi import ASGIApp
+
+    threads: list[int] = []
+
+    async def handler(request: Any, context: Any) -> None:
+        threads.append(threading.get_ident())
+        await context.step.run("one", int, "1")
+        await context.step.sleep("nap", seconds=0.2)
+        await context.step.run("two", int, "2")
+
+    registry = Registry()
+    registry.add("nap-background", handler)
+    app = App(registry, executor=ThreadExecutor())
+
+    async def scenario(asgi: ASGIApp) -> tuple[Any, int]:
+        transport = httpx.ASGITransport(app=asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post("/.netlify/functions/nap-background")
+        handle = app.executor.get(response.headers["x-nf-request-id"])
+        while handle.state is not State.SLEEPING:
+            await asyncio.sleep(0.01)  # polls for the state, not a timing assertion
+        assert app.executor.stats().running == 0
+        return await handle.wait_async(), threading.get_ident()
+
+    async def main() -> tuple[Any, int]:
+        asgi = ASGIApp(app)
+        async with asgi.lifespan():
+            return await asyncio.wait_for(scenario(asgi), 10)
+
+    record, server_thread = asyncio.run(main())
+    assert record.state is State.SUCCEEDED
+    assert [a.outcome for a in record.attempts] == [Outcome.SUSPENDED, Outcome.SUCCEEDED]
+    assert threads == [server_thread, server_thread]
+    assert [s.id for s in record.steps] == ["one", "nap", "two"]
