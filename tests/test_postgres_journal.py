@@ -300,12 +300,12 @@ def test_a_schema_3_table_gets_a_priority_column_and_keeps_its_steps(
     """A table of schema 3 (made by the first three migrations, as bgfunctions before durable
     sleeps made it; a row with a committed step, its JSON without priority or not_before) is
     migrated to 4 on first use: the row reads back the same, priority 0, and takes sleeps."""
-    from bgfunctions.invocation import Step
+    from bgfunctions.invocation import EnqueueOptions, Step
     from bgfunctions.journals._postgres_schema import _MIGRATIONS, names
 
     old = _record("old")
     data = old.to_json(body=False, steps=False)
-    del data["priority"], data["not_before"]  # schema 3's records had neither
+    del data["enqueue_options"]  # schema 3's records had none
     step = Step(id="charge", result='"ch_1"', attempt=1, started_at=1001.0, ended_at=1002.0)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
@@ -331,7 +331,8 @@ def test_a_schema_3_table_gets_a_priority_column_and_keeps_its_steps(
     assert _query(dsn, f"SELECT priority FROM {table}") == [(0,)]
     version = _query(dsn, f"SELECT value FROM {table}_meta WHERE key = 'schema_version'")
     assert version == [(str(SCHEMA_VERSION),)] == [("4",)]
-    urgent = dataclasses.replace(_record("urgent"), priority=30, not_before=1500.0)
+    options = EnqueueOptions(priority=30, not_before=1500.0)
+    urgent = dataclasses.replace(_record("urgent"), enqueue_options=options)
     journal.accepted(urgent)
     assert [r.request_id for r in journal.unfinished()] == ["urgent", "old"]
     assert _query(dsn, f"SELECT priority FROM {table} WHERE request_id = 'urgent'") == [(30,)]

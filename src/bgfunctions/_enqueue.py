@@ -1,7 +1,7 @@
 """What ``App.enqueue`` takes besides the request: when the first attempt may start
 (``delay=`` or ``not_before=``) and the priority among due invocations (``priority=``, -50 to
 50, as Netlify's Async Workloads). Checked here, with errors that name the function and the
-value; the record keeps both (``not_before``, ``priority``)."""
+value; the record keeps both (``enqueue_options``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import datetime as dt
 import math
 
 from bgfunctions._slots import evolve
-from bgfunctions.invocation import InvocationRecord
+from bgfunctions.invocation import EnqueueOptions, InvocationRecord
 
 __all__ = ["MAX_PRIORITY", "MIN_PRIORITY", "scheduled"]
 
@@ -76,4 +76,5 @@ def scheduled(
     if start is None and priority == 0:
         return record
     due = record.accepted_at if start is None else max(record.accepted_at, start)
-    return evolve(record, next_run_at=due, not_before=start, priority=priority)
+    options = EnqueueOptions(priority=priority, not_before=start)
+    return evolve(record, next_run_at=due, enqueue_options=options)

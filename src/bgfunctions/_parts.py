@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-__all__ = ["Attempt", "Outcome", "State", "Step", "error_type_name"]
+__all__ = ["Attempt", "EnqueueOptions", "Outcome", "State", "Step", "error_type_name"]
 
 
 class State(str, Enum):
@@ -187,4 +187,28 @@ class Step:
             attempt=int(data["attempt"]),
             started_at=float(data["started_at"]),
             ended_at=float(data["ended_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnqueueOptions:
+    """How an invocation was enqueued, when not the default way
+    (``App.enqueue(delay=, not_before=, priority=)``): the record keeps one of these, or None,
+    in one field (every state change copies each field of the record: one costs less than
+    two)."""
+
+    priority: int = 0
+    """-50 to 50: among due invocations, a higher one starts first when workers are scarce."""
+    not_before: float | None = None
+    """The first attempt's earliest start, epoch seconds; None when it was due at once."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"priority": self.priority, "not_before": self.not_before}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EnqueueOptions:
+        not_before = data.get("not_before")
+        return cls(
+            priority=int(data.get("priority", 0)),
+            not_before=None if not_before is None else float(not_before),
         )

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from bgfunctions._parts import Attempt, Outcome, State, Step, error_type_name
+from bgfunctions._parts import Attempt, EnqueueOptions, Outcome, State, Step, error_type_name
 from bgfunctions._slots import copier as _copier
 from bgfunctions._slots import evolve as _evolve
 from bgfunctions.requests import Request
@@ -34,6 +34,7 @@ from bgfunctions.retry import RetryPolicy
 
 __all__ = [
     "Attempt",
+    "EnqueueOptions",
     "Event",
     "EventKind",
     "InvocationRecord",
@@ -83,12 +84,9 @@ class InvocationRecord:
     """The request id of the invocation this one replays, if any."""
     steps: tuple[Step, ...] = ()
     """The committed steps (``context.step.run`` and ``sleep``), in the order they committed."""
-    priority: int = 0
-    """-50 to 50 (``enqueue(priority=)``): among due invocations, a higher one starts first
-    when workers are scarce."""
-    not_before: float | None = None
-    """The first attempt's earliest start (``enqueue(delay=)`` / ``not_before=``), epoch
-    seconds; None when it was due at once."""
+    enqueue_options: EnqueueOptions | None = None
+    """The priority and first start ``App.enqueue`` was given; None for the defaults (read
+    them as :attr:`priority` and :attr:`not_before`)."""
 
     def __post_init__(self) -> None:
         size = len(self.body)
@@ -99,6 +97,20 @@ class InvocationRecord:
                 f"invocation {self.request_id}: body_size is {self.body_size} but the body "
                 f"has {size} bytes; expected equal sizes, or an empty body (not loaded)"
             )
+
+    @property
+    def priority(self) -> int:
+        """-50 to 50 (``enqueue(priority=)``, default 0): among due invocations, a higher one
+        starts first when workers are scarce."""
+        options = self.enqueue_options
+        return 0 if options is None else options.priority
+
+    @property
+    def not_before(self) -> float | None:
+        """The first attempt's earliest start (``enqueue(delay=)`` / ``not_before=``), epoch
+        seconds; None when it was due at once."""
+        options = self.enqueue_options
+        return None if options is None else options.not_before
 
     @property
     def body_loaded(self) -> bool:
@@ -216,7 +228,7 @@ class InvocationRecord:
                 )
             return _with_schedule(self, State.SLEEPING, attempts, max(now, wake_at))
         failures = ended.number
-        if failures > 1:  # a suspended attempt is not a used retry
+        if failures > 1 and self.steps:  # a suspended attempt (its sleep is a step) is no retry
             failures = sum(1 for a in attempts if a.outcome is not None and a.outcome.failed)
         delay = retry.delay_after(failures)
         if delay is None:
@@ -258,8 +270,9 @@ class InvocationRecord:
             "next_run_at": self.next_run_at,
             "finished_at": self.finished_at,
             "replay_of": self.replay_of,
-            "priority": self.priority,
-            "not_before": self.not_before,
+            "enqueue_options": None
+            if self.enqueue_options is None
+            else self.enqueue_options.to_json(),
         }
         if steps:
             data["steps"] = [step.to_json() for step in self.steps]
@@ -289,8 +302,9 @@ class InvocationRecord:
             steps=tuple(
                 Step.from_json(s) for s in data.get("steps", ())
             ),  # absent before steps existed
-            priority=int(data.get("priority", 0)),  # absent before schema 4
-            not_before=None if data.get("not_before") is None else float(data["not_before"]),
+            enqueue_options=None  # absent before schema 4
+            if data.get("enqueue_options") is None
+            else EnqueueOptions.from_json(data["enqueue_options"]),
         )
 
 

@@ -278,22 +278,17 @@ class Lifecycle:
         before the handler goes on."""
         return functools.partial(self.journal.step_completed, request_id)
 
-    def _sleeping(self, request_id: str) -> float | None:
-        """The wake time when a durable sleep suspended the running attempt of ``request_id``."""
-        handle = self.live.get(request_id)
-        if handle is None or handle._context is None:
-            return None
-        return handle._context[1].step.sleeping
-
-    def _with_steps(self, record: InvocationRecord) -> InvocationRecord:
-        """``record`` with the steps its running attempt committed (the live Context's)."""
+    def _with_steps(self, record: InvocationRecord) -> tuple[InvocationRecord, float | None]:
+        """``record`` with the steps its running attempt committed (the live Context's), and
+        the wake time when a durable sleep suspended that attempt."""
         handle = self.live.get(record.request_id)
         if handle is None or handle._context is None:
-            return record
-        completed = handle._context[1].step.completed
+            return record, None
+        steps = handle._context[1].step
+        completed = steps.completed
         if len(completed) <= len(record.steps):
-            return record
-        return record.with_steps(completed)
+            return record, steps.sleeping
+        return record.with_steps(completed), steps.sleeping
 
     def sync_context(
         self,
@@ -423,12 +418,11 @@ class Lifecycle:
                 retry = RetryPolicy(delays=())  # its function is gone (a reload): no retries
         now = self.clock.now() if ended_at is None else ended_at
         cancel = record.request_id in self.cancel_requested
-        wake = None
-        if outcome in _MAY_SLEEP:
-            wake = self._sleeping(record.request_id)
-            if wake is not None:
-                outcome, error = Outcome.SUSPENDED, None
-        record = self._with_steps(record)
+        record, wake = self._with_steps(record)
+        if wake is not None and outcome in _MAY_SLEEP:
+            outcome, error = Outcome.SUSPENDED, None
+        else:
+            wake = None
         ended = record.end_attempt(
             now,
             outcome,

@@ -330,7 +330,8 @@ class ThreadExecutor(Executor):
             if reserved:
                 self._idle -= 1
                 self._reserved += 1
-        if record.priority:
+        options = record.enqueue_options
+        if options is not None and options.priority:
             self._push(record)
             self._queue.put(_FROM_HEAP)
         else:
