@@ -190,15 +190,6 @@ ALLOWED: dict[tuple[str, str], Allowed] = {
     },
 }
 
-for _case in ("sleep", "sleep_then_fail"):
-    ALLOWED["process+sqlite", _case] = Allowed(
-        "the process executor cannot store durable steps yet: each attempt's first step or "
-        "sleep raises StepError saying so (docs/workflows.md), and the retries fail the same way",
-        expect=lambda s: error(
-            story(ERR, ERR, ERR, state=State.FAILED), "bgfunctions.errors.StepError", 1, 2, 3
-        ),
-    )
-
 KNOWN_BUGS: dict[tuple[str, str], str] = {
     **{
         (pair, "cancel_running"): (
@@ -431,8 +422,6 @@ def test_durable_sleep_suspends_and_resumes_with_the_steps_remembered(pair: Pair
     the invocation resumes at the wake time (7 days on the virtual clock), replaying what
     committed."""
     record = run_case(pair, "sleep", "nap-background")
-    if (pair.name, "sleep") in ALLOWED:
-        return  # the refusal, checked by run_case
     _, nap, after = record.steps
     assert nap.ended_at - nap.started_at == pytest.approx(7 * 86400 if pair.virtual else NAP)
     assert after.started_at >= nap.ended_at - EPS
@@ -443,6 +432,4 @@ def test_a_failure_after_a_sleep_gets_the_first_retry_delay(pair: Pair) -> None:
     """sleep, then a step that fails once: the failure is the first, retried after the first
     delay; the invocation succeeds on attempt 3."""
     record = run_case(pair, "sleep_then_fail", "nap-fail-background")
-    if (pair.name, "sleep_then_fail") in ALLOWED:
-        return  # the refusal, checked by run_case
     assert record.attempts[1].error_message == "fails once, after the sleep"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -170,14 +171,19 @@ def test_bgfunctions_invocations_shows_the_next_run_and_the_priority(
         journal.close()
     assert main(["invocations", str(tmp_path), "--journal", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    head = lines[0].split("  ")
-    assert [c.strip() for c in head if c.strip()][5:7] == ["NEXT RUN (UTC)", "PRIORITY"]
-    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    head = re.split(r"\s{2,}", lines[0].strip())
+    assert head[-3:] == ["NEXT RUN (UTC)", "PRIORITY", "LAST ERROR"]
+    rows = {}
+    for line in lines[1:]:
+        cells = re.split(r"\s{2,}", line.strip())
+        rows[cells[0]] = dict(zip(head, cells, strict=False))  # no LAST ERROR: one cell less
     accepted = later.record.accepted_at
-    assert rows[later.request_id][2] == "accepted"
-    assert rows[later.request_id][5:7] == [iso_utc(accepted + 3600), "+12"]
-    assert rows[sleeping.request_id][2] == "sleeping"
-    assert rows[sleeping.request_id][5:7] == [iso_utc(accepted + 7 * 86400), "-3"]
+    assert rows[later.request_id]["STATE"] == "accepted"
+    assert rows[later.request_id]["NEXT RUN (UTC)"] == iso_utc(accepted + 3600)
+    assert rows[later.request_id]["PRIORITY"] == "+12"
+    assert rows[sleeping.request_id]["STATE"] == "sleeping"
+    assert rows[sleeping.request_id]["NEXT RUN (UTC)"] == iso_utc(accepted + 7 * 86400)
+    assert rows[sleeping.request_id]["PRIORITY"] == "-3"
     assert main(["invocations", str(tmp_path), "--journal", str(path), "--json"]) == 0
     listed = {r["request_id"]: r for r in json.loads(capsys.readouterr().out)}
     assert listed[later.request_id]["priority"] == 12

@@ -9,7 +9,7 @@ Layers (a lower layer never imports a higher one; ``tests/test_layers.py`` check
     L3  registry, attempts, handles, reports, lifecycle, executors.*
     L4  app
     L5  asgi, wsgi, hosts, staticfiles, devserver, serverlog, views, testing, pytest_plugin,
-        cli, __main__, contrib.*
+        cli, __main__, contrib.*, _timeline, _viewpage
 
 This module only re-exports.
 """

@@ -22,10 +22,12 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bgfunctions._slots import copier
 from bgfunctions.attempts import (
     PreparedAttempt,
     Stopping,
@@ -33,6 +35,7 @@ from bgfunctions.attempts import (
     make_steps,
     record_request,
     run_async,
+    run_here,
     warn_ignored_return,
 )
 from bgfunctions.clock import Clock
@@ -61,10 +64,35 @@ from bgfunctions.retry import RetryPolicy
 __all__ = ["Lifecycle"]
 
 log = logging.getLogger("bgfunctions.executor")
+_CANCELLING = sys.version_info >= (3, 11)
+"""Whether tasks count the cancellations asked of them (what ``run_here`` needs)."""
+
+
+_BLANK_EVENT = Event(
+    EventKind.ACCEPTED,
+    InvocationRecord(request_id="", function="", method="GET", url="/", accepted_at=0.0),
+    0.0,
+)
+_new_event: Callable[[Event, EventKind, InvocationRecord, float], Event] = copier(
+    Event, ("kind", "record", "at")
+)
+"""Event(kind, record, at) without the frozen dataclass's __init__: up to four per invocation."""
 
 
 _MAY_SLEEP = frozenset((Outcome.SUCCEEDED, Outcome.ERROR, Outcome.SUSPENDED))
 """Outcomes a durable sleep turns into ``suspended`` (a handler may catch ``Suspended``)."""
+
+
+def _pending_wake(record: InvocationRecord) -> float | None:
+    """The wake time of a sleep that suspended ``record``'s running attempt, read from its
+    steps, for engines whose handler ran elsewhere (a worker process): a sleep step that wakes
+    after the attempt started is the one that ended it (a sleep past returns at once)."""
+    attempt = record.last_attempt
+    if attempt is None:
+        return None
+    started = attempt.started_at
+    wakes = [s.ended_at for s in record.steps if s.kind == "sleep" and s.ended_at > started]
+    return min(wakes) if wakes else None
 
 
 def _nothing(_: Any) -> None:
@@ -278,6 +306,13 @@ class Lifecycle:
         before the handler goes on."""
         return functools.partial(self.journal.step_completed, request_id)
 
+    def store_step(self, request_id: str, step: Step) -> None:
+        """Commit ``step`` of ``request_id``'s running attempt, for an engine whose handler runs
+        elsewhere (a worker process sends it here): returns once it is durable, raises when it
+        cannot be stored (the step then counts as not committed). The engine puts the steps it
+        stored on the record it ends (``record.with_steps``)."""
+        self._step_store(request_id)(step)
+
     def _with_steps(self, record: InvocationRecord) -> tuple[InvocationRecord, float | None]:
         """``record`` with the steps its running attempt committed (the live Context's), and
         the wake time when a durable sleep suspended that attempt."""
@@ -317,13 +352,15 @@ class Lifecycle:
         *,
         stopping: Stopping | None = None,
         watch: float | None = None,
+        here: bool = False,
     ) -> InvocationRecord | None:
         """Run the next attempt of ``record`` on the running loop; the ended record, or None
         when it was cancelled before it started. Engines schedule what follows.
 
         ``watch``: on a loop the executor does not own (no ``on_blocked`` hook of ours), time
         the handler's own steps and warn, naming the function, when one holds the loop longer
-        than this many seconds."""
+        than this many seconds. ``here``: the current task was made for this attempt alone;
+        on Python >= 3.11 the handler runs in it (:func:`~bgfunctions.attempts.run_here`)."""
         started = self.begin(record)
         if started is None:
             return None
@@ -333,7 +370,7 @@ class Lifecycle:
         function, context = prepared.function, prepared.context
         self.running += 1
         try:
-            result = await run_async(
+            result = await (run_here if here and _CANCELLING else run_async)(
                 prepared,
                 cancelled=self.cancel_requested,
                 stopping=stopping,
@@ -419,8 +456,10 @@ class Lifecycle:
         now = self.clock.now() if ended_at is None else ended_at
         cancel = record.request_id in self.cancel_requested
         record, wake = self._with_steps(record)
-        if wake is not None and outcome in _MAY_SLEEP:
-            outcome, error = Outcome.SUSPENDED, None
+        if outcome in _MAY_SLEEP and (wake is not None or record.steps):
+            wake = wake if wake is not None else _pending_wake(record)
+            if wake is not None:
+                outcome, error = Outcome.SUSPENDED, None
         else:
             wake = None
         ended = record.end_attempt(
@@ -492,7 +531,7 @@ class Lifecycle:
         listeners = self._binding.on_event if self._binding is not None else ()
         if not listeners:
             return
-        event = Event(kind, record, self.clock.now())
+        event = _new_event(_BLANK_EVENT, kind, record, self.clock.now())
         for listener in listeners:
             try:
                 listener(event)
