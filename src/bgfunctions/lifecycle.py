@@ -6,6 +6,9 @@ worker processes, a Celery child) and how a stuck one is stopped; :class:`Lifecy
 retry_scheduled | failed | cancelled) goes through :class:`InvocationRecord`'s state machine,
 then the journal, then the ``on_event`` listeners and hooks, in that order, in one place. So
 every engine records the same attempts, with the same retry schedule, and fires the same hooks.
+A durable sleep (``context.step.sleep``) ends an attempt as ``suspended``, whatever the handler
+made of the :class:`~bgfunctions.errors.Suspended` it raised: the record sleeps until the wake
+time, and the engine schedules it then as it schedules a retry (``State.waiting``).
 What happens *in* an attempt is :mod:`bgfunctions.attempts`.
 
 An engine gives its lifecycle three things (:class:`Engine`): how to schedule a record's next
@@ -79,6 +82,22 @@ _new_event: Callable[[Event, EventKind, InvocationRecord, float], Event] = copie
     Event, ("kind", "record", "at")
 )
 """Event(kind, record, at) without the frozen dataclass's __init__: up to four per invocation."""
+
+
+_MAY_SLEEP = frozenset((Outcome.SUCCEEDED, Outcome.ERROR, Outcome.SUSPENDED))
+"""Outcomes a durable sleep turns into ``suspended`` (a handler may catch ``Suspended``)."""
+
+
+def _pending_wake(record: InvocationRecord) -> float | None:
+    """The wake time of a sleep that suspended ``record``'s running attempt, read from its
+    steps, for engines whose handler ran elsewhere (a worker process): a sleep step that wakes
+    after the attempt started is the one that ended it (a sleep past returns at once)."""
+    attempt = record.last_attempt
+    if attempt is None:
+        return None
+    started = attempt.started_at
+    wakes = [s.ended_at for s in record.steps if s.kind == "sleep" and s.ended_at > started]
+    return min(wakes) if wakes else None
 
 
 def _nothing(_: Any) -> None:
@@ -195,7 +214,7 @@ class Lifecycle:
         except LookupError:
             retry = RetryPolicy(delays=())  # its function is gone: nothing to retry with
         ended = self.end(record, Outcome.INTERRUPTED, error, retry=retry)
-        if ended.state is State.RETRY_SCHEDULED:
+        if ended.state.waiting:
             self._dispatch(ended)
 
     def heartbeat(self) -> None:
@@ -251,7 +270,7 @@ class Lifecycle:
             return self._attempt_inputs(started)
         except Exception as exc:
             ended = self.end(started, Outcome.ERROR, exc)  # no retries for a function gone
-            if ended.state is State.RETRY_SCHEDULED:
+            if ended.state.waiting:
                 self._dispatch(ended)
             return None
 
@@ -304,15 +323,17 @@ class Lifecycle:
         stored on the record it ends (``record.with_steps``)."""
         self._step_store(request_id)(step)
 
-    def _with_steps(self, record: InvocationRecord) -> InvocationRecord:
-        """``record`` with the steps its running attempt committed (the live Context's)."""
+    def _with_steps(self, record: InvocationRecord) -> tuple[InvocationRecord, float | None]:
+        """``record`` with the steps its running attempt committed (the live Context's), and
+        the wake time when a durable sleep suspended that attempt."""
         handle = self.live.get(record.request_id)
         if handle is None or handle._context is None:
-            return record
-        completed = handle._context[1].step.completed
+            return record, None
+        steps = handle._context[1].step
+        completed = steps.completed
         if len(completed) <= len(record.steps):
-            return record
-        return record.with_steps(completed)
+            return record, steps.sleeping
+        return record.with_steps(completed), steps.sleeping
 
     def sync_context(
         self,
@@ -462,7 +483,7 @@ class Lifecycle:
         # invocations never wait on each other (under the GIL that became a lock convoy).
         with handle._guard:
             current = handle._record
-            if current.state not in (State.ACCEPTED, State.RETRY_SCHEDULED):
+            if not current.state.waiting:
                 if current.state.finished:
                     self.table.forget(handle)
                 return None  # finished, or a second dispatch of a running attempt
@@ -500,13 +521,20 @@ class Lifecycle:
                 retry = RetryPolicy(delays=())  # its function is gone (a reload): no retries
         now = self.clock.now() if ended_at is None else ended_at
         cancel = record.request_id in self.cancel_requested
-        record = self._with_steps(record)
+        record, wake = self._with_steps(record)
+        if outcome in _MAY_SLEEP and (wake is not None or record.steps):
+            wake = wake if wake is not None else _pending_wake(record)
+            if wake is not None:
+                outcome, error = Outcome.SUSPENDED, None
+        else:
+            wake = None
         ended = record.end_attempt(
             now,
             outcome,
             RetryPolicy(delays=()) if cancel else retry,
             error_type=None if error is None else error_type_name(error),
             error_message=None if error is None else str(error),
+            wake_at=wake,
         )
         if cancel and ended.state is State.FAILED:
             ended = dataclasses.replace(ended, state=State.CANCELLED)
@@ -540,6 +568,8 @@ class Lifecycle:
         state = ended.state
         if state is State.RETRY_SCHEDULED:
             self.emit(EventKind.RETRY_SCHEDULED, ended)
+        elif state is State.SLEEPING:
+            self.emit(EventKind.SLEEPING, ended)
         elif state is State.SUCCEEDED:
             self.emit(EventKind.SUCCEEDED, ended)
         elif state is State.CANCELLED:
