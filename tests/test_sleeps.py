@@ -411,7 +411,7 @@ def test_cli_invoke_and_the_server_log_show_the_sleep(
     lines = [" ".join(line.split()).replace("t= ", "t=") for line in out]
     assert lines[0].startswith("t=0.000s attempt 1 suspended")
     assert lines[1].startswith("t=0.000s step billing committed")
-    assert lines[2] == "t=0.000s sleep wait-for-trial until t=604800.000s"
+    assert lines[2] == "t=0.000s sleep wait-for-trial until t=604800.000s (7d)"
     assert lines[3].startswith("t=604800.000s attempt 2 succeeded")
     assert lines[4] == "step billing replayed: stored by attempt 1, not run again"
     assert lines[5].startswith("t=604800.000s step email committed")
