@@ -570,8 +570,13 @@ def test_writes_prune_automatically(
 # -- faults ----------------------------------------------------------------------------------
 
 
-def _accept_later(journal: PostgresJournal, records: list[InvocationRecord]) -> dict[str, Any]:
-    """accept_later each record from its own thread at once; what each one settled with."""
+def _accept_later(
+    journal: PostgresJournal,
+    records: list[InvocationRecord],
+    queued: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """accept_later each record from its own thread at once; what each one settled with.
+    ``queued`` is called once every call has returned (each record queued)."""
     settled: dict[str, Any] = {}
     done = threading.Event()
     lock = threading.Lock()
@@ -592,6 +597,8 @@ def _accept_later(journal: PostgresJournal, records: list[InvocationRecord]) -> 
         thread.start()
     for thread in threads:
         thread.join()
+    if queued is not None:
+        queued()
     assert done.wait(30)
     return settled
 
@@ -604,7 +611,11 @@ def test_accept_later_commits_groups_and_fails_only_a_known_request_id(
     journal = open_journal()
     journal.accepted(_record("dup", at=1.0))
     records = [_record(f"r{i}") for i in range(40)] + [_record("dup", at=2.0)]
-    settled = _accept_later(journal, records)
+    # Another connection locks the table until all 41 are queued, so that they queue together
+    # however the threads are scheduled (the first commit, if it started, waits for the lock).
+    with psycopg.connect(dsn) as locker:
+        locker.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(sql.Identifier(table)))
+        settled = _accept_later(journal, records, queued=locker.rollback)
     assert {rid for rid, error in settled.items() if error is None} == {f"r{i}" for i in range(40)}
     assert isinstance(settled["dup"], ValueError)
     assert "'dup' is already recorded" in str(settled["dup"])
