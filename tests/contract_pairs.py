@@ -2,7 +2,7 @@
 them: an ``App`` over each executor and journal, the functions loaded from one site directory.
 
 Every pair records the same things the same way: ``on_event`` and ``on_failure`` append one line
-each (``REQUEST_ID KIND``) to a ledger file with ``O_APPEND``, so that a hook heard in a Celery
+each (``REQUEST_ID KIND PID``) to a ledger file with ``O_APPEND``, so that a hook heard in a Celery
 worker process lands in the same ordered ledger as one heard in the web tier.
 
 Real-time pairs use short limits (``LIMIT`` per attempt, retries ``DELAYS`` after the previous
