@@ -16,7 +16,11 @@ tier looks at the journal again and repeats it until the invocation is finished.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
+import functools
+import inspect
 import logging
 import mmap
 import os
@@ -32,12 +36,14 @@ from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
 from bgfunctions.executors.celery_config import TASK_NAME
+from bgfunctions.registry import Function
 
 __all__ = [
     "CANCEL_COMMAND",
     "CANCEL_SIGNAL",
     "AttemptCancelled",
     "CancelBoard",
+    "Cancellable",
     "install_signal_handler",
     "listen",
     "register_board",
@@ -88,6 +94,57 @@ class CancelBoard:
                 return True
             found = self._map.find(key, found + 1)
         return False
+
+
+class Cancellable:
+    """Functions whose handlers a cancel can stop in this process: ``lookup`` gives the
+    function with its handler wrapped. A wrapped handler does not start when its request id is
+    in ``cancelled`` already, and a sync one marks, while it runs, that :class:`AttemptCancelled`
+    may be raised into it (:attr:`in_sync`)."""
+
+    def __init__(self, lookup: Callable[[str], Function], cancelled: set[str]) -> None:
+        self._lookup = lookup
+        self._cancelled = cancelled
+        self._wrapped: dict[int, tuple[Function, Function]] = {}
+        self.in_sync: str | None = None
+        """The request id whose sync handler runs now, if any."""
+
+    def lookup(self, name: str) -> Function:
+        function = self._lookup(name)
+        cached = self._wrapped.get(id(function))
+        if cached is not None and cached[0] is function:
+            return cached[1]  # the same object each time: the lifecycle reuses its Context
+        handler = function.handler
+        if handler is None:
+            return function
+        wrapped = dataclasses.replace(function, handler=self._wrap(handler))
+        self._wrapped[id(function)] = (function, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        cancelled = self._cancelled
+        if inspect.iscoroutinefunction(handler):
+
+            @functools.wraps(handler)
+            async def run_async(request: Any, context: Any) -> Any:
+                if context.request_id in cancelled:
+                    raise asyncio.CancelledError  # cancelled before it started
+                return await handler(request, context)
+
+            return run_async
+
+        @functools.wraps(handler)
+        def run_sync(request: Any, context: Any) -> Any:
+            rid = context.request_id
+            self.in_sync = rid
+            try:
+                if rid in cancelled:
+                    raise AttemptCancelled(f"invocation {rid} was cancelled before it started")
+                return handler(request, context)
+            finally:
+                self.in_sync = None
+
+        return run_sync
 
 
 _BOARDS: weakref.WeakKeyDictionary[Any, CancelBoard] = weakref.WeakKeyDictionary()

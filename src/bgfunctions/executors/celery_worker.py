@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
-import inspect
 import logging
 import os
 import threading
@@ -33,6 +31,7 @@ from bgfunctions.clock import SystemClock
 from bgfunctions.executors.celery_cancel import (
     AttemptCancelled,
     CancelBoard,
+    Cancellable,
     install_signal_handler,
     listen,
 )
@@ -150,9 +149,6 @@ class WorkerSide:
         self.journal = journal
         self._publish = publish
         self.board = board
-        self._lookup = binding.lookup
-        self._cancellable: dict[int, tuple[Function, Function]] = {}
-        binding = dataclasses.replace(binding, lookup=self._cancellable_function)
         self.lifecycle = Lifecycle(
             name="Celery worker",
             clock=self.clock,
@@ -160,6 +156,9 @@ class WorkerSide:
             dispatch=self._dispatch,
             claim_unavailable=self._claim_unavailable,
         )
+        # Handlers wrapped so that a cancel can stop them (see celery_cancel).
+        self.cancellable = Cancellable(binding.lookup, self.lifecycle.cancel_requested)
+        binding = dataclasses.replace(binding, lookup=self.cancellable.lookup)
         self.lifecycle.binding = binding
         self.binding = binding
         lease = float(getattr(journal, "lease", 10.0))
@@ -170,7 +169,6 @@ class WorkerSide:
         self._beat_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._current: tuple[str, int] | None = None  # the attempt this process runs
-        self._in_sync: str | None = None  # the request id whose sync handler runs now
         install_signal_handler()
         listen(self.cancel_signalled)
 
@@ -239,7 +237,7 @@ class WorkerSide:
         if rid in self.lifecycle.cancel_requested:
             return  # told already (a broadcast repeated)
         self.lifecycle.cancel_requested.add(rid)
-        if self._in_sync == rid:
+        if self.cancellable.in_sync == rid:
             raise AttemptCancelled(f"attempt {current[1]} of invocation {rid} was cancelled")
         loop = self._loop
         if loop is not None and not loop.is_closed():
@@ -257,44 +255,6 @@ class WorkerSide:
         if handle is None or handle.record.state is not State.RUNNING:
             return None
         return self.lifecycle.end(handle.record, Outcome.CANCELLED)
-
-    def _cancellable_function(self, name: str) -> Function:
-        """The function ``name`` with its handler wrapped so that a cancel can stop it."""
-        function = self._lookup(name)
-        cached = self._cancellable.get(id(function))
-        if cached is not None and cached[0] is function:
-            return cached[1]
-        handler = function.handler
-        if handler is None:
-            return function
-        wrapped = dataclasses.replace(function, handler=self._wrap(handler))
-        self._cancellable[id(function)] = (function, wrapped)
-        return wrapped
-
-    def _wrap(self, handler: Callable[..., Any]) -> Callable[..., Any]:
-        cancelled = self.lifecycle.cancel_requested
-        if inspect.iscoroutinefunction(handler):
-
-            @functools.wraps(handler)
-            async def run_async(request: Any, context: Any) -> Any:
-                if context.request_id in cancelled:
-                    raise asyncio.CancelledError  # cancelled before it started
-                return await handler(request, context)
-
-            return run_async
-
-        @functools.wraps(handler)
-        def run_sync(request: Any, context: Any) -> Any:
-            rid = context.request_id
-            self._in_sync = rid
-            try:
-                if rid in cancelled:
-                    raise AttemptCancelled(f"invocation {rid} was cancelled before it started")
-                return handler(request, context)
-            finally:
-                self._in_sync = None
-
-        return run_sync
 
     def _claim_unavailable(self, started: InvocationRecord) -> None:
         # This message is acked when the task returns. If the claim did commit, the row stays
