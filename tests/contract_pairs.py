@@ -164,6 +164,23 @@ HANDLERS = {
             finally:
                 open(marker + ".finally", "w").close()
     """,
+    # Swallows whatever is raised into it (a cancel too) and blocks on: only the kill at its
+    # limit (LIMIT) stops it.
+    "stubborn-background": """
+        import os
+        import time
+
+        def handler(request, context):
+            marker = request.body.decode()
+            with open(marker + ".pid", "w") as f:
+                f.write(str(os.getpid()))
+            end = time.monotonic() + 30
+            while context.attempt == 1 and time.monotonic() < end:
+                try:
+                    time.sleep(0.05)
+                except BaseException:
+                    open(marker + ".caught", "w").close()
+    """,
     # Holds the only worker slot until the file named by the body exists, for at most the
     # seconds the body names (kept under the limit, so the hold never times out).
     "hold-background": """

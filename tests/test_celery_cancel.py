@@ -90,3 +90,21 @@ def test_cancel_of_a_finished_invocation_changes_nothing(running: Pair) -> None:
     assert pair.ledger.lines(record.request_id) == [
         "accepted", "attempt_started", "attempt_ended", "succeeded",
     ]  # fmt: skip
+
+
+def test_a_handler_that_will_not_stop_is_killed_at_its_limit_and_not_retried(
+    running: Pair,
+) -> None:
+    """A sync handler that swallows the cancel and blocks on is killed at its limit: its
+    attempt is timed_out, and the invocation ends cancelled with no other attempt."""
+    pair = running
+    marker = pair.root / f"marker-{uuid.uuid4().hex}"
+    invocation = pair.enqueue("stubborn-background", str(marker).encode())
+    pair.until("the handler to start", Path(f"{marker}.pid").exists)
+    pair.app.cancel(invocation.request_id)
+    record = pair.wait(invocation)
+    assert record.state is State.CANCELLED
+    assert [(a.number, a.outcome) for a in record.attempts] == [(1, Outcome.TIMED_OUT)]
+    assert record.attempts[0].error_type == "TimeoutError"
+    CLOCK.sleep(0.5)  # no retry runs later
+    assert pair.app.journal.get(record.request_id) == record

@@ -241,12 +241,13 @@ class WorkerSide:
             raise AttemptCancelled(f"attempt {current[1]} of invocation {rid} was cancelled")
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._cancel_task, loop, rid)
+            loop.call_soon_threadsafe(self._cancel_task, loop, rid, current[1])
 
     @staticmethod
-    def _cancel_task(loop: asyncio.AbstractEventLoop, rid: str) -> None:
+    def _cancel_task(loop: asyncio.AbstractEventLoop, rid: str, attempt: int) -> None:
         for task in asyncio.all_tasks(loop):
-            if task.get_name().split(":")[1:2] == [rid]:  # run_async names it fn:rid:attempt
+            # run_async names it function:request_id:attempt
+            if task.get_name().split(":")[1:3] == [rid, str(attempt)]:
                 task.cancel()
 
     def _end_cancelled(self, rid: str) -> InvocationRecord | None:
@@ -282,6 +283,9 @@ class WorkerSide:
         when it had run to its limit by then, else ``crashed`` (at ``seen``)."""
         attempt = record.last_attempt
         assert attempt is not None
+        if self.board.posted(record.request_id, attempt.number):
+            # Cancelled before it died (a handler that would not stop, killed at the limit).
+            self.lifecycle.cancel_requested.add(record.request_id)
         function: Function | None
         try:
             function = self.binding.lookup(record.function)
