@@ -43,7 +43,7 @@ from bgfunctions import (
     State,
     SystemClock,
 )
-from bgfunctions.executors import celery as celery_module
+from bgfunctions.executors import celery_app as celery_app_module
 from bgfunctions.executors.celery import TASK_NAME, CeleryExecutor, celery_settings, make_celery
 from bgfunctions.ids import new_request_id
 from bgfunctions.journals.base import Journal
@@ -593,7 +593,7 @@ def test_a_claim_whose_outcome_is_unknown_is_looked_at_again(
     ) -> None:  # fmt: skip
         published.append((attempt, countdown, seen))
 
-    monkeypatch.setattr(celery_module, "_publish", publish)
+    monkeypatch.setattr(celery_app_module, "publish", publish)
     celery_app = make_celery(
         broker="memory://",
         journal=lambda: _ClaimOutcomeUnknown(journal),
