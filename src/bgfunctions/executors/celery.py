@@ -160,12 +160,36 @@ class CeleryExecutor(Executor):
 
     def sweep(self) -> int:
         """Publish again the messages of invocations overdue by ``republish_after``; at most
-        once per ``republish_after`` each. Returns how many were published."""
+        once per ``republish_after`` each. Returns how many were published.
+
+        Overdue are waiting invocations past their due time, and running ones whose attempt
+        is past its time limit: its worker died and the broker lost the message it held (Redis
+        can, in a kill), so nothing would take the attempt over. The message published for the
+        running attempt makes a worker take it over (crashed or timed out, then retried)."""
         if self.republish_after is None:
             return 0
         now = self.clock.now()
         horizon = now - self.republish_after
         published = 0
+        for record in self.journal.select(state=State.RUNNING):
+            attempt = record.last_attempt
+            if attempt is None:
+                continue
+            due = attempt.started_at + self._limit(record.function)
+            last = self._republished.get(record.request_id, due)
+            if due > horizon or last > horizon:
+                continue
+            log.warning(
+                "invocation %s (%s): attempt %d is %.0f s past its time limit and still marked "
+                "running: publishing its message again, for a worker to take it over",
+                record.request_id,
+                record.function,
+                attempt.number,
+                now - due,
+            )
+            self._publish(record, record.attempt_count, 0.0)
+            self._republished[record.request_id] = now
+            published += 1
         for record in self.journal.select(state=[s for s in State if s.waiting]):
             due = record.next_run_at if record.next_run_at is not None else record.accepted_at
             last = self._republished.get(record.request_id, due)
@@ -183,6 +207,14 @@ class CeleryExecutor(Executor):
         if len(self._republished) > 10_000:
             self._republished = {k: v for k, v in self._republished.items() if v > horizon}
         return published
+
+    def _limit(self, function: str) -> float:
+        """The background time limit of ``function`` (Netlify's 900 s once it is gone)."""
+        binding = self.lifecycle.binding
+        try:
+            return binding.limits_for(binding.lookup(function)).background_timeout
+        except LookupError:
+            return 900.0
 
     def submit(self, record: InvocationRecord, request: Request | None = None) -> Invocation:
         """Record ``accepted`` (its hooks hear it now, before any worker can start the
