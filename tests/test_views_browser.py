@@ -20,6 +20,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 START = float(int(SystemClock().now()))
 XSS = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='img'\">"
 INSTALL = "apt-get install -y chromium"
+
+
+def iso_z(seconds: float) -> str:
+    """What the page's iso() writes: JavaScript's toISOString."""
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def chromium() -> str:
@@ -61,9 +68,11 @@ def boom(request: Request, context: object) -> None:
 
 
 def signup(request: Request, context: Context) -> None:
-    """Commits one step, fails once, then commits a second on its retry."""
+    """Commits one step, sleeps an hour (attempt 1 suspended), fails once on waking, then
+    commits a second step on its retry."""
     context.step.run("account", lambda: "acct_1")
-    if context.attempt == 1:
+    context.step.sleep("cool-off", hours=1)
+    if context.attempt == 2:
         raise RuntimeError("billing down")
     context.step.run("billing", lambda: "cus_1")
 
@@ -216,15 +225,20 @@ def test_the_page_renders_invocations_and_attempts_in_chromium(
 
     # The stepped invocation: each attempt lists the steps it ran or took back from the journal.
     items = dom.find("li", "attempt")
-    assert len(items) == 6
+    assert len(items) == 7
     steps = [(li["attrs"]["data-status"], li["text"].split(" · ")) for li in dom.find("li", "step")]
+    wake = iso_z(START + 600 + 3600)
     assert steps == [
         ("ran", ["step account", "ran 0.000 s", "started +0.000 s"]),
+        ("ran", ["sleep cool-off", f"until {wake}", "started +0.000 s"]),
         ("replayed", ["step account", "replayed: stored by attempt 1, not run again"]),
-        ("ran", ["step billing", "ran 0.000 s", "started +60.000 s"]),
+        ("replayed", ["step account", "replayed: stored by attempt 1, not run again"]),
+        ("ran", ["step billing", "ran 0.000 s", "started +3660.000 s"]),
     ]
     assert len(dom.find("div", "tick")) == 2  # one per committed step, on the timeline
-    items = items[2:]
+    assert len(dom.find("div", "sleep")) == 1  # the hour asleep, a gap between attempts
+    assert [li["attrs"]["data-outcome"] for li in items[:3]] == ["suspended", "error", "succeeded"]
+    items = items[3:]
     bad_attempts = [li["text"] for li in items[:3]]  # the failed invocation comes next
     assert [t.split(" · ")[0:2] for t in bad_attempts] == [
         ["attempt 1", "error"],
@@ -232,6 +246,7 @@ def test_the_page_renders_invocations_and_attempts_in_chromium(
         ["attempt 3", "error"],
     ]
     assert [a["attrs"]["data-outcome"] for a in dom.find("li", "attempt")] == [
+        "suspended",
         "error",
         "succeeded",
         "error",
@@ -241,7 +256,7 @@ def test_the_page_renders_invocations_and_attempts_in_chromium(
     ]
     assert "started +60.000 s" in bad_attempts[1]
     assert "started +180.000 s" in bad_attempts[2]
-    assert len(dom.find("div", "bar")) == 6
+    assert len(dom.find("div", "bar")) == 7
     assert len(dom.find("div", "timeline")) == 3
 
     # The message is text: the serialised DOM escapes it, and no element came from it.

@@ -30,7 +30,7 @@ code{font:12px ui-monospace,monospace}
 .state{font-weight:600}
 .state-succeeded{color:#17702b}.state-failed,.state-rejected{color:#b00020}
 .state-running{color:#0b57d0}.state-retry_scheduled,.state-accepted,.state-sleeping{color:#a15c00}
-.state-cancelled{color:#666}
+.state-cancelled{color:#666}.state-sleeping{color:#7a4fb5}
 tr.attempts td{border-bottom:2px solid #ccc;background:#fcfcfc}
 .timeline{position:relative;height:20px;background:#eef;margin:.2em 0 .4em;border-radius:3px}
 .bar{position:absolute;top:0;height:14px;min-width:3px;border-radius:3px;background:#0b57d0}
@@ -38,6 +38,7 @@ tr.attempts td{border-bottom:2px solid #ccc;background:#fcfcfc}
 .bar.outcome-error,.bar.outcome-timed_out,.bar.outcome-crashed,.bar.outcome-interrupted{
 background:#d93025}
 .bar.outcome-cancelled{background:#999}
+.bar.outcome-suspended{background:#7a4fb5}
 .next{position:absolute;top:-2px;height:24px;width:2px;background:#a15c00}
 .tick{position:absolute;top:15px;height:5px;min-width:2px;background:#7a4fb5}
 .sleep{position:absolute;top:0;height:20px;background:repeating-linear-gradient(
