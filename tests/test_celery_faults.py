@@ -52,7 +52,8 @@ LIMIT = 6.0
 DELAYS = (0.5, 1.0)
 LEASE = 1.5
 BURST = 500
-DRAIN = 75.0  # seconds for every accepted invocation to run after the fault
+DRAIN = 120.0  # seconds for every accepted invocation to run after the fault (a lost
+# running attempt is taken over by the sweep about 35 s after it started)
 URL = "/.netlify/functions/ledger-background"
 CLOCK = SystemClock()
 
