@@ -278,6 +278,37 @@ def test_shutdown_interrupts_what_outlives_the_grace() -> None:
     assert [a.outcome for a in record.attempts] == [Outcome.INTERRUPTED]
 
 
+@pytest.mark.parametrize("loop", ["host", "thread"])
+def test_async_attempts_running_count_against_max_pending(loop: str) -> None:
+    """Async attempts hold no worker thread, so max_pending bounds them: with max_pending=3,
+    three hanging async attempts running on either loop make the fourth request a 503 (with
+    Retry-After, and no row); once one ends, a new request is accepted again."""
+    where: Where = {}
+    app = _app(where, loop=loop, max_pending=3)
+    app.limits = Limits(background_timeout=30)
+
+    async def scenario(asgi: ASGIApp) -> tuple[int, str, str, int]:
+        held = [await _post(asgi, "hang-background") for _ in range(3)]
+        for rid in held:
+            while app.executor.get(rid).state is not State.RUNNING:
+                await asyncio.sleep(0.005)
+        transport = httpx.ASGITransport(app=asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            refused = await http.post("/.netlify/functions/hang-background")
+        await asyncio.to_thread(app.executor.cancel, held[0])
+        await app.executor.get(held[0]).wait_async()
+        while app.executor.stats().running > 2:  # its task may end just after its record
+            await asyncio.sleep(0.005)
+        again = await _post(asgi, "note-background")
+        record = await app.executor.get(again).wait_async()
+        rows = len(app.invocations.list())
+        return refused.status_code, refused.headers["retry-after"], record.state.value, rows
+
+    status, retry_after, state, rows = _serve(ASGIApp(app, grace=0.1), scenario)
+    assert (status, state, rows) == (503, "succeeded", 4)
+    assert int(retry_after) >= 1
+
+
 def test_loop_must_be_host_or_thread() -> None:
     """A wrong ``loop`` is refused with what was expected and what was found."""
     with pytest.raises(

@@ -287,6 +287,13 @@ class Lifecycle:
         before the handler goes on."""
         return functools.partial(self.journal.step_completed, request_id)
 
+    def store_step(self, request_id: str, step: Step) -> None:
+        """Commit ``step`` of ``request_id``'s running attempt, for an engine whose handler runs
+        elsewhere (a worker process sends it here): returns once it is durable, raises when it
+        cannot be stored (the step then counts as not committed). The engine puts the steps it
+        stored on the record it ends (``record.with_steps``)."""
+        self._step_store(request_id)(step)
+
     def _with_steps(self, record: InvocationRecord) -> InvocationRecord:
         """``record`` with the steps its running attempt committed (the live Context's)."""
         handle = self.live.get(record.request_id)
