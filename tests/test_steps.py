@@ -369,7 +369,7 @@ def test_schema_2_file_migrates_to_steps(tmp_path: Path) -> None:
     finally:
         journal.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         text = conn.execute("SELECT record FROM invocations").fetchone()[0]
     assert "steps" not in json.loads(text)  # the column is the truth
 

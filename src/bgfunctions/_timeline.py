@@ -64,4 +64,20 @@ def timeline_lines(record: InvocationRecord, clock: str) -> Iterator[str]:
 def _describe(step: Step, start: float) -> str:
     if step.kind == "run":
         return f"step {step.id}  committed, ran {step.duration:.3f}s"
-    return f"{step.kind} {step.id}  until t={step.ended_at - start:.3f}s"
+    return (
+        f"{step.kind} {step.id}  until t={step.ended_at - start:.3f}s "
+        f"({_span(step.ended_at - step.started_at)})"
+    )
+
+
+def _span(seconds: float) -> str:
+    """A sleep's length for a reader: ``7d``, ``2h 30m``, ``45s``."""
+    whole = round(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    if whole or not parts:
+        parts.append(f"{whole}s")
+    return " ".join(parts[:2])

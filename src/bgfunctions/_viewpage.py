@@ -29,7 +29,7 @@ th{background:#eee}
 code{font:12px ui-monospace,monospace}
 .state{font-weight:600}
 .state-succeeded{color:#17702b}.state-failed,.state-rejected{color:#b00020}
-.state-running{color:#0b57d0}.state-retry_scheduled,.state-accepted{color:#a15c00}
+.state-running{color:#0b57d0}.state-retry_scheduled,.state-accepted,.state-sleeping{color:#a15c00}
 .state-cancelled{color:#666}
 tr.attempts td{border-bottom:2px solid #ccc;background:#fcfcfc}
 .timeline{position:relative;height:20px;background:#eef;margin:.2em 0 .4em;border-radius:3px}

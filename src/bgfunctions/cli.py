@@ -540,7 +540,8 @@ def _add_invocations(commands: argparse._SubParsersAction[argparse.ArgumentParse
         description=(
             "Read SITE_DIR/.bgfunctions/journal.sqlite3 (what `bgfunctions serve` records) and "
             "show each invocation: request id, function, state, attempts, when it was accepted "
-            "(UTC) and its last error. Secret headers are redacted in --json; bodies are omitted."
+            "(UTC), when it runs next (a delay, a sleep, a retry) and its priority when any has "
+            "one, and its last error. Secret headers are redacted in --json; bodies are omitted."
         ),
     )
     parser.add_argument("site_dir", nargs="?", default=".", metavar="SITE_DIR", help=_SITE_HELP)
@@ -598,13 +599,17 @@ def _cmd_invocations(args: argparse.Namespace) -> int:
     if not records:
         print("no invocations")
         return EXIT_OK
-    # A REPLAY OF column only when a listed invocation is a replay: the usual table stays narrow.
+    # Columns for steps, waits (a delay, a sleep, a retry), priorities and replays only when a
+    # listed invocation has one: the usual table stays narrow.
     replays = any(record.replay_of for record in records)
     # A STEPS column (durable steps committed) only when a listed invocation has steps.
     steps = any(record.steps for record in records)
+    waits = any(r.state.waiting and r.next_run_at != r.accepted_at for r in records)
+    priorities = any(record.priority for record in records)
     head = ["REQUEST ID", "FUNCTION", "STATE", "ATTEMPTS"]
     head += ["STEPS", "ACCEPTED AT (UTC)"] if steps else ["ACCEPTED AT (UTC)"]
-    rows = [[*head, "REPLAY OF", "LAST ERROR"] if replays else [*head, "LAST ERROR"]]
+    head += ["NEXT RUN (UTC)"] * waits + ["PRIORITY"] * priorities + ["REPLAY OF"] * replays
+    rows = [[*head, "LAST ERROR"]]
     for record in records:
         row = [
             record.request_id,
@@ -614,6 +619,11 @@ def _cmd_invocations(args: argparse.Namespace) -> int:
             *([str(len(record.steps))] if steps else []),
             iso_utc(record.accepted_at) or "",
         ]
+        if waits:
+            due = record.next_run_at if record.state.waiting else None
+            row.append(iso_utc(due) or "-")
+        if priorities:
+            row.append(f"{record.priority:+d}" if record.priority else "0")
         if replays:
             row.append(record.replay_of or "-")
         rows.append([*row, _last_error(record)])

@@ -105,6 +105,9 @@ def record_to_view(
         "finished_at": record.finished_at,
         "finished_at_iso": iso_utc(record.finished_at),
         "replay_of": record.replay_of,
+        "priority": record.priority,
+        "not_before": record.not_before,
+        "not_before_iso": iso_utc(record.not_before),
         "attempts": [_attempt_to_view(a) for a in record.attempts],
         # The durable steps, without their results: like the body, they may hold user data.
         "steps": [

@@ -182,7 +182,7 @@ class WorkerSide:
         finally:
             self._beat(record.request_id, False)
             self.lifecycle.live.pop(record.request_id, None)
-        if ended is not None and ended.state is State.RETRY_SCHEDULED:
+        if ended is not None and ended.state.waiting:
             self._dispatch(ended)
 
     def _claim_unavailable(self, started: InvocationRecord) -> None:
@@ -238,7 +238,7 @@ class WorkerSide:
                 record, Outcome.CRASHED, error, ended_at=ended_at, retry=retry
             )
         self.lifecycle.live.pop(record.request_id, None)
-        if ended.state is State.RETRY_SCHEDULED:
+        if ended.state.waiting:
             self._dispatch(ended)
 
     def _dispatch(self, record: InvocationRecord) -> None:

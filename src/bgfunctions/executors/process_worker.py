@@ -23,7 +23,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -48,6 +47,7 @@ __all__ = ["RemoteError", "WorkerProcess"]
 
 log = logging.getLogger("bgfunctions.executor")
 _CONTEXT = multiprocessing.get_context("spawn")
+_REAL_TIME = SystemClock()  # the pipe's waits are in real time, whatever the executor's clock
 
 
 class WorkerProcess:
@@ -90,10 +90,10 @@ class WorkerProcess:
         except (BrokenPipeError, OSError):
             self.kill()
             return None
-        end = time.monotonic() + timeout
+        end = _REAL_TIME.monotonic() + timeout
         reply: dict[str, Any] | None = None
         while True:
-            left = max(0.0, end - time.monotonic())
+            left = max(0.0, end - _REAL_TIME.monotonic())
             ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], left)
             self.timed_out = not ready
             if self.conn not in ready:

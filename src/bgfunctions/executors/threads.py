@@ -74,6 +74,10 @@ class ThreadExecutor(Executor):
             raise ConfigError(f"ThreadExecutor.loop: expected 'host' or 'thread'; got {loop!r}")
         self.loop_mode = loop
         self.maintenance_interval = maintenance_interval
+        # Claims and ends of async attempts on a durable journal: on commit threads, where
+        # concurrent ones share a group commit, not one after another on the loop (real time
+        # only: a virtual-time loop must not wait for other threads).
+        self.lifecycle.commit_off_loop = isinstance(self.clock, SystemClock)
         self._pool = WorkerPool(
             self.lifecycle,
             self.clock,
@@ -146,6 +150,7 @@ class ThreadExecutor(Executor):
         self._finish_host_tasks(end)
         self._pool.join(workers, end)
         self._loop_thread.stop(None if end is None else max(0.0, end - self.clock.monotonic()))
+        self.lifecycle.stop_commits()
         self._calls.shutdown(wait=wait)
 
     def _finish_host_tasks(self, end: float | None) -> None:

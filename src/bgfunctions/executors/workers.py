@@ -17,6 +17,8 @@ leaves the pool, and another takes its place.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import queue
@@ -33,6 +35,9 @@ from bgfunctions.lifecycle import Lifecycle
 __all__ = ["IDLE_CPU_SHARE", "STALL_CHECK", "WorkerPool", "default_workers"]
 
 log = logging.getLogger("bgfunctions.executor")
+
+_FROM_HEAP = InvocationRecord(request_id="", function="", method="", url="", accepted_at=0.0)
+"""What the queue carries for a record that waits in the priority heap."""
 
 IDLE_CPU_SHARE = 0.5
 """Below this share of one CPU used by the whole process between two stall checks, busy
@@ -83,6 +88,11 @@ class WorkerPool:
         # A C queue: workers block in get() without the GIL or any lock of ours, so handing
         # work over costs no lock convoy between the accepting thread and the workers.
         self._queue: queue.SimpleQueue[InvocationRecord | None] = queue.SimpleQueue()
+        # Records with a priority other than 0 (enqueue(priority=)) wait in a heap; the queue
+        # carries _FROM_HEAP for each, so that it still counts every waiting record.
+        self._heap: list[tuple[int, int, InvocationRecord]] = []
+        self._heap_lock = threading.Lock()
+        self._heap_order = itertools.count()
         self._lock = threading.Lock()  # the worker sets
         self._workers: set[threading.Thread] = set()
         self._abandoned: set[threading.Thread] = set()
@@ -172,18 +182,24 @@ class WorkerPool:
 
     def schedule(self, record: InvocationRecord) -> None:
         """Hand ``record`` to ``ready`` at its ``next_run_at`` (now, or on the timer thread)."""
-        with self._count_lock:  # held for one addition only: never contended for long
-            self.pending += 1
         now = self.clock.now()
         delay = (record.next_run_at if record.next_run_at is not None else now) - now
+        if delay > 0 and record.state is State.SLEEPING:
+            # A durable sleep (days, perhaps) is not work waiting for a worker: it counts as
+            # pending (max_pending, stats) only once it wakes. The timer re-checks the wake
+            # time on the wall clock, so that it never resumes early.
+            self.timers.add(self.clock.monotonic() + delay, lambda: self.schedule(record))
+            return
+        with self._count_lock:  # held for one addition only: never contended for long
+            self.pending += 1
         if delay > 0:
             self.timers.add(self.clock.monotonic() + delay, lambda: self._ready(record))
         else:
             self._ready(record)
 
     def after(self, ended: InvocationRecord) -> None:
-        """An attempt ended: schedule the next one if a retry was scheduled."""
-        if ended.state is State.RETRY_SCHEDULED:
+        """An attempt ended: schedule the next one if a retry (or a sleep's wake) is due."""
+        if ended.state.waiting:
             self.schedule(ended)
 
     def taken(self) -> None:
@@ -203,7 +219,12 @@ class WorkerPool:
             if reserved:
                 self._idle -= 1
                 self._reserved += 1
-        self._queue.put(record)
+        options = record.enqueue_options
+        if options is not None and options.priority:
+            self._push(record)
+            self._queue.put(_FROM_HEAP)
+        else:
+            self._queue.put(record)
         if reserved or len(self._workers) >= self.max_workers:
             return
         if not self._workers:
@@ -235,7 +256,38 @@ class WorkerPool:
             with self._lock:
                 self._workers.discard(threading.current_thread())
             return None
+        if record is _FROM_HEAP or self._heap:
+            return self._by_priority(record)
         return record
+
+    def _push(self, record: InvocationRecord) -> None:
+        with self._heap_lock:
+            heapq.heappush(self._heap, (-record.priority, next(self._heap_order), record))
+
+    def _by_priority(self, got: InvocationRecord) -> InvocationRecord:
+        """The due record to run of ``got`` (taken from the queue) and those in the heap: the
+        highest priority, the first queued among equals. Records of priority 0 wait in the
+        queue in order; the others in the heap. A record of the queue outranked by the heap
+        joins the heap instead of running; a record of negative priority yields to one of
+        priority 0 still queued (it goes back to the heap, its token to the end)."""
+        with self._heap_lock:
+            if got is not _FROM_HEAP:
+                if not self._heap or -self._heap[0][0] <= got.priority:
+                    return got
+                heapq.heappush(self._heap, (-got.priority, next(self._heap_order), got))
+            best = heapq.heappop(self._heap)[2]
+        if best.priority >= 0:
+            return best
+        try:
+            other = self._queue.get_nowait()
+        except queue.Empty:
+            return best
+        if other is None or other is _FROM_HEAP:
+            self._queue.put(other)  # a stop, or another heap record: none outranks best
+            return best
+        self._push(best)
+        self._queue.put(_FROM_HEAP)
+        return other
 
     def progress(self) -> None:
         """An attempt finished: the workers are getting through the queue."""
