@@ -21,8 +21,13 @@ for every result to be stored before the next one starts; the stored rows are de
 Goal: bgfunctions >= 1.3x Celery with the same guarantees. Run on demand (pytest does not
 collect it)::
 
-    .venv/bin/python benchmarks/bench_celery.py [--count 5000] [--brokers rabbitmq,redis]
-        [--journal sqlite|postgres] [--guarded postgres,sqlite|none] [--rounds 3] [--profile]
+    .venv/bin/python benchmarks/bench_celery.py [--count 2000] [--brokers rabbitmq,redis]
+        [--journals sqlite,postgres] [--guarded postgres,sqlite|none] [--rounds 3] [--profile]
+
+The defaults are the issue's figures: RabbitMQ, 2,000 no-ops, both journals, both result
+backends, 3 interleaved rounds (plain, guarded-postgres, guarded-sqlite, bgfunctions-sqlite,
+bgfunctions-postgres in each), medians; ratios of each bgfunctions journal against plain Celery
+and against Celery with the same guarantees on each backend.
 
 Brokers: ``BGFUNCTIONS_TEST_AMQP_URL`` / ``BGFUNCTIONS_TEST_REDIS_URL`` (as ``scripts/services``
 exports them), else the standard local ports; Redis uses db 9, flushed after each run.
@@ -383,16 +388,20 @@ def forget(celery_app: Any, ids: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--count", type=int, default=5000)
-    parser.add_argument("--brokers", default="rabbitmq,redis")
-    parser.add_argument("--journal", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--brokers", default="rabbitmq")
+    parser.add_argument(
+        "--journals",
+        default="sqlite,postgres",
+        help="journals of the bgfunctions runs, comma-separated: sqlite, postgres",
+    )
     parser.add_argument(
         "--guarded",
-        default="postgres",
+        default="postgres,sqlite",
         help="result backends of 'Celery with the same guarantees', comma-separated: "
-        "postgres, sqlite, or none (default postgres)",
+        "postgres, sqlite, or none (default postgres,sqlite)",
     )
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     urls = {"rabbitmq": AMQP, "redis": REDIS}
@@ -400,9 +409,13 @@ def main() -> None:
     for backend in backends:
         if backend not in ("postgres", "sqlite"):
             parser.error(f"--guarded: expected postgres, sqlite or none; got {backend!r}")
+    journals = args.journals.split(",")
+    for kind in journals:
+        if kind not in ("postgres", "sqlite"):
+            parser.error(f"--journals: expected sqlite, postgres or both; got {kind!r}")
     print(
         f"{args.count} no-op invocations, {WORKERS} workers x concurrency 1 (prefork), "
-        f"journal {args.journal}, {args.rounds} round(s)"
+        f"journals {', '.join(journals)}, {args.rounds} round(s), interleaved"
     )
     for name in args.brokers.split(","):
         url = urls[name]
@@ -412,19 +425,21 @@ def main() -> None:
             for backend in backends:
                 rate = run_plain(url, args.count, backend)
                 rates.setdefault(f"guarded-{backend}", []).append(rate)
-            ours = run_bgfunctions(url, args.count, args.journal, args.profile)
-            rates.setdefault("bgfunctions", []).append(ours)
+            for kind in journals:
+                ours = run_bgfunctions(url, args.count, kind, args.profile)
+                rates.setdefault(f"bgfunctions-{kind}", []).append(ours)
         median = {key: statistics.median(values) for key, values in rates.items()}
-        ours = median["bgfunctions"]
-        line = f"{name:8}  bgfunctions {ours:7.1f}/s  plain Celery {median['plain']:7.1f}/s "
-        line += f"({ours / median['plain']:.2f}x)"
-        for backend in backends:
-            guarded = median[f"guarded-{backend}"]
-            ratio = ours / guarded
-            verdict = "met" if ratio >= GOAL else "MISSED"
-            line += f"  same guarantees ({backend} results) {guarded:7.1f}/s ({ratio:.2f}x, "
-            line += f"goal {GOAL}x: {verdict})"
-        print(line, flush=True)
+        print(f"{name}: medians of {args.rounds} round(s)", flush=True)
+        for key in ("plain", *(f"guarded-{b}" for b in backends)):
+            print(f"  {key:22} {median[key]:7.1f}/s", flush=True)
+        for kind in journals:
+            ours = median[f"bgfunctions-{kind}"]
+            line = f"  bgfunctions-{kind:10} {ours:7.1f}/s  vs plain {ours / median['plain']:.2f}x"
+            for backend in backends:
+                ratio = ours / median[f"guarded-{backend}"]
+                verdict = "met" if ratio >= GOAL else "MISSED"
+                line += f"  vs guarded-{backend} {ratio:.2f}x (goal {GOAL}x: {verdict})"
+            print(line, flush=True)
         if args.rounds > 1:
             for key, values in rates.items():
                 print(f"  {key}: " + ", ".join(f"{v:.1f}" for v in values), flush=True)

@@ -2,7 +2,7 @@
 them: an ``App`` over each executor and journal, the functions loaded from one site directory.
 
 Every pair records the same things the same way: ``on_event`` and ``on_failure`` append one line
-each (``REQUEST_ID KIND``) to a ledger file with ``O_APPEND``, so that a hook heard in a Celery
+each (``REQUEST_ID KIND PID``) to a ledger file with ``O_APPEND``, so that a hook heard in a Celery
 worker process lands in the same ordered ledger as one heard in the web tier.
 
 Real-time pairs use short limits (``LIMIT`` per attempt, retries ``DELAYS`` after the previous
@@ -61,6 +61,9 @@ the dead child's message is handled again: 0.1 to 5.3 s after the death on this 
 a new child starts). So these functions get DYING_LIMIT, as a user sets a per-function limit,
 lest a crash be recorded ``timed_out``; Netlify's 900 s limit leaves a wide margin."""
 DYING_LIMIT = 15.0
+SLOW = ("sync-sleep-background", "spin-background")
+"""Functions a test cancels while they run: DYING_LIMIT too, so that a loaded machine never
+lets them reach their limit first."""
 KILL_MARGIN = 1.0
 """Seconds past LIMIT after which Celery kills a child still running a sync handler."""
 WAIT = 60.0
@@ -156,6 +159,57 @@ HANDLERS = {
             else:
                 context.step.sleep("nap", seconds={NAP})
             context.step.run("after", flaky, context.attempt)
+    """,
+    # Cancelled while they block (tests/test_celery_cancel.py): body "PATH|block" blocks for 30 s,
+    # "PATH" returns at once; each records the pid of its process and that its finally block
+    # ran, in files named after PATH.
+    "sync-sleep-background": """
+        import os
+        import time
+
+        def handler(request, context):
+            marker, _, block = request.body.decode().partition("|")
+            with open(marker + ".pid", "w") as f:
+                f.write(str(os.getpid()))
+            try:
+                end = time.monotonic() + 30
+                while block and time.monotonic() < end:
+                    time.sleep(0.05)
+            finally:
+                open(marker + ".finally", "w").close()
+    """,
+    "spin-background": """
+        import os
+        import time
+
+        def handler(request, context):
+            marker, _, block = request.body.decode().partition("|")
+            with open(marker + ".pid", "w") as f:
+                f.write(str(os.getpid()))
+            try:
+                end = time.monotonic() + 30
+                spins = 0
+                while block and time.monotonic() < end:
+                    spins += 1
+            finally:
+                open(marker + ".finally", "w").close()
+    """,
+    # Swallows whatever is raised into it (a cancel too) and blocks on: only the kill at its
+    # limit (LIMIT) stops it.
+    "stubborn-background": """
+        import os
+        import time
+
+        def handler(request, context):
+            marker = request.body.decode()
+            with open(marker + ".pid", "w") as f:
+                f.write(str(os.getpid()))
+            end = time.monotonic() + 30
+            while context.attempt == 1 and time.monotonic() < end:
+                try:
+                    time.sleep(0.05)
+                except BaseException:
+                    open(marker + ".caught", "w").close()
     """,
     # Holds the only worker slot until the file named by the body exists, for at most the
     # seconds the body names (kept under the limit, so the hold never times out).
@@ -286,7 +340,8 @@ def load_registry(site: Path | str) -> Registry:
     """The site's functions, the DYING ones with their own limit (``Registry.add(limits=)``)."""
     registry = Registry()
     for function in Registry.from_site(site):
-        limits = Limits(background_timeout=DYING_LIMIT) if function.name in DYING else None
+        slow = function.name in DYING or function.name in SLOW
+        limits = Limits(background_timeout=DYING_LIMIT) if slow else None
         assert function.handler is not None
         registry.add(
             function.name, function.handler, config=function.config, file=function.file,

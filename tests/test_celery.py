@@ -43,7 +43,7 @@ from bgfunctions import (
     State,
     SystemClock,
 )
-from bgfunctions.executors import celery as celery_module
+from bgfunctions.executors import celery_app as celery_app_module
 from bgfunctions.executors.celery import TASK_NAME, CeleryExecutor, celery_settings, make_celery
 from bgfunctions.ids import new_request_id
 from bgfunctions.journals.base import Journal
@@ -446,6 +446,41 @@ def test_a_message_the_broker_lost_is_published_again(setup: Setup) -> None:
     assert len(record.attempts) == 1
 
 
+def test_a_running_attempt_whose_worker_and_message_are_gone_is_taken_over(
+    setup: Setup,
+) -> None:
+    """An attempt marked running, past its time limit, whose worker died and whose message
+    the broker lost (Redis can, in a kill): the sweep publishes its message again, a worker
+    takes it over (crashed, as its process is gone) and the retry succeeds."""
+    executor = setup.app.executor
+    assert isinstance(executor, CeleryExecutor)
+    now = executor.clock.now()
+    lost = InvocationRecord(
+        request_id=new_request_id(),
+        function="ok-background",
+        method="POST",
+        url="/.netlify/functions/ok-background",
+        accepted_at=now - 120.0,
+        next_run_at=now - 120.0,
+    )
+    dead = SQLiteJournal(setup.journal_path, lease=0.05)  # a worker process that died
+    try:
+        dead.accepted(lost)
+        assert dead.attempt_started(lost.start_attempt(now - 120.0))
+    finally:
+        dead.close()
+    executor.republish_after = 60.0
+    try:
+        assert executor.sweep() == 1
+        assert executor.sweep() == 0  # not again before another republish_after
+    finally:
+        executor.republish_after = 1800.0
+    record = setup.app.get(lost.request_id).wait(WAIT)
+    assert record.state is State.SUCCEEDED
+    assert [a.outcome for a in record.attempts][1:] == [Outcome.SUCCEEDED]
+    assert record.attempts[0].outcome in (Outcome.CRASHED, Outcome.TIMED_OUT)
+
+
 def test_broker_down_answers_503_and_records_rejected(tmp_path: Path) -> None:
     """With no broker listening the App answers 503, never 202, and the record is rejected."""
     with socket.socket() as s:
@@ -593,7 +628,7 @@ def test_a_claim_whose_outcome_is_unknown_is_looked_at_again(
     ) -> None:  # fmt: skip
         published.append((attempt, countdown, seen))
 
-    monkeypatch.setattr(celery_module, "_publish", publish)
+    monkeypatch.setattr(celery_app_module, "publish", publish)
     celery_app = make_celery(
         broker="memory://",
         journal=lambda: _ClaimOutcomeUnknown(journal),

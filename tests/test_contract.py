@@ -18,7 +18,6 @@ an XPASS that fails the run until the entry is removed.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,11 +62,9 @@ class Seen:
 
 
 def seen(pair: Pair, record: InvocationRecord) -> Seen:
-    heard = pair.ledger.heard(record.request_id)
-    if (pair.name, "*") in ALLOWED:  # heard in two processes: this one's hooks, then the worker's
-        here = os.getpid()
-        heard = [h for h in heard if h[1] == here] + [h for h in heard if h[1] != here]
-    kinds = [kind for kind, _ in heard]
+    # The order heard, across processes: a Celery web tier hears accepted (and a cancel of a
+    # waiting invocation) before the message is published, the worker every other event.
+    kinds = [kind for kind, _ in pair.ledger.heard(record.request_id)]
     return Seen(
         state=record.state,
         attempts=tuple((a.number, a.outcome, a.error_type) for a in record.attempts),
@@ -177,29 +174,9 @@ ALLOWED: dict[tuple[str, str], Allowed] = {
         )
         for pair in ("thread+memory", "thread+sqlite")
     },
-    **{
-        (pair, "*"): Allowed(
-            "hooks run in the process where the change happens: the web tier hears accepted "
-            "(and a cancel of a waiting invocation), the worker every other event. Each "
-            "process hears its own events in order; across the two there is no order (the web "
-            "tier hears accepted only once the broker confirmed the publish, and the worker may "
-            "have started the attempt by then), so the events compared are the web tier's, "
-            "then the worker's"
-        )
-        for pair in CELERY
-    },
 }
 
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    **{
-        (pair, "cancel_running"): (
-            "CeleryExecutor.cancel() of a running attempt records nothing and reaches no worker: "
-            "the attempt runs on to its time limit (timed_out), is retried, and the invocation "
-            "ends succeeded instead of cancelled"
-        )
-        for pair in CELERY
-    },
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def pairs_for(case: str) -> list[Any]:

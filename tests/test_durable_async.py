@@ -194,3 +194,46 @@ def test_shutdown_while_claims_wait_ends_each_claim_that_went_through() -> None:
     assert {tuple(a.outcome for a in r.attempts) for r in records if r is not None} == {
         (Outcome.INTERRUPTED,)
     }
+
+
+def test_async_steps_on_sqlite_commit_off_the_loop_and_replay(tmp_path: Path) -> None:
+    """An async handler's steps on a SQLite journal (stored on commit threads): 50 concurrent
+    invocations each commit two steps, fail once between them, and the retry replays the first
+    from the file and runs only the second."""
+    ran: list[tuple[str, str, int]] = []
+    registry = Registry()
+
+    async def fetch(rid: str, name: str, attempt: int) -> str:
+        ran.append((rid, name, attempt))
+        await asyncio.sleep(0)
+        return name.upper()
+
+    async def workflow(request: Request, context: Context) -> None:
+        rid, attempt = context.request_id, context.attempt
+        assert await context.step.run("one", fetch, rid, "one", attempt) == "ONE"
+        if attempt == 1:
+            raise RuntimeError("fails once, between the steps")
+        assert await context.step.run("two", fetch, rid, "two", attempt) == "TWO"
+
+    registry.add("flow-background", workflow)
+    app = App(
+        registry,
+        executor=ThreadExecutor(journal=SQLiteJournal(tmp_path / "j.db"), loop="thread"),
+        retry=RetryPolicy(delays=(0.05,)),
+    )
+    try:
+        records = [h.wait(WAIT) for h in [app.enqueue("flow-background") for _ in range(50)]]
+    finally:
+        app.shutdown()
+    assert {r.state for r in records} == {State.SUCCEEDED}
+    for record in records:
+        assert [(s.id, s.attempt) for s in record.steps] == [("one", 1), ("two", 2)]
+        mine = [(name, attempt) for rid, name, attempt in ran if rid == record.request_id]
+        assert mine == [("one", 1), ("two", 2)]
+    reader = SQLiteJournal(tmp_path / "j.db", read_only=True)
+    try:
+        stored = reader.get(records[0].request_id)
+    finally:
+        reader.close()
+    assert stored is not None
+    assert [(s.id, s.attempt) for s in stored.steps] == [("one", 1), ("two", 2)]

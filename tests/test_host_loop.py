@@ -113,15 +113,34 @@ def test_async_attempts_run_on_the_servers_own_loop() -> None:
     assert where["loop"] is loop
 
 
-@pytest.mark.parametrize("case", ["thread-mode", "durable-journal"])
-def test_isolated_loop_when_asked_or_when_commits_would_block(case: str, tmp_path: Path) -> None:
-    """``loop="thread"`` keeps async attempts on the executor's own loop thread, and so does a
-    durable journal, whose claims and ends are blocking commits."""
+def test_a_durable_journal_runs_on_the_servers_loop_too(tmp_path: Path) -> None:
+    """With a SQLite journal, async attempts run on the server's own loop as well: their
+    claims, ends and steps commit on commit threads, awaited; the record is in the file."""
     where: Where = {}
-    if case == "thread-mode":
-        app = _app(where, loop="thread")
-    else:
-        app = _app(where, journal=SQLiteJournal(tmp_path / "journal.db"))
+    app = _app(where, journal=SQLiteJournal(tmp_path / "journal.db"))
+
+    async def scenario(asgi: ASGIApp) -> tuple[int, str]:
+        rid = await _post(asgi, "note-background")
+        record = await app.executor.get(rid).wait_async()
+        assert record.state is State.SUCCEEDED
+        return threading.get_ident(), rid
+
+    thread, rid = _serve(ASGIApp(app), scenario)
+    assert where["thread"] == thread
+    app.shutdown()
+    reader = SQLiteJournal(tmp_path / "journal.db", read_only=True)
+    try:
+        stored = reader.get(rid)
+    finally:
+        reader.close()
+    assert stored is not None
+    assert stored.state is State.SUCCEEDED
+
+
+def test_isolated_loop_when_asked() -> None:
+    """``loop="thread"`` keeps async attempts on the executor's own loop thread."""
+    where: Where = {}
+    app = _app(where, loop="thread")
 
     async def scenario(asgi: ASGIApp) -> int:
         rid = await _post(asgi, "note-background")

@@ -37,7 +37,7 @@ from bgfunctions.logs import invocation_scope
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
-from bgfunctions.steps import Steps, StoreStep
+from bgfunctions.steps import Steps, StoreStep, StoreStepAsync
 
 __all__ = [
     "AttemptResult",
@@ -135,9 +135,11 @@ def make_steps(
     store: StoreStep | None,
     *,
     refusal: str | None = None,
+    store_async: StoreStepAsync | None = None,
 ) -> Steps:
     """``context.step`` for the newest attempt of ``record``: its committed steps are
-    replayed, new ones go to ``store`` (see :mod:`bgfunctions.steps`)."""
+    replayed, new ones go to ``store`` (or, from an async handler, ``store_async`` when
+    given; see :mod:`bgfunctions.steps`)."""
     return Steps(
         function=function.name,
         request_id=record.request_id,
@@ -147,6 +149,7 @@ def make_steps(
         done=record.steps,
         store=store,
         refusal=refusal,
+        store_async=store_async,
     )
 
 

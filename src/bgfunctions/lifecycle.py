@@ -25,7 +25,7 @@ import functools
 import logging
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from bgfunctions._slots import copier
@@ -283,7 +283,16 @@ class Lifecycle:
         deadline = attempt.started_at + timeout
         # Durable steps: the attempt replays started.steps and stores new ones in the journal;
         # end() puts them on the ended record (_with_steps).
-        steps = make_steps(function, started, self.clock, self._step_store(started.request_id))
+        store = self._step_store(started.request_id)
+        steps = make_steps(
+            function,
+            started,
+            self.clock,
+            store,
+            store_async=self._off_loop(store)
+            if function.is_async and self.commit_off_loop and self.journal.durable
+            else None,
+        )
         if handle is not None and handle._context is not None:
             made_for, previous = handle._context
             if made_for is function and handle._request is not None:
@@ -422,6 +431,15 @@ class Lifecycle:
                     max_workers=COMMIT_THREADS, thread_name_prefix="bgfunctions-commit"
                 )
             return self._commits
+
+    def _off_loop(self, store: Callable[[Step], None]) -> Callable[[Step], Awaitable[None]]:
+        """``store`` on a commit thread, awaited: an async handler's step commits without
+        holding its loop (and shares a group commit with its neighbours')."""
+
+        async def store_off_loop(step: Step) -> None:
+            await asyncio.wrap_future(self._commit_pool().submit(store, step))
+
+        return store_off_loop
 
     def stop_commits(self) -> None:
         """End the commit threads once their commits are done (engines call this at shutdown,

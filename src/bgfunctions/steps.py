@@ -32,20 +32,21 @@ import datetime as dt
 import inspect
 import json
 import math
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import StepError, Suspended
 from bgfunctions.invocation import Step
 
-__all__ = ["MAX_RESULT_BYTES", "StepEvent", "Steps", "StoreStep"]
+__all__ = ["MAX_RESULT_BYTES", "StepEvent", "Steps", "StoreStep", "StoreStepAsync"]
 
 MAX_RESULT_BYTES = 1 << 20
 """The largest step result, as JSON text (1 MiB): a step's result is stored with the
 invocation and read with its record. Keep large data elsewhere and return a reference."""
 
 StoreStep = Callable[[Step], None]
+StoreStepAsync = Callable[[Step], Awaitable[None]]
 """Stores one committed step with its invocation; returns once it is durable, raises when it
 cannot be stored (the step then counts as not committed)."""
 
@@ -67,6 +68,7 @@ class Steps:
         "_refusal",
         "_request_id",
         "_store",
+        "_store_async",
         "_used",
         "completed",
         "events",
@@ -84,15 +86,19 @@ class Steps:
         done: tuple[Step, ...] = (),
         store: StoreStep | None = None,
         refusal: str | None = None,
+        store_async: StoreStepAsync | None = None,
     ) -> None:
         """``store``: None keeps steps in this object only (a Context built by hand);
-        ``refusal``: why this engine cannot run steps (each ``run`` then raises it)."""
+        ``refusal``: why this engine cannot run steps (each ``run`` then raises it);
+        ``store_async``: how an async handler's step is stored without holding its loop (a
+        durable journal's commit on another thread), else ``store`` is called on the loop."""
         self._function = function
         self._request_id = request_id
         self._attempt = attempt
         self._clock = clock if clock is not None else SystemClock()
         self._is_async = is_async
         self._store = store
+        self._store_async = store_async
         self._refusal = refusal
         self._done = {step.id: step for step in done}
         self._used: set[str] = set()
@@ -162,7 +168,15 @@ class Steps:
             raise
         finally:
             self._in_step = None
-        return self._commit(step_id, value, started)
+        if self._store_async is None:
+            return self._commit(step_id, value, started)
+        step = self._step(step_id, value, started)
+        try:
+            await self._store_async(step)
+        except BaseException:
+            self._failed(step_id)
+            raise
+        return self._ran(step)
 
     def sleep(
         self,
@@ -312,6 +326,17 @@ class Steps:
         return json.loads(stored.result)
 
     def _commit(self, step_id: str, value: Any, started: float) -> Any:
+        step = self._step(step_id, value, started)
+        if self._store is not None:
+            try:
+                self._store(step)
+            except BaseException:
+                self._failed(step_id)
+                raise
+        return self._ran(step)
+
+    def _step(self, step_id: str, value: Any, started: float) -> Step:
+        """The step to store for ``value``; a StepError when it cannot be stored as JSON."""
         try:
             text = json.dumps(value, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -329,19 +354,16 @@ class Steps:
                 f"{len(text)}: store large data elsewhere and return a reference to it",
             )
         ended = self._clock.now()
-        step = Step(
+        return Step(
             id=step_id, result=text, attempt=self._attempt, started_at=started, ended_at=ended
         )
-        if self._store is not None:
-            try:
-                self._store(step)
-            except BaseException:
-                self._failed(step_id)
-                raise
-        self._done[step_id] = step
+
+    def _ran(self, step: Step) -> Any:
+        """Note ``step``, stored: later attempts replay it; its result, decoded again."""
+        self._done[step.id] = step
         self.completed = (*self.completed, step)
-        self.events.append((step_id, "ran", ended))
-        return json.loads(text)
+        self.events.append((step.id, "ran", step.ended_at))
+        return json.loads(step.result)
 
     def _error(self, step_id: str, what: str) -> StepError:
         return StepError(

@@ -5,9 +5,9 @@ that the web tier and every worker share (``PostgresJournal`` across machines; `
 on one machine). The record in that journal is the truth; a broker message only says "look at
 invocation X, attempt N":
 
-* the web tier (:class:`CeleryExecutor`) records ``accepted``, then publishes
-  ``run_attempt(request_id, 1)`` and waits for the broker's confirm; if the publish fails the
-  record becomes ``rejected`` and the App answers 503, never 202;
+* the web tier (:class:`CeleryExecutor`) records ``accepted`` (and its hooks hear it), then
+  publishes ``run_attempt(request_id, 1)`` and waits for the broker's confirm; if the publish
+  fails the record becomes ``rejected`` and the App answers 503, never 202;
 * a worker (``bgfunctions worker``, or ``celery -A bgfunctions.executors.celery:app worker``)
   claims the attempt in the journal, runs the handler, ends the attempt through the shared
   :class:`~bgfunctions.lifecycle.Lifecycle` (in :mod:`.celery_worker`), and publishes the
@@ -15,27 +15,30 @@ invocation X, attempt N":
   retries anything;
 * a message redelivered while its attempt is still ``running`` (its worker child was killed at
   the hard limit, or died) takes the attempt over once its lease expired and ends it as
-  ``timed_out`` or ``crashed``: a failed attempt, retried on the usual schedule.
+  ``timed_out`` or ``crashed``: a failed attempt, retried on the usual schedule;
+* a cancel of a running attempt is broadcast to the workers, and the child running it stops the
+  handler (:mod:`.celery_cancel`): the attempt ends ``cancelled``.
 
-Hooks run where the state change happens: ``accepted`` (and ``rejected``, ``cancelled``) in the
-web process, attempt events and ``on_failure`` in the worker process that ran the attempt.
+Hooks run where the state change happens: ``accepted`` (and ``rejected``, and ``cancelled`` of a
+waiting invocation) in the web process, attempt events and ``on_failure`` in the worker process
+that ran the attempt.
+
+The module is split by what the parts do: :mod:`.celery_config` (queues, settings, names),
+:mod:`.celery_app` (the Celery app, publishing, running a worker), :mod:`.celery_worker` (what
+runs in a worker child), :mod:`.celery_cancel` (cancels); this module is the web tier, and
+every public name is importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
 import threading
-import weakref
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 try:
     import celery
-    import kombu
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "bgfunctions.executors.celery needs Celery and a broker client, which are not installed "
@@ -44,19 +47,24 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 
 from bgfunctions.clock import Clock, SystemClock
 from bgfunctions.errors import InvocationNotFoundError, NotAcceptedError
+from bgfunctions.executors import celery_app as _app
 from bgfunctions.executors.base import Binding, Executor, ExecutorStats, Invocation
-from bgfunctions.executors.celery_worker import EARLY, JournalSource, Options, WorkerState
+from bgfunctions.executors.celery_app import declare_queues, make_celery, run_worker
+from bgfunctions.executors.celery_cancel import CANCEL_COMMAND
+from bgfunctions.executors.celery_config import (
+    TASK_NAME,
+    celery_settings,
+    dead_letter_queue,
+    journal_factory,
+    task_queue,
+    worker_name,
+)
 from bgfunctions.executors.threads import ThreadExecutor
-from bgfunctions.invocation import EventKind, InvocationRecord, OnEvent, OnFailure, State
+from bgfunctions.invocation import EventKind, InvocationRecord, State
 from bgfunctions.journals.base import Journal, MemoryJournal
-from bgfunctions.registry import Function, Registry
+from bgfunctions.registry import Function
 from bgfunctions.requests import Request
 from bgfunctions.responses import Response
-from bgfunctions.retry import Limits, RetryPolicy
-
-# kombu ships py.typed but leaves these untyped; they are used as plain factories here.
-Exchange: Any = getattr(kombu, "Exchange")  # noqa: B009
-Queue: Any = getattr(kombu, "Queue")  # noqa: B009
 
 __all__ = [
     "TASK_NAME",
@@ -72,211 +80,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("bgfunctions.celery")
-
-TASK_NAME = "bgfunctions.run_attempt"
-"""The one Celery task: ``run_attempt(request_id, attempt)``, JSON arguments only."""
-_KILL_MARGIN = 2.0  # seconds past the limit before Celery kills the child (async ones end at it)
-_AMQP = ("amqp", "amqps", "pyamqp")
-
-
-_OPTIONS: weakref.WeakKeyDictionary[Any, Options] = weakref.WeakKeyDictionary()
-_WORKERS: weakref.WeakKeyDictionary[Any, WorkerState] = weakref.WeakKeyDictionary()
-
-
-def _is_amqp(broker: str) -> bool:
-    return broker.split("://", 1)[0].split("+", 1)[0] in _AMQP
-
-
-def task_queue(broker: str, name: str = "bgfunctions", *, delivery_limit: int = 10) -> Any:
-    """The queue attempts travel on. On RabbitMQ: a durable quorum queue on a topic exchange
-    (Celery's native delayed delivery needs one for countdowns), dead-lettering to
-    ``<name>.dead`` a message delivered ``delivery_limit`` times without being acked."""
-    if not _is_amqp(broker):
-        return Queue(name, routing_key=name)
-    return Queue(
-        name,
-        Exchange(name, type="topic", durable=True),
-        routing_key=name,
-        durable=True,
-        queue_arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": delivery_limit,
-            "x-dead-letter-exchange": f"{name}.dead",
-            "x-dead-letter-routing-key": f"{name}.dead",
-        },
-    )
-
-
-def dead_letter_queue(name: str = "bgfunctions") -> Any:
-    """RabbitMQ's destination for poison messages of queue ``name``: ``<name>.dead``."""
-    dead = f"{name}.dead"
-    return Queue(
-        dead,
-        Exchange(dead, type="direct", durable=True),
-        routing_key=dead,
-        durable=True,
-        queue_arguments={"x-queue-type": "quorum"},
-    )
-
-
-def celery_settings(
-    broker: str,
-    *,
-    queue: str = "bgfunctions",
-    limits: Limits | None = None,
-    retry: RetryPolicy | None = None,
-    kill_margin: float = _KILL_MARGIN,
-) -> dict[str, Any]:
-    """The Celery settings bgfunctions runs under (also for a plain Celery app to compare with).
-
-    JSON only; acks late, so a message is acked only once its attempt is recorded; a child lost
-    or killed at the hard limit requeues its message; prefetch 1, so a waiting message is not
-    stuck behind a long attempt; no result backend (the journal holds the outcome).
-    """
-    limits = limits if limits is not None else Limits()
-    retry = retry if retry is not None else RetryPolicy()
-    hard = limits.background_timeout + kill_margin
-    longest = max(retry.delays, default=0.0)
-    settings: dict[str, Any] = {
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "event_serializer": "json",
-        "accept_content": ["json"],
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "task_acks_on_failure": False,
-        "task_acks_on_timeout": False,
-        "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "task_time_limit": hard,
-        "task_ignore_result": True,
-        "task_store_errors_even_if_ignored": False,
-        "task_default_queue": queue,
-        "task_queues": [task_queue(broker, queue)],
-        "task_create_missing_queues": False,
-        "task_publish_retry": True,
-        # A publish that fails fast lets the App answer 503 fast; the client retries.
-        "task_publish_retry_policy": {
-            "max_retries": 2,
-            "interval_start": 0.0,
-            "interval_step": 0.2,
-            "interval_max": 0.5,
-        },
-        "broker_connection_retry_on_startup": True,
-        "worker_hijack_root_logger": False,
-        "enable_utc": True,
-    }
-    from celery.app.defaults import NAMESPACES
-
-    if "acks_on_timeout" not in NAMESPACES["task"]:  # Celery before the split of the setting
-        settings["task_acks_on_failure_or_timeout"] = False
-        del settings["task_acks_on_failure"], settings["task_acks_on_timeout"]
-    if _is_amqp(broker):
-        settings["broker_transport_options"] = {"confirm_publish": True}
-    else:
-        # A worker holds a message unacked while it waits for its countdown and while it runs:
-        # Redis must not hand it to another worker meanwhile.
-        settings["broker_transport_options"] = {
-            "visibility_timeout": int(hard + longest + 300),
-        }
-    return settings
-
-
-def make_celery(
-    *,
-    broker: str,
-    journal: JournalSource,
-    site: str | Path | None = None,
-    registry: Registry | None = None,
-    limits: Limits | None = None,
-    retry: RetryPolicy | None = None,
-    queue: str = "bgfunctions",
-    on_event: OnEvent | Sequence[OnEvent] = (),
-    on_failure: OnFailure | Sequence[OnFailure] = (),
-    kill_margin: float = _KILL_MARGIN,
-) -> celery.Celery:
-    """A Celery app that runs bgfunctions attempts; nothing connects until it is used.
-
-    ``journal``: the shared journal, or (for workers, whose prefork children each need their
-    own connection) a factory called once per process. ``site`` or ``registry``: the functions
-    workers run (``site`` is loaded in each worker). ``limits`` and ``retry`` apply where a
-    function sets none. ``kill_margin``: seconds past ``background_timeout`` after which Celery
-    kills a child still running a sync handler. Hooks run in the worker process.
-    """
-    options = Options(
-        journal=journal,
-        site=None if site is None else Path(site),
-        registry=registry,
-        limits=limits if limits is not None else Limits(),
-        retry=retry if retry is not None else RetryPolicy(),
-        queue=task_queue(broker, queue),
-        on_event=_listeners(on_event),
-        on_failure=_listeners(on_failure),
-        kill_margin=kill_margin,
-    )
-    app = celery.Celery("bgfunctions", broker=broker, set_as_current=False)
-    app.conf.update(
-        celery_settings(
-            broker, queue=queue, limits=options.limits, retry=options.retry, kill_margin=kill_margin
-        )
-    )
-    _OPTIONS[app] = options
-    state = WorkerState(app, options, _publish)
-    _WORKERS[app] = state
-    # shared=False: a shared task (Celery's default) is also registered with every Celery app
-    # finalized later in the process, so a second make_celery() app would run the first one's
-    # run_attempt, on the first app's journal.
-    app.task(name=TASK_NAME, ignore_result=True, shared=False)(state.run_attempt)
-    return app
-
-
-def _listeners(value: Any) -> tuple[Any, ...]:
-    if callable(value):
-        return (value,)
-    return tuple(value)
-
-
-def _options(app: Any) -> Options:
-    try:
-        return _OPTIONS[app]
-    except KeyError:
-        raise TypeError(
-            f"expected a Celery app made by bgfunctions.executors.celery.make_celery(); got {app!r}"
-        ) from None
-
-
-def _publish(
-    app: Any,
-    binding: Binding | None,
-    record: InvocationRecord,
-    attempt: int,
-    countdown: float,
-    *,
-    seen: float | None = None,
-    connection: Any = None,
-) -> None:
-    """Send ``run_attempt(record, attempt)``; returns once the broker confirmed it.
-
-    ``seen``: when a worker first saw the attempt's process gone (carried while it waits for
-    the attempt's lease to expire). ``connection``: the broker connection to publish on
-    (default: one from Celery's process-wide pool)."""
-    options = _options(app)
-    limits = options.limits
-    if binding is not None:
-        with contextlib.suppress(LookupError):
-            limits = binding.limits_for(binding.lookup(record.function))
-    if countdown < EARLY:
-        countdown = 0.0  # the worker waits out the rest (see EARLY)
-    app.send_task(
-        TASK_NAME,
-        args=[record.request_id, attempt],
-        kwargs={} if seen is None else {"seen": seen},
-        countdown=countdown if countdown > 0 else None,
-        queue=options.queue,
-        time_limit=limits.background_timeout + options.kill_margin,
-        connection=connection,
-    )
-
 
 # -- the web tier ----------------------------------------------------------------------------
 
@@ -310,7 +113,11 @@ class CeleryExecutor(Executor):
         self._sweep_stop = threading.Condition()
         self._sweeper: threading.Thread | None = None
         self._republished: dict[str, float] = {}
-        _options(celery_app)  # refuse a foreign app now, not at the first request
+        # Cancels of running attempts not seen through yet: request id -> (attempt told,
+        # when to tell again, how long to wait after that).
+        self._cancelling: dict[str, tuple[int, float, float]] = {}
+        self._canceller: threading.Thread | None = None
+        _app.options_of(celery_app)  # refuse a foreign app now, not at the first request
         self._local = ThreadExecutor(clock=self.clock, journal=MemoryJournal(max_finished=0))
         # Our own broker connections (opened on first use), so that shutdown closes exactly
         # them: Celery's pool is shared by every app of the process on the same broker, and
@@ -353,12 +160,36 @@ class CeleryExecutor(Executor):
 
     def sweep(self) -> int:
         """Publish again the messages of invocations overdue by ``republish_after``; at most
-        once per ``republish_after`` each. Returns how many were published."""
+        once per ``republish_after`` each. Returns how many were published.
+
+        Overdue are waiting invocations past their due time, and running ones whose attempt
+        is past its time limit: its worker died and the broker lost the message it held (Redis
+        can, in a kill), so nothing would take the attempt over. The message published for the
+        running attempt makes a worker take it over (crashed or timed out, then retried)."""
         if self.republish_after is None:
             return 0
         now = self.clock.now()
         horizon = now - self.republish_after
         published = 0
+        for record in self.journal.select(state=State.RUNNING):
+            attempt = record.last_attempt
+            if attempt is None:
+                continue
+            due = attempt.started_at + self._limit(record.function)
+            last = self._republished.get(record.request_id, due)
+            if due > horizon or last > horizon:
+                continue
+            log.warning(
+                "invocation %s (%s): attempt %d is %.0f s past its time limit and still marked "
+                "running: publishing its message again, for a worker to take it over",
+                record.request_id,
+                record.function,
+                attempt.number,
+                now - due,
+            )
+            self._publish(record, record.attempt_count, 0.0)
+            self._republished[record.request_id] = now
+            published += 1
         for record in self.journal.select(state=[s for s in State if s.waiting]):
             due = record.next_run_at if record.next_run_at is not None else record.accepted_at
             last = self._republished.get(record.request_id, due)
@@ -377,13 +208,23 @@ class CeleryExecutor(Executor):
             self._republished = {k: v for k, v in self._republished.items() if v > horizon}
         return published
 
+    def _limit(self, function: str) -> float:
+        """The background time limit of ``function`` (Netlify's 900 s once it is gone)."""
+        binding = self.lifecycle.binding
+        try:
+            return binding.limits_for(binding.lookup(function)).background_timeout
+        except LookupError:
+            return 900.0
+
     def submit(self, record: InvocationRecord, request: Request | None = None) -> Invocation:
-        """Record ``accepted``, then publish and wait for the broker's confirm. When the publish
-        fails the record is ``rejected`` and :class:`NotAcceptedError` raised (the App: 503)."""
+        """Record ``accepted`` (its hooks hear it now, before any worker can start the
+        attempt), then publish and wait for the broker's confirm. When the publish fails the
+        record is ``rejected`` and :class:`NotAcceptedError` raised (the App: 503)."""
         self._check_accepting()
         if record.next_run_at is None:
             record = dataclasses.replace(record, next_run_at=record.accepted_at)
         self.journal.accepted(record)
+        self.lifecycle.emit(EventKind.ACCEPTED, record)
         try:  # due later when enqueued with a delay (record.not_before)
             due = record.next_run_at or record.accepted_at
             self._publish(record, 1, max(0.0, due - self.clock.now()))
@@ -397,7 +238,6 @@ class CeleryExecutor(Executor):
             )
             error.retry_after = 5.0
             raise error from exc
-        self.lifecycle.emit(EventKind.ACCEPTED, record)
         return Invocation(self.lifecycle, record, request)
 
     def _dispatch(self, record: InvocationRecord) -> None:
@@ -406,23 +246,86 @@ class CeleryExecutor(Executor):
 
     def _publish(self, record: InvocationRecord, attempt: int, countdown: float) -> None:
         with self._connections.acquire(block=True) as connection:
-            _publish(
+            _app.publish(
                 self.celery_app, self.binding, record, attempt, countdown, connection=connection
             )
 
     def cancel(self, request_id: str) -> InvocationRecord:
-        """A waiting invocation is cancelled in the journal (its message is then dropped by the
-        worker that receives it). A running attempt runs to its end; no cancel reaches it."""
+        """No further attempts. A waiting invocation is cancelled in the journal (a message
+        delivered later is dropped by the worker that receives it). A running attempt is
+        stopped by the worker child that runs it (the cancel is broadcast to the workers, and
+        repeated until the journal shows the invocation finished): it ends ``cancelled``.
+        Returns the record as it is now (``running`` until the worker has ended it)."""
         record = self.journal.get(request_id)
         if record is None:
             raise InvocationNotFoundError(f"no invocation with request id {request_id!r}")
-        if record.state.finished or record.state is State.RUNNING:
+        return self._cancel(record, 0.0)
+
+    def _cancel(self, record: InvocationRecord, wait: float) -> InvocationRecord:
+        """Cancel ``record`` as the journal has it; ``wait``: seconds since the last broadcast
+        of a cancel of it (0: first time)."""
+        if record.state.finished:
             return record
-        self.journal.finished(record.cancel(self.clock.now()))
-        stored = self.journal.get(request_id) or record
-        if stored.state is State.CANCELLED:
-            self.lifecycle.emit(EventKind.CANCELLED, stored)
-        return stored
+        if record.state is not State.RUNNING:
+            self.journal.finished(record.cancel(self.clock.now()))
+            stored = self.journal.get(record.request_id) or record
+            if stored.state is State.CANCELLED:
+                self.lifecycle.emit(EventKind.CANCELLED, stored)
+            if stored.state is not State.RUNNING:  # else a worker claimed it meanwhile
+                return stored
+            record = stored
+        self._tell_workers(record, wait)
+        return record
+
+    def _tell_workers(self, record: InvocationRecord, wait: float) -> None:
+        """Broadcast the cancel of ``record``'s running attempt; look again (and tell them
+        again, waiting longer each time) until the invocation is finished."""
+        attempt = record.attempt_count
+        try:
+            with self._connections.acquire(block=True) as connection:
+                self.celery_app.control.broadcast(
+                    CANCEL_COMMAND,
+                    arguments={"request_id": record.request_id, "attempt": attempt},
+                    connection=connection,
+                )
+        except Exception as exc:
+            log.warning("could not broadcast the cancel of %s: %s", record.request_id, exc)
+        wait = min(max(0.5, wait * 2), 10.0)
+        with self._sweep_stop:
+            self._cancelling[record.request_id] = (attempt, self.clock.monotonic() + wait, wait)
+            if self._canceller is None and not self._closed:
+                self._canceller = threading.Thread(
+                    target=self._cancel_main, name="bgfunctions-celery-cancel", daemon=True
+                )
+                self._canceller.start()
+
+    def _cancel_main(self) -> None:
+        """Follow the cancels of running attempts until their invocations are finished."""
+        while True:
+            with self._sweep_stop:
+                if not self._closed and self._cancelling:
+                    self.clock.wait(self._sweep_stop, max(self.poll_interval, 0.05))
+                if self._closed or not self._cancelling:
+                    self._canceller = None
+                    return
+                pending = dict(self._cancelling)
+            now = self.clock.monotonic()
+            for rid, (attempt, again, wait) in pending.items():
+                try:
+                    record = self.journal.get(rid)
+                    if record is None or record.state.finished:
+                        with self._sweep_stop:
+                            self._cancelling.pop(rid, None)
+                    elif record.state is not State.RUNNING or record.attempt_count != attempt:
+                        # The attempt ended before the cancel reached it (a retry is
+                        # scheduled), or a later one runs: cancel that (it follows again).
+                        with self._sweep_stop:
+                            self._cancelling.pop(rid, None)
+                        self._cancel(record, 0.0)
+                    elif now >= again:
+                        self._cancel(record, wait)
+                except Exception as exc:
+                    log.warning("following the cancel of %s failed: %s", rid, exc)
 
     def _wait(self, handle: Invocation, timeout: float | None) -> None:
         deadline = None if timeout is None else self.clock.monotonic() + timeout
@@ -463,112 +366,11 @@ class CeleryExecutor(Executor):
             self._sweep_stop.notify_all()
         if self._sweeper is not None:
             self._sweeper.join()
+        canceller = self._canceller
+        if canceller is not None:
+            canceller.join()
         self._local.shutdown(wait, grace=grace)
         self._connections.force_close_all()  # what this executor opened, and only that
-
-
-def declare_queues(app: celery.Celery) -> None:
-    """Declare the task queue and (RabbitMQ) its dead-letter queue on the broker."""
-    options = _options(app)
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        bound: Any = options.queue(channel)
-        bound.declare()
-        if _is_amqp(conn.as_uri()):
-            dead: Any = dead_letter_queue(options.queue.name)(channel)
-            dead.declare()
-
-
-# -- configuration from strings (the command line, environment variables) ----------------------
-
-
-def journal_factory(spec: str, *, lease: float | None = None) -> Callable[[], Journal]:
-    """A factory of the journal ``spec`` names: a ``postgres://`` or ``postgresql://`` DSN
-    (``PostgresJournal``), else the path of a SQLite file. ``lease``: seconds a claimed attempt
-    stays claimed without a heartbeat (how soon a dead worker's attempt is taken over)."""
-    extra: dict[str, Any] = {} if lease is None else {"lease": lease}
-    if spec.startswith(("postgres://", "postgresql://")):
-
-        def postgres() -> Journal:
-            from bgfunctions.journals.postgres import PostgresJournal
-
-            return PostgresJournal(spec, **extra)
-
-        return postgres
-
-    def sqlite() -> Journal:
-        from bgfunctions.journals.sqlite import SQLiteJournal
-
-        return SQLiteJournal(spec, **extra)
-
-    return sqlite
-
-
-def worker_name(name: str | None = None) -> str:
-    """The Celery node name a worker runs under: by default ``bgfunctions-<pid>@<host>``;
-    else ``name`` read as Celery's ``-n`` reads it: ``NAME@HOST`` with ``%h`` (this host),
-    ``%n`` (its short name) and ``%d`` (its domain) expanded, and a value without ``@`` taken
-    as the host (``celery@VALUE``).
-
-    The default differs per process because Celery's own default, ``celery@<host>``, is one
-    name for every worker on a host: on RabbitMQ the second worker to start cannot take the
-    first one's control (pidbox) queue, and exits."""
-    from celery.utils.nodenames import default_nodename, host_format, nodesplit
-
-    if name is None:
-        name = f"bgfunctions-{os.getpid()}@%h"
-    given, _host = nodesplit(name)
-    if not name.strip() or (given is not None and not given.strip()):
-        # Celery would fill in "celery@": the one name every default worker shares.
-        raise ValueError(
-            f"worker name: expected NAME@HOST with a non-empty NAME (e.g. 'w1@%h'); got {name!r}"
-        )
-    try:
-        return str(host_format(default_nodename(name)))
-    except ValueError as exc:  # an unknown %x: Celery's message says which and how to escape
-        raise ValueError(f"worker name {name!r}: {' '.join(str(exc).split())}") from None
-
-
-def run_worker(
-    app: celery.Celery,
-    *,
-    concurrency: int | None = None,
-    loglevel: str = "INFO",
-    name: str | None = None,
-) -> None:
-    """Run a Celery prefork worker for ``app`` in this process until it is stopped.
-
-    ``name``: its Celery node name (see :func:`worker_name`; default
-    ``bgfunctions-<pid>@<host>``, so that several workers can run on one host)."""
-    node = worker_name(name)
-    declare_queues(app)
-    argv = ["worker", "--pool=prefork", f"--loglevel={loglevel}", "--without-gossip"]
-    # Celery expands the name again: escape what the first expansion left (a literal %).
-    argv += ["--without-mingle", f"--hostname={node.replace('%', '%%')}"]
-    argv += ["-Q", _options(app).queue.name]
-    if concurrency is not None:
-        argv.append(f"--concurrency={concurrency}")
-    app.worker_main(argv)
-
-
-def _from_environment() -> celery.Celery:
-    """The app ``celery -A bgfunctions.executors.celery:app`` runs, from BGFUNCTIONS_* variables."""
-    missing = [
-        name
-        for name in ("BGFUNCTIONS_SITE", "BGFUNCTIONS_BROKER", "BGFUNCTIONS_JOURNAL")
-        if not os.environ.get(name)
-    ]
-    if missing:
-        raise RuntimeError(
-            f"bgfunctions.executors.celery:app is configured from the environment; expected "
-            f"{', '.join(missing)} to be set (the site directory, the broker URL, the journal)"
-        )
-    return make_celery(
-        broker=os.environ["BGFUNCTIONS_BROKER"],
-        journal=journal_factory(os.environ["BGFUNCTIONS_JOURNAL"]),
-        site=os.environ["BGFUNCTIONS_SITE"],
-        queue=os.environ.get("BGFUNCTIONS_QUEUE", "bgfunctions"),
-    )
 
 
 _ENV_APP: list[Any] = []
@@ -577,6 +379,6 @@ _ENV_APP: list[Any] = []
 def __getattr__(name: str) -> Any:
     if name == "app":
         if not _ENV_APP:
-            _ENV_APP.append(_from_environment())
+            _ENV_APP.append(_app.from_environment())
         return _ENV_APP[0]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

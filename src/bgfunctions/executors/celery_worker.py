@@ -8,11 +8,16 @@ was killed at the hard limit): ``timed_out`` or ``crashed``, decided here, where
 
 A handler's ``sys.exit()`` is its attempt's error, as on every engine; only Celery's own stop of
 the child (:func:`worker_stopping`) ends the process.
+
+A cancel of the running attempt reaches the child as a signal (:mod:`.celery_cancel`): an async
+handler's task is cancelled, a sync handler gets :class:`AttemptCancelled` raised where it runs;
+either way the attempt ends ``cancelled``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
@@ -23,6 +28,13 @@ from typing import Any
 
 from bgfunctions.attempts import timeout_error
 from bgfunctions.clock import SystemClock
+from bgfunctions.executors.celery_cancel import (
+    AttemptCancelled,
+    CancelBoard,
+    Cancellable,
+    install_signal_handler,
+    listen,
+)
 from bgfunctions.handles import Binding, Invocation
 from bgfunctions.invocation import InvocationRecord, OnEvent, OnFailure, Outcome, State
 from bgfunctions.journals.base import Journal
@@ -30,7 +42,15 @@ from bgfunctions.lifecycle import Lifecycle
 from bgfunctions.registry import Function, Registry
 from bgfunctions.retry import Limits, RetryPolicy
 
-__all__ = ["EARLY", "Options", "Publish", "WorkerSide", "WorkerState", "worker_stopping"]
+__all__ = [
+    "EARLY",
+    "AttemptCancelled",
+    "Options",
+    "Publish",
+    "WorkerSide",
+    "WorkerState",
+    "worker_stopping",
+]
 
 log = logging.getLogger("bgfunctions.celery")
 
@@ -65,10 +85,11 @@ class Options:
 class WorkerState:
     """The worker side of one Celery app: the functions, and one executor per process."""
 
-    def __init__(self, app: Any, options: Options, publish: Publish) -> None:
+    def __init__(self, app: Any, options: Options, publish: Publish, board: CancelBoard) -> None:
         self.app = app
         self.options = options
         self._publish = publish
+        self.board = board
         self._lock = threading.Lock()
         self._registry = options.registry
         self._side: WorkerSide | None = None
@@ -97,6 +118,7 @@ class WorkerState:
                     self.app,
                     journal,
                     self._publish,
+                    self.board,
                     Binding(
                         lookup=registry.__getitem__,
                         limits=self.options.limits,
@@ -119,11 +141,14 @@ class WorkerSide:
     it adds: the broker's messages (the next attempt, a look again later) and leases renewed
     while an attempt runs."""
 
-    def __init__(self, app: Any, journal: Journal, publish: Publish, binding: Binding) -> None:
+    def __init__(
+        self, app: Any, journal: Journal, publish: Publish, board: CancelBoard, binding: Binding
+    ) -> None:
         self.app = app
         self.clock = SystemClock()
         self.journal = journal
         self._publish = publish
+        self.board = board
         self.lifecycle = Lifecycle(
             name="Celery worker",
             clock=self.clock,
@@ -131,6 +156,9 @@ class WorkerSide:
             dispatch=self._dispatch,
             claim_unavailable=self._claim_unavailable,
         )
+        # Handlers wrapped so that a cancel can stop them (see celery_cancel).
+        self.cancellable = Cancellable(binding.lookup, self.lifecycle.cancel_requested)
+        binding = dataclasses.replace(binding, lookup=self.cancellable.lookup)
         self.lifecycle.binding = binding
         self.binding = binding
         lease = float(getattr(journal, "lease", 10.0))
@@ -140,6 +168,9 @@ class WorkerSide:
         self._beat_cond = threading.Condition()
         self._beat_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._current: tuple[str, int] | None = None  # the attempt this process runs
+        install_signal_handler()
+        listen(self.cancel_signalled)
 
     def handle(self, request_id: str, attempt: int, seen: float | None = None) -> None:
         record = self.journal.get(request_id)
@@ -166,24 +197,65 @@ class WorkerSide:
         self._run(record)
 
     def _run(self, record: InvocationRecord) -> None:
+        rid = record.request_id
         # The record was just read from the journal: hand it to the claim as the live one, so
         # that it is not read a second time (the claim's conditional update still refuses it
         # if another worker changed the row meanwhile).
-        self.lifecycle.live[record.request_id] = Invocation(self.lifecycle, record)
-        self._beat(record.request_id, True)
+        self.lifecycle.live[rid] = Invocation(self.lifecycle, record)
+        self._beat(rid, True)
         # One loop per worker child, reused by every attempt it runs (a new loop per attempt
         # cost about a millisecond each).
         if self._loop is None or self._loop.is_closed():
             self._loop = self.clock.new_event_loop()
+        attempt = record.attempt_count + 1
+        self._current = (rid, attempt)
+        if self.board.posted(rid, attempt):  # cancelled before it got here
+            self.lifecycle.cancel_requested.add(rid)
         try:
             ended = self._loop.run_until_complete(
-                self.lifecycle.run_on_loop(record, stopping=worker_stopping)
+                self.lifecycle.run_on_loop(record, stopping=_stopping)
             )
+        except AttemptCancelled:
+            ended = self._end_cancelled(rid)
         finally:
-            self._beat(record.request_id, False)
-            self.lifecycle.live.pop(record.request_id, None)
+            self._current = None
+            self._beat(rid, False)
+            self.lifecycle.live.pop(rid, None)
         if ended is not None and ended.state.waiting:
             self._dispatch(ended)
+
+    # -- cancel of the running attempt (see celery_cancel) ------------------------------------
+
+    def cancel_signalled(self) -> None:
+        """This process got the cancel signal: if the board names the attempt it runs, mark
+        the cancel and stop the handler. Runs in the main thread, between two bytecodes of
+        whatever runs there."""
+        current = self._current
+        if current is None or not self.board.posted(*current):
+            return
+        rid = current[0]
+        if rid in self.lifecycle.cancel_requested:
+            return  # told already (a broadcast repeated)
+        self.lifecycle.cancel_requested.add(rid)
+        if self.cancellable.in_sync == rid:
+            raise AttemptCancelled(f"attempt {current[1]} of invocation {rid} was cancelled")
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._cancel_task, loop, rid, current[1])
+
+    @staticmethod
+    def _cancel_task(loop: asyncio.AbstractEventLoop, rid: str, attempt: int) -> None:
+        for task in asyncio.all_tasks(loop):
+            # run_async names it function:request_id:attempt
+            if task.get_name().split(":")[1:3] == [rid, str(attempt)]:
+                task.cancel()
+
+    def _end_cancelled(self, rid: str) -> InvocationRecord | None:
+        """A sync handler stopped by :class:`AttemptCancelled`: end its attempt cancelled."""
+        handle = self.lifecycle.live.get(rid)
+        if handle is None or handle.record.state is not State.RUNNING:
+            return None
+        return self.lifecycle.end(handle.record, Outcome.CANCELLED)
 
     def _claim_unavailable(self, started: InvocationRecord) -> None:
         # This message is acked when the task returns. If the claim did commit, the row stays
@@ -211,6 +283,9 @@ class WorkerSide:
         when it had run to its limit by then, else ``crashed`` (at ``seen``)."""
         attempt = record.last_attempt
         assert attempt is not None
+        if self.board.posted(record.request_id, attempt.number):
+            # Cancelled before it died (a handler that would not stop, killed at the limit).
+            self.lifecycle.cancel_requested.add(record.request_id)
         function: Function | None
         try:
             function = self.binding.lookup(record.function)
@@ -293,6 +368,11 @@ class WorkerSide:
         """Attempts running in this process now."""
         with self._beat_cond:
             return len(self._beating)
+
+
+def _stopping(error: BaseException) -> bool:
+    """What passes through the attempt runner: Celery's stop of the child, and a cancel."""
+    return isinstance(error, AttemptCancelled) or worker_stopping(error)
 
 
 def worker_stopping(error: BaseException) -> bool:

@@ -65,10 +65,10 @@ class ThreadExecutor(Executor):
         :meth:`serve_on` (``ASGIApp``'s lifespan does): ``"host"`` runs them on the server's
         own loop, as Starlette's ``BackgroundTasks`` do (no thread hand-off; a handler that
         blocks holds the server's requests too, and is named in a warning); ``"thread"`` keeps
-        them on the executor's own loop thread (isolated). Host mode applies only with a
-        non-durable journal (a durable journal's claims and ends are blocking commits, which
-        must not hold the server's loop) and a loop on the executor's clock; otherwise, and
-        until ``serve_on``, attempts run on the loop thread."""
+        them on the executor's own loop thread (isolated). Host mode applies with a loop on
+        the executor's clock; otherwise, and until ``serve_on``, attempts run on the loop
+        thread. A durable journal's claims, ends and async steps commit on commit threads,
+        awaited, on either loop."""
         super().__init__(clock=clock if clock is not None else SystemClock(), journal=journal)
         if loop not in ("host", "thread"):
             raise ConfigError(f"ThreadExecutor.loop: expected 'host' or 'thread'; got {loop!r}")
@@ -116,7 +116,7 @@ class ThreadExecutor(Executor):
     def serve_on(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run async attempts on ``loop``, the server's own, from now on (``loop="host"``;
         see the constructor for when it applies). Call it from ``loop``'s thread."""
-        if self.loop_mode != "host" or self.journal.durable:
+        if self.loop_mode != "host":
             return
         if isinstance(loop, ClockEventLoop):
             if loop.clock is not self.clock:
@@ -129,8 +129,7 @@ class ThreadExecutor(Executor):
     @property
     def host_loop(self) -> asyncio.AbstractEventLoop | None:
         """The server's loop that async attempts run on, or None: they run on the executor's
-        own loop thread (``loop="thread"``, a durable journal, another clock, or no
-        :meth:`serve_on` yet)."""
+        own loop thread (``loop="thread"``, another clock, or no :meth:`serve_on` yet)."""
         return self._host
 
     def shutdown(self, wait: bool = True, *, grace: float | None = None) -> None:
