@@ -159,13 +159,33 @@ class Cookies:
     earlier value.
     """
 
-    __slots__ = ("_changes", "_request")
+    __slots__ = ("_changes", "_parsed", "_source")
 
     def __init__(self, request_cookies: Mapping[str, str] | None = None) -> None:
         """Start from the request's cookies (see ``Request.cookies``)."""
-        self._request = dict(request_cookies or {})
+        self._parsed: dict[str, str] | None = dict(request_cookies or {})
+        self._source: Request | None = None
         # (name, domain, path) -> (new value or None when deleted, Set-Cookie value)
         self._changes: dict[tuple[str, str | None, str | None], tuple[str | None, str]] = {}
+
+    @classmethod
+    def _of(cls, request: Request) -> Cookies:
+        """The cookies of ``request``, its ``Cookie`` header parsed on first read (most
+        attempts read none)."""
+        cookies = _new_cookies(cls)
+        cookies._parsed = None
+        cookies._source = request
+        cookies._changes = {}
+        return cookies
+
+    @property
+    def _request(self) -> dict[str, str]:
+        """The request's cookies (parsed once, never changed after)."""
+        if self._parsed is None:
+            assert self._source is not None
+            self._parsed = self._source.cookies
+            self._source = None
+        return self._parsed
 
     def get(self, name: str) -> str | None:
         """The cookie's value: the last one set here, else the request's; None when absent."""
@@ -395,7 +415,7 @@ class Context:
             account,
             _SERVER,
             _absolute_url(request),
-            Cookies(request.cookies),
+            Cookies._of(request),
             attempt,
             deadline,
             clock if clock is not None else SystemClock(),
@@ -419,7 +439,8 @@ class Context:
         ``dataclasses.replace``: a retry costs about 50,000 fewer instructions
         (benchmarks/README.md, issue 12)."""
         cookies = _new_cookies(Cookies)
-        cookies._request = self.cookies._request  # never changed after __init__
+        cookies._parsed = self.cookies._parsed  # never changed once parsed
+        cookies._source = self.cookies._source
         cookies._changes = {}
         return _next_attempt(self, cookies, attempt, deadline, None, [], step)
 
