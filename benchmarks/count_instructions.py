@@ -9,12 +9,16 @@ divided by the difference in invocations cancels start-up (imports, first calls)
 - ``threads``: bench_accept's throughput run (App + ThreadExecutor, a counting listener);
 - ``pool``: the same no-op through ``ThreadPoolExecutor.submit``;
 - ``accept``: ``App.handle`` alone, ``Request`` to ``202``, on an ``InlineExecutor`` whose
-  virtual clock never moves (no attempt runs: one thread, the accept path only).
+  virtual clock never moves (no attempt runs: one thread, the accept path only);
+- ``asgi-bt`` and ``asgi-host``: bench_asgi_cpu's in-process run on uvloop (an ASGI request
+  through Starlette until its background work is done): Starlette's ``BackgroundTask`` of an
+  async no-op, and ``ASGIApp`` with an async no-op background function on the host loop.
 
 Run on demand (needs valgrind: ``apt-get install -y valgrind``; slow, about 1 min per
 workload)::
 
-    .venv/bin/python benchmarks/count_instructions.py [inline simpy heapq threads pool accept]
+    .venv/bin/python benchmarks/count_instructions.py [inline simpy heapq threads pool accept
+                                                       asgi-bt asgi-host]
 """
 
 from __future__ import annotations
@@ -30,11 +34,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SIZES = {"inline": (1000, 3000), "simpy": (1000, 3000), "heapq": (1000, 3000)}
 SIZES |= {"threads": (2000, 6000), "pool": (2000, 6000), "accept": (2000, 6000)}
+SIZES |= {"asgi-bt": (2000, 6000), "asgi-host": (2000, 6000)}
 
 
 def run(workload: str, n: int) -> None:
     """Run ``workload`` once with ``n`` invocations (inside valgrind)."""
     sys.path.insert(0, str(HERE))
+    if workload.startswith("asgi-"):
+        import bench_asgi_cpu
+        import uvloop
+
+        kind = {"asgi-bt": "bt-async", "asgi-host": "bgf-host"}[workload]
+        uvloop.run(bench_asgi_cpu.measure(kind, n))
+        return
     if workload in ("inline", "simpy", "heapq"):
         import bench_virtual_time as vt
 

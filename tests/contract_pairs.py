@@ -72,6 +72,8 @@ BLOCK = 6.0
 """Seconds the uninterruptible sync handler blocks for: well past LIMIT + KILL_MARGIN, and
 bounded, so that an abandoned thread does end."""
 CLOCK = SystemClock()
+NAP = 0.3
+"""Seconds of a durable sleep on the real-time pairs (the inline pair sleeps 7 virtual days)."""
 
 HANDLERS = {
     "ok-background": """
@@ -180,6 +182,34 @@ HANDLERS = {
                     time.sleep(0.05)
                 except BaseException:
                     open(marker + ".caught", "w").close()
+    """,
+    # Durable steps and sleeps: a step, a sleep (7 days on a virtual clock), a step.
+    "nap-background": f"""
+        from bgfunctions import VirtualClock
+
+        def handler(request, context):
+            context.step.run("before", int, "1")
+            if isinstance(context.clock, VirtualClock):
+                context.step.sleep("nap", days=7)
+            else:
+                context.step.sleep("nap", seconds={NAP})
+            context.step.run("after", int, "2")
+    """,
+    # A sleep, then a step that fails once (in the attempt that resumes the sleep).
+    "nap-fail-background": f"""
+        from bgfunctions import VirtualClock
+
+        def flaky(attempt):
+            if attempt == 2:
+                raise ValueError("fails once, after the sleep")
+            return attempt
+
+        def handler(request, context):
+            if isinstance(context.clock, VirtualClock):
+                context.step.sleep("nap", days=7)
+            else:
+                context.step.sleep("nap", seconds={NAP})
+            context.step.run("after", flaky, context.attempt)
     """,
     # Holds the only worker slot until the file named by the body exists, for at most the
     # seconds the body names (kept under the limit, so the hold never times out).

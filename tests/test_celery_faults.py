@@ -147,7 +147,7 @@ class Cluster:
 
     def __post_init__(self) -> None:
         functions = self.root / "site" / "netlify" / "functions"
-        functions.mkdir(parents=True)
+        functions.mkdir(parents=True, exist_ok=True)
         self.ledger = self.root / "ledger.txt"
         (functions / "ledger-background.py").write_text(HANDLER.format(ledger=str(self.ledger)))
         self.ledger.touch()

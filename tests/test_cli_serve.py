@@ -497,6 +497,73 @@ def test_serve_announces_a_replay_from_the_cli(
     assert re.split(r"\s{2,}", row)[5] == old
 
 
+STEPPED = (
+    "def handler(request, context):\n"
+    "    context.step.run('account', lambda: 'acct_1')\n"
+    "    if context.attempt == 1:\n"
+    "        raise RuntimeError('billing down')\n"
+    "    context.step.run('billing', lambda: 'cus_1')\n"
+)
+
+
+def _shape(line: str) -> str:
+    """A timeline line with its spacing squeezed and every time in seconds written ``Ns``."""
+    return re.sub(r"\b\d+\.\d{3}s\b", "Ns", " ".join(line.split()).replace("t= ", "t="))
+
+
+@pytest.mark.server
+@pytest.mark.realtime
+def test_invocations_and_replay_show_each_attempts_steps(
+    site: Path, serve: Callable[..., Server], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`invocations --request ID` prints the timeline with the steps each attempt ran or took
+    back from the journal; `replay --wait` prints the replay's, where every step runs afresh."""
+    write(site, "netlify/functions/signup-background.py", STEPPED)
+    server = serve("--no-reload", "--retry-delays", "0.2")
+    response = httpx.post(f"{server.base}/.netlify/functions/signup-background", timeout=10)
+    old = response.headers["x-nf-request-id"]
+    server.wait_for_line(
+        lambda line: line == f"[{old}] signup-background: succeeded after 2 attempt(s)"
+    )
+    status, out, err = run(capsys, "invocations", str(site))
+    assert (status, err) == (0, "")
+    assert re.split(r"\s{2,}", out.splitlines()[0])[4] == "STEPS"
+    row = next(line for line in out.splitlines() if line.startswith(old))
+    assert re.split(r"\s{2,}", row)[2:5] == ["succeeded", "2", "2"]
+
+    status, out, err = run(capsys, "invocations", str(site), "--request", old)
+    assert (status, err) == (0, "")
+    head, *lines = [_shape(line) for line in out.splitlines()]
+    assert head.startswith(f"signup-background request {old} (accepted 20")
+    assert lines == [
+        "t=Ns attempt 1 error ran Ns RuntimeError: billing down",
+        "t=Ns step account committed, ran Ns",
+        "t=Ns attempt 2 succeeded ran Ns",
+        "step account replayed: stored by attempt 1, not run again",
+        "t=Ns step billing committed, ran Ns",
+        "succeeded after 2 attempt(s)",
+    ]
+
+    status, out, err = run(capsys, "replay", old, "--site", str(site), "--wait", "30")
+    assert (status, err) == (0, "")
+    new, head, replayed, *lines = [_shape(line) for line in out.splitlines()]
+    assert head.startswith(f"signup-background request {new} (accepted 20")
+    assert replayed == f"a replay of {old}: a new invocation, its steps run afresh"
+    # A replay is a new invocation: its attempt 1 runs every step again, and fails as before.
+    assert lines == [
+        "t=Ns attempt 1 error ran Ns RuntimeError: billing down",
+        "t=Ns step account committed, ran Ns",
+        "t=Ns attempt 2 succeeded ran Ns",
+        "step account replayed: stored by attempt 1, not run again",
+        "t=Ns step billing committed, ran Ns",
+        "succeeded after 2 attempt(s)",
+    ]
+
+    status, out, err = run(capsys, "invocations", str(site), "--request", "nope")
+    assert status == 2
+    assert err == f"bgfunctions: error: no invocation 'nope' in the journal of {site}\n"
+
+
 @pytest.mark.server
 @pytest.mark.realtime
 def test_serve_says_serving_only_once_bound_with_the_real_port(site: Path) -> None:

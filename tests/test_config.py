@@ -706,3 +706,20 @@ def test_every_field_is_read_from_its_netlify_key() -> None:
     )
     assert Config.parse({"schedule": "@daily"})[0].schedule == "@daily"
     assert Config.parse({"vcpu": 1})[0].vcpu == 1
+
+
+def test_the_places_that_name_config_fields_agree_with_its_declaration() -> None:
+    """Each field is declared once in Config; the two other places that name fields (the
+    typed constructor arguments and docs/configuration.md's table) must name exactly those."""
+    from pathlib import Path
+
+    from bgfunctions.config import _ConfigArgs
+
+    names = {f.name for f in dataclasses.fields(Config)}
+    assert set(_ConfigArgs.__annotations__) == names
+    table = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| `([A-Za-z]+)` \| `([a-z_]+)` \|", table, re.MULTILINE)
+    assert {snake for _, snake in rows} == names
+    for camel, snake in rows:
+        key = next(f for f in dataclasses.fields(Config) if f.name == snake).metadata["netlify"]
+        assert key.camel == camel, (snake, camel)

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from bgfunctions import InlineExecutor, InvocationRecord, Outcome, State
-from contract_pairs import CLOCK, Pair, celery, embedded, write_site
+from contract_pairs import CLOCK, NAP, Pair, celery, embedded, write_site
 
 pytestmark = [pytest.mark.server, pytest.mark.realtime]
 
@@ -57,6 +57,8 @@ class Seen:
     """The ``on_event`` kinds heard for it, in order."""
     on_failure: int
     """How many times ``on_failure`` was called with it."""
+    steps: tuple[tuple[str, str, int], ...] = ()
+    """(id, kind, attempt) of each committed durable step, in order."""
 
 
 def seen(pair: Pair, record: InvocationRecord) -> Seen:
@@ -68,10 +70,11 @@ def seen(pair: Pair, record: InvocationRecord) -> Seen:
         attempts=tuple((a.number, a.outcome, a.error_type) for a in record.attempts),
         events=tuple(kind for kind in kinds if kind != "on_failure"),
         on_failure=kinds.count("on_failure"),
+        steps=tuple((s.id, s.kind, s.attempt) for s in record.steps),
     )
 
 
-def story(*outcomes: Outcome, state: State) -> Seen:
+def story(*outcomes: Outcome, state: State, steps: tuple[tuple[str, str, int], ...] = ()) -> Seen:
     """The record of attempts ending with ``outcomes`` (with the error type each outcome has on
     every engine) and the events they cause, the invocation ending in ``state``."""
     types = {
@@ -79,6 +82,7 @@ def story(*outcomes: Outcome, state: State) -> Seen:
         Outcome.TIMED_OUT: "TimeoutError",
         Outcome.CRASHED: "RuntimeError",
         Outcome.CANCELLED: None,
+        Outcome.SUSPENDED: None,
     }
     attempts, events = [], ["accepted"]
     for number, outcome in enumerate(outcomes, 1):
@@ -86,8 +90,10 @@ def story(*outcomes: Outcome, state: State) -> Seen:
         events += ["attempt_started", "attempt_ended"]
         if outcome.failed and number < len(outcomes):
             events.append("retry_scheduled")
+        if outcome is Outcome.SUSPENDED:
+            events.append("sleeping")
     events.append(state.value)
-    return Seen(state, tuple(attempts), tuple(events), int(state is State.FAILED))
+    return Seen(state, tuple(attempts), tuple(events), int(state is State.FAILED), steps)
 
 
 def error(seen_: Seen, error_type: str, *numbers: int) -> Seen:
@@ -99,6 +105,7 @@ def error(seen_: Seen, error_type: str, *numbers: int) -> Seen:
 
 
 OK, ERR, TIMEOUT = Outcome.SUCCEEDED, Outcome.ERROR, Outcome.TIMED_OUT
+SLEPT = Outcome.SUSPENDED
 EXPECTED: dict[str, Seen] = {
     "success": story(OK, state=State.SUCCEEDED),
     "exception": error(story(ERR, ERR, ERR, state=State.FAILED), "ValueError", 1, 2, 3),
@@ -110,6 +117,23 @@ EXPECTED: dict[str, Seen] = {
     "cancel_before": Seen(State.CANCELLED, (), ("accepted", "cancelled"), 0),
     "cancel_running": story(Outcome.CANCELLED, state=State.CANCELLED),
     "replay": story(OK, state=State.SUCCEEDED),
+    # A step, a durable sleep, a step: the sleep suspends attempt 1 (not a failure); attempt 2
+    # replays "before" and the sleep, and runs "after".
+    "sleep": story(
+        SLEPT,
+        OK,
+        state=State.SUCCEEDED,
+        steps=(("before", "run", 1), ("nap", "sleep", 1), ("after", "run", 2)),
+    ),
+    # A sleep, then a step that fails once: the retry after it is the first (the sleep used
+    # none), 60 s (the first delay) after the failure.
+    "sleep_then_fail": error(
+        story(
+            SLEPT, ERR, OK, state=State.SUCCEEDED, steps=(("nap", "sleep", 1), ("after", "run", 3))
+        ),
+        "ValueError",
+        2,
+    ),
 }
 
 
@@ -230,16 +254,31 @@ def check_times(pair: Pair, record: InvocationRecord) -> None:
     assert pair.app.journal.get(record.request_id) == record
     assert [a.number for a in record.attempts] == list(range(1, len(record.attempts) + 1))
     previous_end = record.accepted_at
+    failures = 0  # the retry schedule counts failed attempts; a suspended one is none
     for attempt in record.attempts:
         assert attempt.ended_at is not None, attempt
         assert previous_end - EPS <= attempt.started_at <= attempt.ended_at, record
-        if attempt.number > 1:
-            delay = pair.delays[attempt.number - 2]
+        before = record.attempts[attempt.number - 2] if attempt.number > 1 else None
+        if before is not None and before.outcome is Outcome.SUSPENDED:
+            # Resumed at the wake time of the sleep that suspended the attempt before it.
+            (wake,) = [
+                s.ended_at for s in record.steps if s.kind == "sleep" and s.attempt == before.number
+            ]
+            assert before.ended_at is not None, record
+            assert wake >= before.ended_at - EPS, record
+            if pair.virtual:
+                assert attempt.started_at == pytest.approx(wake), (attempt, record)
+            else:
+                assert attempt.started_at >= wake - EPS, (attempt, wake, record)
+        elif before is not None:
+            delay = pair.delays[failures - 1]
             gap = attempt.started_at - previous_end
             if pair.virtual:
                 assert gap == pytest.approx(delay), (attempt, record)
             else:
                 assert gap >= delay - EPS, (attempt.number, gap, delay, record)
+        if attempt.outcome is not None and attempt.outcome.failed:
+            failures += 1
         if attempt.outcome is Outcome.TIMED_OUT:
             duration = attempt.ended_at - attempt.started_at
             if pair.virtual:
@@ -352,3 +391,22 @@ def test_replay(pair: Pair) -> None:
     assert seen(pair, again) == expected(pair, "replay")
     check_times(pair, again)
     assert pair.app.journal.get(first.request_id) == first
+
+
+@pytest.mark.parametrize("pair", pairs_for("sleep"), indirect=True)
+def test_durable_sleep_suspends_and_resumes_with_the_steps_remembered(pair: Pair) -> None:
+    """step, sleep, step: attempt 1 is suspended at the sleep (no failure, no retry used) and
+    the invocation resumes at the wake time (7 days on the virtual clock), replaying what
+    committed."""
+    record = run_case(pair, "sleep", "nap-background")
+    _, nap, after = record.steps
+    assert nap.ended_at - nap.started_at == pytest.approx(7 * 86400 if pair.virtual else NAP)
+    assert after.started_at >= nap.ended_at - EPS
+
+
+@pytest.mark.parametrize("pair", pairs_for("sleep_then_fail"), indirect=True)
+def test_a_failure_after_a_sleep_gets_the_first_retry_delay(pair: Pair) -> None:
+    """sleep, then a step that fails once: the failure is the first, retried after the first
+    delay; the invocation succeeds on attempt 3."""
+    record = run_case(pair, "sleep_then_fail", "nap-fail-background")
+    assert record.attempts[1].error_message == "fails once, after the sleep"

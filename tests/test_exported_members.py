@@ -69,6 +69,7 @@ EXPORTED = [
     "Step",
     "StepError",
     "Subdivision",
+    "Suspended",
     "SystemClock",
     "ThreadExecutor",
     "TomlError",

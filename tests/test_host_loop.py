@@ -53,10 +53,23 @@ def _app(where: Where, **executor: Any) -> App:
     async def interrupt(request: Request, context: Context) -> None:
         raise KeyboardInterrupt
 
+    async def self_cancel(request: Request, context: Context) -> None:
+        await asyncio.sleep(0)
+        raise asyncio.CancelledError("its own")
+
+    async def swallow(request: Request, context: Context) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            where["swallowed"] = where.get("swallowed", 0) + 1
+        await asyncio.sleep(0)  # the attempt's task goes on awaiting: no cancellation left
+
     registry.add("note-background", note)
     registry.add("block-background", block)
     registry.add("hang-background", hang)
     registry.add("interrupt-background", interrupt)
+    registry.add("self-cancel-background", self_cancel)
+    registry.add("swallow-background", swallow)
     return App(
         registry,
         executor=ThreadExecutor(max_workers=2, blocking_threshold=0.1, **executor),
@@ -188,6 +201,46 @@ def test_base_exception_from_a_handler_leaves_the_server_loop_working() -> None:
     ] * 2
 
 
+def test_a_handlers_own_cancelled_error_on_the_host_loop_is_its_error() -> None:
+    """An attempt runs in one task on the server's loop: a ``CancelledError`` the handler
+    raises itself (nobody cancelled the task) is its attempt's error, retried on schedule;
+    the loop goes on serving."""
+    where: Where = {}
+    app = _app(where)
+
+    async def scenario(asgi: ASGIApp) -> Any:
+        rid = await _post(asgi, "self-cancel-background")
+        record = await app.executor.get(rid).wait_async()
+        later = await _post(asgi, "note-background")
+        assert (await app.executor.get(later).wait_async()).state is State.SUCCEEDED
+        return record
+
+    record = _serve(ASGIApp(app), scenario)
+    assert record.state is State.FAILED
+    assert [(a.outcome, a.error_type, a.error_message) for a in record.attempts] == [
+        (Outcome.ERROR, "asyncio.exceptions.CancelledError", "its own")
+    ] * 2
+
+
+def test_a_handler_that_swallows_its_deadline_has_timed_out() -> None:
+    """A handler that catches the deadline's cancellation and returns later has still timed
+    out (at its deadline); the next attempt's task is not cancelled by what was left."""
+    where: Where = {}
+    app = _app(where)
+
+    async def scenario(asgi: ASGIApp) -> Any:
+        rid = await _post(asgi, "swallow-background")
+        return await app.executor.get(rid).wait_async()
+
+    record = _serve(ASGIApp(app), scenario)
+    assert record.state is State.FAILED
+    assert [a.outcome for a in record.attempts] == [Outcome.TIMED_OUT] * 2
+    assert where["swallowed"] == 2
+    for attempt in record.attempts:
+        assert attempt.ended_at is not None
+        assert attempt.ended_at == pytest.approx(attempt.started_at + 0.2, abs=1e-6)
+
+
 def test_cancel_while_running_on_the_host_loop() -> None:
     """``cancel`` stops an attempt running on the server's loop; it is recorded cancelled."""
     where: Where = {}
@@ -223,6 +276,37 @@ def test_shutdown_interrupts_what_outlives_the_grace() -> None:
     assert record is not None
     assert record.state is not State.RUNNING
     assert [a.outcome for a in record.attempts] == [Outcome.INTERRUPTED]
+
+
+@pytest.mark.parametrize("loop", ["host", "thread"])
+def test_async_attempts_running_count_against_max_pending(loop: str) -> None:
+    """Async attempts hold no worker thread, so max_pending bounds them: with max_pending=3,
+    three hanging async attempts running on either loop make the fourth request a 503 (with
+    Retry-After, and no row); once one ends, a new request is accepted again."""
+    where: Where = {}
+    app = _app(where, loop=loop, max_pending=3)
+    app.limits = Limits(background_timeout=30)
+
+    async def scenario(asgi: ASGIApp) -> tuple[int, str, str, int]:
+        held = [await _post(asgi, "hang-background") for _ in range(3)]
+        for rid in held:
+            while app.executor.get(rid).state is not State.RUNNING:
+                await asyncio.sleep(0.005)
+        transport = httpx.ASGITransport(app=asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            refused = await http.post("/.netlify/functions/hang-background")
+        await asyncio.to_thread(app.executor.cancel, held[0])
+        await app.executor.get(held[0]).wait_async()
+        while app.executor.stats().running > 2:  # its task may end just after its record
+            await asyncio.sleep(0.005)
+        again = await _post(asgi, "note-background")
+        record = await app.executor.get(again).wait_async()
+        rows = len(app.invocations.list())
+        return refused.status_code, refused.headers["retry-after"], record.state.value, rows
+
+    status, retry_after, state, rows = _serve(ASGIApp(app, grace=0.1), scenario)
+    assert (status, state, rows) == (503, "succeeded", 4)
+    assert int(retry_after) >= 1
 
 
 def test_loop_must_be_host_or_thread() -> None:

@@ -48,7 +48,10 @@ def test_records_survive_json_at_every_step(
         steps.append(record)
         now += 1
         error = None if outcome is Outcome.SUCCEEDED else "RuntimeError"
-        record = record.end_attempt(now, outcome, retry, error_type=error, error_message=message)
+        wake = now + 3600 if outcome is Outcome.SUSPENDED else None  # a durable sleep's
+        record = record.end_attempt(
+            now, outcome, retry, error_type=error, error_message=message, wake_at=wake
+        )
         steps.append(record)
     for step in steps:
         assert InvocationRecord.from_json(json.loads(json.dumps(step.to_json()))) == step

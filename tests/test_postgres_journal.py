@@ -294,6 +294,50 @@ def test_a_schema_1_table_moves_its_bodies_out_of_the_json(
     assert stored == [(False, old.body)]
 
 
+def test_a_schema_3_table_gets_a_priority_column_and_keeps_its_steps(
+    open_journal: Opener, dsn: str, table: str
+) -> None:
+    """A table of schema 3 (made by the first three migrations, as bgfunctions before durable
+    sleeps made it; a row with a committed step, its JSON without priority or not_before) is
+    migrated to 4 on first use: the row reads back the same, priority 0, and takes sleeps."""
+    from bgfunctions.invocation import EnqueueOptions, Step
+    from bgfunctions.journals._postgres_schema import _MIGRATIONS, names
+
+    old = _record("old")
+    data = old.to_json(body=False, steps=False)
+    del data["enqueue_options"]  # schema 3's records had none
+    step = Step(id="charge", result='"ch_1"', attempt=1, started_at=1001.0, ended_at=1002.0)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE TABLE {m} (key TEXT PRIMARY KEY, value TEXT)").format(**names(table))
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {m} VALUES ('schema_version', '3')").format(**names(table))
+        )
+        for migration in _MIGRATIONS[:3]:
+            for statement in migration:
+                conn.execute(sql.SQL(statement).format(**names(table)))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {t} (request_id, function, state, attempts, accepted_at, "
+                "next_run_at, record, body, steps) VALUES (%s, %s, 'accepted', 0, %s, %s, %s, "
+                "%s, %s)"
+            ).format(**names(table)),
+            (old.request_id, old.function, old.accepted_at, old.next_run_at, Jsonb(data),
+             old.body, Jsonb([step.to_json()])),
+        )  # fmt: skip
+    journal = open_journal()
+    assert journal.get("old") == old.with_steps((step,))
+    assert _query(dsn, f"SELECT priority FROM {table}") == [(0,)]
+    version = _query(dsn, f"SELECT value FROM {table}_meta WHERE key = 'schema_version'")
+    assert version == [(str(SCHEMA_VERSION),)] == [("4",)]
+    options = EnqueueOptions(priority=30, not_before=1500.0)
+    urgent = dataclasses.replace(_record("urgent"), enqueue_options=options)
+    journal.accepted(urgent)
+    assert [r.request_id for r in journal.unfinished()] == ["urgent", "old"]
+    assert _query(dsn, f"SELECT priority FROM {table} WHERE request_id = 'urgent'") == [(30,)]
+
+
 def test_schema_is_created_on_first_use_and_versioned(
     open_journal: Opener, dsn: str, table: str
 ) -> None:
@@ -526,8 +570,13 @@ def test_writes_prune_automatically(
 # -- faults ----------------------------------------------------------------------------------
 
 
-def _accept_later(journal: PostgresJournal, records: list[InvocationRecord]) -> dict[str, Any]:
-    """accept_later each record from its own thread at once; what each one settled with."""
+def _accept_later(
+    journal: PostgresJournal,
+    records: list[InvocationRecord],
+    queued: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """accept_later each record from its own thread at once; what each one settled with.
+    ``queued`` is called once every call has returned (each record queued)."""
     settled: dict[str, Any] = {}
     done = threading.Event()
     lock = threading.Lock()
@@ -548,6 +597,8 @@ def _accept_later(journal: PostgresJournal, records: list[InvocationRecord]) -> 
         thread.start()
     for thread in threads:
         thread.join()
+    if queued is not None:
+        queued()
     assert done.wait(30)
     return settled
 
@@ -560,7 +611,11 @@ def test_accept_later_commits_groups_and_fails_only_a_known_request_id(
     journal = open_journal()
     journal.accepted(_record("dup", at=1.0))
     records = [_record(f"r{i}") for i in range(40)] + [_record("dup", at=2.0)]
-    settled = _accept_later(journal, records)
+    # Another connection locks the table until all 41 are queued, so that they queue together
+    # however the threads are scheduled (the first commit, if it started, waits for the lock).
+    with psycopg.connect(dsn) as locker:
+        locker.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(sql.Identifier(table)))
+        settled = _accept_later(journal, records, queued=locker.rollback)
     assert {rid for rid, error in settled.items() if error is None} == {f"r{i}" for i in range(40)}
     assert isinstance(settled["dup"], ValueError)
     assert "'dup' is already recorded" in str(settled["dup"])

@@ -15,6 +15,7 @@ import pytest
 
 from bgfunctions import App, Limits, Outcome, Request, RetryPolicy, State, discover
 from bgfunctions.executors.processes import ProcessExecutor
+from bgfunctions.journals.sqlite import SQLiteJournal
 
 pytestmark = pytest.mark.realtime
 
@@ -103,6 +104,80 @@ HANDLERS = {
     "generator-exit-background": """
         def handler(request, context):
             raise GeneratorExit
+    """,
+    "steps-flaky-background": """
+        import os
+        from pathlib import Path
+
+        def ran(context, name):
+            with open(Path(__file__).with_name(context.request_id + ".log"), "a") as log:
+                log.write(name + "\\n")
+                log.flush()
+                os.fsync(log.fileno())
+
+        def reserve(context, order):
+            ran(context, "reserve")
+            return {"order": order, "items": (1, 2)}
+
+        def charge(context, cents):
+            ran(context, "charge")
+            if context.attempt == 1:
+                raise ConnectionError("card network down")
+            return f"ch_{cents}"
+
+        def handler(request, context):
+            reserved = context.step.run("reserve", reserve, context, "o-1")
+            assert reserved == {"order": "o-1", "items": [1, 2]}  # a JSON round trip
+            assert context.step.run("charge", charge, context, cents=500) == "ch_500"
+            context.step.run("email", ran, context, "email")
+    """,
+    "steps-killed-background": """
+        import os
+        import signal
+        from pathlib import Path
+
+        def charge(context):
+            with open(Path(__file__).with_name(context.request_id + ".log"), "a") as log:
+                log.write("charge\\n")
+                log.flush()
+                os.fsync(log.fileno())
+            return {"charge": "ch_1", "attempt": context.attempt}
+
+        def handler(request, context):
+            charged = context.step.run("charge", charge, context)
+            if context.attempt == 1:
+                os.kill(os.getpid(), signal.SIGKILL)  # after the commit, before the end
+            assert charged == {"charge": "ch_1", "attempt": 1}  # replayed, not run again
+    """,
+    "steps-then-hang-background": """
+        import time
+
+        def handler(request, context):
+            first = context.step.run("first", lambda: context.attempt)
+            if context.attempt == 1:
+                time.sleep(60)  # killed at its limit, after the step committed
+            assert first == 1
+    """,
+    "steps-async-background": """
+        import asyncio
+
+        async def later(value):
+            await asyncio.sleep(0)
+            return value
+
+        async def handler(request, context):
+            one = await context.step.run("sync", lambda: "one")
+            two = await context.step.run("async", later, "two")
+            if context.attempt == 1:
+                raise RuntimeError("after two steps")
+            assert (one, two) == ("one", "two")
+    """,
+    "steps-misused-background": """
+        def handler(request, context):
+            if context.attempt == 1:
+                context.step.run("twice", lambda: 1)
+                context.step.run("twice", lambda: 2)
+            context.step.run("not-json", lambda: object())
     """,
     "hello": """
         import os
@@ -289,3 +364,94 @@ def test_cancel_of_a_running_attempt_kills_its_process(functions: Path) -> None:
         assert executor.processes_spawned == spawned + 1  # the killed one was replaced
     finally:
         app.shutdown(grace=0)
+
+
+# -- durable steps: the worker process sends each step to the parent, which commits it --------
+
+
+def _step_runs(functions: Path, request_id: str) -> list[str]:
+    """What the step functions ran, from the handler's own fsynced log."""
+    log = functions / f"{request_id}.log"
+    return log.read_text().split() if log.exists() else []
+
+
+def test_steps_are_committed_by_the_parent_and_replayed_by_the_retry(
+    app: App, functions: Path
+) -> None:
+    """A step that raised runs again on the retry; the committed one does not; each result
+    is the stored JSON (a tuple comes back as a list) on the first run as on a replay."""
+    record = app.enqueue("steps-flaky-background").wait(30)
+    assert [(a.outcome, a.error_type) for a in record.attempts] == [
+        (Outcome.ERROR, "ConnectionError"),
+        (Outcome.SUCCEEDED, None),
+    ]
+    assert [(s.id, s.attempt) for s in record.steps] == [
+        ("reserve", 1),
+        ("charge", 2),
+        ("email", 2),
+    ]
+    assert record.steps[0].value() == {"order": "o-1", "items": [1, 2]}
+    assert _step_runs(functions, record.request_id) == ["reserve", "charge", "charge", "email"]
+    assert app.executor.get(record.request_id).record.steps == record.steps
+
+
+def test_async_handler_steps_in_a_process(app: App) -> None:
+    record = app.enqueue("steps-async-background").wait(30)
+    assert [a.outcome for a in record.attempts] == [Outcome.ERROR, Outcome.SUCCEEDED]
+    assert [(s.id, s.attempt, s.value()) for s in record.steps] == [
+        ("sync", 1, "one"),
+        ("async", 1, "two"),
+    ]
+
+
+def test_a_step_committed_before_its_process_is_killed_is_not_run_again(
+    functions: Path, tmp_path: Path
+) -> None:
+    """kill -9 of the worker process after a step committed: the attempt is crashed, the
+    retry replays the step from the SQLite file (its function ran once), and succeeds."""
+    journal = SQLiteJournal(tmp_path / "j.db")
+    app = App(
+        discover(functions),
+        executor=ProcessExecutor(max_workers=1, journal=journal),
+        limits=Limits(background_timeout=30.0),
+        retry=RetryPolicy(delays=DELAYS),
+    )
+    try:
+        record = app.enqueue("steps-killed-background").wait(30)
+    finally:
+        app.shutdown(grace=0)
+        journal.close()
+    assert [a.outcome for a in record.attempts] == [Outcome.CRASHED, Outcome.SUCCEEDED]
+    assert "SIGKILL" in (record.attempts[0].error_message or "")
+    assert _step_runs(functions, record.request_id) == ["charge"]
+    stored = SQLiteJournal(tmp_path / "j.db", read_only=True)
+    try:
+        kept = stored.get(record.request_id)
+    finally:
+        stored.close()
+    assert kept is not None
+    assert [(s.id, s.attempt, s.value()) for s in kept.steps] == [
+        ("charge", 1, {"charge": "ch_1", "attempt": 1})
+    ]
+
+
+def test_a_step_committed_before_a_time_out_is_replayed(app: App) -> None:
+    """The process is killed at the attempt's limit; the step it committed stays committed."""
+    record = app.enqueue("steps-then-hang-background").wait(30)
+    assert [a.outcome for a in record.attempts] == [Outcome.TIMED_OUT, Outcome.SUCCEEDED]
+    assert [(s.id, s.attempt, s.value()) for s in record.steps] == [("first", 1, 1)]
+
+
+def test_misused_steps_fail_clearly_in_a_process(app: App) -> None:
+    """A repeated step id and a result that is not JSON get the same clear errors as on the
+    other engines, naming the function and the step; nothing of them is stored."""
+    record = app.enqueue("steps-misused-background").wait(30)
+    assert record.state is State.FAILED
+    errors = [(a.error_type, a.error_message or "") for a in record.attempts]
+    assert all(kind == "bgfunctions.errors.StepError" for kind, _ in errors)
+    assert "'steps-misused-background'" in errors[0][1]
+    assert "step twice" in errors[0][1]
+    assert "already used" in errors[0][1]
+    assert "step not-json" in errors[1][1]
+    assert "stored as JSON" in errors[1][1]
+    assert [s.id for s in record.steps] == ["twice"]  # the first use committed

@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 
-from bgfunctions import App, Registry, RetryPolicy, discover
+from bgfunctions import App, Registry, RetryPolicy
 from bgfunctions.clock import VirtualClock
 from bgfunctions.errors import JournalError, StepError
 from bgfunctions.executors.inline import InlineExecutor
-from bgfunctions.executors.processes import ProcessExecutor
 from bgfunctions.executors.threads import ThreadExecutor
 from bgfunctions.invocation import InvocationRecord, Outcome, State, Step
 from bgfunctions.journals.base import MemoryJournal
@@ -370,30 +369,9 @@ def test_schema_2_file_migrates_to_steps(tmp_path: Path) -> None:
     finally:
         journal.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         text = conn.execute("SELECT record FROM invocations").fetchone()[0]
     assert "steps" not in json.loads(text)  # the column is the truth
-
-
-def test_process_executor_refuses_steps_clearly(tmp_path: Path) -> None:
-    """The process executor cannot store steps yet: the step fails before its function runs,
-    with an error that says where steps work."""
-    (tmp_path / "steps-background.py").write_text(
-        "def handler(request, context):\n    context.step.run('charge', print, 'charging')\n"
-    )
-    app = App(
-        discover(tmp_path), executor=ProcessExecutor(max_workers=1), retry=RetryPolicy(delays=())
-    )
-    try:
-        record = app.enqueue("steps-background").wait(30)
-    finally:
-        app.shutdown(grace=0)
-    assert record.state is State.FAILED
-    assert record.attempts[0].error_type == "bgfunctions.errors.StepError"
-    message = record.attempts[0].error_message or ""
-    assert "process executor cannot store durable steps" in message
-    assert "step charge" in message
-    assert "'steps-background'" in message
 
 
 def test_inline_executor_on_sqlite_virtual_time(tmp_path: Path) -> None:
@@ -444,8 +422,9 @@ def test_cli_invoke_prints_each_committed_step_under_its_attempt(tmp_path: Path)
     assert lines[0].startswith("t=0.000s attempt 1 error")
     assert lines[1].startswith("t=0.000s step billing committed")
     assert lines[2].startswith("t=60.000s attempt 2 succeeded")
-    assert lines[3].startswith("t=60.000s step email committed")
-    assert lines[4] == "succeeded after 2 attempt(s)"
+    assert lines[3] == "step billing replayed: stored by attempt 1, not run again"
+    assert lines[4].startswith("t=60.000s step email committed")
+    assert lines[5] == "succeeded after 2 attempt(s)"
 
 
 def test_the_invocations_view_lists_steps_without_their_results() -> None:

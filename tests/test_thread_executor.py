@@ -419,3 +419,28 @@ def test_shutdown_past_grace_records_interrupted(registry: Registry) -> None:
     assert record.state is State.RETRY_SCHEDULED  # unfinished: recovery runs it again
     (attempt,) = record.attempts
     assert attempt.outcome is Outcome.INTERRUPTED
+
+
+def test_handlers_that_wait_on_io_get_more_workers(registry: Registry, apps: list[App]) -> None:
+    """Sync background handlers that wait (20 ms of I/O each) and finish steadily still get
+    more workers, up to max_workers: busy workers on an idle CPU are waiting, not computing.
+    (Before, a worker that kept finishing attempts never got company, and 80 such handlers ran
+    one at a time.)"""
+    inside = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def waits(request: Request, context: Context) -> None:
+        nonlocal inside, peak
+        with lock:
+            inside += 1
+            peak = max(peak, inside)
+        time.sleep(0.02)  # the handler's own I/O (an API call), not a test's wait
+        with lock:
+            inside -= 1
+
+    registry.add("io-background", waits)
+    app = _app(registry, apps, ThreadExecutor(max_workers=4))
+    handles = [app.enqueue("io-background") for _ in range(80)]
+    assert all(h.wait(WAIT).state is State.SUCCEEDED for h in handles)
+    assert peak == 4

@@ -29,6 +29,7 @@ import pytest
 from bgfunctions.app import App
 from bgfunctions.asgi import ASGIApp, Receive, Scope, Send
 from bgfunctions.clock import SystemClock, VirtualClock
+from bgfunctions.context import Context
 from bgfunctions.executors.inline import InlineExecutor
 from bgfunctions.registry import Registry
 from bgfunctions.requests import Request
@@ -59,6 +60,14 @@ def boom(request: Request, context: object) -> None:
     raise RuntimeError(XSS)
 
 
+def signup(request: Request, context: Context) -> None:
+    """Commits one step, fails once, then commits a second on its retry."""
+    context.step.run("account", lambda: "acct_1")
+    if context.attempt == 1:
+        raise RuntimeError("billing down")
+    context.step.run("billing", lambda: "cus_1")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -71,6 +80,7 @@ class Served:
     base: str
     good: str
     bad: str
+    stepped: str
     list_requests: list[str] = field(default_factory=list)
 
 
@@ -82,16 +92,20 @@ def served() -> Iterator[Served]:
     functions = Registry()
     functions.add("ok-background", ok)
     functions.add("boom-background", boom)
+    functions.add("signup-background", signup)
     executor = InlineExecutor(clock=VirtualClock(START))
     app = App(functions, executor=executor)
     good = app.enqueue("ok-background").request_id
     executor.run_until(START + 1)
     bad = app.enqueue("boom-background").request_id
     executor.drain()
+    executor.run_until(START + 600)
+    stepped = app.enqueue("signup-background").request_id
+    executor.drain()
 
     asgi = ASGIApp(app, invocations_view=True)
     port = free_port()
-    result = Served(f"http://127.0.0.1:{port}", good, bad)
+    result = Served(f"http://127.0.0.1:{port}", good, bad, stepped)
 
     async def counting(scope: Scope, receive: Receive, send: Send) -> None:
         # Counts the page's polls of the JSON, to see that it refreshes by itself.
@@ -189,15 +203,29 @@ def test_the_page_renders_invocations_and_attempts_in_chromium(
     assert title["text"] == "bgfunctions: invocations"  # the message's script never ran
 
     rows = dom.find("tr", "invocation")
-    assert [r["attrs"]["data-request-id"] for r in rows] == [served.bad, served.good]
-    assert "boom-background" in rows[0]["text"]
-    assert "failed" in rows[0]["text"]
-    assert "ok-background" in rows[1]["text"]
-    assert "succeeded" in rows[1]["text"]
+    assert [r["attrs"]["data-request-id"] for r in rows] == [
+        served.stepped,
+        served.bad,
+        served.good,
+    ]
+    assert "signup-background" in rows[0]["text"]
+    assert "boom-background" in rows[1]["text"]
+    assert "failed" in rows[1]["text"]
+    assert "ok-background" in rows[2]["text"]
+    assert "succeeded" in rows[2]["text"]
 
+    # The stepped invocation: each attempt lists the steps it ran or took back from the journal.
     items = dom.find("li", "attempt")
-    assert len(items) == 4
-    bad_attempts = [li["text"] for li in items[:3]]  # the failed invocation comes first
+    assert len(items) == 6
+    steps = [(li["attrs"]["data-status"], li["text"].split(" · ")) for li in dom.find("li", "step")]
+    assert steps == [
+        ("ran", ["step account", "ran 0.000 s", "started +0.000 s"]),
+        ("replayed", ["step account", "replayed: stored by attempt 1, not run again"]),
+        ("ran", ["step billing", "ran 0.000 s", "started +60.000 s"]),
+    ]
+    assert len(dom.find("div", "tick")) == 2  # one per committed step, on the timeline
+    items = items[2:]
+    bad_attempts = [li["text"] for li in items[:3]]  # the failed invocation comes next
     assert [t.split(" · ")[0:2] for t in bad_attempts] == [
         ["attempt 1", "error"],
         ["attempt 2", "error"],
@@ -205,18 +233,20 @@ def test_the_page_renders_invocations_and_attempts_in_chromium(
     ]
     assert [a["attrs"]["data-outcome"] for a in dom.find("li", "attempt")] == [
         "error",
+        "succeeded",
+        "error",
         "error",
         "error",
         "succeeded",
     ]
     assert "started +60.000 s" in bad_attempts[1]
     assert "started +180.000 s" in bad_attempts[2]
-    assert len(dom.find("div", "bar")) == 4
-    assert len(dom.find("div", "timeline")) == 2
+    assert len(dom.find("div", "bar")) == 6
+    assert len(dom.find("div", "timeline")) == 3
 
     # The message is text: the serialised DOM escapes it, and no element came from it.
     errors = [e["text"] for e in dom.find("span", "error")]
-    assert errors == [f"RuntimeError: {XSS}"] * 3
+    assert errors == ["RuntimeError: billing down"] + [f"RuntimeError: {XSS}"] * 3
     assert "&lt;script&gt;document.title='pwned'&lt;/script&gt;" in done.stdout
     assert dom.find("img") == []
     assert len(dom.find("script")) == 1

@@ -4,12 +4,12 @@ Layers (a lower layer never imports a higher one; ``tests/test_layers.py`` check
 
     L0  errors, ids*, _slots              (* ids reads time only through a Clock)
     L1  clock, config, _cron, datastructures, requests, responses, context, retry, invocation,
-        steps, logs, _pathmatch, _urlpattern, redaction
+        steps, logs, _pathmatch, _urlpattern, redaction, _enqueue, _parts
     L2  routing, _loader, _netlify_toml, journals.*
     L3  registry, attempts, handles, reports, lifecycle, executors.*
     L4  app
     L5  asgi, wsgi, hosts, staticfiles, devserver, serverlog, views, testing, pytest_plugin,
-        cli, __main__, contrib.*
+        cli, __main__, contrib.*, _timeline, _viewpage
 
 This module only re-exports.
 """
@@ -51,6 +51,7 @@ from bgfunctions.errors import (
     QueueFullError,
     RequestError,
     StepError,
+    Suspended,
     TomlError,
     UnknownFunctionError,
     UserCodeError,
@@ -146,6 +147,7 @@ __all__ = [
     "Step",
     "StepError",
     "Subdivision",
+    "Suspended",
     "SystemClock",
     "ThreadExecutor",
     "TomlError",

@@ -9,12 +9,14 @@ It knows nothing of HTTP servers; the ASGI and WSGI adapters (and the test clien
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar, cast
 
+from bgfunctions._enqueue import scheduled
 from bgfunctions.clock import Clock
 from bgfunctions.context import Site
 from bgfunctions.errors import NotAcceptedError, PayloadTooLargeError
@@ -328,10 +330,24 @@ class App:
 
     # -- without HTTP -------------------------------------------------------------------------
 
-    def enqueue(self, name: str, request: Request | None = None) -> Invocation:
+    def enqueue(
+        self,
+        name: str,
+        request: Request | None = None,
+        *,
+        delay: dt.timedelta | float | None = None,
+        not_before: dt.datetime | float | None = None,
+        priority: int = 0,
+    ) -> Invocation:
         """Start background work without HTTP: run function ``name`` with background semantics.
 
-        Raises ``UnknownFunctionError``, ``PayloadTooLargeError`` or ``NotAcceptedError``.
+        ``delay`` (seconds or a timedelta) or ``not_before`` (an aware datetime or epoch
+        seconds): the first attempt starts no earlier. ``priority`` (-50 to 50, default 0):
+        among due invocations, a higher one starts first when workers are scarce. Both are
+        kept in the record (``not_before``, ``priority``).
+
+        Raises ``UnknownFunctionError``, ``PayloadTooLargeError``, ``NotAcceptedError``, and
+        ``TypeError`` / ``ValueError`` naming the function for a wrong delay or priority.
         """
         function = self.registry[name]
         request = request if request is not None else Request("POST", f"/.netlify/functions/{name}")
@@ -341,6 +357,7 @@ class App:
                 f"function {name!r} accepts bodies up to {limit} bytes; got {len(request.body)}"
             )
         record = self._record(function, request, {}, new_request_id(self.clock))
+        record = scheduled(record, delay=delay, not_before=not_before, priority=priority)
         return self.executor.submit(record, request)
 
     def get(self, request_id: str) -> Invocation:

@@ -246,7 +246,7 @@ class _Disconnected(Exception):
 def _content_length(scope: Scope) -> int | None:
     """The declared ``content-length``, or None when absent or not a plain number."""
     for key, value in scope.get("headers", ()):
-        if key.lower() == b"content-length":
+        if len(key) == 14 and key.lower() == b"content-length":  # no lower() of the others
             text = value.strip()
             return int(text) if text and _DIGITS.fullmatch(text) else None
     return None
@@ -293,10 +293,11 @@ def _raw_route_path(scope: Scope, path: str) -> str:
     if (
         isinstance(raw, bytes)
         and _PLAIN_PATH.fullmatch(raw)
-        and not scope.get("root_path")
-        and raw.decode("ascii") == path
+        and raw.decode("ascii") == scope["path"]
     ):
-        return path  # nothing to encode, nothing encoded, no mount: the common case
+        # Nothing to encode and nothing encoded: every part of the raw path reads as decoded,
+        # and ``path`` is such a part (below the mount, if any). The common case.
+        return path
     fallback = quote(path, safe=_PATH_SAFE.replace("%", ""))
     if not isinstance(raw, (bytes, bytearray)) or not raw:
         return fallback
@@ -351,13 +352,18 @@ async def _send(send: Send, response: Response, *, head: bool = False) -> None:
     """Send ``response``; for ``head``, its headers (content-length included) and no body.
 
     A response made before any request id (a 400 or 413 of the adapter's) gets one."""
-    raw = response.headers.raw
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in raw]
-    names = {k for k, _ in raw}
-    if "x-nf-request-id" not in names:
+    headers = []
+    has_id = has_length = False
+    for k, v in response.headers.raw:  # one pass: most responses have one or two headers
+        headers.append((k.encode("latin-1"), v.encode("latin-1")))
+        if k == "x-nf-request-id":
+            has_id = True
+        elif k == "content-length":
+            has_length = True
+    if not has_id:
         headers.append((b"x-nf-request-id", new_request_id().encode("ascii")))
     body = response.body
-    if response.status not in (204, 304) and "content-length" not in names:
+    if not has_length and response.status not in (204, 304):
         headers.append((b"content-length", str(len(body)).encode("ascii")))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})

@@ -49,6 +49,7 @@ __all__ = [
     "make_steps",
     "record_request",
     "run_async",
+    "run_here",
     "run_sync",
     "settle_pending",
     "start_sync",
@@ -157,6 +158,8 @@ def timeout_error(function: Function, seconds: float, attempt: int) -> TimeoutEr
 
 async def settle_pending(context: Context) -> None:
     """Wait for every ``wait_until`` task (including ones they register); log failures."""
+    if not context._pending:
+        return  # most attempts register none: no list, no loop
     while True:
         pending = context._take_pending()
         if not pending:
@@ -326,6 +329,59 @@ async def run_async(
     return AttemptResult(Outcome.ERROR, as_failure(error))
 
 
+async def run_here(
+    prepared: PreparedAttempt,
+    *,
+    cancelled: set[str] | None = None,
+    stopping: Stopping | None = None,
+    watch: tuple[float, Callable[[float], None]] | None = None,
+) -> AttemptResult:
+    """:func:`run_async` in the current task, which the engine made for this attempt alone:
+    no second task per attempt (Python >= 3.11, where ``Task.cancelling`` counts the
+    cancellations asked of a task). The deadline's timer cancels this task; a cancellation
+    nobody asked for is the handler's own ``CancelledError``, its ``error``; one asked for
+    that is neither the deadline nor ``cancel()`` (a shutdown) propagates, as in
+    :func:`run_async`."""
+    function, context = prepared.function, prepared.context
+    task = asyncio.current_task()
+    assert task is not None
+    # Python >= 3.11 (the caller checks); mypy also checks this module as 3.10.
+    cancelling = task.cancelling  # type: ignore[attr-defined,unused-ignore]
+    uncancel = task.uncancel  # type: ignore[attr-defined,unused-ignore]
+    asked = cancelling()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = task.get_loop().call_later(prepared.timeout, expire)
+    try:
+        with invocation_scope(function.name, context.request_id, context.attempt):
+            body = _body(function, prepared.request, context, stopping)
+            value = await (body if watch is None else timed_steps(body, *watch))
+    except asyncio.CancelledError as error:
+        if cancelling() == asked:  # nobody asked: the handler raised it itself
+            return AttemptResult(Outcome.ERROR, as_failure(error))
+        if expired:
+            uncancel()
+            return _timed_out(prepared)
+        if cancelled is not None and context.request_id in cancelled:
+            uncancel()
+            return AttemptResult(Outcome.CANCELLED)
+        raise  # the engine's own (a shutdown): whoever awaits decides
+    except Exception as error:
+        if isinstance(error, DeadlineExceeded):
+            return AttemptResult(Outcome.TIMED_OUT, error, ended_at=context.deadline)
+        if stopping is not None and stopping(error.__cause__ or error):
+            raise error.__cause__ or error  # noqa: B904 - the engine's stop, as it was raised
+        return AttemptResult(Outcome.ERROR, as_failure(error))
+    finally:
+        timer.cancel()
+    return judge_return(prepared, value)
+
+
 def start_sync(
     prepared: PreparedAttempt, *, stopping: Stopping | None = None
 ) -> AttemptResult | Coroutine[Any, Any, object]:
@@ -443,6 +499,8 @@ def to_response(value: object, function: Function, context: Context) -> Response
 
 def warn_ignored_return(function: Function, value: object) -> None:
     """Background handlers' return values are discarded; a stream is not even consumed."""
+    if value is None:
+        return
     if inspect.isasyncgen(value) or inspect.isgenerator(value):
         log.warning(
             "background function %r returned a stream; background functions cannot stream, "

@@ -481,24 +481,11 @@ def _logs_after_the_output() -> Iterator[None]:
         held.close()  # flushes to stderr
 
 
-def _print_timeline(record: InvocationRecord) -> None:
-    start = record.accepted_at
-    print(f"{record.function}  request {record.request_id}  (virtual time)")
-    for attempt in record.attempts:
-        took = attempt.duration or 0.0
-        error = f"  {attempt.error_type}: {attempt.error_message}" if attempt.error_type else ""
-        outcome = attempt.outcome.value if attempt.outcome else "running"
-        print(
-            f"  t={attempt.started_at - start:>8.3f}s  attempt {attempt.number}  "
-            f"{outcome:<10} ran {took:.3f}s{error}"
-        )
-        for step in record.steps:  # the durable steps this attempt committed
-            if step.attempt == attempt.number:
-                print(
-                    f"  t={step.started_at - start:>8.3f}s    step {step.id}  committed, "
-                    f"ran {step.duration:.3f}s"
-                )
-    print(f"  {record.state.value} after {len(record.attempts)} attempt(s)")
+def _print_timeline(record: InvocationRecord, clock: str = "virtual time") -> None:
+    from bgfunctions._timeline import timeline_lines
+
+    for line in timeline_lines(record, clock):
+        print(line)
 
 
 # -- journal: invocations, replay ------------------------------------------------------------------
@@ -553,7 +540,8 @@ def _add_invocations(commands: argparse._SubParsersAction[argparse.ArgumentParse
         description=(
             "Read SITE_DIR/.bgfunctions/journal.sqlite3 (what `bgfunctions serve` records) and "
             "show each invocation: request id, function, state, attempts, when it was accepted "
-            "(UTC) and its last error. Secret headers are redacted in --json; bodies are omitted."
+            "(UTC), when it runs next (a delay, a sleep, a retry) and its priority when any has "
+            "one, and its last error. Secret headers are redacted in --json; bodies are omitted."
         ),
     )
     parser.add_argument("site_dir", nargs="?", default=".", metavar="SITE_DIR", help=_SITE_HELP)
@@ -567,6 +555,13 @@ def _add_invocations(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     parser.add_argument(
         "--limit", type=_positive, default=50, metavar="N", help="at most N (default 50)"
+    )
+    parser.add_argument(
+        "--request",
+        default=None,
+        metavar="REQUEST_ID",
+        help="show this one invocation's timeline: its attempts, and the steps each ran or "
+        "took back from the journal",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead")
     _add_journal_option(parser)
@@ -584,6 +579,17 @@ def _cmd_invocations(args: argparse.Namespace) -> int:
 
     site = Path(args.site_dir)
     states = None if args.state is None else [State(s) for s in args.state]
+    if args.request is not None:
+        with _existing_journal(args.journal, site, read_only=True) as journal:
+            record = journal.get(args.request)
+        if record is None:
+            raise _CommandError(f"no invocation {args.request!r} in the journal of {site}")
+        if args.json:
+            json.dump(record_to_view(record), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            _print_timeline(record, f"accepted {iso_utc(record.accepted_at)}")
+        return EXIT_OK
     with _existing_journal(args.journal, site, read_only=True) as journal:
         records = journal.select(function=args.function, state=states, limit=args.limit)
     if args.json:
@@ -593,18 +599,31 @@ def _cmd_invocations(args: argparse.Namespace) -> int:
     if not records:
         print("no invocations")
         return EXIT_OK
-    # A REPLAY OF column only when a listed invocation is a replay: the usual table stays narrow.
+    # Columns for steps, waits (a delay, a sleep, a retry), priorities and replays only when a
+    # listed invocation has one: the usual table stays narrow.
     replays = any(record.replay_of for record in records)
-    head = ["REQUEST ID", "FUNCTION", "STATE", "ATTEMPTS", "ACCEPTED AT (UTC)"]
-    rows = [[*head, "REPLAY OF", "LAST ERROR"] if replays else [*head, "LAST ERROR"]]
+    # A STEPS column (durable steps committed) only when a listed invocation has steps.
+    steps = any(record.steps for record in records)
+    waits = any(r.state.waiting and r.next_run_at != r.accepted_at for r in records)
+    priorities = any(record.priority for record in records)
+    head = ["REQUEST ID", "FUNCTION", "STATE", "ATTEMPTS"]
+    head += ["STEPS", "ACCEPTED AT (UTC)"] if steps else ["ACCEPTED AT (UTC)"]
+    head += ["NEXT RUN (UTC)"] * waits + ["PRIORITY"] * priorities + ["REPLAY OF"] * replays
+    rows = [[*head, "LAST ERROR"]]
     for record in records:
         row = [
             record.request_id,
             record.function,
             record.state.value,
             str(record.attempt_count),
+            *([str(len(record.steps))] if steps else []),
             iso_utc(record.accepted_at) or "",
         ]
+        if waits:
+            due = record.next_run_at if record.state.waiting else None
+            row.append(iso_utc(due) or "-")
+        if priorities:
+            row.append(f"{record.priority:+d}" if record.priority else "0")
         if replays:
             row.append(record.replay_of or "-")
         rows.append([*row, _last_error(record)])
@@ -639,6 +658,14 @@ def _add_replay(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument("request_id", metavar="REQUEST_ID")
     parser.add_argument("--site", default=".", metavar="SITE_DIR", help="default: .")
+    parser.add_argument(
+        "--wait",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="then wait up to SECONDS for a running server to finish the replay, and print its "
+        "timeline (exit status 0 if it succeeded, 1 otherwise)",
+    )
     _add_journal_option(parser)
     parser.set_defaults(run=_cmd_replay)
 
@@ -646,6 +673,7 @@ def _add_replay(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _cmd_replay(args: argparse.Namespace) -> int:
     from bgfunctions.clock import SystemClock
     from bgfunctions.ids import new_request_id
+    from bgfunctions.views import iso_utc
 
     site = Path(args.site)
     with _existing_journal(args.journal, site) as journal:
@@ -673,8 +701,31 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             replay_of=old.request_id,
         )
         journal.accepted(new)
-    print(new.request_id)
-    return EXIT_OK
+        print(new.request_id, flush=True)
+        if args.wait is None:
+            return EXIT_OK
+        done = _wait_until_finished(journal, new.request_id, args.wait)
+    if not done.state.finished:
+        raise _CommandError(
+            f"replay {done.request_id} is still {done.state.value} after {args.wait:g} s: is "
+            f"`bgfunctions serve {site}` running? `bgfunctions invocations {site} --request "
+            f"{done.request_id}` shows it later"
+        )
+    _print_timeline(done, f"accepted {iso_utc(done.accepted_at)}")
+    return EXIT_OK if done.state is State.SUCCEEDED else 1
+
+
+def _wait_until_finished(journal: Journal, request_id: str, seconds: float) -> InvocationRecord:
+    """The journal's record of ``request_id`` once it is finished, or after ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        record = journal.get(request_id)
+        assert record is not None  # this command wrote it, and nothing deletes a live one
+        if record.state.finished or time.monotonic() >= deadline:
+            return record
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 # -- worker ----------------------------------------------------------------------------------------

@@ -293,9 +293,7 @@ class DevServer:
     def _warn_orphans(self, registry: Registry) -> None:
         # An accepted invocation of a function the reload removed has no code to run its next
         # attempt: say so rather than let it wait silently.
-        unfinished = self.app.invocations.list(
-            state=(State.ACCEPTED, State.RUNNING, State.RETRY_SCHEDULED)
-        )
+        unfinished = self.app.invocations.list(state=[s for s in State if not s.finished])
         for record in unfinished:
             if record.function not in registry:
                 self.print(

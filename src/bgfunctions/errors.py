@@ -27,6 +27,8 @@ that already catches ``ValueError`` keeps working::
     └── DeadlineExceeded (TimeoutError)     an attempt ran out of time
 
     BgFunctionsWarning (UserWarning)        something accepted but probably not meant
+
+    Suspended (BaseException)               a durable sleep ends the attempt (not an error)
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ __all__ = [
     "QueueFullError",
     "RequestError",
     "StepError",
+    "Suspended",
     "TomlError",
     "UnknownFunctionError",
     "UserCodeError",
@@ -144,9 +147,24 @@ class DeadlineExceeded(BgFunctionsError, TimeoutError):
 
 
 class StepError(BgFunctionsError):
-    """A durable step (``context.step.run``) was misused: an id that is not a non-empty str or
-    was used twice in one attempt, a result that cannot be stored as JSON, or an engine that
-    cannot store steps. It fails the attempt, as any exception of the handler does."""
+    """A durable step (``context.step.run``, ``sleep``) was misused: an id that is not a
+    non-empty str or was used twice in one attempt, a result that cannot be stored as JSON, a
+    bad duration, or an engine that cannot store steps. It fails the attempt, as any exception
+    of the handler does."""
+
+
+class Suspended(BaseException):
+    """Raised by ``context.step.sleep`` to end the attempt until ``wake_at`` (epoch seconds).
+
+    A ``BaseException``, so that a handler's ``except Exception`` does not catch it: let it
+    pass. The attempt ends as ``suspended`` (not a failure, not a used retry), and the
+    invocation resumes at ``wake_at`` with every committed step remembered. A handler that
+    catches it anyway is still suspended: the sleep was committed before it was raised."""
+
+    def __init__(self, step_id: str, wake_at: float) -> None:
+        super().__init__(f"step {step_id}: sleeping until {wake_at:.3f} (epoch seconds)")
+        self.step_id = step_id
+        self.wake_at = wake_at
 
 
 class BgFunctionsWarning(UserWarning):

@@ -12,6 +12,8 @@ below returns a new record for every change, and every engine moves through it t
                    ▼
                  failed            (attempt failed, none left)
 
+    running ──► sleeping ──► running   (a durable sleep suspended it: not a failure)
+
     any unfinished state ──► cancelled
     accepted ──► rejected          (the engine refused it after it was recorded)
 """
@@ -19,12 +21,12 @@ below returns a new record for every change, and every engine moves through it t
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from bgfunctions._parts import Attempt, EnqueueOptions, Outcome, State, Step, error_type_name
 from bgfunctions._slots import copier as _copier
 from bgfunctions._slots import evolve as _evolve
 from bgfunctions.requests import Request
@@ -32,6 +34,7 @@ from bgfunctions.retry import RetryPolicy
 
 __all__ = [
     "Attempt",
+    "EnqueueOptions",
     "Event",
     "EventKind",
     "InvocationRecord",
@@ -42,173 +45,6 @@ __all__ = [
     "Step",
     "error_type_name",
 ]
-
-
-class State(str, Enum):
-    """Where an invocation stands."""
-
-    ACCEPTED = "accepted"
-    """Recorded; its first attempt has not started."""
-    RUNNING = "running"
-    """An attempt is running."""
-    RETRY_SCHEDULED = "retry_scheduled"
-    """An attempt failed; the next one starts at ``next_run_at``."""
-    SUCCEEDED = "succeeded"
-    """An attempt finished without an exception."""
-    FAILED = "failed"
-    """Every attempt failed."""
-    CANCELLED = "cancelled"
-    """Cancelled before it finished; no further attempts."""
-    REJECTED = "rejected"
-    """Recorded, but the engine refused to take it; the client got a 503, never a 202."""
-
-    _value_: str
-    finished: bool
-    """True when no further attempt will run (a plain attribute: read on every transition)."""
-
-    def __init__(self, value: str) -> None:
-        self.finished = value in ("succeeded", "failed", "cancelled", "rejected")
-
-    def __str__(self) -> str:
-        return self._value_
-
-
-class Outcome(str, Enum):
-    """How one attempt ended."""
-
-    SUCCEEDED = "succeeded"
-    """The handler returned (whatever it returned)."""
-    ERROR = "error"
-    """The handler raised."""
-    TIMED_OUT = "timed_out"
-    """The attempt reached its time limit."""
-    CRASHED = "crashed"
-    """The process running it died (exit, signal, out of memory)."""
-    INTERRUPTED = "interrupted"
-    """It was running when its executor stopped or vanished; found dead later."""
-    CANCELLED = "cancelled"
-    """The invocation was cancelled while this attempt ran."""
-
-    @property
-    def failed(self) -> bool:
-        """True when this outcome counts as a failed attempt (and may be retried)."""
-        return self not in (Outcome.SUCCEEDED, Outcome.CANCELLED)
-
-    def __str__(self) -> str:
-        return self.value
-
-
-def error_type_name(error: BaseException) -> str:
-    """The name recorded for an exception type: ``ValueError``, ``package.module.MyError``."""
-    remote = getattr(error, "remote_type", None)
-    if isinstance(remote, str):  # raised in another process and carried here by name
-        return remote
-    cls = type(error)
-    if cls.__module__ in ("builtins", "__main__"):
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Attempt:
-    """One try of an invocation."""
-
-    number: int
-    """1-based."""
-    started_at: float
-    """Epoch seconds on the executor's clock."""
-    ended_at: float | None = None
-    """Epoch seconds, or None while it runs."""
-    outcome: Outcome | None = None
-    """How it ended, or None while it runs."""
-    error_type: str | None = None
-    """The exception's type name when it failed."""
-    error_message: str | None = None
-    """``str()`` of the exception when it failed."""
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds it ran, or None while it runs."""
-        return None if self.ended_at is None else self.ended_at - self.started_at
-
-    def to_json(self) -> dict[str, Any]:
-        # Written out: dataclasses.asdict deep-copies, and this runs on every journal write.
-        return {
-            "number": self.number,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "outcome": None if self.outcome is None else self.outcome.value,
-            "error_type": self.error_type,
-            "error_message": self.error_message,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Attempt:
-        outcome = data.get("outcome")
-        return cls(
-            number=int(data["number"]),
-            started_at=float(data["started_at"]),
-            ended_at=None if data.get("ended_at") is None else float(data["ended_at"]),
-            outcome=None if outcome is None else Outcome(outcome),
-            error_type=data.get("error_type"),
-            error_message=data.get("error_message"),
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Step:
-    """One durable step of an invocation (``context.step.run``), kept once it committed.
-
-    Only committed steps are kept: a step whose function raised, or whose attempt ended before
-    its result was stored, leaves nothing and runs again on the next attempt. ``kind`` is
-    ``"run"``; the record's JSON keeps ``kind`` so that other kinds (a durable sleep with a wake
-    time) can join without a change of format.
-    """
-
-    id: str
-    """The step id the handler gave; unique within an invocation."""
-    kind: str = "run"
-    status: str = "succeeded"
-    """``succeeded``: its result is stored and replayed on every later attempt."""
-    result: str = "null"
-    """The function's return value as JSON text."""
-    attempt: int
-    """The attempt that ran it (1-based)."""
-    started_at: float
-    """Epoch seconds on the executor's clock when its function was called."""
-    ended_at: float
-    """Epoch seconds when its function returned (its result was stored just after)."""
-
-    @property
-    def duration(self) -> float:
-        return self.ended_at - self.started_at
-
-    def value(self) -> Any:
-        """The stored result, decoded from its JSON (a fresh copy at every call)."""
-        return json.loads(self.result)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "status": self.status,
-            "result": self.result,
-            "attempt": self.attempt,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Step:
-        return cls(
-            id=str(data["id"]),
-            kind=str(data.get("kind", "run")),
-            status=str(data.get("status", "succeeded")),
-            result=str(data.get("result", "null")),
-            attempt=int(data["attempt"]),
-            started_at=float(data["started_at"]),
-            ended_at=float(data["ended_at"]),
-        )
 
 
 _NO_ATTEMPT = Attempt(number=1, started_at=0.0)
@@ -247,7 +83,10 @@ class InvocationRecord:
     replay_of: str | None = None
     """The request id of the invocation this one replays, if any."""
     steps: tuple[Step, ...] = ()
-    """The committed steps (``context.step.run``), in the order they committed."""
+    """The committed steps (``context.step.run`` and ``sleep``), in the order they committed."""
+    enqueue_options: EnqueueOptions | None = None
+    """The priority and first start ``App.enqueue`` was given; None for the defaults (read
+    them as :attr:`priority` and :attr:`not_before`)."""
 
     def __post_init__(self) -> None:
         size = len(self.body)
@@ -258,6 +97,20 @@ class InvocationRecord:
                 f"invocation {self.request_id}: body_size is {self.body_size} but the body "
                 f"has {size} bytes; expected equal sizes, or an empty body (not loaded)"
             )
+
+    @property
+    def priority(self) -> int:
+        """-50 to 50 (``enqueue(priority=)``, default 0): among due invocations, a higher one
+        starts first when workers are scarce."""
+        options = self.enqueue_options
+        return 0 if options is None else options.priority
+
+    @property
+    def not_before(self) -> float | None:
+        """The first attempt's earliest start (``enqueue(delay=)`` / ``not_before=``), epoch
+        seconds; None when it was due at once."""
+        options = self.enqueue_options
+        return None if options is None else options.not_before
 
     @property
     def body_loaded(self) -> bool:
@@ -335,7 +188,7 @@ class InvocationRecord:
 
     def start_attempt(self, now: float) -> InvocationRecord:
         """A new attempt starts at ``now``."""
-        if self.state not in (State.ACCEPTED, State.RETRY_SCHEDULED):
+        if not self.state.waiting:
             raise ValueError(
                 f"invocation {self.request_id}: cannot start an attempt in state {self.state}"
             )
@@ -350,8 +203,13 @@ class InvocationRecord:
         *,
         error_type: str | None = None,
         error_message: str | None = None,
+        wake_at: float | None = None,
     ) -> InvocationRecord:
-        """The running attempt ended at ``now``; schedule the next one or finish."""
+        """The running attempt ended at ``now``; schedule the next one or finish.
+
+        ``Outcome.SUSPENDED`` (a durable sleep) needs ``wake_at``: the invocation sleeps until
+        then. The retry schedule counts failed attempts only: after a sleep, the first failure
+        still gets the first delay."""
         attempt = self.last_attempt
         if self.state is not State.RUNNING or attempt is None:
             raise ValueError(
@@ -363,7 +221,16 @@ class InvocationRecord:
             return _with_end(self, State.SUCCEEDED, attempts, now)
         if outcome is Outcome.CANCELLED:
             return _with_end(self, State.CANCELLED, attempts, now)
-        delay = retry.delay_after(ended.number)
+        if outcome is Outcome.SUSPENDED:
+            if wake_at is None:
+                raise ValueError(
+                    f"invocation {self.request_id}: a suspended attempt needs its wake time"
+                )
+            return _with_schedule(self, State.SLEEPING, attempts, max(now, wake_at))
+        failures = ended.number
+        if failures > 1 and self.steps:  # a suspended attempt (its sleep is a step) is no retry
+            failures = sum(1 for a in attempts if a.outcome is not None and a.outcome.failed)
+        delay = retry.delay_after(failures)
         if delay is None:
             return _with_end(self, State.FAILED, attempts, now)
         return _with_schedule(self, State.RETRY_SCHEDULED, attempts, now + delay)
@@ -403,6 +270,9 @@ class InvocationRecord:
             "next_run_at": self.next_run_at,
             "finished_at": self.finished_at,
             "replay_of": self.replay_of,
+            "enqueue_options": None
+            if self.enqueue_options is None
+            else self.enqueue_options.to_json(),
         }
         if steps:
             data["steps"] = [step.to_json() for step in self.steps]
@@ -432,6 +302,9 @@ class InvocationRecord:
             steps=tuple(
                 Step.from_json(s) for s in data.get("steps", ())
             ),  # absent before steps existed
+            enqueue_options=None  # absent before schema 4
+            if data.get("enqueue_options") is None
+            else EnqueueOptions.from_json(data["enqueue_options"]),
         )
 
 
@@ -478,6 +351,8 @@ class EventKind(str, Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
+    SLEEPING = "sleeping"
+    """An attempt ended in a durable sleep; the record's ``next_run_at`` is the wake time."""
 
     def __str__(self) -> str:
         return self.value

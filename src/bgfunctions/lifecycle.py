@@ -6,6 +6,9 @@ worker processes, a Celery child) and how a stuck one is stopped; :class:`Lifecy
 retry_scheduled | failed | cancelled) goes through :class:`InvocationRecord`'s state machine,
 then the journal, then the ``on_event`` listeners and hooks, in that order, in one place. So
 every engine records the same attempts, with the same retry schedule, and fires the same hooks.
+A durable sleep (``context.step.sleep``) ends an attempt as ``suspended``, whatever the handler
+made of the :class:`~bgfunctions.errors.Suspended` it raised: the record sleeps until the wake
+time, and the engine schedules it then as it schedules a retry (``State.waiting``).
 What happens *in* an attempt is :mod:`bgfunctions.attempts`.
 
 An engine gives its lifecycle three things (:class:`Engine`): how to schedule a record's next
@@ -16,20 +19,25 @@ claim (optional).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
 import logging
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bgfunctions._slots import copier
 from bgfunctions.attempts import (
+    AttemptResult,
     PreparedAttempt,
     Stopping,
     make_context,
     make_steps,
     record_request,
     run_async,
+    run_here,
     warn_ignored_return,
 )
 from bgfunctions.clock import Clock
@@ -58,6 +66,38 @@ from bgfunctions.retry import RetryPolicy
 __all__ = ["Lifecycle"]
 
 log = logging.getLogger("bgfunctions.executor")
+COMMIT_THREADS = 32
+"""Threads that claim and end async attempts on a durable journal (see run_on_loop): as many
+commits as can share one group commit."""
+_CANCELLING = sys.version_info >= (3, 11)
+"""Whether tasks count the cancellations asked of them (what ``run_here`` needs)."""
+
+
+_BLANK_EVENT = Event(
+    EventKind.ACCEPTED,
+    InvocationRecord(request_id="", function="", method="GET", url="/", accepted_at=0.0),
+    0.0,
+)
+_new_event: Callable[[Event, EventKind, InvocationRecord, float], Event] = copier(
+    Event, ("kind", "record", "at")
+)
+"""Event(kind, record, at) without the frozen dataclass's __init__: up to four per invocation."""
+
+
+_MAY_SLEEP = frozenset((Outcome.SUCCEEDED, Outcome.ERROR, Outcome.SUSPENDED))
+"""Outcomes a durable sleep turns into ``suspended`` (a handler may catch ``Suspended``)."""
+
+
+def _pending_wake(record: InvocationRecord) -> float | None:
+    """The wake time of a sleep that suspended ``record``'s running attempt, read from its
+    steps, for engines whose handler ran elsewhere (a worker process): a sleep step that wakes
+    after the attempt started is the one that ended it (a sleep past returns at once)."""
+    attempt = record.last_attempt
+    if attempt is None:
+        return None
+    started = attempt.started_at
+    wakes = [s.ended_at for s in record.steps if s.kind == "sleep" and s.ended_at > started]
+    return min(wakes) if wakes else None
 
 
 def _nothing(_: Any) -> None:
@@ -103,6 +143,11 @@ class Lifecycle:
         self.running = 0
         """Attempts running on a loop (engines add their own counts)."""
         self.reports = LoopReports(clock)
+        self._commits: concurrent.futures.ThreadPoolExecutor | None = None
+        self.commit_off_loop = False
+        """Whether :meth:`run_on_loop` claims and ends attempts on a durable journal on commit
+        threads (real-time engines) rather than on the loop (a virtual-time loop must not wait
+        for other threads)."""
         """The hooks of the engine's loops (a blocked handler, a loop that fell behind)."""
 
     @property
@@ -169,7 +214,7 @@ class Lifecycle:
         except LookupError:
             retry = RetryPolicy(delays=())  # its function is gone: nothing to retry with
         ended = self.end(record, Outcome.INTERRUPTED, error, retry=retry)
-        if ended.state is State.RETRY_SCHEDULED:
+        if ended.state.waiting:
             self._dispatch(ended)
 
     def heartbeat(self) -> None:
@@ -225,7 +270,7 @@ class Lifecycle:
             return self._attempt_inputs(started)
         except Exception as exc:
             ended = self.end(started, Outcome.ERROR, exc)  # no retries for a function gone
-            if ended.state is State.RETRY_SCHEDULED:
+            if ended.state.waiting:
                 self._dispatch(ended)
             return None
 
@@ -271,15 +316,24 @@ class Lifecycle:
         before the handler goes on."""
         return functools.partial(self.journal.step_completed, request_id)
 
-    def _with_steps(self, record: InvocationRecord) -> InvocationRecord:
-        """``record`` with the steps its running attempt committed (the live Context's)."""
+    def store_step(self, request_id: str, step: Step) -> None:
+        """Commit ``step`` of ``request_id``'s running attempt, for an engine whose handler runs
+        elsewhere (a worker process sends it here): returns once it is durable, raises when it
+        cannot be stored (the step then counts as not committed). The engine puts the steps it
+        stored on the record it ends (``record.with_steps``)."""
+        self._step_store(request_id)(step)
+
+    def _with_steps(self, record: InvocationRecord) -> tuple[InvocationRecord, float | None]:
+        """``record`` with the steps its running attempt committed (the live Context's), and
+        the wake time when a durable sleep suspended that attempt."""
         handle = self.live.get(record.request_id)
         if handle is None or handle._context is None:
-            return record
-        completed = handle._context[1].step.completed
+            return record, None
+        steps = handle._context[1].step
+        completed = steps.completed
         if len(completed) <= len(record.steps):
-            return record
-        return record.with_steps(completed)
+            return record, steps.sleeping
+        return record.with_steps(completed), steps.sleeping
 
     def sync_context(
         self,
@@ -308,14 +362,17 @@ class Lifecycle:
         *,
         stopping: Stopping | None = None,
         watch: float | None = None,
+        here: bool = False,
     ) -> InvocationRecord | None:
         """Run the next attempt of ``record`` on the running loop; the ended record, or None
         when it was cancelled before it started. Engines schedule what follows.
 
         ``watch``: on a loop the executor does not own (no ``on_blocked`` hook of ours), time
         the handler's own steps and warn, naming the function, when one holds the loop longer
-        than this many seconds."""
-        started = self.begin(record)
+        than this many seconds. ``here``: the current task was made for this attempt alone;
+        on Python >= 3.11 the handler runs in it (:func:`~bgfunctions.attempts.run_here`)."""
+        off_loop = self.commit_off_loop and self.journal.durable
+        started = await self._begin_off_loop(record) if off_loop else self.begin(record)
         if started is None:
             return None
         prepared = self.prepare(started)
@@ -324,7 +381,7 @@ class Lifecycle:
         function, context = prepared.function, prepared.context
         self.running += 1
         try:
-            result = await run_async(
+            result = await (run_here if here and _CANCELLING else run_async)(
                 prepared,
                 cancelled=self.cancel_requested,
                 stopping=stopping,
@@ -349,7 +406,62 @@ class Lifecycle:
         finally:
             self.running -= 1
         warn_ignored_return(function, result.value)
+        if off_loop:
+            return await self._end_off_loop(started, result)
         return self.end(started, result.outcome, result.error, ended_at=result.ended_at)
+
+    # -- a durable journal's commits, off the loop ------------------------------------------------
+    # A claim or an attempt's end on a durable journal waits for a commit: on a thread of the
+    # commit pool, so the loop goes on serving, and the commits of concurrent attempts share a
+    # group commit instead of following one another.
+
+    def _commit_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self.lock:
+            if self._commits is None:
+                self._commits = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=COMMIT_THREADS, thread_name_prefix="bgfunctions-commit"
+                )
+            return self._commits
+
+    def stop_commits(self) -> None:
+        """End the commit threads once their commits are done (engines call this at shutdown,
+        after their loops)."""
+        with self.lock:
+            pool, self._commits = self._commits, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    async def _begin_off_loop(self, record: InvocationRecord) -> InvocationRecord | None:
+        """:meth:`begin` on a commit thread. Cancelled meanwhile (a shutdown, or ``cancel()`` of
+        the attempt the claim just started): a claim that went through is ended at once, so
+        that nothing is left running that nobody runs."""
+        future = self._commit_pool().submit(self.begin, record)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if future.cancelled():
+                raise  # never claimed
+            started = future.result()  # claimed or refused meanwhile: a commit, on the way out
+            if started is not None:
+                cancelled = record.request_id in self.cancel_requested
+                self.end(
+                    started,
+                    Outcome.CANCELLED if cancelled else Outcome.INTERRUPTED,
+                    None
+                    if cancelled
+                    else ExecutorShutdownError(f"{self.name} shut down as the attempt began"),
+                )
+            raise
+
+    async def _end_off_loop(
+        self, started: InvocationRecord, result: AttemptResult
+    ) -> InvocationRecord | None:
+        """:meth:`end` on a commit thread; a cancellation meanwhile (a shutdown) does not stop
+        it (the engine then schedules nothing: the journal keeps what follows)."""
+        future = self._commit_pool().submit(
+            self.end, started, result.outcome, result.error, ended_at=result.ended_at
+        )
+        return await asyncio.shield(asyncio.wrap_future(future))
 
     def current(self, request_id: str, fallback: InvocationRecord) -> InvocationRecord:
         handle = self.live.get(request_id)
@@ -371,7 +483,7 @@ class Lifecycle:
         # invocations never wait on each other (under the GIL that became a lock convoy).
         with handle._guard:
             current = handle._record
-            if current.state not in (State.ACCEPTED, State.RETRY_SCHEDULED):
+            if not current.state.waiting:
                 if current.state.finished:
                     self.table.forget(handle)
                 return None  # finished, or a second dispatch of a running attempt
@@ -409,13 +521,20 @@ class Lifecycle:
                 retry = RetryPolicy(delays=())  # its function is gone (a reload): no retries
         now = self.clock.now() if ended_at is None else ended_at
         cancel = record.request_id in self.cancel_requested
-        record = self._with_steps(record)
+        record, wake = self._with_steps(record)
+        if outcome in _MAY_SLEEP and (wake is not None or record.steps):
+            wake = wake if wake is not None else _pending_wake(record)
+            if wake is not None:
+                outcome, error = Outcome.SUSPENDED, None
+        else:
+            wake = None
         ended = record.end_attempt(
             now,
             outcome,
             RetryPolicy(delays=()) if cancel else retry,
             error_type=None if error is None else error_type_name(error),
             error_message=None if error is None else str(error),
+            wake_at=wake,
         )
         if cancel and ended.state is State.FAILED:
             ended = dataclasses.replace(ended, state=State.CANCELLED)
@@ -449,6 +568,8 @@ class Lifecycle:
         state = ended.state
         if state is State.RETRY_SCHEDULED:
             self.emit(EventKind.RETRY_SCHEDULED, ended)
+        elif state is State.SLEEPING:
+            self.emit(EventKind.SLEEPING, ended)
         elif state is State.SUCCEEDED:
             self.emit(EventKind.SUCCEEDED, ended)
         elif state is State.CANCELLED:
@@ -476,7 +597,7 @@ class Lifecycle:
         listeners = self._binding.on_event if self._binding is not None else ()
         if not listeners:
             return
-        event = Event(kind, record, self.clock.now())
+        event = _new_event(_BLANK_EVENT, kind, record, self.clock.now())
         for listener in listeners:
             try:
                 listener(event)

@@ -22,7 +22,7 @@ from bgfunctions.errors import (
     DuplicateFunctionError,
     UnknownFunctionError,
 )
-from bgfunctions.retry import Limits, RetryPolicy
+from bgfunctions.retry import Limits, RetryPolicy, module_retry
 from bgfunctions.routing import NoMatch, Router, RouteSpec
 
 __all__ = [
@@ -70,7 +70,8 @@ class Function:
     limits: Limits | None = None
     """Per-function limits set by an embedder; None means the App's."""
     retry: RetryPolicy | None = None
-    """Per-function retry policy set by an embedder; None means the App's."""
+    """The function's own retry policy (its module's ``retry = RetryPolicy(...)``, or
+    ``Registry.add(retry=)``); None means the App's (Netlify's by default)."""
 
     @property
     def display_name(self) -> str:
@@ -397,11 +398,13 @@ def discover(
         module = load_module(path, function=name, search_path=search)
         handler = find_handler(module, path, function=name)
         config = getattr(module, "config", None)
+        retry = module_retry(getattr(module, "retry", None), file=path, function=name)
         registry.add(
             name,
             handler,  # type: ignore[arg-type]  # find_handler checked it is callable
             config=config,
             file=path,
             warnings=tuple(notes),
+            retry=retry,
         )
     return registry

@@ -8,13 +8,15 @@ each attempt has 900 s (background) or 60 s (sync); bodies are limited to 256 Ki
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from bgfunctions.errors import ConfigError
 
-__all__ = ["Limits", "RetryPolicy"]
+__all__ = ["Limits", "RetryPolicy", "module_retry"]
 
 
 def _seconds(owner: str, field: str, value: object, *, positive: bool) -> float:
@@ -101,3 +103,28 @@ class Limits:
     def payload(self, *, background: bool) -> int:
         """The body limit of a background or synchronous function."""
         return self.background_payload if background else self.sync_payload
+
+
+def module_retry(value: object, *, file: Path, function: str) -> RetryPolicy | None:
+    """A function module's own retry schedule: its module-level ``retry``, when that is a
+    :class:`RetryPolicy` (``retry = RetryPolicy(delays=(10, 30, 90))``). None when the module
+    has no ``retry``, or when its ``retry`` is a function, class or module it imported or
+    defined for itself (a decorator such as ``tenacity.retry``): a helper, not a setting.
+
+    Anything else (a tuple of delays, a number, a dict, the ``RetryPolicy`` class not called)
+    is a :class:`~bgfunctions.errors.ConfigError` naming the file, the key and what it found.
+    """
+    if value is None:
+        return None
+    if isinstance(value, RetryPolicy):
+        return value
+    if value is RetryPolicy:
+        found = "the RetryPolicy class itself: call it, RetryPolicy(delays=(...))"
+    elif inspect.isroutine(value) or inspect.isclass(value) or inspect.ismodule(value):
+        return None  # the module's own helper named retry, not a schedule
+    else:
+        found = f"{value!r} ({type(value).__name__})"
+    raise ConfigError(
+        f"{file}: function {function!r}: 'retry' must be a bgfunctions.RetryPolicy, e.g. "
+        f"retry = RetryPolicy(delays=(10, 30, 90)); found {found}"
+    )

@@ -37,6 +37,9 @@ def format_event(event: Event, clock: Clock) -> str | None:
     if event.kind is EventKind.RETRY_SCHEDULED and r.next_run_at is not None:
         delay = r.next_run_at - clock.now()
         return f"{head}: retry scheduled in {max(0.0, delay):.1f} s"
+    if event.kind is EventKind.SLEEPING and r.next_run_at is not None:
+        wake = r.next_run_at - clock.now()
+        return f"{head}: sleeping, wakes in {max(0.0, wake):.1f} s"
     if event.kind in (EventKind.SUCCEEDED, EventKind.FAILED, EventKind.CANCELLED):
         return f"{head}: {event.kind.value} after {len(r.attempts)} attempt(s)"
     return None

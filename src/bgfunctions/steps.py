@@ -1,4 +1,5 @@
-"""Durable steps: ``context.step.run(step_id, fn, *args, **kwargs)``.
+"""Durable steps: ``context.step.run(step_id, fn, *args, **kwargs)`` and durable sleeps,
+``context.step.sleep(step_id, days=7)`` / ``context.step.sleep_until(step_id, when)``.
 
 A step runs ``fn`` once per invocation, not once per attempt: when it returns, its result is
 stored as JSON with the invocation (a journal write that returns once committed) before the
@@ -15,19 +16,27 @@ plain ``def`` handler it calls ``fn`` (which must be sync) and returns the resul
 the result is the stored JSON decoded again, the same on the first run as on a replay (a tuple
 comes back as a list).
 
+A sleep is a step too: the first time it is reached, its wake time is stored (one journal
+write) and :class:`~bgfunctions.errors.Suspended` ends the attempt as ``suspended``: not a
+failure, not a used retry. The invocation resumes at the wake time as a new attempt (with the
+full time limit) that replays every committed step; the sleep then returns at once. Nothing
+runs, and no thread or process is held, while it sleeps.
+
 One :class:`Steps` is made per attempt by the executor, with the steps the invocation already
 committed and a callable that stores a new one durably.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Generator
 from typing import Any
 
 from bgfunctions.clock import Clock, SystemClock
-from bgfunctions.errors import StepError
+from bgfunctions.errors import StepError, Suspended
 from bgfunctions.invocation import Step
 
 __all__ = ["MAX_RESULT_BYTES", "StepEvent", "Steps", "StoreStep"]
@@ -41,8 +50,8 @@ StoreStep = Callable[[Step], None]
 cannot be stored (the step then counts as not committed)."""
 
 StepEvent = tuple[str, str, float]
-"""What happened to a step in this attempt: (step id, ``ran`` / ``failed`` / ``replayed``,
-the clock's time)."""
+"""What happened to a step in this attempt: (step id, ``ran`` / ``failed`` / ``replayed`` /
+``slept``, the clock's time)."""
 
 
 class Steps:
@@ -53,6 +62,7 @@ class Steps:
         "_clock",
         "_done",
         "_function",
+        "_in_step",
         "_is_async",
         "_refusal",
         "_request_id",
@@ -60,6 +70,7 @@ class Steps:
         "_used",
         "completed",
         "events",
+        "sleeping",
     )
 
     def __init__(
@@ -89,6 +100,9 @@ class Steps:
         """Every committed step of the invocation: earlier attempts' and this one's."""
         self.events: list[StepEvent] = []
         """This attempt's steps as they ran, failed or were replayed (for the test kit)."""
+        self.sleeping: float | None = None
+        """The wake time when a sleep suspended this attempt (the engine schedules it)."""
+        self._in_step: str | None = None
 
     def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` as the step ``step_id``, or return its stored result.
@@ -112,11 +126,14 @@ class Steps:
                 f"{_name(fn)}: make the handler async (and await step.run), or the step sync",
             )
         started = self._clock.now()
+        self._in_step = step_id
         try:
             value = fn(*args, **kwargs)
         except BaseException:
             self._failed(step_id)
             raise
+        finally:
+            self._in_step = None
         if inspect.isawaitable(value):
             if inspect.iscoroutine(value):
                 value.close()  # never awaited: no "was never awaited" warning on top of this
@@ -135,6 +152,7 @@ class Steps:
         if stored is not None:
             return self._replay(stored)
         started = self._clock.now()
+        self._in_step = step_id
         try:
             value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
@@ -142,9 +160,128 @@ class Steps:
         except BaseException:
             self._failed(step_id)
             raise
+        finally:
+            self._in_step = None
         return self._commit(step_id, value, started)
 
+    def sleep(
+        self,
+        step_id: str,
+        duration: dt.timedelta | float | None = None,
+        /,
+        *,
+        seconds: float = 0,
+        minutes: float = 0,
+        hours: float = 0,
+        days: float = 0,
+    ) -> Any:
+        """Sleep durably for ``duration`` (a ``timedelta`` or seconds) or the sum of
+        ``seconds``, ``minutes``, ``hours`` and ``days``, as the step ``step_id``.
+
+        The first time: stores the wake time, then raises
+        :class:`~bgfunctions.errors.Suspended` (let it pass), which ends the attempt until
+        then. On the attempt that resumes it: returns at once (``None``). In an async handler
+        ``await`` it (the suspension happens at the call either way). Raises
+        :class:`~bgfunctions.errors.StepError` for a duration that is not a finite number of
+        0 or more, both ``duration`` and keywords, or a sleep inside a step's function."""
+        self._claim(step_id, None)
+        parts: dict[str, object] = {
+            "seconds": seconds,
+            "minutes": minutes,
+            "hours": hours,
+            "days": days,
+        }
+        if duration is not None:
+            if any(value != 0 for value in parts.values()):
+                raise self._error(
+                    step_id,
+                    f"expected a duration or keywords (days=, hours=, ...), found both "
+                    f"{duration!r} and {', '.join(f'{k}={v!r}' for k, v in parts.items() if v)}",
+                )
+            parts = {"duration": duration}
+        total = 0.0
+        for name, value in parts.items():
+            if isinstance(value, dt.timedelta):
+                value = value.total_seconds()
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise self._error(
+                    step_id,
+                    f"expected {name} as a number or a timedelta, found {value!r} "
+                    f"({type(value).__name__})",
+                )
+            if not math.isfinite(value) or value < 0:
+                raise self._error(
+                    step_id, f"expected {name} as a finite number of 0 or more, found {value!r}"
+                )
+            total += float(value) * _UNIT.get(name, 1.0)
+        return self._sleep(step_id, lambda now: now + total)
+
+    def sleep_until(self, step_id: str, when: dt.datetime | float, /) -> Any:
+        """Sleep durably until ``when``: an aware ``datetime``, or epoch seconds on the
+        engine's clock. A time already past returns at once (the step is still stored).
+        Otherwise as :meth:`sleep`."""
+        self._claim(step_id, None)
+        if isinstance(when, dt.datetime):
+            if when.tzinfo is None or when.utcoffset() is None:
+                raise self._error(
+                    step_id,
+                    f"expected an aware datetime (with a tzinfo, e.g. timezone.utc), found the "
+                    f"naive {when!r}",
+                )
+            wake = when.timestamp()
+        elif isinstance(when, bool) or not isinstance(when, (int, float)):
+            raise self._error(
+                step_id,
+                f"expected an aware datetime or epoch seconds, found {when!r} "
+                f"({type(when).__name__})",
+            )
+        elif not math.isfinite(when):
+            raise self._error(step_id, f"expected finite epoch seconds, found {when!r}")
+        else:
+            wake = float(when)
+        return self._sleep(step_id, lambda now: wake)
+
+    def _sleep(self, step_id: str, wake_of: Callable[[float], float]) -> Any:
+        if self._in_step is not None:
+            raise self._error(
+                step_id,
+                f"a sleep inside the function of step {self._in_step}: sleep between steps, "
+                "in the handler itself",
+            )
+        now = self._clock.now()
+        stored = self._done.get(step_id)
+        if stored is not None:
+            if stored.kind != "sleep":
+                raise self._error(
+                    step_id,
+                    f"expected a sleep, found a {stored.kind!r} step stored under this id by "
+                    f"attempt {stored.attempt}: step ids must be unique within an invocation",
+                )
+            if now < stored.ended_at:  # resumed early (after a crash): sleep on, no write
+                self.sleeping = stored.ended_at
+                raise Suspended(step_id, stored.ended_at)
+            self.events.append((step_id, "replayed", now))
+            return _Ready() if self._is_async else None
+        wake = wake_of(now)
+        step = Step(
+            id=step_id,
+            kind="sleep",
+            attempt=self._attempt,
+            started_at=now,
+            ended_at=max(now, wake),
+        )
+        if self._store is not None:
+            self._store(step)
+        self._done[step_id] = step
+        self.completed = (*self.completed, step)
+        self.events.append((step_id, "slept", now))
+        if wake <= now:
+            return _Ready() if self._is_async else None
+        self.sleeping = wake
+        raise Suspended(step_id, wake)
+
     def _claim(self, step_id: object, fn: object) -> None:
+        """Check the id (and ``fn``, unless None: a sleep) and mark it used."""
         if not isinstance(step_id, str) or not step_id:
             raise self._error(
                 repr(step_id), f"expected a non-empty str as the step id, found {step_id!r}"
@@ -155,7 +292,7 @@ class Steps:
                 "the step id was already used in this attempt: step ids must be unique "
                 "within an invocation (add the loop index, or a key of the item)",
             )
-        if not callable(fn):
+        if fn is not None and not callable(fn):
             raise self._error(step_id, f"expected a callable to run, found {fn!r}")
         if self._refusal is not None:
             raise self._error(step_id, self._refusal)
@@ -165,6 +302,12 @@ class Steps:
         self.events.append((step_id, "failed", self._clock.now()))
 
     def _replay(self, stored: Step) -> Any:
+        if stored.kind != "run":
+            raise self._error(
+                stored.id,
+                f"expected a step run, found a {stored.kind!r} step stored under this id by "
+                f"attempt {stored.attempt}: step ids must be unique within an invocation",
+            )
         self.events.append((stored.id, "replayed", self._clock.now()))
         return json.loads(stored.result)
 
@@ -208,6 +351,18 @@ class Steps:
 
     def __repr__(self) -> str:
         return f"<Steps {self._function!r} attempt {self._attempt}: {len(self.completed)} done>"
+
+
+_UNIT = {"minutes": 60.0, "hours": 3600.0, "days": 86400.0}
+
+
+class _Ready:
+    """An awaitable that is already done (``await step.sleep`` of a sleep that is over)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
 
 
 def _name(fn: object) -> str:

@@ -219,7 +219,9 @@ class TestAttempt(Attempt):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class TestStep:
-    """A durable step (``context.step.run``) as the test kit saw it across attempts."""
+    """A durable step (``context.step.run``, or a sleep: ``kind`` ``"sleep"``, which began at
+    ``started_at`` and wakes at ``ended_at``; its ``calls``: the times it began to sleep)
+    as the test kit saw it across attempts."""
 
     __test__ = False  # not a pytest test class
 
@@ -239,6 +241,8 @@ class TestStep:
     """The attempts that got its stored result without calling the function."""
     failed: tuple[int, ...]
     """The attempts in which its function raised (or its result could not be stored)."""
+    kind: str = "run"
+    """``run`` or ``sleep`` (``None`` result); a step that never committed says ``run``."""
 
 
 class TestInvocation:
@@ -295,6 +299,7 @@ class TestInvocation:
                     calls=calls.get(step_id, 0),
                     replayed=tuple(replayed.get(step_id, ())),
                     failed=tuple(failed.get(step_id, ())),
+                    kind="run" if step is None else step.kind,
                 )
             )
         return tuple(out)

@@ -22,13 +22,13 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from bgfunctions.clock import Clock
 
-__all__ = ["CallPool", "LoopThread", "finish_tasks"]
+__all__ = ["CallPool", "LoopThread", "finish_tasks", "wait_future"]
 
 T = TypeVar("T")
 
@@ -71,6 +71,10 @@ class LoopThread:
                 self.loop, self._thread = loop, thread
             return self.loop
 
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for its result (from another thread)."""
+        return wait_future(self.clock, asyncio.run_coroutine_threadsafe(coro, self.ensure()), None)
+
     def stop(self, grace: float | None) -> None:
         """Give the loop's tasks ``grace`` seconds (None: all they need), cancel those still
         running (they record how they ended), then stop and close the loop."""
@@ -102,6 +106,21 @@ async def finish_tasks(given: set[asyncio.Task[None]] | None, grace: float | Non
         task.cancel()
     if still:
         await asyncio.wait(still)
+
+
+def wait_future(clock: Clock, future: concurrent.futures.Future[T], timeout: float | None) -> T:
+    """``future.result(timeout)``, waiting on ``clock`` (a virtual clock's time, too)."""
+    done = threading.Condition()
+    future.add_done_callback(lambda _: _notify(done))
+    with done:
+        if not future.done() and not clock.wait(done, timeout) and not future.done():
+            raise concurrent.futures.TimeoutError
+    return future.result()
+
+
+def _notify(condition: threading.Condition) -> None:
+    with condition:
+        condition.notify_all()
 
 
 @dataclass(slots=True)

@@ -166,7 +166,7 @@ class CeleryExecutor(Executor):
         now = self.clock.now()
         horizon = now - self.republish_after
         published = 0
-        for record in self.journal.select(state=[State.ACCEPTED, State.RETRY_SCHEDULED]):
+        for record in self.journal.select(state=[s for s in State if s.waiting]):
             due = record.next_run_at if record.next_run_at is not None else record.accepted_at
             last = self._republished.get(record.request_id, due)
             if due > horizon or last > horizon:
@@ -193,8 +193,9 @@ class CeleryExecutor(Executor):
             record = dataclasses.replace(record, next_run_at=record.accepted_at)
         self.journal.accepted(record)
         self.lifecycle.emit(EventKind.ACCEPTED, record)
-        try:
-            self._publish(record, 1, 0.0)
+        try:  # due later when enqueued with a delay (record.not_before)
+            due = record.next_run_at or record.accepted_at
+            self._publish(record, 1, max(0.0, due - self.clock.now()))
         except Exception as exc:
             rejected = record.reject(self.clock.now())
             self.journal.finished(rejected)
@@ -322,7 +323,7 @@ class CeleryExecutor(Executor):
 
     def stats(self) -> ExecutorStats:
         """Counts from the shared journal: waiting and running across every worker."""
-        waiting = self.journal.select(state=[State.ACCEPTED, State.RETRY_SCHEDULED])
+        waiting = self.journal.select(state=[s for s in State if s.waiting])
         running = self.journal.select(state=State.RUNNING)
         return ExecutorStats(pending=len(waiting), running=len(running))
 

@@ -221,7 +221,7 @@ class WorkerSide:
             self._current = None
             self._beat(rid, False)
             self.lifecycle.live.pop(rid, None)
-        if ended is not None and ended.state is State.RETRY_SCHEDULED:
+        if ended is not None and ended.state.waiting:
             self._dispatch(ended)
 
     # -- cancel of the running attempt (see celery_cancel) ------------------------------------
@@ -313,7 +313,7 @@ class WorkerSide:
                 record, Outcome.CRASHED, error, ended_at=ended_at, retry=retry
             )
         self.lifecycle.live.pop(record.request_id, None)
-        if ended.state is State.RETRY_SCHEDULED:
+        if ended.state.waiting:
             self._dispatch(ended)
 
     def _dispatch(self, record: InvocationRecord) -> None:

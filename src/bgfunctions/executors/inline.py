@@ -24,7 +24,7 @@ from bgfunctions.attempts import (
 )
 from bgfunctions.clock import ClockEventLoop, VirtualClock
 from bgfunctions.executors.base import Executor, ExecutorStats, Invocation
-from bgfunctions.invocation import InvocationRecord, Outcome, State
+from bgfunctions.invocation import InvocationRecord, Outcome
 from bgfunctions.journals.base import Journal
 from bgfunctions.registry import Function
 from bgfunctions.requests import Request
@@ -151,12 +151,12 @@ class InlineExecutor(Executor):
     ) -> None:
         warn_ignored_return(function, result.value)
         ended = self.lifecycle.end(started, result.outcome, result.error, ended_at=result.ended_at)
-        if ended.state is State.RETRY_SCHEDULED:
+        if ended.state.waiting:
             self._dispatch(ended)
 
     async def _run(self, record: InvocationRecord) -> None:
         ended = await self.lifecycle.run_on_loop(record, stopping=self._stopping)
-        if ended is not None and ended.state is State.RETRY_SCHEDULED:
+        if ended is not None and ended.state.waiting:
             self._dispatch(ended)
 
     def _cancel_running(self, request_id: str) -> None:

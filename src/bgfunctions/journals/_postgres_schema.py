@@ -61,6 +61,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "length(decode(COALESCE(record->>'body', ''), 'base64')))",
     ),
     ("ALTER TABLE {t} ADD COLUMN steps JSONB",),
+    ("ALTER TABLE {t} ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

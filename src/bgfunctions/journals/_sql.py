@@ -35,7 +35,7 @@ __all__ = [
     "with_steps",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema version both journals write; an older one is migrated forward on open, a newer
 one refused.
 
@@ -45,11 +45,15 @@ one refused.
 starts.
 3: a ``steps`` column (SQLite TEXT, PostgreSQL JSONB): the JSON array of the invocation's
 committed durable steps, NULL when it has none. The record's JSON leaves them out: a step is
-appended to the column alone, and an attempt's end rewrites the JSON without touching it."""
+appended to the column alone, and an attempt's end rewrites the JSON without touching it.
+4: a ``priority`` column (INTEGER, default 0: what every earlier row had), by which recovery
+takes up unfinished invocations, highest first. Rows may now be ``sleeping`` (a durable sleep),
+with ``suspended`` attempts, ``sleep`` steps and the record's ``priority`` and ``not_before``:
+the version keeps an older bgfunctions, which cannot read them, from opening the journal."""
 
 FINISHED = tuple(s.value for s in State if s.finished)
 UNFINISHED = tuple(s.value for s in State if not s.finished)
-WAITING = (State.ACCEPTED.value, State.RETRY_SCHEDULED.value)
+WAITING = tuple(s.value for s in State if s.waiting)
 
 COLUMNS = (
     "request_id",
@@ -61,6 +65,7 @@ COLUMNS = (
     "finished_at",
     "record",
     "body",
+    "priority",
 )
 """The columns a new row sets (no lease yet: ``lease_owner`` and ``lease_expires`` are NULL)."""
 
@@ -156,9 +161,10 @@ class Dialect:
         limit: int | None,
         *,
         newest_first: bool,
+        priority_first: bool = False,
     ) -> Query:
         """Rows filtered by function and state, by ``accepted_at`` (newest first, or oldest
-        first), ties in insertion order."""
+        first), ties in insertion order; ``priority_first``: highest priority first, then so."""
         clauses: list[str] = []
         args: list[Any] = []
         if function is not None:
@@ -173,7 +179,8 @@ class Dialect:
         text = f"SELECT {columns} FROM {{t}}"
         if clauses:
             text += " WHERE " + " AND ".join(clauses)
-        text += f" ORDER BY accepted_at {order}, {self.order} {order}"
+        by = "priority DESC, " if priority_first else ""
+        text += f" ORDER BY {by}accepted_at {order}, {self.order} {order}"
         if limit is not None:
             text += f" LIMIT {self.param}"
             args.append(max(0, int(limit)))
@@ -210,6 +217,7 @@ def row_values(record: InvocationRecord, value: Any, journal: str) -> tuple[Any,
         record.finished_at,
         value,
         record.body,
+        record.priority,
     )
 
 

@@ -67,6 +67,7 @@ _MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """,
     _move_bodies,
     "ALTER TABLE invocations ADD COLUMN steps TEXT",
+    "ALTER TABLE invocations ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

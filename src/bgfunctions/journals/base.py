@@ -121,9 +121,11 @@ class Journal(ABC):
         """Records, newest accepted first, filtered by function and state."""
 
     def unfinished(self) -> list[InvocationRecord]:
-        """Every record that will still run, oldest first (what recovery resumes)."""
+        """Every record that will still run, highest priority first, then oldest first (what
+        recovery resumes)."""
         pending = self.select(state=[s for s in State if not s.finished])
         pending.reverse()
+        pending.sort(key=lambda r: -r.priority)  # stable: oldest first within a priority
         return pending
 
     def heartbeat(self, request_ids: Iterable[str]) -> None:  # noqa: B027 - optional

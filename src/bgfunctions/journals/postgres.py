@@ -391,7 +391,9 @@ class PostgresJournal(Journal):
         return self._select(function, state, limit, newest_first=True)
 
     def unfinished(self) -> list[InvocationRecord]:
-        return self._select(None, [State(s) for s in UNFINISHED], None, newest_first=False)
+        return self._select(
+            None, [State(s) for s in UNFINISHED], None, newest_first=False, priority_first=True
+        )
 
     def _select(
         self,
@@ -400,10 +402,16 @@ class PostgresJournal(Journal):
         limit: int | None,
         *,
         newest_first: bool,
+        priority_first: bool = False,
     ) -> list[InvocationRecord]:
         # seq breaks ties in insertion order, as SQLite's rowid does.
         text, args = POSTGRES.select(
-            "record, steps", function, state, limit, newest_first=newest_first
+            "record, steps",
+            function,
+            state,
+            limit,
+            newest_first=newest_first,
+            priority_first=priority_first,
         )
         return [self._steps(self._loads(row[0]), row[1]) for row in self._read(self._q(text), args)]
 

@@ -440,7 +440,9 @@ class SQLiteJournal(Journal):
 
     def unfinished(self) -> list[InvocationRecord]:
         before = set(self._parsed)  # one step under the GIL, as writers may add meanwhile
-        records = self._select(None, [State(s) for s in UNFINISHED], None, newest_first=False)
+        records = self._select(
+            None, [State(s) for s in UNFINISHED], None, newest_first=False, priority_first=True
+        )
         # Forget what finished elsewhere (another process); keep what was added meanwhile.
         for request_id in before.difference(r.request_id for r in records):
             self._parsed.pop(request_id, None)
@@ -453,9 +455,15 @@ class SQLiteJournal(Journal):
         limit: int | None,
         *,
         newest_first: bool,
+        priority_first: bool = False,
     ) -> list[InvocationRecord]:
         query, args = SQLITE.select(
-            "request_id, record, steps", function, state, limit, newest_first=newest_first
+            "request_id, record, steps",
+            function,
+            state,
+            limit,
+            newest_first=newest_first,
+            priority_first=priority_first,
         )
         return [
             self._steps(self._record(rid, text), steps)
