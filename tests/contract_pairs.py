@@ -132,34 +132,6 @@ HANDLERS = {
             if context.attempt == 1:
                 await asyncio.sleep(3600)
     """,
-    # Durable steps and sleeps: a step, a sleep (7 days on a virtual clock), a step.
-    "nap-background": f"""
-        from bgfunctions import VirtualClock
-
-        def handler(request, context):
-            context.step.run("before", int, "1")
-            if isinstance(context.clock, VirtualClock):
-                context.step.sleep("nap", days=7)
-            else:
-                context.step.sleep("nap", seconds={NAP})
-            context.step.run("after", int, "2")
-    """,
-    # A sleep, then a step that fails once (in the attempt that resumes the sleep).
-    "nap-fail-background": f"""
-        from bgfunctions import VirtualClock
-
-        def flaky(attempt):
-            if attempt == 2:
-                raise ValueError("fails once, after the sleep")
-            return attempt
-
-        def handler(request, context):
-            if isinstance(context.clock, VirtualClock):
-                context.step.sleep("nap", days=7)
-            else:
-                context.step.sleep("nap", seconds={NAP})
-            context.step.run("after", flaky, context.attempt)
-    """,
     # Cancelled while they block (tests/test_celery_cancel.py): body "PATH|block" blocks for 30 s,
     # "PATH" returns at once; each records the pid of its process and that its finally block
     # ran, in files named after PATH.
@@ -210,6 +182,34 @@ HANDLERS = {
                     time.sleep(0.05)
                 except BaseException:
                     open(marker + ".caught", "w").close()
+    """,
+    # Durable steps and sleeps: a step, a sleep (7 days on a virtual clock), a step.
+    "nap-background": f"""
+        from bgfunctions import VirtualClock
+
+        def handler(request, context):
+            context.step.run("before", int, "1")
+            if isinstance(context.clock, VirtualClock):
+                context.step.sleep("nap", days=7)
+            else:
+                context.step.sleep("nap", seconds={NAP})
+            context.step.run("after", int, "2")
+    """,
+    # A sleep, then a step that fails once (in the attempt that resumes the sleep).
+    "nap-fail-background": f"""
+        from bgfunctions import VirtualClock
+
+        def flaky(attempt):
+            if attempt == 2:
+                raise ValueError("fails once, after the sleep")
+            return attempt
+
+        def handler(request, context):
+            if isinstance(context.clock, VirtualClock):
+                context.step.sleep("nap", days=7)
+            else:
+                context.step.sleep("nap", seconds={NAP})
+            context.step.run("after", flaky, context.attempt)
     """,
     # Holds the only worker slot until the file named by the body exists, for at most the
     # seconds the body names (kept under the limit, so the hold never times out).
