@@ -4,7 +4,7 @@ Layers (a lower layer never imports a higher one; ``tests/test_layers.py`` check
 
     L0  errors, ids*, _slots              (* ids reads time only through a Clock)
     L1  clock, config, _cron, datastructures, requests, responses, context, retry, invocation,
-        steps, logs, _pathmatch, _urlpattern, redaction, _enqueue, _parts
+        steps, logs, _pathmatch, _urlpattern, redaction, _enqueue, _parts, commits
     L2  routing, _loader, _netlify_toml, journals.*
     L3  registry, attempts, handles, reports, lifecycle, executors.*
     L4  app

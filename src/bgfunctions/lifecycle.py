@@ -19,7 +19,6 @@ claim (optional).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -41,6 +40,7 @@ from bgfunctions.attempts import (
     warn_ignored_return,
 )
 from bgfunctions.clock import Clock
+from bgfunctions.commits import Commits
 from bgfunctions.context import Context
 from bgfunctions.errors import (
     ExecutorShutdownError,
@@ -66,9 +66,6 @@ from bgfunctions.retry import RetryPolicy
 __all__ = ["Lifecycle"]
 
 log = logging.getLogger("bgfunctions.executor")
-COMMIT_THREADS = 32
-"""Threads that claim and end async attempts on a durable journal (see run_on_loop): as many
-commits as can share one group commit."""
 _CANCELLING = sys.version_info >= (3, 11)
 """Whether tasks count the cancellations asked of them (what ``run_here`` needs)."""
 
@@ -143,7 +140,8 @@ class Lifecycle:
         self.running = 0
         """Attempts running on a loop (engines add their own counts)."""
         self.reports = LoopReports(clock)
-        self._commits: concurrent.futures.ThreadPoolExecutor | None = None
+        self.commits = Commits()
+        """The threads a durable journal's writes for loop attempts run on."""
         self.commit_off_loop = False
         """Whether :meth:`run_on_loop` claims and ends attempts on a durable journal on commit
         threads (real-time engines) rather than on the loop (a virtual-time loop must not wait
@@ -419,41 +417,27 @@ class Lifecycle:
             return await self._end_off_loop(started, result)
         return self.end(started, result.outcome, result.error, ended_at=result.ended_at)
 
-    # -- a durable journal's commits, off the loop ------------------------------------------------
-    # A claim or an attempt's end on a durable journal waits for a commit: on a thread of the
-    # commit pool, so the loop goes on serving, and the commits of concurrent attempts share a
-    # group commit instead of following one another.
-
-    def _commit_pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        with self.lock:
-            if self._commits is None:
-                self._commits = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=COMMIT_THREADS, thread_name_prefix="bgfunctions-commit"
-                )
-            return self._commits
+    # -- a durable journal's commits, off the loop (see bgfunctions.commits) -----------------
 
     def _off_loop(self, store: Callable[[Step], None]) -> Callable[[Step], Awaitable[None]]:
         """``store`` on a commit thread, awaited: an async handler's step commits without
         holding its loop (and shares a group commit with its neighbours')."""
 
         async def store_off_loop(step: Step) -> None:
-            await asyncio.wrap_future(self._commit_pool().submit(store, step))
+            await self.commits.run(store, step)
 
         return store_off_loop
 
     def stop_commits(self) -> None:
         """End the commit threads once their commits are done (engines call this at shutdown,
         after their loops)."""
-        with self.lock:
-            pool, self._commits = self._commits, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        self.commits.stop()
 
     async def _begin_off_loop(self, record: InvocationRecord) -> InvocationRecord | None:
         """:meth:`begin` on a commit thread. Cancelled meanwhile (a shutdown, or ``cancel()`` of
         the attempt the claim just started): a claim that went through is ended at once, so
         that nothing is left running that nobody runs."""
-        future = self._commit_pool().submit(self.begin, record)
+        future = self.commits.submit(self.begin, record)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -476,9 +460,8 @@ class Lifecycle:
     ) -> InvocationRecord | None:
         """:meth:`end` on a commit thread; a cancellation meanwhile (a shutdown) does not stop
         it (the engine then schedules nothing: the journal keeps what follows)."""
-        future = self._commit_pool().submit(
-            self.end, started, result.outcome, result.error, ended_at=result.ended_at
-        )
+        end = functools.partial(self.end, ended_at=result.ended_at)
+        future = self.commits.submit(end, started, result.outcome, result.error)
         return await asyncio.shield(asyncio.wrap_future(future))
 
     def current(self, request_id: str, fallback: InvocationRecord) -> InvocationRecord:
