@@ -717,15 +717,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _wait_until_finished(journal: Journal, request_id: str, seconds: float) -> InvocationRecord:
     """The journal's record of ``request_id`` once it is finished, or after ``seconds``."""
-    import time
+    from bgfunctions.clock import SystemClock
 
-    deadline = time.monotonic() + seconds
+    clock = SystemClock()
+    deadline = clock.monotonic() + seconds
     while True:
         record = journal.get(request_id)
         assert record is not None  # this command wrote it, and nothing deletes a live one
-        if record.state.finished or time.monotonic() >= deadline:
+        if record.state.finished or clock.monotonic() >= deadline:
             return record
-        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        clock.sleep(min(0.1, max(0.0, deadline - clock.monotonic())))
 
 
 # -- worker ----------------------------------------------------------------------------------------

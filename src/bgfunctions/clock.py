@@ -46,6 +46,7 @@ __all__ = [
     "StarvedHook",
     "SystemClock",
     "VirtualClock",
+    "cpu_and_wall",
     "run_until_idle",
     "timed_steps",
 ]
@@ -660,6 +661,13 @@ def timed_steps(
     Exceptions, cancellations and the coroutine's result pass through unchanged.
     """
     return _TimedSteps(coro, threshold, report)
+
+
+def cpu_and_wall() -> tuple[float, float]:
+    """The CPU seconds this process has used (all its threads) and a real monotonic time, read
+    together: their changes over a while say how busy the process kept the CPU (whatever clock
+    the caller's executor keeps)."""
+    return time.process_time(), time.perf_counter()
 
 
 def run_until_idle(loop: asyncio.AbstractEventLoop, until: float | None = None) -> None:

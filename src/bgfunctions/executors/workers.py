@@ -23,10 +23,9 @@ import logging
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable
 
-from bgfunctions.clock import Clock
+from bgfunctions.clock import Clock, cpu_and_wall
 from bgfunctions.errors import ConfigError, QueueFullError
 from bgfunctions.executors.timers import TimerThread
 from bgfunctions.invocation import InvocationRecord, State
@@ -110,7 +109,7 @@ class WorkerPool:
         self._last_progress = -1
         # The process's CPU time and the wall time at the last stall check: busy workers that
         # leave the CPU mostly idle are blocked (I/O, sleeps, commits), not fighting for it.
-        self._last_cpu = (time.process_time(), time.perf_counter())
+        self._last_cpu = cpu_and_wall()
         self._started = False
         self._closed = False
 
@@ -337,7 +336,7 @@ class WorkerPool:
         wait on I/O between short bursts: API calls, durable steps' commits). Busy workers on
         a busy CPU get no company: one more thread would only fight them for the GIL."""
         self._stall_check_armed = False
-        cpu, wall = time.process_time(), time.perf_counter()
+        cpu, wall = cpu_and_wall()
         last_cpu, last_wall = self._last_cpu
         self._last_cpu = (cpu, wall)
         if self._closed or self._queue.empty():
