@@ -6,7 +6,7 @@ Layers (a lower layer never imports a higher one; ``tests/test_layers.py`` check
     L1  clock, config, _cron, datastructures, requests, responses, context, retry, invocation,
         steps, logs, _pathmatch, _urlpattern, redaction, _enqueue, _parts, commits
     L2  routing, _loader, _netlify_toml, journals.*
-    L3  registry, attempts, handles, reports, lifecycle, executors.*
+    L3  registry, attempts, handles, reports, loop_attempts, lifecycle, executors.*
     L4  app
     L5  asgi, wsgi, hosts, staticfiles, devserver, serverlog, views, testing, pytest_plugin,
         cli, __main__, contrib.*, _timeline, _viewpage

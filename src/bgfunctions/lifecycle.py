@@ -22,28 +22,22 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from bgfunctions._slots import copier
 from bgfunctions.attempts import (
-    AttemptResult,
     PreparedAttempt,
     Stopping,
     make_context,
     make_steps,
     record_request,
-    run_async,
-    run_here,
-    warn_ignored_return,
 )
 from bgfunctions.clock import Clock
 from bgfunctions.commits import Commits
 from bgfunctions.context import Context
 from bgfunctions.errors import (
-    ExecutorShutdownError,
     InvocationNotFoundError,
     JournalUnavailableError,
 )
@@ -58,6 +52,7 @@ from bgfunctions.invocation import (
     error_type_name,
 )
 from bgfunctions.journals.base import Journal
+from bgfunctions.loop_attempts import run_on_loop
 from bgfunctions.registry import Function
 from bgfunctions.reports import LoopReports, log_failure
 from bgfunctions.requests import Request
@@ -66,8 +61,6 @@ from bgfunctions.retry import RetryPolicy
 __all__ = ["Lifecycle"]
 
 log = logging.getLogger("bgfunctions.executor")
-_CANCELLING = sys.version_info >= (3, 11)
-"""Whether tasks count the cancellations asked of them (what ``run_here`` needs)."""
 
 
 _BLANK_EVENT = Event(
@@ -377,45 +370,9 @@ class Lifecycle:
         ``watch``: on a loop the executor does not own (no ``on_blocked`` hook of ours), time
         the handler's own steps and warn, naming the function, when one holds the loop longer
         than this many seconds. ``here``: the current task was made for this attempt alone;
-        on Python >= 3.11 the handler runs in it (:func:`~bgfunctions.attempts.run_here`)."""
-        off_loop = self.commit_off_loop and self.journal.durable
-        started = await self._begin_off_loop(record) if off_loop else self.begin(record)
-        if started is None:
-            return None
-        prepared = self.prepare(started)
-        if prepared is None:
-            return None
-        function, context = prepared.function, prepared.context
-        self.running += 1
-        try:
-            result = await (run_here if here and _CANCELLING else run_async)(
-                prepared,
-                cancelled=self.cancel_requested,
-                stopping=stopping,
-                watch=None
-                if watch is None
-                else (watch, lambda seconds: self.reports.blocked_handler(function.name, seconds)),
-            )
-        except asyncio.CancelledError:
-            if not self.closed:
-                raise
-            # Cut off by shutdown past its grace: record it rather than leave it "running".
-            # None: nothing more is scheduled; the journal keeps it for recovery.
-            self.end(
-                started,
-                Outcome.INTERRUPTED,
-                ExecutorShutdownError(
-                    f"{self.name} shut down while attempt {context.attempt} of "
-                    f"function {function.name!r} ran"
-                ),
-            )
-            return None
-        finally:
-            self.running -= 1
-        warn_ignored_return(function, result.value)
-        if off_loop:
-            return await self._end_off_loop(started, result)
-        return self.end(started, result.outcome, result.error, ended_at=result.ended_at)
+        on Python >= 3.11 the handler runs in it (:func:`~bgfunctions.attempts.run_here`).
+        See :mod:`bgfunctions.loop_attempts`."""
+        return await run_on_loop(self, record, stopping=stopping, watch=watch, here=here)
 
     # -- a durable journal's commits, off the loop (see bgfunctions.commits) -----------------
 
@@ -432,37 +389,6 @@ class Lifecycle:
         """End the commit threads once their commits are done (engines call this at shutdown,
         after their loops)."""
         self.commits.stop()
-
-    async def _begin_off_loop(self, record: InvocationRecord) -> InvocationRecord | None:
-        """:meth:`begin` on a commit thread. Cancelled meanwhile (a shutdown, or ``cancel()`` of
-        the attempt the claim just started): a claim that went through is ended at once, so
-        that nothing is left running that nobody runs."""
-        future = self.commits.submit(self.begin, record)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            if future.cancelled():
-                raise  # never claimed
-            started = future.result()  # claimed or refused meanwhile: a commit, on the way out
-            if started is not None:
-                cancelled = record.request_id in self.cancel_requested
-                self.end(
-                    started,
-                    Outcome.CANCELLED if cancelled else Outcome.INTERRUPTED,
-                    None
-                    if cancelled
-                    else ExecutorShutdownError(f"{self.name} shut down as the attempt began"),
-                )
-            raise
-
-    async def _end_off_loop(
-        self, started: InvocationRecord, result: AttemptResult
-    ) -> InvocationRecord | None:
-        """:meth:`end` on a commit thread; a cancellation meanwhile (a shutdown) does not stop
-        it (the engine then schedules nothing: the journal keeps what follows)."""
-        end = functools.partial(self.end, ended_at=result.ended_at)
-        future = self.commits.submit(end, started, result.outcome, result.error)
-        return await asyncio.shield(asyncio.wrap_future(future))
 
     def current(self, request_id: str, fallback: InvocationRecord) -> InvocationRecord:
         handle = self.live.get(request_id)
