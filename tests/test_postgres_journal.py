@@ -622,8 +622,10 @@ def test_accept_later_commits_groups_and_fails_only_a_known_request_id(
     assert set(_rows(dsn, table)) == {"dup", *(f"r{i}" for i in range(40))}
     assert journal.get("dup") == _record("dup", at=1.0)
     assert journal.get("r7") == _record("r7")
+    # The first accept's own commit, then at most two batches: whatever the committer took
+    # before the lock held it up, and everything queued behind it (the duplicate included).
     commits = journal.stats()["commits"]
-    assert commits < 1 + 40 + 1, "40 accepts queued together took a commit each"
+    assert commits <= 1 + 2, f"41 accepts queued together took {commits - 1} commits"
     journal.close()
     with pytest.raises(JournalUnavailableError, match="closed"):
         journal.accept_later(_record("late"), lambda error: None)

@@ -215,24 +215,31 @@ class PostgresJournal(Journal):
 
     def _insert_rows(self, writes: Sequence[Write[tuple[Any, ...]]]) -> None:
         """A group of accepts: one INSERT per ``_ROWS_PER_INSERT`` (each its own transaction:
-        the connection is in autocommit). A known request id fails the statement; its rows are
-        then inserted one at a time, so that only the duplicate fails."""
+        the connection is in autocommit). A known request id is skipped by the statement
+        (``ON CONFLICT DO NOTHING``), and only its write fails: the rest of the group still
+        shares the one commit."""
         for i in range(0, len(writes), _ROWS_PER_INSERT):
             chunk = writes[i : i + _ROWS_PER_INSERT]
-            query = self._q(POSTGRES.insert(len(chunk)))
+            query = self._q(
+                POSTGRES.insert(len(chunk)) + " ON CONFLICT (request_id) DO NOTHING "
+                "RETURNING request_id"
+            )
             args = [value for write in chunk for value in write.item]
             try:
-                self._pool.run(_executes(query, args), write=True)
+                inserted = self._pool.run(_inserts(query, args), write=True)
             except BgFunctionsError as exc:
-                if not isinstance(exc.__cause__, pg_errors.UniqueViolation):
-                    for write in chunk:
-                        write.error = exc
-                    continue
                 for write in chunk:
-                    try:
-                        self._insert_one(write.item)
-                    except (BgFunctionsError, ValueError) as error:
-                        write.error = error
+                    write.error = exc
+                continue
+            seen: set[str] = set()
+            for write in chunk:
+                rid = write.item[0]
+                if rid in inserted and rid not in seen:
+                    seen.add(rid)  # a request id twice in one group: the first is the row
+                else:
+                    write.error = ValueError(
+                        f"PostgresJournal {self._where}: request id {rid!r} is already recorded"
+                    )
         self._maybe_prune()
 
     def accepted(self, record: InvocationRecord) -> None:
@@ -448,9 +455,12 @@ class PostgresJournal(Journal):
         return JournalUnavailableError(f"PostgresJournal {self._where} is closed")
 
 
-def _executes(query: sql.Composed, args: list[Any]) -> Callable[[Cursor], None]:
-    def execute(cursor: Cursor) -> None:
+def _inserts(query: sql.Composed, args: list[Any]) -> Callable[[Cursor], set[str]]:
+    """Run an INSERT ... RETURNING request_id; the ids it inserted."""
+
+    def execute(cursor: Cursor) -> set[str]:
         cursor.execute(query, args)
+        return {row[0] for row in cursor.fetchall()}
 
     return execute
 
