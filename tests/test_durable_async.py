@@ -13,6 +13,8 @@ import pytest
 from bgfunctions import (
     App,
     Context,
+    Event,
+    EventKind,
     InvocationRecord,
     Limits,
     MemoryJournal,
@@ -24,6 +26,7 @@ from bgfunctions import (
     State,
     ThreadExecutor,
 )
+from bgfunctions.invocation import Step
 
 pytestmark = pytest.mark.realtime
 
@@ -237,3 +240,83 @@ def test_async_steps_on_sqlite_commit_off_the_loop_and_replay(tmp_path: Path) ->
         reader.close()
     assert stored is not None
     assert [(s.id, s.attempt) for s in stored.steps] == [("one", 1), ("two", 2)]
+
+
+class SlowStepReplies(SQLiteJournal):
+    """A SQLite journal whose first step commit lands, then its reply comes back late (a disk
+    or PostgreSQL round trip that outlasts the attempt's deadline)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, synchronous="FULL")
+        self.late = threading.Event()
+
+    def step_completed(self, request_id: str, step: Step) -> None:
+        super().step_completed(request_id, step)
+        if not self.late.is_set():
+            self.late.set()
+            threading.Event().wait(1.5)  # the reply, held up past the 1 s limit
+
+
+def test_a_step_committed_as_its_deadline_hits_is_not_run_again(tmp_path: Path) -> None:
+    """An async step whose commit is under way when the attempt times out: the commit lands,
+    so the step counts as committed and the retry replays it instead of running it again."""
+    runs: list[int] = []
+    registry = Registry()
+
+    async def charge(request: Request, context: Context) -> None:
+        def pay() -> str:
+            runs.append(context.attempt)
+            return "paid"
+
+        assert await context.step.run("charge", pay) == "paid"
+
+    registry.add("charge-background", charge)
+    journal = SlowStepReplies(tmp_path / "j.db")
+    app = App(
+        registry,
+        executor=ThreadExecutor(journal=journal, loop="thread"),
+        retry=RetryPolicy(delays=(0.05,)),
+        limits=Limits(background_timeout=1),
+    )
+    try:
+        record = app.enqueue("charge-background").wait(WAIT)
+    finally:
+        app.shutdown()
+    assert [a.outcome for a in record.attempts] == [Outcome.TIMED_OUT, Outcome.SUCCEEDED]
+    assert runs == [1]
+    assert [(s.id, s.attempt) for s in record.steps] == [("charge", 1)]
+
+
+def test_cancel_while_the_claim_commits_stops_the_attempt(tmp_path: Path) -> None:
+    """cancel() of an attempt whose claim is committing on a commit thread (an on_event
+    listener on its start keeps it there a while): it is recorded cancelled, and the handler
+    never runs."""
+    ran: list[str] = []
+    registry = Registry()
+
+    async def slow(request: Request, context: Context) -> None:
+        ran.append(context.request_id)
+        await asyncio.sleep(1.0)
+
+    def listener(event: Event) -> None:  # metrics shipped on each start, say
+        if event.kind is EventKind.ATTEMPT_STARTED:
+            threading.Event().wait(0.3)
+
+    registry.add("slow-background", slow)
+    app = App(
+        registry,
+        executor=ThreadExecutor(journal=SQLiteJournal(tmp_path / "j.db"), loop="thread"),
+        retry=RetryPolicy(delays=()),
+        on_event=listener,
+    )
+    try:
+        invocation = app.enqueue("slow-background")
+        while invocation.state is not State.RUNNING:
+            _poll()
+        app.cancel(invocation.request_id)
+        record = invocation.wait(WAIT)
+    finally:
+        app.shutdown()
+    assert record.state is State.CANCELLED
+    assert [a.outcome for a in record.attempts] == [Outcome.CANCELLED]
+    assert ran == []

@@ -189,3 +189,20 @@ def test_bgfunctions_invocations_shows_the_next_run_and_the_priority(
     assert listed[later.request_id]["priority"] == 12
     assert listed[later.request_id]["not_before"] == accepted + 3600
     assert [s["kind"] for s in listed[sleeping.request_id]["steps"]] == ["sleep"]
+
+
+def test_a_delayed_invocation_does_not_count_against_max_pending() -> None:
+    """Two invocations delayed a week do not fill max_pending=2: a third, due now, is accepted
+    (work waiting for a worker counts; work not yet due does not)."""
+    registry = Registry()
+    registry.add("r-background", lambda request, context: None)
+    executor = ThreadExecutor(max_pending=2)
+    app = App(registry, executor=executor)
+    try:
+        app.enqueue("r-background", delay=7 * 86400)
+        app.enqueue("r-background", delay=7 * 86400)
+        assert executor.stats().pending == 0
+        now = app.enqueue("r-background")
+        assert now.wait(30).state is State.SUCCEEDED
+    finally:
+        app.shutdown(wait=False)

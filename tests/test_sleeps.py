@@ -14,7 +14,7 @@ import pytest
 
 from bgfunctions import App, Registry, RetryPolicy, Suspended
 from bgfunctions.clock import VirtualClock
-from bgfunctions.errors import StepError
+from bgfunctions.errors import JournalUnavailableError, StepError
 from bgfunctions.executors.inline import InlineExecutor
 from bgfunctions.executors.threads import ThreadExecutor
 from bgfunctions.invocation import EventKind, Outcome, State
@@ -498,3 +498,55 @@ def test_an_async_workflow_sleeps_and_resumes_on_the_servers_own_loop() -> None:
     assert [a.outcome for a in record.attempts] == [Outcome.SUSPENDED, Outcome.SUCCEEDED]
     assert threads == [server_thread, server_thread]
     assert [s.id for s in record.steps] == ["one", "nap", "two"]
+
+
+@pytest.mark.realtime
+def test_a_sleep_already_over_returns_at_once_on_the_real_clock() -> None:
+    """sleep_until(a time past) and sleep(0) return at once on a real clock too: the attempt
+    succeeds, the handler runs once (no suspended attempt)."""
+    runs: list[int] = []
+    registry = Registry()
+
+    def handler(request: Any, context: Any) -> None:
+        runs.append(context.attempt)
+        context.step.sleep_until("already", 0.0)  # epoch 0: long past
+        context.step.sleep("zero", seconds=0)
+
+    registry.add("nap-background", handler)
+    app = App(registry, executor=ThreadExecutor(), retry=RetryPolicy(delays=()))
+    try:
+        record = app.enqueue("nap-background").wait(30)
+    finally:
+        app.shutdown()
+    assert [a.outcome for a in record.attempts] == [Outcome.SUCCEEDED]
+    assert runs == [1]
+    assert [s.kind for s in record.steps] == ["sleep", "sleep"]
+
+
+class BodyReadsFail(SQLiteJournal):
+    """A SQLite journal whose body reads fail after the first (a locked file, say)."""
+
+    reads = 0
+
+    def with_body(self, record: Any) -> Any:
+        self.reads += 1
+        if self.reads > 1:
+            raise JournalUnavailableError("database is locked")
+        return super().with_body(record)
+
+
+@pytest.mark.realtime
+def test_an_attempt_that_fails_to_start_after_a_sleep_is_a_failure(tmp_path: Path) -> None:
+    """After a sleep, the next attempt cannot start (its body cannot be read): that attempt is
+    an error, counted against the retries, not taken for the earlier attempt's sleep (which
+    would resume it at once, for ever)."""
+    registry = Registry()
+    registry.add("flow-background", lambda request, context: context.step.sleep("nap", seconds=0.2))
+    journal = BodyReadsFail(tmp_path / "j.db")
+    app = App(registry, executor=ThreadExecutor(journal=journal), retry=RetryPolicy(delays=()))
+    try:
+        record = app.enqueue("flow-background").wait(30)
+    finally:
+        app.shutdown()
+    assert record.state is State.FAILED
+    assert [a.outcome for a in record.attempts] == [Outcome.SUSPENDED, Outcome.ERROR]

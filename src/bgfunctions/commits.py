@@ -12,7 +12,6 @@ threads).
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable
@@ -41,10 +40,6 @@ class Commits:
                     max_workers=COMMIT_THREADS, thread_name_prefix="bgfunctions-commit"
                 )
             return self._pool.submit(fn, *args)
-
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """Await ``fn(*args)`` run on a commit thread."""
-        return await asyncio.wrap_future(self.submit(fn, *args))
 
     def stop(self) -> None:
         """End the threads once their writes are done (a later submit starts them again)."""

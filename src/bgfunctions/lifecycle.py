@@ -19,11 +19,12 @@ claim (optional).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bgfunctions._slots import copier
@@ -85,8 +86,13 @@ def _pending_wake(record: InvocationRecord) -> float | None:
     attempt = record.last_attempt
     if attempt is None:
         return None
-    started = attempt.started_at
-    wakes = [s.ended_at for s in record.steps if s.kind == "sleep" and s.ended_at > started]
+    wakes = [
+        s.ended_at
+        for s in record.steps
+        # Stored by this attempt, and a real sleep: sleep(0) or sleep_until(a time past)
+        # stores its step too (wake = when it was called) but returns at once.
+        if s.kind == "sleep" and s.attempt == attempt.number and s.ended_at > s.started_at
+    ]
     return min(wakes) if wakes else None
 
 
@@ -323,17 +329,23 @@ class Lifecycle:
         stored on the record it ends (``record.with_steps``)."""
         self._step_store(request_id)(step)
 
-    def _with_steps(self, record: InvocationRecord) -> tuple[InvocationRecord, float | None]:
-        """``record`` with the steps its running attempt committed (the live Context's), and
-        the wake time when a durable sleep suspended that attempt."""
+    def _with_steps(self, record: InvocationRecord) -> tuple[InvocationRecord, float | None, bool]:
+        """``record`` with the steps its running attempt committed (the live Context's), the
+        wake time when a durable sleep suspended that attempt, and whether this process knew
+        that attempt's Context (else: its handler ran elsewhere, or never started)."""
         handle = self.live.get(record.request_id)
         if handle is None or handle._context is None:
-            return record, None
-        steps = handle._context[1].step
+            return record, None, False
+        context = handle._context[1]
+        if context.attempt != record.attempt_count:
+            # An earlier attempt's (this one failed before it had one): its sleep, if any,
+            # is over and its steps are on the record already.
+            return record, None, False
+        steps = context.step
         completed = steps.completed
         if len(completed) <= len(record.steps):
-            return record, steps.sleeping
-        return record.with_steps(completed), steps.sleeping
+            return record, steps.sleeping, True
+        return record.with_steps(completed), steps.sleeping, True
 
     def sync_context(
         self,
@@ -376,14 +388,13 @@ class Lifecycle:
 
     # -- a durable journal's commits, off the loop (see bgfunctions.commits) -----------------
 
-    def _off_loop(self, store: Callable[[Step], None]) -> Callable[[Step], Awaitable[None]]:
-        """``store`` on a commit thread, awaited: an async handler's step commits without
-        holding its loop (and shares a group commit with its neighbours')."""
-
-        async def store_off_loop(step: Step) -> None:
-            await self.commits.run(store, step)
-
-        return store_off_loop
+    def _off_loop(
+        self, store: Callable[[Step], None]
+    ) -> Callable[[Step], concurrent.futures.Future[None]]:
+        """``store`` started on a commit thread: an async handler's step commits without
+        holding its loop (and shares a group commit with its neighbours'); the Steps await
+        its future."""
+        return functools.partial(self.commits.submit, store)
 
     def stop_commits(self) -> None:
         """End the commit threads once their commits are done (engines call this at shutdown,
@@ -448,9 +459,10 @@ class Lifecycle:
                 retry = RetryPolicy(delays=())  # its function is gone (a reload): no retries
         now = self.clock.now() if ended_at is None else ended_at
         cancel = record.request_id in self.cancel_requested
-        record, wake = self._with_steps(record)
+        record, wake, known = self._with_steps(record)
         if outcome in _MAY_SLEEP and (wake is not None or record.steps):
-            wake = wake if wake is not None else _pending_wake(record)
+            if wake is None and not known:  # its handler ran elsewhere: read its steps
+                wake = _pending_wake(record)
             if wake is not None:
                 outcome, error = Outcome.SUSPENDED, None
         else:

@@ -44,6 +44,10 @@ async def run_on_loop(
     started = await _begin_off_loop(lc, record) if off_loop else lc.begin(record)
     if started is None:
         return None
+    if off_loop and record.request_id in lc.cancel_requested:
+        # cancel() came while the claim committed on another thread: no task had this
+        # attempt's name yet, so nothing cancelled it; it must not start.
+        return await _end_off_loop(lc, started, AttemptResult(Outcome.CANCELLED))
     prepared = lc.prepare(started)
     if prepared is None:
         return None

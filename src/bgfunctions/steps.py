@@ -28,11 +28,13 @@ committed and a callable that stores a new one durably.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as dt
 import inspect
 import json
 import math
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from bgfunctions.clock import Clock, SystemClock
@@ -46,7 +48,8 @@ MAX_RESULT_BYTES = 1 << 20
 invocation and read with its record. Keep large data elsewhere and return a reference."""
 
 StoreStep = Callable[[Step], None]
-StoreStepAsync = Callable[[Step], Awaitable[None]]
+StoreStepAsync = Callable[[Step], concurrent.futures.Future[None]]
+"""Start storing a step on another thread (a durable journal's commit); its future."""
 """Stores one committed step with its invocation; returns once it is durable, raises when it
 cannot be stored (the step then counts as not committed)."""
 
@@ -171,8 +174,18 @@ class Steps:
         if self._store_async is None:
             return self._commit(step_id, value, started)
         step = self._step(step_id, value, started)
+        future = self._store_async(step)
         try:
-            await self._store_async(step)
+            await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # Cut off (its deadline, a cancel) while the commit was under way: the commit goes
+            # on regardless. Wait for it (one commit), so that a step that did commit counts
+            # as committed and a later attempt replays it instead of running it again.
+            if _committed(future):
+                self._ran(step)
+            else:
+                self._failed(step_id)
+            raise
         except BaseException:
             self._failed(step_id)
             raise
@@ -385,6 +398,13 @@ class _Ready:
 
     def __await__(self) -> Generator[Any, None, None]:
         return iter(())  # type: ignore[return-value]
+
+
+def _committed(future: concurrent.futures.Future[None]) -> bool:
+    """Whether a step's store went through, once it is done (blocks until then)."""
+    if future.cancelled():
+        return False  # never started
+    return future.exception() is None
 
 
 def _name(fn: object) -> str:

@@ -183,10 +183,13 @@ class WorkerPool:
         """Hand ``record`` to ``ready`` at its ``next_run_at`` (now, or on the timer thread)."""
         now = self.clock.now()
         delay = (record.next_run_at if record.next_run_at is not None else now) - now
-        if delay > 0 and record.state is State.SLEEPING:
-            # A durable sleep (days, perhaps) is not work waiting for a worker: it counts as
-            # pending (max_pending, stats) only once it wakes. The timer re-checks the wake
-            # time on the wall clock, so that it never resumes early.
+        if delay > 0 and (
+            record.state is State.SLEEPING
+            or (record.state is State.ACCEPTED and record.not_before is not None)
+        ):
+            # A durable sleep, or a first attempt delayed at enqueue (days, perhaps), is not
+            # work waiting for a worker: it counts as pending (max_pending, stats) only once it
+            # is due. The timer re-checks the time on the wall clock, so it never starts early.
             self.timers.add(self.clock.monotonic() + delay, lambda: self.schedule(record))
             return
         with self._count_lock:  # held for one addition only: never contended for long
@@ -327,6 +330,9 @@ class WorkerPool:
     def _arm_stall_check(self) -> None:
         if not self._stall_check_armed:
             self._stall_check_armed = True
+            # The CPU share is measured from now: an idle pause before this burst is not
+            # taken for busy workers leaving the CPU idle.
+            self._last_cpu = cpu_and_wall()
             self.timers.add(self.clock.monotonic() + STALL_CHECK, self._check_stall)
 
     def _check_stall(self) -> None:
