@@ -94,7 +94,10 @@ async def _begin_off_loop(lc: Lifecycle, record: InvocationRecord) -> Invocation
     except asyncio.CancelledError:
         if future.cancelled():
             raise  # never claimed
-        started = future.result()  # claimed or refused meanwhile: a commit, on the way out
+        try:
+            started = future.result()  # claimed or refused meanwhile: a commit, on the way out
+        except Exception:
+            raise asyncio.CancelledError from None  # the claim failed: nothing was started
         if started is not None:
             cancelled = record.request_id in lc.cancel_requested
             lc.end(
@@ -110,8 +113,15 @@ async def _begin_off_loop(lc: Lifecycle, record: InvocationRecord) -> Invocation
 async def _end_off_loop(
     lc: Lifecycle, started: InvocationRecord, result: AttemptResult
 ) -> InvocationRecord | None:
-    """:meth:`Lifecycle.end` on a commit thread; a cancellation meanwhile (a shutdown) does not
-    stop it (the engine then schedules nothing: the journal keeps what follows)."""
+    """:meth:`Lifecycle.end` on a commit thread; a cancellation meanwhile does not stop it (at
+    a shutdown the engine then schedules nothing: the journal keeps what follows)."""
     end = functools.partial(lc.end, ended_at=result.ended_at)
     future = lc.commits.submit(end, started, result.outcome, result.error)
-    return await asyncio.shield(asyncio.wrap_future(future))
+    try:
+        return await asyncio.shield(asyncio.wrap_future(future))
+    except asyncio.CancelledError:
+        if lc.closed:
+            raise
+        # cancel() raced the end's commit: the attempt is over, and what follows it (a retry,
+        # a wake) must still be scheduled. Wait for the commit (a moment) and go on.
+        return future.result()
