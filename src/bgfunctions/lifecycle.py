@@ -377,13 +377,8 @@ class Lifecycle:
         here: bool = False,
     ) -> InvocationRecord | None:
         """Run the next attempt of ``record`` on the running loop; the ended record, or None
-        when it was cancelled before it started. Engines schedule what follows.
-
-        ``watch``: on a loop the executor does not own (no ``on_blocked`` hook of ours), time
-        the handler's own steps and warn, naming the function, when one holds the loop longer
-        than this many seconds. ``here``: the current task was made for this attempt alone;
-        on Python >= 3.11 the handler runs in it (:func:`~bgfunctions.attempts.run_here`).
-        See :mod:`bgfunctions.loop_attempts`."""
+        when it was cancelled before it started (see :func:`bgfunctions.loop_attempts.run_on_loop`
+        for ``watch`` and ``here``). Engines schedule what follows."""
         return await run_on_loop(self, record, stopping=stopping, watch=watch, here=here)
 
     # -- a durable journal's commits, off the loop (see bgfunctions.commits) -----------------
