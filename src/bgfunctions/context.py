@@ -32,8 +32,9 @@ from urllib.parse import SplitResult, urlsplit
 
 from bgfunctions._slots import copier
 from bgfunctions.clock import Clock, SystemClock
+from bgfunctions.datastructures import Headers
 from bgfunctions.errors import DeadlineExceeded
-from bgfunctions.requests import Request
+from bgfunctions.requests import Request, parse_cookie_header
 from bgfunctions.responses import Response
 from bgfunctions.steps import Steps
 
@@ -164,7 +165,7 @@ class Cookies:
     def __init__(self, request_cookies: Mapping[str, str] | None = None) -> None:
         """Start from the request's cookies (see ``Request.cookies``)."""
         self._parsed: dict[str, str] | None = dict(request_cookies or {})
-        self._source: Request | None = None
+        self._source: Headers | None = None
         # (name, domain, path) -> (new value or None when deleted, Set-Cookie value)
         self._changes: dict[tuple[str, str | None, str | None], tuple[str | None, str]] = {}
 
@@ -174,7 +175,9 @@ class Cookies:
         attempts read none)."""
         cookies = _new_cookies(cls)
         cookies._parsed = None
-        cookies._source = request
+        # The headers, not the request: a Context kept between attempts must not keep the
+        # body (a durable journal holds it meanwhile).
+        cookies._source = request.headers
         cookies._changes = {}
         return cookies
 
@@ -183,7 +186,7 @@ class Cookies:
         """The request's cookies (parsed once, never changed after)."""
         if self._parsed is None:
             assert self._source is not None
-            self._parsed = self._source.cookies
+            self._parsed = parse_cookie_header("; ".join(self._source.get_list("cookie")))
             self._source = None
         return self._parsed
 
